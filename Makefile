@@ -1,0 +1,41 @@
+# convrec-dagster: `make run` sets everything up and runs full_pipeline on the embedded sample;
+# `make test` runs the test suite. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export CONVREC_HOME ?= $(CURDIR)/.convrec
+export DAGSTER_HOME ?= $(CONVREC_HOME)/dagster_home
+export DAGSTER_MODULE_NAME := convrec_dagster.definitions
+
+.PHONY: help setup run test dev ui-check clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml  ## create .venv, install, write the Dagster instance config
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: convrec_dagster/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp convrec_dagster/dagster.yaml $@
+
+run: setup  ## run full_pipeline (embedded sample unless CONVREC_RAW_DIR is set)
+	$(BIN)/dagster job execute -m convrec_dagster.definitions -j full_pipeline $(if $(CONFIG),-c $(CONFIG))
+
+test: setup  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+dev: setup  ## start the Dagster UI on http://127.0.0.1:3000
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+ui-check: setup  ## end-to-end UI check: dagster dev, launch a run over GraphQL, screenshot
+	bash scripts/ui_check.sh
+
+clean:  ## remove the database, artifacts and run history (keeps .venv)
+	rm -rf $(CONVREC_HOME)

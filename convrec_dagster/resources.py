@@ -1,0 +1,113 @@
+"""Resources, wired in one place: storage paths, the DuckDB database, and the torch device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
+
+from convrec_dagster import settings
+
+# Concurrency. DuckDB allows one writing process per file, and a reader cannot open the file while
+# another process writes it, so every step that touches DuckDB carries DUCKDB_TAGS (limited to one
+# at a time inside a run by the executor, see jobs.py) and sits in a pool of 1 across runs.
+DUCKDB_POOL = "duckdb"
+GPU_POOL = "gpu"
+DUCKDB_TAGS = {"convrec/duckdb": "true"}
+
+
+class ConvRecPaths(dg.ConfigurableResource):
+    """Where raw dumps are read from and where the database and artifacts go.
+
+    Empty strings mean: take ``CONVREC_HOME`` / ``CONVREC_RAW_DIR`` from the environment, falling
+    back to ``./.convrec`` and the embedded sample dump (generated on first use).
+    """
+
+    home: str = ""
+    raw_dir: str = ""
+
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve() if self.home else settings.convrec_home()
+
+    def artifacts_path(self, *parts: str) -> Path:
+        path = settings.artifacts_dir(self.home_path()).joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_embedded_sample(self) -> bool:
+        return not self.raw_dir and settings.raw_dir_from_env() is None
+
+    def raw_path(self) -> Path:
+        """The raw dump folder; generates the embedded sample when no folder is configured."""
+        if self.raw_dir:
+            return Path(self.raw_dir).expanduser().resolve()
+        from_env = settings.raw_dir_from_env()
+        if from_env is not None:
+            return from_env
+        from convrec_dagster.sample_dump import ensure_sample_dump
+
+        return ensure_sample_dump(settings.sample_dump_dir(self.home_path()))
+
+
+class TorchDevice(dg.ConfigurableResource):
+    """The torch device that models train and run on.
+
+    ``device``: ``auto`` takes CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``.
+    ``precision``: ``bf16`` uses bfloat16 autocast on CUDA (ignored on CPU, where fp32 is faster).
+    ``compile``: wrap models with ``torch.compile``.
+    """
+
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "bf16"
+    compile: bool = False
+
+    _device: object = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        import torch
+
+        wanted = self.device.strip().lower()
+        if wanted == "auto":
+            resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            resolved = torch.device(wanted)
+            if resolved.type == "cuda" and not torch.cuda.is_available():
+                raise dg.Failure(
+                    f"TorchDevice is configured with device={self.device!r} but torch sees no CUDA "
+                    "device. Set resources.torch_device.config.device to 'auto' or 'cpu'."
+                )
+        self._device = resolved
+        if context.log is not None:
+            context.log.info(f"torch device: {resolved} (precision {self.effective_precision()})")
+
+    @property
+    def torch_device(self):
+        import torch
+
+        return self._device if self._device is not None else torch.device("cpu")
+
+    def effective_precision(self) -> str:
+        dev = self._device
+        return "bf16" if self.precision == "bf16" and getattr(dev, "type", "cpu") == "cuda" else "fp32"
+
+    def describe(self) -> str:
+        import torch
+
+        dev = self.torch_device
+        if dev.type == "cuda":
+            return f"{dev} ({torch.cuda.get_device_name(dev)})"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def build_resources(home: str | Path = "", raw_dir: str | Path = "", device: str = "auto") -> dict:
+    """The resource dict of the Definitions; tests call it with a temporary home and dump."""
+    paths = ConvRecPaths(home=str(home), raw_dir=str(raw_dir))
+    paths.home_path().mkdir(parents=True, exist_ok=True)
+    return {
+        "paths": paths,
+        "duckdb": DuckDBResource(database=str(settings.duckdb_path(paths.home_path()))),
+        "torch_device": TorchDevice(device=device),
+    }

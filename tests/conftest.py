@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests use tiny generated data, a real DuckDB file and real torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from convrec_dagster.resources import build_resources
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test reads the developer's CONVREC_* settings or writes into the repository."""
+    monkeypatch.delenv("CONVREC_RAW_DIR", raising=False)
+    monkeypatch.setenv("CONVREC_HOME", str(tmp_path / "convrec_home"))
+
+
+@pytest.fixture
+def convrec_home(tmp_path) -> Path:
+    home = tmp_path / "convrec_home"
+    home.mkdir(exist_ok=True)
+    return home
+
+
+@pytest.fixture
+def make_resources(convrec_home):
+    """``make_resources(raw_dir)`` -> the Definitions' resources on a temporary CONVREC_HOME."""
+
+    def _make(raw_dir: str | Path = "", device: str = "cpu") -> dict:
+        return build_resources(home=convrec_home, raw_dir=raw_dir, device=device)
+
+    return _make
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data; the calling test is skipped when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real data lives beside the repository, never in it)")
+    return path
