@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,22 @@ from convrec_dagster import settings
 DUCKDB_POOL = "duckdb"
 GPU_POOL = "gpu"
 DUCKDB_TAGS = {"convrec/duckdb": "true"}
+
+
+class ConvRecDuckDB(DuckDBResource):
+    """``DuckDBResource`` whose connection is closed even when the block raises.
+
+    The upstream ``get_connection`` closes only on success; an exception leaves the file locked
+    for the rest of an in-process run.
+    """
+
+    @contextmanager
+    def get_connection(self):
+        with super().get_connection() as conn:
+            try:
+                yield conn
+            finally:
+                conn.close()
 
 
 class ConvRecPaths(dg.ConfigurableResource):
@@ -108,6 +125,6 @@ def build_resources(home: str | Path = "", raw_dir: str | Path = "", device: str
     paths.home_path().mkdir(parents=True, exist_ok=True)
     return {
         "paths": paths,
-        "duckdb": DuckDBResource(database=str(settings.duckdb_path(paths.home_path()))),
+        "duckdb": ConvRecDuckDB(database=str(settings.duckdb_path(paths.home_path()))),
         "torch_device": TorchDevice(device=device),
     }

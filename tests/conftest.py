@@ -43,3 +43,11 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real data lives beside the repository, never in it)")
     return path
+
+
+@pytest.fixture(scope="session")
+def sample_dump(tmp_path_factory) -> Path:
+    """The embedded sample dump (default config), generated once per session; do not modify it."""
+    from convrec_dagster.sample_dump import ensure_sample_dump
+
+    return ensure_sample_dump(tmp_path_factory.mktemp("sample") / "sample_dump")

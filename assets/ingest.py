@@ -1,0 +1,486 @@
+"""Ingest stage: raw Amazon dumps (or processed benchmark files) into DuckDB, with nothing lost.
+
+Thin Dagster wrappers around ``convrec_dagster.rawdata``: every file of the raw folder is sniffed by
+content; review files become `reviews`, metadata files `items` (+ `raw_item_attributes` for S3-Rec
+attribute maps), unusable lines go to `quarantine` verbatim with a reason, and `interactions` is the
+de-duplicated, time-ordered, k-interaction-filtered history per user.
+"""
+
+
+import base64
+import contextlib
+import datetime as dt
+import io
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from convrec_dagster import rawdata
+from convrec_dagster.rawdata import FileFormat, FileStats, RawDataError
+from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
+
+GROUP = "ingest"
+QUARANTINE_DDL = """
+    CREATE TABLE IF NOT EXISTS quarantine(
+        stage VARCHAR, source_file VARCHAR, line_no BIGINT, reason VARCHAR, raw VARCHAR,
+        quarantined_at TIMESTAMP)
+"""
+MAX_EXAMPLES = 10
+
+
+class ReviewsConfig(dg.Config):
+    """``max_quarantine_share``: if more than this share of a file's lines is unusable, the asset
+    fails (naming the file) instead of going on with a damaged dump.
+    ``min_review_date`` / ``max_review_date`` (YYYY-MM-DD): reviews outside are quarantined as
+    ``timestamp_out_of_range``; an empty ``max_review_date`` means tomorrow."""
+
+    max_quarantine_share: float = 0.2
+    min_review_date: str = "1995-01-01"
+    max_review_date: str = ""
+
+
+class ItemsConfig(dg.Config):
+    """``max_quarantine_share``: as for `reviews`. ``prefer_local_images``: an
+    ``images/<item_id>.jpg|png`` file in the raw folder wins over the image URL in the metadata."""
+
+    max_quarantine_share: float = 0.2
+    prefer_local_images: bool = True
+
+
+class InteractionsConfig(dg.Config):
+    """The user/item filter: drop users and items with fewer than ``min_interactions`` interactions,
+    either in ``one_pass`` (as CARCA does) or ``iterative`` k-core (repeat until stable).
+    ``filter_benchmark_formats``: also filter SASRec/S3-Rec files (they are already filtered, and
+    their published numbers assume every user is kept, so the default is no)."""
+
+    kcore: Literal["one_pass", "iterative"] = "one_pass"
+    min_interactions: int = 5
+    filter_benchmark_formats: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _failure(err: RawDataError, **metadata) -> dg.Failure:
+    return dg.Failure(description=str(err), metadata={"file": err.path, "problem": err.problem,
+                                                      "what_to_do": err.fix, **metadata})
+
+
+def _raw_files(context, paths: ConvRecPaths) -> tuple[Path, list[FileFormat], list[dict]]:
+    """Sniff every file of the raw folder; returns (folder, readable formats, skipped entries)."""
+    raw_dir = paths.raw_path()
+    fix = ("set CONVREC_RAW_DIR (or resources.paths.config.raw_dir) to a folder holding Amazon review "
+           "dumps (e.g. reviews_<Cat>.json.gz and meta_<Cat>.json.gz), or unset it to use the "
+           "embedded sample dump")
+    if not raw_dir.exists():
+        raise dg.Failure(description=f"Raw dump folder {raw_dir} does not exist. What to do: {fix}.",
+                         metadata={"raw_dir": str(raw_dir)})
+    if not raw_dir.is_dir():
+        raise dg.Failure(description=f"Raw dump folder {raw_dir} is not a folder. What to do: {fix}.",
+                         metadata={"raw_dir": str(raw_dir)})
+    files, skipped_dirs = rawdata.list_raw_files(raw_dir)
+    if not files:
+        raise dg.Failure(description=f"Raw dump folder {raw_dir} holds no files to read. What to do: {fix}.",
+                         metadata={"raw_dir": str(raw_dir)})
+    formats, skipped = [], [{"file": n, "why": why} for n, why in skipped_dirs]
+    for path in files:
+        try:
+            ff = rawdata.sniff(path)
+        except RawDataError as err:
+            raise _failure(err, raw_dir=str(raw_dir)) from err
+        if ff.kind in ("unknown", "empty"):
+            context.log.warning(f"skipping {path.name}: {ff.note} (not a review, metadata or "
+                                "attribute file)")
+            skipped.append({"file": path.name, "why": ff.note})
+        else:
+            context.log.info(f"{path.name}: {ff.kind}, {ff.format} ({ff.syntax}, {ff.compression})")
+            formats.append(ff)
+    return raw_dir, formats, skipped
+
+
+def _check_shares(conn, stage: str, stats: list[FileStats], max_share: float) -> None:
+    bad = [s for s in stats if s.lines and s.quarantine_share > max_share]
+    if not bad:
+        return
+    s = bad[0]
+    examples = conn.execute(
+        "SELECT line_no, reason FROM _stage_quarantine WHERE source_file = ? ORDER BY line_no LIMIT 5",
+        [s.file]).fetchall()
+    example_text = "; ".join(f"line {n}: {r}" for n, r in examples)
+    raise dg.Failure(
+        description=(
+            f"{s.file}: {s.n_quarantined:,} of {s.lines:,} lines ({s.quarantine_share:.1%}) could not be "
+            f"used, more than max_quarantine_share={max_share:.0%} (reasons: "
+            f"{dict(s.quarantined)}; first: {example_text}). The file looks damaged or is not the "
+            f"format it seems ({s.format}). What to do: inspect the lines with `SELECT * FROM "
+            f"quarantine WHERE stage = '{stage}' AND source_file = '{s.file}'`, fix or re-download the "
+            "file, remove it from the raw folder, or raise max_quarantine_share in the "
+            f"`{stage}` asset config if this is expected."),
+        metadata={"file": s.file, "quarantine_share": s.quarantine_share,
+                  "quarantined_by_reason": dict(s.quarantined),
+                  "other_files_over_threshold": [b.file for b in bad[1:]]},
+    )
+
+
+def _write_quarantine(conn, stage: str) -> None:
+    conn.execute(QUARANTINE_DDL)
+    conn.execute("DELETE FROM quarantine WHERE stage = ?", [stage])
+    conn.execute("INSERT INTO quarantine SELECT ?, source_file, line_no, reason, raw, now()::TIMESTAMP "
+                 "FROM _stage_quarantine ORDER BY source_file, line_no", [stage])
+
+
+def _table_exists(conn, name: str) -> bool:
+    return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
+                             "AND table_schema = 'main'", [name]).fetchall()[0][0])
+
+
+def _iso(ts: int | None) -> str | None:
+    return None if ts is None else dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).date().isoformat()
+
+
+def _files_md(stats: list[FileStats], skipped: list[dict]) -> str:
+    rows = ["| file | kind | format | lines | kept | quarantined | parser | s |",
+            "|---|---|---|---:|---:|---:|---|---:|"]
+    for s in stats:
+        rows.append(f"| {s.file} | {s.kind} | {s.format} | {s.lines:,} | {s.kept:,} | "
+                    f"{s.n_quarantined:,} | {s.parser} | {s.seconds:.2f} |")
+    for sk in skipped:
+        rows.append(f"| {sk['file']} | skipped | {sk['why']} | | | | | |")
+    return "\n".join(rows)
+
+
+def _date_to_ts(value: str, default: int) -> int:
+    if not value:
+        return default
+    try:
+        return int(dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp())
+    except ValueError as exc:
+        raise dg.Failure(f"Config date {value!r} is not YYYY-MM-DD. What to do: fix the reviews "
+                         "asset config (min_review_date / max_review_date).") from exc
+
+
+def _quarantine_reasons(stats: list[FileStats]) -> dict[str, int]:
+    total: Counter = Counter()
+    for s in stats:
+        total.update(s.quarantined)
+    return dict(sorted(total.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# assets
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb", "python"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: DuckDBResource,
+            paths: ConvRecPaths) -> dg.MaterializeResult:
+    """Every usable review line of the raw folder: `reviews(user_id, item_id, rating, ts, seq_no,
+    source_file, line_no, source_format)`. Files are told apart by content (2014/2018/2023 Amazon
+    JSON lines, SASRec `user item` pairs, S3-Rec `user item1 item2 ...` lines); `ts` is unix seconds
+    (NULL for the timestamp-less benchmark formats, whose file order `seq_no` keeps). Unusable lines
+    go to `quarantine` (stage `reviews`) verbatim with a reason."""
+    t0 = time.perf_counter()
+    raw_dir, formats, skipped = _raw_files(context, paths)
+    review_files = [ff for ff in formats if ff.kind == "reviews"]
+    if not review_files:
+        raise dg.Failure(
+            description=(f"No review file in {raw_dir} (files: "
+                         f"{', '.join(sorted(ff.path.name for ff in formats) + [s['file'] for s in skipped])}). "
+                         "What to do: add a review dump (JSON lines with reviewerID/asin or "
+                         "user_id/parent_asin, or SASRec/S3-Rec id lines) to the folder, or point "
+                         "CONVREC_RAW_DIR at the right folder."),
+            metadata={"raw_dir": str(raw_dir), "skipped": skipped})
+    min_ts = _date_to_ts(config.min_review_date, 0)
+    max_ts = _date_to_ts(config.max_review_date,
+                         int(time.time()) + 86_400)
+    stats: list[FileStats] = []
+    with duckdb.get_connection() as conn, contextlib.closing(conn):
+        rawdata.create_staging(conn)
+        seq_offset = 0
+        for ff in review_files:
+            try:
+                s = rawdata.load_reviews(conn, ff, seq_offset, min_ts, max_ts)
+            except RawDataError as err:
+                raise _failure(err, raw_dir=str(raw_dir)) from err
+            seq_offset += s.max_line_no
+            stats.append(s)
+            rate = s.lines / s.seconds if s.seconds else 0.0
+            context.log.info(f"{s.file}: {s.lines:,} lines, {s.kept:,} kept, {s.n_quarantined:,} "
+                             f"quarantined {dict(s.quarantined)} ({rate:,.0f} lines/s, {s.parser})")
+        conn.execute("BEGIN TRANSACTION")
+        _write_quarantine(conn, "reviews")
+        conn.execute("COMMIT")
+        _check_shares(conn, "reviews", stats, config.max_quarantine_share)
+        n_kept = sum(s.kept for s in stats)
+        if n_kept == 0:
+            raise dg.Failure(description=(
+                f"No usable review in {raw_dir}: every review line was quarantined "
+                f"({_quarantine_reasons(stats)}). What to do: look at `SELECT * FROM quarantine WHERE "
+                "stage = 'reviews'` and fix the dump."))
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute("""CREATE OR REPLACE TABLE reviews AS
+                        SELECT user_id, item_id, rating, ts, seq_no, source_file, line_no, source_format
+                        FROM _stage_reviews ORDER BY seq_no""")
+        conn.execute("COMMIT")
+        users, items, rows, min_ts_v, max_ts_v, n_ts, pairs = conn.execute(
+            "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), "
+            "count(ts), count(DISTINCT (user_id, item_id)) FROM reviews").fetchall()[0]
+    seconds = time.perf_counter() - t0
+    n_lines = sum(s.lines for s in stats)
+    return dg.MaterializeResult(metadata={
+        "raw_dir": str(raw_dir),
+        "files": dg.MetadataValue.md(_files_md(stats, skipped)),
+        "formats": {s.file: s.format for s in stats},
+        "records_read": n_lines,
+        "records_kept": rows,
+        "quarantined": sum(s.n_quarantined for s in stats),
+        "quarantined_by_reason": _quarantine_reasons(stats),
+        "duplicates": rows - pairs,
+        "users": users,
+        "items": items,
+        "time_range": f"{_iso(min_ts_v)} .. {_iso(max_ts_v)}" if n_ts else "unavailable",
+        "timestamps_available": n_ts == rows,
+        "time_context": ("available" if n_ts == rows else
+                         "unavailable for the benchmark formats (no timestamps): file order is kept"
+                         if n_ts == 0 else f"partial: {n_ts:,} of {rows:,} rows have a timestamp"),
+        "skipped_files": skipped,
+        "lines_per_second": round(n_lines / seconds, 1) if seconds else 0.0,
+        "dagster/row_count": rows,
+    })
+
+
+@dg.asset(deps=[reviews], group_name=GROUP, kinds={"duckdb", "python"}, pool=DUCKDB_POOL,
+          op_tags=DUCKDB_TAGS)
+def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDBResource,
+          paths: ConvRecPaths) -> dg.MaterializeResult:
+    """One row per distinct item with metadata: `items(item_id, title, brand, categories, price,
+    image_ref, source_file, line_no)` (first line wins; duplicate lines are counted, not
+    quarantined); `categories` are the de-duplicated tokens of every category path; `image_ref` is
+    the local `images/<item_id>` file when present, else the first image URL. S3-Rec
+    `*_item2attributes.json` maps go to `raw_item_attributes(item_id, attribute, source_file)`.
+    Reviewed items without metadata are reported."""
+    raw_dir, formats, skipped = _raw_files(context, paths)
+    meta_files = [ff for ff in formats if ff.kind == "meta"]
+    attr_files = [ff for ff in formats if ff.kind == "item_attributes"]
+    if not meta_files and not attr_files:
+        context.log.warning(f"no metadata file in {raw_dir}: `items` will be empty, so items get no "
+                            "brand/category/price attributes (image files under images/ still count)")
+    images = rawdata.local_images(raw_dir)
+    stats: list[FileStats] = []
+    with duckdb.get_connection() as conn, contextlib.closing(conn):
+        rawdata.create_staging(conn)
+        for file_no, ff in enumerate(meta_files + attr_files):
+            try:
+                s = (rawdata.load_meta(conn, ff, file_no) if ff.kind == "meta"
+                     else rawdata.load_item_attributes(conn, ff))
+            except RawDataError as err:
+                raise _failure(err, raw_dir=str(raw_dir)) from err
+            stats.append(s)
+            context.log.info(f"{s.file}: {s.lines:,} records, {s.kept:,} kept, {s.n_quarantined:,} "
+                             f"quarantined {dict(s.quarantined)} ({s.parser}, {s.seconds:.2f} s)")
+        conn.execute("BEGIN TRANSACTION")
+        _write_quarantine(conn, "items")
+        conn.execute("COMMIT")
+        _check_shares(conn, "items", stats, config.max_quarantine_share)
+        image_rows = [(k, str(v)) for k, v in images.items()] if config.prefer_local_images else []
+        conn.execute("CREATE OR REPLACE TEMP TABLE _local_images(item_id VARCHAR, path VARCHAR)")
+        if image_rows:
+            conn.executemany("INSERT INTO _local_images VALUES (?, ?)", image_rows)
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute("""
+            CREATE OR REPLACE TABLE items AS
+            SELECT s.item_id, s.title, s.brand, s.categories, s.price,
+                   coalesce(li.path, s.image_ref) AS image_ref, s.source_file, s.line_no
+            FROM (SELECT *, row_number() OVER (PARTITION BY item_id ORDER BY file_no, line_no) AS rn
+                  FROM _stage_items) s
+            LEFT JOIN _local_images li USING (item_id)
+            WHERE s.rn = 1
+            ORDER BY s.item_id""")
+        conn.execute("""CREATE OR REPLACE TABLE raw_item_attributes AS
+                        SELECT DISTINCT item_id, attribute, source_file FROM _stage_item_attributes
+                        ORDER BY item_id, attribute""")
+        conn.execute("COMMIT")
+        meta_lines = conn.execute("SELECT count(*) FROM _stage_items").fetchall()[0][0]
+        n_items, n_local, n_url, n_brand, n_cat, n_price = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE image_ref IN (SELECT path FROM _local_images)), "
+            "count(*) FILTER (WHERE image_ref LIKE 'http%'), count(brand), "
+            "count(*) FILTER (WHERE len(categories) > 0), count(price) FROM items").fetchall()[0]
+        n_attr_items, n_attr_rows = conn.execute(
+            "SELECT count(DISTINCT item_id), count(*) FROM raw_item_attributes").fetchall()[0]
+        missing_meta: dict = {"count": None, "examples": [], "note": "table `reviews` not materialized"}
+        if _table_exists(conn, "reviews"):
+            rows = conn.execute("""
+                SELECT DISTINCT r.item_id FROM reviews r
+                WHERE r.item_id NOT IN (SELECT item_id FROM items)
+                  AND r.item_id NOT IN (SELECT item_id FROM raw_item_attributes)
+                ORDER BY 1""").fetchall()
+            missing_meta = {"count": len(rows), "examples": [r[0] for r in rows[:MAX_EXAMPLES]]}
+            if rows:
+                context.log.warning(f"{len(rows):,} reviewed items have no metadata, e.g. "
+                                    f"{missing_meta['examples'][:5]}")
+    return dg.MaterializeResult(metadata={
+        "raw_dir": str(raw_dir),
+        "files": dg.MetadataValue.md(_files_md(stats, skipped)),
+        "formats": {s.file: s.format for s in stats},
+        "records_read": sum(s.lines for s in stats),
+        "records_kept": n_items,
+        "quarantined": sum(s.n_quarantined for s in stats),
+        "quarantined_by_reason": _quarantine_reasons(stats),
+        "duplicates": meta_lines - n_items,
+        "items": n_items,
+        "items_with_brand": n_brand,
+        "items_with_categories": n_cat,
+        "items_with_price": n_price,
+        "items_with_local_image": n_local,
+        "items_with_image_url_only": n_url,
+        "local_image_files": len(images),
+        "attribute_items": n_attr_items,
+        "attribute_rows": n_attr_rows,
+        "reviewed_items_without_metadata": missing_meta["count"] if missing_meta["count"] is not None else -1,
+        "reviewed_items_without_metadata_examples": missing_meta["examples"],
+        "skipped_files": skipped,
+        "dagster/row_count": n_items,
+    })
+
+
+def _histogram_md(lengths: list[int]) -> dg.MetadataValue:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=90)
+    ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#4c72b0")
+    ax.set_xlabel("interactions per user")
+    ax.set_ylabel("users")
+    ax.set_title("history lengths after filtering")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return dg.MetadataValue.md(f"![plot](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+
+
+@dg.asset(deps=[reviews, items], group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
+                 duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """De-duplicated interactions, each user's history in time order: `interactions(user_id,
+    item_id, ts, rating, position)` with `position` 0-based. One row per (user, item), the earliest;
+    ties in time keep file order. Then users and items with fewer than `min_interactions` rows are
+    dropped (CARCA's one pass or the iterative k-core; both counts are reported); SASRec/S3-Rec
+    files are already filtered and kept whole unless configured otherwise."""
+    k = config.min_interactions
+    with duckdb.get_connection() as conn, contextlib.closing(conn):
+        if not _table_exists(conn, "reviews"):
+            raise dg.Failure("Table `reviews` does not exist. What to do: materialize `reviews` first "
+                             "(e.g. select `reviews+`).")
+        n_reviews = conn.execute("SELECT count(*) FROM reviews").fetchall()[0][0]
+        duplicates = rawdata.dedupe_reviews(conn, "reviews")
+        before = rawdata.table_counts(conn, "_dedup")
+        one_pass = rawdata.one_pass_filter(conn, "_dedup", "_one_pass", k)
+        iterative = rawdata.iterative_kcore(conn, "_dedup", "_iterative", k)
+        n_benchmark = conn.execute(
+            "SELECT count(*) FROM _dedup WHERE source_format IN ('sasrec_pairs', 's3rec_sequences')"
+        ).fetchall()[0][0]
+        only_benchmark = n_benchmark == before.interactions
+        if only_benchmark and not config.filter_benchmark_formats:
+            chosen, applied = "_dedup", "none (processed benchmark files are already filtered)"
+        else:
+            chosen, applied = ("_one_pass", "one_pass") if config.kcore == "one_pass" else ("_iterative", "iterative")
+        context.log.info(
+            f"{n_reviews:,} reviews, {duplicates:,} duplicates; {k}-interaction filter: one pass keeps "
+            f"{one_pass.interactions:,} rows / {one_pass.users:,} users / {one_pass.items:,} items, "
+            f"iterative keeps {iterative.interactions:,} / {iterative.users:,} / {iterative.items:,} "
+            f"({iterative.rounds} rounds); applied: {applied}")
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute(f"""
+            CREATE OR REPLACE TABLE interactions AS
+            SELECT user_id, item_id, ts, rating,
+                   CAST(row_number() OVER (PARTITION BY user_id ORDER BY ts NULLS LAST, seq_no) - 1
+                        AS INTEGER) AS position
+            FROM {chosen}
+            ORDER BY user_id, position""")
+        conn.execute("COMMIT")
+        kept = rawdata.table_counts(conn, "interactions")
+        if kept.interactions == 0:
+            context.log.warning(
+                f"!!! no interaction is left after the {k}-interaction filter ({applied}) of "
+                f"{before.interactions:,} rows: `interactions` is empty. Lower min_interactions in "
+                "the `interactions` config or use a larger dump. !!!")
+        min_ts, max_ts, n_ts = conn.execute(
+            "SELECT min(ts), max(ts), count(ts) FROM interactions").fetchall()[0]
+        lengths = [r[0] for r in conn.execute(
+            "SELECT count(*) FROM interactions GROUP BY user_id").fetchall()]
+        no_meta = None
+        if _table_exists(conn, "items"):
+            attrs = "OR item_id IN (SELECT item_id FROM raw_item_attributes)" if _table_exists(
+                conn, "raw_item_attributes") else ""
+            no_meta = conn.execute(f"""
+                SELECT count(DISTINCT item_id) FROM interactions
+                WHERE NOT (item_id IN (SELECT item_id FROM items) {attrs})""").fetchall()[0][0]
+    lengths = sorted(lengths) or [0]  # [0]: nothing left after the filter
+    return dg.MaterializeResult(metadata={
+        "records_read": n_reviews,
+        "records_kept": kept.interactions,
+        "duplicates": duplicates,
+        "quarantined": 0,
+        "users": kept.users,
+        "items": kept.items,
+        "min_interactions": k,
+        "filter_applied": applied,
+        "before_filter": before.as_dict(),
+        "one_pass": one_pass.as_dict(),
+        "iterative": iterative.as_dict(),
+        "time_range": f"{_iso(min_ts)} .. {_iso(max_ts)}" if n_ts else "unavailable",
+        "timestamps_available": n_ts == kept.interactions,
+        "history_length": {"min": lengths[0], "median": lengths[len(lengths) // 2],
+                           "mean": round(sum(lengths) / len(lengths), 2), "max": lengths[-1]},
+        "density": round(kept.interactions / max(1, kept.users * kept.items), 6),
+        "items_without_metadata": -1 if no_meta is None else no_meta,
+        "history_lengths": _histogram_md(lengths),
+        "dagster/row_count": kept.interactions,
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+@dg.asset_check(asset=reviews, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def reviews_have_ids(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """Every review row has a user id, an item id, a line number and a unique `seq_no`."""
+    with duckdb.get_connection() as conn, contextlib.closing(conn):
+        bad_ids, rows, seqs = conn.execute(
+            "SELECT count(*) FILTER (WHERE user_id IS NULL OR user_id = '' OR item_id IS NULL "
+            "OR item_id = '' OR line_no IS NULL), count(*), count(DISTINCT seq_no) FROM reviews"
+        ).fetchall()[0]
+    return dg.AssetCheckResult(passed=bad_ids == 0 and seqs == rows,
+                               metadata={"rows_without_ids": bad_ids, "duplicate_seq_no": rows - seqs})
+
+
+@dg.asset_check(asset=items, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def items_unique(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """`items` has one row per item id."""
+    with duckdb.get_connection() as conn, contextlib.closing(conn):
+        rows, distinct = conn.execute("SELECT count(*), count(DISTINCT item_id) FROM items").fetchall()[0]
+    return dg.AssetCheckResult(passed=rows == distinct, metadata={"duplicate_item_rows": rows - distinct})
+
+
+@dg.asset_check(asset=interactions, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def interactions_ordered_histories(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """No (user, item) twice; each user's positions are 0..n-1; time never goes backwards."""
+    with duckdb.get_connection() as conn, contextlib.closing(conn):
+        dup, bad_pos, backwards = conn.execute("""
+            WITH o AS (SELECT *, lag(ts) OVER (PARTITION BY user_id ORDER BY position) AS prev_ts
+                       FROM interactions),
+                 p AS (SELECT user_id, count(*) AS n, min(position) AS lo, max(position) AS hi,
+                              count(DISTINCT position) AS d FROM interactions GROUP BY 1)
+            SELECT (SELECT count(*) - count(DISTINCT (user_id, item_id)) FROM interactions),
+                   (SELECT count(*) FROM p WHERE lo <> 0 OR hi <> n - 1 OR d <> n),
+                   (SELECT count(*) FROM o WHERE ts < prev_ts)""").fetchall()[0]
+    return dg.AssetCheckResult(passed=dup == 0 and bad_pos == 0 and backwards == 0, metadata={
+        "duplicate_pairs": dup, "users_with_bad_positions": bad_pos, "time_reversals": backwards})

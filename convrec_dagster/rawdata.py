@@ -1,0 +1,774 @@
+"""Raw review/metadata dumps: detect each file's format by content and parse it into DuckDB.
+
+Pure helpers (DuckDB + Python, no Dagster). The ingest assets call them with one DuckDB connection:
+
+1. ``list_raw_files(raw_dir)`` lists the files to read (``images/`` and hidden files are skipped).
+2. ``sniff(path)`` tells reviews from metadata by the keys of the first valid lines (not by the file
+   name), gzip or plain, strict JSON or Python literals, and the Amazon vintage (2014 / 2018 / 2023),
+   or the processed benchmark formats (SASRec ``user item`` pairs, S3-Rec ``user item1 item2 ...``
+   lines, S3-Rec ``*_item2attributes.json``).
+3. ``create_staging(conn)`` makes temporary tables; ``load_reviews`` / ``load_meta`` /
+   ``load_item_attributes`` append one file's usable records to them and its unusable lines,
+   verbatim with a reason, to ``_stage_quarantine``. Every record keeps its 1-based line number.
+
+Strict JSON goes through DuckDB's own reader and JSON functions (``read_csv`` of whole lines with
+ordinality, then ``json_extract_string``): fast, and exact when every line is valid JSON. When a file
+has a blank, malformed or non-UTF-8 line, or DuckDB cannot read it, the file is re-read by Python line
+by line (exact line numbers, verbatim raw text, precise errors) and then parsed by the same SQL.
+Python-literal lines (2014 metadata) are parsed with ``ast.literal_eval`` -- never ``eval`` -- and
+handed to the same SQL as JSON.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import re
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+IMAGE_DIRNAME = "images"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+BENCHMARK_FORMATS = {"sasrec_pairs", "s3rec_sequences"}
+SNIFF_LINES = 30
+SNIFF_BYTES = 8 << 20
+BATCH_LINES = 200_000
+# Whole lines through DuckDB's CSV reader: a delimiter that never occurs in valid JSON (raw control
+# characters must be escaped there), no quoting, no escaping, only "\n" ends a line.
+_LINE_DELIM = "\x1f\x1e\x1d\x1c"
+_READ_LINES = (
+    "read_csv({path}, columns={{'raw': 'VARCHAR'}}, delim='" + _LINE_DELIM + "', quote='', "
+    "escape='', header=false, auto_detect=false, new_line='\\n', strict_mode=false, "
+    "max_line_size=268435456, compression='{compression}')"
+)
+# ids in benchmark files: word characters with at least one digit (so prose is not taken for ids)
+_ID_TOKEN = r"[\w\-]*\d[\w\-]*"
+_TOKEN_LINE = re.compile(rf"^{_ID_TOKEN}(?:[ \t]+{_ID_TOKEN})+$")
+
+
+class RawDataError(Exception):
+    """A raw file that cannot be read: names the file, what is wrong and what to do."""
+
+    def __init__(self, path: Path | str, problem: str, fix: str):
+        self.path, self.problem, self.fix = str(path), problem, fix
+        super().__init__(f"{path}: {problem}. What to do: {fix}")
+
+
+@dataclass
+class FileFormat:
+    """What ``sniff`` found out about one file."""
+
+    path: Path
+    kind: str  # reviews | meta | item_attributes | unknown | empty
+    format: str  # e.g. amazon2014_reviews, amazon2018_meta, amazon2023_reviews, sasrec_pairs
+    syntax: str = ""  # json | literal | tokens | json_object
+    compression: str = "none"  # gzip | none
+    note: str = ""  # why a file is unknown, or what is special about it
+
+    @property
+    def has_timestamps(self) -> bool:
+        return self.kind == "reviews" and self.format not in BENCHMARK_FORMATS
+
+
+@dataclass
+class FileStats:
+    """Counts for one parsed file (they go into asset metadata)."""
+
+    file: str
+    kind: str
+    format: str
+    compression: str
+    lines: int = 0  # non-blank lines (records) read
+    blank_lines: int = 0
+    kept: int = 0  # rows produced (an S3-Rec line yields one row per item)
+    quarantined: Counter = field(default_factory=Counter)  # reason -> lines
+    parser: str = ""  # duckdb | python
+    seconds: float = 0.0
+    max_line_no: int = 0
+
+    @property
+    def n_quarantined(self) -> int:
+        return sum(self.quarantined.values())
+
+    @property
+    def quarantine_share(self) -> float:
+        return self.n_quarantined / self.lines if self.lines else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "file": self.file, "kind": self.kind, "format": self.format,
+            "compression": self.compression, "lines": self.lines, "blank_lines": self.blank_lines,
+            "kept": self.kept, "quarantined": self.n_quarantined,
+            "quarantined_by_reason": dict(sorted(self.quarantined.items())),
+            "parser": self.parser, "seconds": round(self.seconds, 3),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and sniffing
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def open_binary(path: Path):
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+def list_raw_files(raw_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to read (sorted by name) and skipped entries as (name, why)."""
+    files, skipped = [], []
+    for entry in sorted(Path(raw_dir).iterdir()):
+        if entry.name.startswith("."):
+            continue  # markers, locks, editor files
+        if entry.is_dir():
+            if entry.name != IMAGE_DIRNAME:
+                skipped.append((entry.name, "a sub-folder (only files directly in the raw folder are read)"))
+            continue
+        if entry.is_file():
+            files.append(entry)
+        else:
+            skipped.append((entry.name, "not a regular file"))
+    return files, skipped
+
+
+def local_images(raw_dir: Path) -> dict[str, Path]:
+    """``images/<item_id>.<ext>`` files of a dump, by item id."""
+    folder = Path(raw_dir) / IMAGE_DIRNAME
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p.resolve() for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _head_lines(path: Path) -> tuple[list[bytes], bool]:
+    """Up to SNIFF_LINES non-blank lines and whether the file is (decompressed) empty."""
+    lines: list[bytes] = []
+    read = 0
+    any_bytes = False
+    try:
+        with open_binary(path) as fh:
+            for line in fh:
+                any_bytes = True
+                read += len(line)
+                if line.strip():
+                    lines.append(line)
+                if len(lines) >= SNIFF_LINES or read >= SNIFF_BYTES:
+                    break
+    except (EOFError, OSError, zlib.error) as exc:
+        if not lines:
+            raise RawDataError(path, f"cannot be read ({type(exc).__name__}: {exc})",
+                               "check that the file is complete (`gzip -t FILE` for .gz files); "
+                               "re-download it or remove it from the raw folder") from exc
+    return lines, not any_bytes
+
+
+def _parse_record(text: str) -> tuple[object, str]:
+    """(value, syntax) of one line: strict JSON first, then a Python literal; (None, '') if neither."""
+    try:
+        return json.loads(text), "json"
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text), "literal"
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None, ""
+
+
+REVIEW_2018_KEYS = {"verified", "vote", "style"}
+META_2018_KEYS = {"category", "main_cat", "also_buy", "also_view", "imageURL", "imageURLHighRes",
+                  "image", "rank", "feature", "tech1", "date"}
+REVIEW_HINT_KEYS = {"overall", "unixReviewTime", "reviewText", "reviewTime"}
+
+
+def _classify_keys(keys: set[str], syntax: str) -> tuple[str, str]:
+    if "user_id" in keys and keys & {"parent_asin", "asin"}:
+        return "reviews", "amazon2023_reviews"
+    if "reviewerID" in keys or ("asin" in keys and keys & REVIEW_HINT_KEYS):
+        if keys & REVIEW_2018_KEYS:
+            return "reviews", "amazon2018_reviews"
+        return "reviews", "amazon2014_reviews"
+    if "parent_asin" in keys:
+        return "meta", "amazon2023_meta"
+    if "asin" in keys:
+        if syntax == "literal":
+            return "meta", "amazon2014_meta"
+        return "meta", "amazon2018_meta" if keys & META_2018_KEYS else "amazon2014_meta"
+    return "unknown", "unknown"
+
+
+def _is_item_attributes(obj: object) -> bool:
+    return (isinstance(obj, dict) and len(obj) > 0
+            and all(isinstance(v, list) and all(isinstance(a, (int, str)) for a in v)
+                    for v in list(obj.values())[:1000]))
+
+
+def sniff(path: Path) -> FileFormat:
+    """Detect a file's kind and format from its content (the name is not trusted)."""
+    path = Path(path)
+    compression = "gzip" if is_gzip(path) else "none"
+    lines, empty = _head_lines(path)
+    if empty or not lines:
+        return FileFormat(path, "empty", "empty", "", compression,
+                          "the file is empty" if empty else "the file holds only blank lines")
+    if any(b"\x00" in line for line in lines[:3]):
+        return FileFormat(path, "unknown", "unknown", "", compression, "binary content (NUL bytes)")
+    texts = [line.decode("utf-8", errors="replace").strip() for line in lines]
+
+    if texts[0] in ("{", "["):  # a pretty-printed JSON document, e.g. an item2attributes file
+        try:
+            with open_binary(path) as fh:
+                doc = json.load(fh)
+        except (ValueError, OSError, EOFError) as exc:
+            return FileFormat(path, "unknown", "unknown", "", compression,
+                              f"starts like a JSON document but does not parse ({exc})")
+        if _is_item_attributes(doc):
+            return FileFormat(path, "item_attributes", "s3rec_item2attributes", "json_object", compression)
+        return FileFormat(path, "unknown", "unknown", "json_object", compression,
+                          "a JSON document that is not an {item: [attributes]} map")
+
+    parsed = [_parse_record(t) if t[:1] == "{" else (None, "") for t in texts]
+    dicts = [(v, s) for v, s in parsed if isinstance(v, dict)]
+    if dicts:
+        if len(dicts) == 1 and len(texts) == 1 and _is_item_attributes(dicts[0][0]) \
+                and not _classify_keys(set(dicts[0][0]), dicts[0][1])[0] in ("reviews", "meta"):
+            return FileFormat(path, "item_attributes", "s3rec_item2attributes", "json_object", compression)
+        syntax = "literal" if any(s == "literal" for _, s in dicts) else "json"
+        keys: set[str] = set()
+        for v, _ in dicts:
+            keys.update(str(k) for k in v)
+        kind, fmt = _classify_keys(keys, syntax)
+        if kind == "unknown":
+            return FileFormat(path, "unknown", "unknown", syntax, compression,
+                              f"JSON lines whose keys ({', '.join(sorted(keys)[:12])}) are neither "
+                              "Amazon reviews nor Amazon metadata")
+        return FileFormat(path, kind, fmt, syntax, compression)
+
+    if all(_TOKEN_LINE.match(t) for t in texts):
+        n_tokens = [len(t.split()) for t in texts]
+        if all(n == 2 for n in n_tokens):
+            return FileFormat(path, "reviews", "sasrec_pairs", "tokens", compression,
+                              "no timestamps: file order is the time order")
+        return FileFormat(path, "reviews", "s3rec_sequences", "tokens", compression,
+                          "no timestamps: file order is the time order")
+    return FileFormat(path, "unknown", "unknown", "", compression,
+                      "neither JSON/Python-literal records nor whitespace-separated id lines")
+
+
+# ---------------------------------------------------------------------------------------------
+# Staging tables
+
+
+def create_staging(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE _stage_reviews(
+            user_id VARCHAR, item_id VARCHAR, rating DOUBLE, ts BIGINT, seq_no BIGINT,
+            source_file VARCHAR, line_no BIGINT, source_format VARCHAR);
+        CREATE OR REPLACE TEMP TABLE _stage_items(
+            item_id VARCHAR, title VARCHAR, brand VARCHAR, categories VARCHAR[], price DOUBLE,
+            image_ref VARCHAR, source_file VARCHAR, line_no BIGINT, file_no INTEGER);
+        CREATE OR REPLACE TEMP TABLE _stage_item_attributes(
+            item_id VARCHAR, attribute VARCHAR, source_file VARCHAR);
+        CREATE OR REPLACE TEMP TABLE _stage_quarantine(
+            source_file VARCHAR, line_no BIGINT, reason VARCHAR, raw VARCHAR);
+    """)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading lines exactly (Python), for files the fast path cannot take
+
+
+def iter_lines(path: Path, batch: int = BATCH_LINES) -> Iterator[list[tuple[int, bytes]]]:
+    """Batches of (1-based line number, line bytes without the newline), blank lines included.
+
+    Raises RawDataError for a truncated or corrupt gzip stream and for read errors.
+    """
+    out: list[tuple[int, bytes]] = []
+    line_no = 0
+    try:
+        with open_binary(path) as fh:
+            for line_no, line in enumerate(fh, start=1):
+                out.append((line_no, line.rstrip(b"\r\n")))
+                if len(out) >= batch:
+                    yield out
+                    out = []
+    except EOFError as exc:
+        raise RawDataError(path, f"the gzip stream ends early after line {line_no} (truncated file)",
+                           "re-download the file (`gzip -t FILE` shows the damage) or remove it "
+                           "from the raw folder; nothing from it was loaded") from exc
+    except (OSError, zlib.error) as exc:
+        raise RawDataError(path, f"cannot be read after line {line_no} ({type(exc).__name__}: {exc})",
+                           "check that the file is a complete gzip or plain-text dump; re-download "
+                           "it or remove it from the raw folder") from exc
+    if out:
+        yield out
+
+
+def _decode(raw: bytes) -> tuple[str, bool]:
+    try:
+        return raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="backslashreplace"), False
+
+
+def _literal_to_json(text: str) -> tuple[str | None, str | None]:
+    """(JSON text, None) for a line holding a dict literal, else (None, reason). Never evaluates code."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except ValueError:
+            return None, "not_a_python_literal"  # e.g. a function call: code, not data
+        except (SyntaxError, TypeError, MemoryError, RecursionError):
+            return None, "malformed_literal"
+    if not isinstance(value, dict):
+        return None, "not_an_object"
+    try:
+        return json.dumps(value, default=str), None
+    except (TypeError, ValueError, RecursionError):
+        return None, "malformed_literal"
+
+
+def _python_source(batch: list[tuple[int, bytes]], literal: bool) -> tuple[pa.Table, int]:
+    """An Arrow table (line_no, raw, j, pre_reason) for one batch; blank lines dropped and counted."""
+    line_nos, raws, js, reasons = [], [], [], []
+    blank = 0
+    for line_no, data in batch:
+        if not data.strip():
+            blank += 1
+            continue
+        text, ok = _decode(data)
+        j, reason = (None, "invalid_utf8") if not ok else (
+            _literal_to_json(text) if literal else (text, None))
+        line_nos.append(line_no)
+        raws.append(text)
+        js.append(j)
+        reasons.append(reason)
+    table = pa.table({"line_no": pa.array(line_nos, pa.int64()), "raw": pa.array(raws, pa.string()),
+                      "j": pa.array(js, pa.string()), "pre_reason": pa.array(reasons, pa.string())})
+    return table, blank
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reviews
+
+
+def _review_fields(fmt: str) -> dict[str, str]:
+    """SQL expressions over the JSON text column ``j`` for one review format."""
+    if fmt == "amazon2023_reviews":
+        return {
+            "user_id": "f[1]",
+            "item_id": "coalesce(nullif(trim(f[2]), ''), f[3])",
+            "rating_txt": "f[4]",
+            "ts_txt": "f[5]",
+            "ts": "CAST(floor(TRY_CAST(f[5] AS DOUBLE) / 1000) AS BIGINT)",  # milliseconds
+            "paths": "['$.user_id', '$.parent_asin', '$.asin', '$.rating', '$.timestamp']",
+        }
+    return {
+        "user_id": "f[1]",
+        "item_id": "f[2]",
+        "rating_txt": "f[3]",
+        "ts_txt": "coalesce(f[4], f[5])",
+        "ts": "coalesce(CAST(TRY_CAST(f[4] AS DOUBLE) AS BIGINT), "
+              "CAST(epoch(try_strptime(f[5], '%m %d, %Y')) AS BIGINT))",
+        "paths": "['$.reviewerID', '$.asin', '$.overall', '$.unixReviewTime', '$.reviewTime']",
+    }
+
+
+def _parse_reviews_sql(source: str, fmt: str, min_ts: int, max_ts: int, validate: bool = True) -> str:
+    """SQL that parses (line_no, raw, j, pre_reason) rows into ``_parsed``.
+
+    ``validate=False`` (the fast path) parses each line once and lets DuckDB raise on malformed
+    JSON; the caller then re-reads the file with ``validate=True``, which checks every line.
+    """
+    e = _review_fields(fmt)
+    if validate:
+        ok = "coalesce(json_valid(j), false) AND starts_with(ltrim(j), '{')"
+        f = f"CASE WHEN ok THEN json_extract_string(j, {e['paths']}) END"
+    else:
+        ok = "coalesce(starts_with(j, '{'), false)"
+        f = f"json_extract_string(j, {e['paths']})"
+    return f"""
+        CREATE OR REPLACE TEMP TABLE _parsed AS
+        WITH src AS (SELECT line_no, raw, j, pre_reason FROM {source}),
+        x0 AS (
+            SELECT line_no, raw, j, pre_reason, raw IS NULL AS blank, {ok} AS ok
+            FROM src),
+        x AS (SELECT line_no, raw, pre_reason, blank, ok, {f} AS f FROM x0),
+        y AS (
+            SELECT line_no, raw, pre_reason, blank, ok,
+                   {e['user_id']} AS user_id, {e['item_id']} AS item_id,
+                   {e['rating_txt']} AS rating_txt, TRY_CAST({e['rating_txt']} AS DOUBLE) AS rating,
+                   {e['ts_txt']} AS ts_txt, {e['ts']} AS ts
+            FROM x)
+        -- raw is kept only for lines that go to quarantine
+        SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN raw END AS raw) FROM (
+        SELECT line_no, blank, user_id, item_id, rating, ts,
+               CASE WHEN blank THEN NULL
+                    WHEN pre_reason IS NOT NULL THEN pre_reason
+                    WHEN NOT ok THEN 'malformed_json'
+                    WHEN user_id IS NULL OR trim(user_id) = '' THEN 'missing_user_id'
+                    WHEN item_id IS NULL OR trim(item_id) = '' THEN 'missing_item_id'
+                    WHEN rating_txt IS NOT NULL AND rating IS NULL THEN 'invalid_rating'
+                    WHEN ts_txt IS NULL THEN 'missing_timestamp'
+                    WHEN ts IS NULL THEN 'invalid_timestamp'
+                    WHEN ts < {int(min_ts)} OR ts > {int(max_ts)} THEN 'timestamp_out_of_range'
+               END AS reason,
+               raw
+        FROM y
+        )
+    """
+
+
+def _fast_source(path: Path, compression: str) -> str:
+    reader = _READ_LINES.format(path=_sql_str(str(path)), compression=compression)
+    return (f"(SELECT ordinality AS line_no, raw, raw AS j, NULL::VARCHAR AS pre_reason "
+            f"FROM {reader} WITH ORDINALITY)")
+
+
+def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
+    blank, lines, max_line = conn.execute(
+        "SELECT count(*) FILTER (WHERE blank), count(*) FILTER (WHERE NOT blank), "
+        "coalesce(max(line_no), 0) FROM _parsed").fetchall()[0]
+    stats.blank_lines += blank
+    stats.lines += lines
+    stats.max_line_no = max(stats.max_line_no, max_line)
+    for reason, n in conn.execute(
+            "SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall():
+        stats.quarantined[reason] += n
+    conn.execute(f"""
+        INSERT INTO _stage_reviews
+        SELECT trim(user_id), trim(item_id), rating, ts, {int(seq_offset)} + line_no, ?, line_no, ?
+        FROM _parsed WHERE NOT blank AND reason IS NULL""", [name, fmt])
+    stats.kept += conn.execute("SELECT count(*) FROM _parsed WHERE NOT blank AND reason IS NULL").fetchall()[0][0]
+    conn.execute("INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
+                 "WHERE reason IS NOT NULL ORDER BY line_no", [name])
+
+
+def load_reviews(conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: int,
+                 min_ts: int, max_ts: int) -> FileStats:
+    """Append one review file to ``_stage_reviews`` (+ ``_stage_quarantine``); returns its stats.
+
+    ``seq_no`` is ``seq_offset + line_no`` (file order); the caller advances ``seq_offset`` by the
+    file's ``max_line_no`` (or by the number of rows for S3-Rec files, see ``load_sequences``).
+    """
+    if ff.format in BENCHMARK_FORMATS:
+        return load_sequences(conn, ff, seq_offset)
+    t0 = time.perf_counter()
+    name = ff.path.name
+    stats = FileStats(name, ff.kind, ff.format, ff.compression)
+    if ff.syntax == "json":
+        try:
+            conn.execute(_parse_reviews_sql(_fast_source(ff.path, ff.compression), ff.format, min_ts, max_ts,
+                                            validate=False))
+            unsure = conn.execute(
+                "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'").fetchall()[0][0]
+        except duckdb.Error:
+            unsure = -1
+        if unsure == 0:
+            stats.parser = "duckdb"
+            _commit_reviews(conn, stats, name, ff.format, seq_offset)
+            stats.seconds = time.perf_counter() - t0
+            return stats
+    stats.parser = "python"
+    for batch in iter_lines(ff.path):
+        table, _ = _python_source(batch, literal=ff.syntax == "literal")
+        table = _with_blanks(table, batch)
+        conn.register("_py_lines", table)
+        try:
+            conn.execute(_parse_reviews_sql("_py_lines", ff.format, min_ts, max_ts))
+        finally:
+            conn.unregister("_py_lines")
+        _commit_reviews(conn, stats, name, ff.format, seq_offset)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def _with_blanks(table: pa.Table, batch: list[tuple[int, bytes]]) -> pa.Table:
+    """Blank lines back in as NULL rows so that the SQL counts them."""
+    blanks = [n for n, data in batch if not data.strip()]
+    if not blanks:
+        return table
+    extra = pa.table({"line_no": pa.array(blanks, pa.int64()),
+                      "raw": pa.nulls(len(blanks), pa.string()),
+                      "j": pa.nulls(len(blanks), pa.string()),
+                      "pre_reason": pa.nulls(len(blanks), pa.string())})
+    return pa.concat_tables([table, extra])
+
+
+def load_sequences(conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: int) -> FileStats:
+    """SASRec ``user item`` / S3-Rec ``user item1 item2 ...`` lines: no timestamps, file order kept."""
+    t0 = time.perf_counter()
+    name = ff.path.name
+    stats = FileStats(name, ff.kind, ff.format, ff.compression, parser="python")
+    seq = seq_offset
+    for batch in iter_lines(ff.path):
+        users, items, seqs, line_nos = [], [], [], []
+        q_lines, q_reasons, q_raw = [], [], []
+        for line_no, data in batch:
+            stats.max_line_no = line_no
+            if not data.strip():
+                stats.blank_lines += 1
+                continue
+            stats.lines += 1
+            text, ok = _decode(data)
+            tokens = text.split()
+            reason = None
+            if not ok:
+                reason = "invalid_utf8"
+            elif len(tokens) < 2:
+                reason = "no_items_on_line"
+            elif ff.format == "sasrec_pairs" and len(tokens) != 2:
+                reason = "not_a_user_item_pair"
+            elif any(t[:1] in "{[\"'" for t in tokens):
+                reason = "malformed_line"
+            if reason:
+                q_lines.append(line_no)
+                q_reasons.append(reason)
+                q_raw.append(text)
+                stats.quarantined[reason] += 1
+                continue
+            user = tokens[0]
+            for item in tokens[1:]:
+                seq += 1
+                users.append(user)
+                items.append(item)
+                seqs.append(seq)
+                line_nos.append(line_no)
+        stats.kept += len(users)
+        rows = pa.table({"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string()),
+                         "seq_no": pa.array(seqs, pa.int64()), "line_no": pa.array(line_nos, pa.int64())})
+        conn.register("_py_rows", rows)
+        try:
+            conn.execute("INSERT INTO _stage_reviews SELECT user_id, item_id, NULL, NULL, seq_no, ?, "
+                         "line_no, ? FROM _py_rows ORDER BY seq_no", [name, ff.format])
+        finally:
+            conn.unregister("_py_rows")
+        if q_lines:
+            conn.executemany("INSERT INTO _stage_quarantine VALUES (?, ?, ?, ?)",
+                             [(name, n, r, t) for n, r, t in zip(q_lines, q_reasons, q_raw)])
+    stats.max_line_no = max(stats.max_line_no, seq - seq_offset)  # seq_no stays unique across files
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+
+_CATEGORIES_SQL = """
+list_filter(
+  list_transform(
+    flatten(list_transform(
+      list_concat(coalesce(json_extract(j, '$.categories[*]'), []),
+                  coalesce(json_extract(j, '$.category[*]'), [])),
+      lambda x: CASE WHEN json_type(x) = 'ARRAY' THEN json_extract_string(x, '$[*]')
+                     ELSE [json_extract_string(x, '$')] END)),
+    lambda t: nullif(trim(replace(t, '&amp;', '&')), '')),
+  lambda t: t IS NOT NULL)
+"""
+
+
+def _parse_meta_sql(source: str) -> str:
+    return f"""
+        CREATE OR REPLACE TEMP TABLE _parsed AS
+        WITH src AS (SELECT line_no, raw, j, pre_reason FROM {source}),
+        x AS (
+            SELECT line_no, raw, pre_reason, raw IS NULL OR trim(raw) = '' AS blank,
+                   CASE WHEN json_valid(j) THEN json_type(j) = 'OBJECT' ELSE false END AS ok, j
+            FROM src),
+        y AS (
+            SELECT line_no, raw, pre_reason, blank, ok,
+                   CASE WHEN ok THEN nullif(trim(coalesce(nullif(trim(j->>'parent_asin'), ''), j->>'asin')), '') END AS item_id,
+                   CASE WHEN ok THEN j->>'title' END AS title,
+                   CASE WHEN ok THEN coalesce(nullif(trim(j->>'brand'), ''), nullif(trim(j->>'store'), ''),
+                                              nullif(trim(j->'details'->>'Brand'), '')) END AS brand,
+                   CASE WHEN ok THEN {_CATEGORIES_SQL} END AS categories,
+                   CASE WHEN ok THEN TRY_CAST(regexp_extract(replace(trim(j->>'price'), ',', ''),
+                        '^\\$?\\s*([0-9]+(\\.[0-9]+)?)', 1) AS DOUBLE) END AS price,
+                   CASE WHEN ok THEN coalesce(
+                        nullif(trim(j->>'imUrl'), ''),
+                        nullif(trim(json_extract_string(j, '$.imageURLHighRes[0]')), ''),
+                        nullif(trim(json_extract_string(j, '$.imageURL[0]')), ''),
+                        nullif(trim(json_extract_string(j, '$.image[0]')), ''),
+                        nullif(trim(j->'images'->0->>'hi_res'), ''),
+                        nullif(trim(j->'images'->0->>'large'), ''),
+                        nullif(trim(j->'images'->0->>'thumb'), '')) END AS image_ref
+            FROM x)
+        -- raw is kept only for lines that go to quarantine
+        SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN raw END AS raw) FROM (
+        SELECT line_no, blank, item_id, title, brand, list_filter(categories, lambda c, i: list_position(categories, c) = i) AS categories,
+               price, image_ref,
+               CASE WHEN blank THEN NULL
+                    WHEN pre_reason IS NOT NULL THEN pre_reason
+                    WHEN NOT ok THEN 'malformed_json'
+                    WHEN item_id IS NULL THEN 'missing_item_id'
+               END AS reason,
+               raw
+        FROM y
+        )
+    """
+
+
+def _commit_meta(conn, stats: FileStats, name: str, file_no: int) -> None:
+    blank, lines, max_line = conn.execute(
+        "SELECT count(*) FILTER (WHERE blank), count(*) FILTER (WHERE NOT blank), "
+        "coalesce(max(line_no), 0) FROM _parsed").fetchall()[0]
+    stats.blank_lines += blank
+    stats.lines += lines
+    stats.max_line_no = max(stats.max_line_no, max_line)
+    for reason, n in conn.execute(
+            "SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall():
+        stats.quarantined[reason] += n
+    conn.execute("""
+        INSERT INTO _stage_items
+        SELECT item_id, title, brand, categories, price, image_ref, ?, line_no, ?
+        FROM _parsed WHERE NOT blank AND reason IS NULL ORDER BY line_no""", [name, file_no])
+    stats.kept += conn.execute("SELECT count(*) FROM _parsed WHERE NOT blank AND reason IS NULL").fetchall()[0][0]
+    conn.execute("INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
+                 "WHERE reason IS NOT NULL ORDER BY line_no", [name])
+
+
+def load_meta(conn: duckdb.DuckDBPyConnection, ff: FileFormat, file_no: int) -> FileStats:
+    """Append one metadata file to ``_stage_items`` (every line; duplicates are resolved later)."""
+    t0 = time.perf_counter()
+    name = ff.path.name
+    stats = FileStats(name, ff.kind, ff.format, ff.compression)
+    if ff.syntax == "json":
+        try:
+            conn.execute(_parse_meta_sql(_fast_source(ff.path, ff.compression)))
+            unsure = conn.execute(
+                "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'").fetchall()[0][0]
+        except duckdb.Error:
+            unsure = -1
+        if unsure == 0:
+            stats.parser = "duckdb"
+            _commit_meta(conn, stats, name, file_no)
+            stats.seconds = time.perf_counter() - t0
+            return stats
+    stats.parser = "python"
+    for batch in iter_lines(ff.path):
+        table, _ = _python_source(batch, literal=ff.syntax == "literal")
+        conn.register("_py_lines", _with_blanks(table, batch))
+        try:
+            conn.execute(_parse_meta_sql("_py_lines"))
+        finally:
+            conn.unregister("_py_lines")
+        _commit_meta(conn, stats, name, file_no)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def load_item_attributes(conn: duckdb.DuckDBPyConnection, ff: FileFormat) -> FileStats:
+    """An S3-Rec ``{item: [attribute ids]}`` file into ``_stage_item_attributes``."""
+    t0 = time.perf_counter()
+    name = ff.path.name
+    stats = FileStats(name, ff.kind, ff.format, ff.compression, parser="python")
+    try:
+        with open_binary(ff.path) as fh:
+            doc = json.load(fh)
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        raise RawDataError(ff.path, f"is not a readable JSON object ({type(exc).__name__}: {exc})",
+                           "re-create the *_item2attributes.json file or remove it from the raw folder") from exc
+    if not isinstance(doc, dict):
+        raise RawDataError(ff.path, "holds JSON that is not an {item: [attributes]} object",
+                           "remove it from the raw folder")
+    rows, bad = [], []
+    for item, attrs in doc.items():
+        stats.lines += 1
+        if not isinstance(attrs, list) or not all(isinstance(a, (int, str)) for a in attrs) or not str(item).strip():
+            bad.append((name, None, "not_a_list_of_attributes", json.dumps({item: attrs})[:100_000]))
+            stats.quarantined["not_a_list_of_attributes"] += 1
+            continue
+        rows.extend((str(item), str(a)) for a in attrs)
+    stats.kept = len(rows)
+    table = pa.table({"item_id": pa.array([r[0] for r in rows], pa.string()),
+                      "attribute": pa.array([r[1] for r in rows], pa.string())})
+    conn.register("_py_attrs", table)
+    try:
+        conn.execute("INSERT INTO _stage_item_attributes SELECT item_id, attribute, ? FROM _py_attrs", [name])
+    finally:
+        conn.unregister("_py_attrs")
+    if bad:
+        conn.executemany("INSERT INTO _stage_quarantine VALUES (?, ?, ?, ?)", bad)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Interactions: de-duplication and the k-interaction user/item filter (SQL on the `reviews` table)
+
+
+@dataclass
+class CoreCounts:
+    """What a filter keeps."""
+
+    users: int
+    items: int
+    interactions: int
+    rounds: int = 1
+
+    def as_dict(self) -> dict:
+        return {"users": self.users, "items": self.items, "interactions": self.interactions,
+                "rounds": self.rounds}
+
+
+def table_counts(conn, table: str, rounds: int = 1) -> CoreCounts:
+    u, i, n = conn.execute(
+        f"SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*) FROM {table}").fetchall()[0]
+    return CoreCounts(u, i, n, rounds)
+
+
+def dedupe_reviews(conn: duckdb.DuckDBPyConnection, source: str = "reviews") -> int:
+    """``_dedup``: one row per (user, item), the earliest (by time, then file order); returns the
+    number of rows dropped."""
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dedup AS
+        SELECT user_id, item_id, ts, rating, seq_no, source_format
+        FROM (SELECT *, row_number() OVER (PARTITION BY user_id, item_id
+                                           ORDER BY ts NULLS LAST, seq_no) AS rn FROM {source})
+        WHERE rn = 1""")
+    before = conn.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]
+    after = conn.execute("SELECT count(*) FROM _dedup").fetchall()[0][0]
+    return before - after
+
+
+def one_pass_filter(conn: duckdb.DuckDBPyConnection, source: str, target: str, k: int) -> CoreCounts:
+    """CARCA's filter: drop rows whose user or item has fewer than ``k`` rows, counted once."""
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {target} AS
+        WITH u AS (SELECT user_id FROM {source} GROUP BY 1 HAVING count(*) >= {int(k)}),
+             i AS (SELECT item_id FROM {source} GROUP BY 1 HAVING count(*) >= {int(k)})
+        SELECT s.* FROM {source} s SEMI JOIN u USING (user_id) SEMI JOIN i USING (item_id)""")
+    return table_counts(conn, target)
+
+
+def iterative_kcore(conn: duckdb.DuckDBPyConnection, source: str, target: str, k: int,
+                    max_rounds: int = 1000) -> CoreCounts:
+    """The k-core: repeat the one-pass filter until every user and item has at least ``k`` rows."""
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT * FROM {source}")
+    rounds = 0
+    while rounds < max_rounds:
+        before = conn.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0]
+        one_pass_filter(conn, target, "_kcore_step", k)
+        after = conn.execute("SELECT count(*) FROM _kcore_step").fetchall()[0][0]
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT * FROM _kcore_step")
+        rounds += 1
+        if after == before:
+            break
+    conn.execute("DROP TABLE IF EXISTS _kcore_step")
+    return table_counts(conn, target, rounds)

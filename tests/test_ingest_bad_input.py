@@ -1,0 +1,181 @@
+"""Bad input: a clear error that names the file and what to do, and nothing lost (quarantine)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from assets.ingest import items, reviews
+
+GOOD = 20
+
+
+def review(user: str, asin: str, ts: int = 1_300_000_000) -> str:
+    return json.dumps({"reviewerID": user, "asin": asin, "overall": 4.0, "unixReviewTime": ts,
+                       "reviewTime": "03 13, 2011", "helpful": [0, 0], "reviewText": "fine"})
+
+
+def good_lines(n: int = GOOD) -> list[str]:
+    return [review(f"U{k % 4}", f"I{k}") for k in range(n)]
+
+
+def write_bytes(path: Path, lines: list[bytes | str], gz: bool = False) -> Path:
+    data = b"".join((line.encode() if isinstance(line, str) else line) + b"\n" for line in lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+def run(make_resources, raw_dir: Path, assets=(reviews,), config: dict | None = None):
+    resources = make_resources(raw_dir)
+    run_config = {"ops": config} if config else None
+    result = dg.materialize(list(assets), resources=resources, run_config=run_config)
+    return result, resources["duckdb"].database
+
+
+def metadata(result, key: str = "reviews") -> dict:
+    ev = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [key]][-1]
+    return {k: v.value for k, v in ev.materialization.metadata.items()}
+
+
+def quarantine(db: str) -> list[tuple]:
+    with duckdb.connect(db, read_only=True) as conn:
+        return conn.execute("SELECT stage, source_file, line_no, reason, raw FROM quarantine "
+                            "ORDER BY source_file, line_no").fetchall()
+
+
+def test_truncated_gzip_fails_naming_file_and_fix(make_resources, tmp_path):
+    path = write_bytes(tmp_path / "raw" / "reviews_Cut.json.gz", good_lines(3000), gz=True)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(dg.Failure) as exc:
+        run(make_resources, tmp_path / "raw")
+    msg = str(exc.value)
+    assert "reviews_Cut.json.gz" in msg and "truncated" in msg and "re-download" in msg
+
+
+def test_non_utf8_line_is_quarantined_escaped(make_resources, tmp_path):
+    lines = good_lines()
+    lines.insert(5, b'{"reviewerID": "U9", "asin": "I\xff\xfe", "unixReviewTime": 1300000000}')
+    write_bytes(tmp_path / "raw" / "r.json", lines)
+    result, db = run(make_resources, tmp_path / "raw")
+    assert metadata(result)["records_kept"] == GOOD
+    [(stage, file, line_no, reason, raw)] = quarantine(db)
+    assert (stage, file, line_no, reason) == ("reviews", "r.json", 6, "invalid_utf8")
+    assert "\\xff\\xfe" in raw and raw.startswith('{"reviewerID": "U9"')
+
+
+def test_malformed_json_is_quarantined_verbatim(make_resources, tmp_path):
+    lines = good_lines()
+    broken = '{"reviewerID": "U1", "asin": "I3", "overall": 5.0, "unixRev'
+    lines.insert(10, broken)
+    lines.insert(3, "")  # a blank line is no record, but it still counts for line numbers
+    write_bytes(tmp_path / "raw" / "r.json.gz", lines, gz=True)
+    result, db = run(make_resources, tmp_path / "raw")
+    md = metadata(result)
+    assert md["records_read"] == GOOD + 1 and md["records_kept"] == GOOD
+    assert md["quarantined_by_reason"] == {"malformed_json": 1}
+    assert quarantine(db) == [("reviews", "r.json.gz", 12, "malformed_json", broken)]
+    with duckdb.connect(db, read_only=True) as conn:
+        assert conn.execute("SELECT max(line_no) FROM reviews").fetchall() == [(GOOD + 2,)]
+
+
+def test_python_literal_code_is_quarantined_never_run(make_resources, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw"
+    write_bytes(raw / "r.json", good_lines())
+    meta = [str({"asin": f"I{k}", "title": f"t{k}", "categories": [["A", "B"]]}) for k in range(GOOD)]
+    evil = "__import__('os').system('touch PWNED')"
+    evil_in_dict = "{'asin': __import__('os').system('touch PWNED'), 'title': 'x'}"
+    meta.insert(0, evil_in_dict)  # seen by the format sniffer too
+    meta.insert(7, evil)
+    write_bytes(raw / "meta_Evil.json.gz", meta, gz=True)
+    result, db = run(make_resources, raw, assets=(reviews, items))
+    md = metadata(result, "items")
+    assert md["items"] == GOOD and md["quarantined_by_reason"] == {"not_a_python_literal": 2}
+    rows = [(r[2], r[3], r[4]) for r in quarantine(db) if r[0] == "items"]
+    assert rows == [(1, "not_a_python_literal", evil_in_dict), (8, "not_a_python_literal", evil)]
+    assert not list(tmp_path.rglob("PWNED")) and not Path(os.getcwd(), "PWNED").exists()
+
+
+def test_empty_files_are_reported_and_skipped(make_resources, tmp_path):
+    raw = tmp_path / "raw"
+    write_bytes(raw / "r.json", good_lines())
+    (raw / "empty.json").write_bytes(b"")
+    (raw / "empty.json.gz").write_bytes(gzip.compress(b"", mtime=0))
+    result, _ = run(make_resources, raw)
+    md = metadata(result)
+    assert md["records_kept"] == GOOD
+    assert {s["file"] for s in md["skipped_files"]} == {"empty.json", "empty.json.gz"}
+    assert all("empty" in s["why"] for s in md["skipped_files"])
+
+
+def test_review_without_reviewer_or_asin_is_quarantined(make_resources, tmp_path):
+    lines = good_lines()
+    no_user = json.dumps({"asin": "I1", "overall": 5.0, "unixReviewTime": 1_300_000_000})
+    no_item = json.dumps({"reviewerID": "U1", "asin": "", "overall": 5.0, "unixReviewTime": 1_300_000_000})
+    lines += [no_user, no_item]
+    write_bytes(tmp_path / "raw" / "r.json", lines)
+    result, db = run(make_resources, tmp_path / "raw")
+    assert metadata(result)["quarantined_by_reason"] == {"missing_item_id": 1, "missing_user_id": 1}
+    assert [(r[2], r[3], r[4]) for r in quarantine(db)] == [
+        (GOOD + 1, "missing_user_id", no_user), (GOOD + 2, "missing_item_id", no_item)]
+
+
+def test_timestamp_out_of_range_is_quarantined(make_resources, tmp_path):
+    lines = good_lines() + [review("U1", "I1", 4_102_444_800), review("U1", "I2", 100)]  # 2100, 1970
+    write_bytes(tmp_path / "raw" / "r.json", lines)
+    result, db = run(make_resources, tmp_path / "raw")
+    assert metadata(result)["quarantined_by_reason"] == {"timestamp_out_of_range": 2}
+    # the bounds are config: widening them keeps both
+    result, db = run(make_resources, tmp_path / "raw",
+                     config={"reviews": {"config": {"min_review_date": "1960-01-01",
+                                                    "max_review_date": "2200-01-01"}}})
+    assert metadata(result)["records_kept"] == GOOD + 2
+
+
+def test_unknown_file_is_reported_not_fatal(make_resources, tmp_path):
+    raw = tmp_path / "raw"
+    write_bytes(raw / "r.json", good_lines())
+    write_bytes(raw / "README.txt", ["These are my notes about the dump.", "Nothing to parse."])
+    write_bytes(raw / "ratings.csv", ["A1,B1,5.0,1300000000"])
+    write_bytes(raw / "config.json", [json.dumps({"name": "x", "version": 2})])
+    (raw / "images").mkdir()
+    (raw / "images" / "I1.jpg").write_bytes(b"not read by the ingest stage")
+    result, _ = run(make_resources, raw)
+    md = metadata(result)
+    assert md["records_kept"] == GOOD
+    assert {s["file"] for s in md["skipped_files"]} == {"README.txt", "ratings.csv", "config.json"}
+    assert "README.txt" in md["files"] and "skipped" in md["files"]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_missing_or_empty_raw_dir_fails_with_what_to_do(make_resources, tmp_path, monkeypatch, case):
+    raw = tmp_path / "nowhere"
+    if case == "empty":
+        raw.mkdir()
+    monkeypatch.setenv("CONVREC_RAW_DIR", str(raw))
+    with pytest.raises(dg.Failure) as exc:
+        run(make_resources, "")  # the folder comes from the environment
+    msg = str(exc.value)
+    assert str(raw) in msg and "CONVREC_RAW_DIR" in msg
+    assert ("does not exist" if case == "missing" else "no files") in msg
+
+
+def test_quarantine_share_over_threshold_fails_loudly(make_resources, tmp_path):
+    lines = good_lines(10) + ['{"reviewerID": broken'] * 4
+    write_bytes(tmp_path / "raw" / "reviews_Bad.json", lines)
+    with pytest.raises(dg.Failure) as exc:
+        run(make_resources, tmp_path / "raw")
+    msg = str(exc.value)
+    assert "reviews_Bad.json" in msg and "max_quarantine_share" in msg and "4 of 14" in msg
+    assert "SELECT * FROM quarantine" in msg
+    db = make_resources(tmp_path / "raw")["duckdb"].database
+    assert len(quarantine(db)) == 4  # the bad lines are kept for inspection
+    result, _ = run(make_resources, tmp_path / "raw", config={"reviews": {"config": {"max_quarantine_share": 0.5}}})
+    assert metadata(result)["records_kept"] == 10
