@@ -1,0 +1,389 @@
+"""Item features: sparse attribute ids (brand, category, price, S3-Rec ids) and ResNet-50 image vectors.
+
+Both tables are produced for every item in ``interactions``; which of them feeds the model is a
+training config choice. The work happens in ``convrec_dagster.attributes`` and
+``convrec_dagster.images``; these assets read their inputs from DuckDB, call them, and write back.
+"""
+
+import json
+import time
+from datetime import datetime, timezone
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+
+from convrec_dagster.attributes import AttributeConfig, build_item_attributes
+from convrec_dagster.images import FEATURE_DIM, compute_image_features, locate_images
+from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
+
+IMAGE_STAGE = "item_image_features"
+SAMPLE_IMAGE_SIZE = 64  # the embedded sample ships 64x64 images and must run in about a minute
+REAL_IMAGE_SIZE = 224
+_WRITE_CHUNK = 20_000
+
+QUARANTINE_DDL = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    stage VARCHAR, source_file VARCHAR, line_no BIGINT, reason VARCHAR, raw VARCHAR,
+    quarantined_at TIMESTAMP
+)"""
+
+
+def _table_exists(conn, name: str) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'",
+        [name],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _require_tables(conn, *names: str) -> None:
+    for name in names:
+        if not _table_exists(conn, name):
+            raise dg.Failure(
+                f"DuckDB table `{name}` does not exist. Materialize the ingest assets first "
+                "(e.g. `dagster asset materialize --select +item_attributes`)."
+            )
+
+
+def _interaction_items(conn) -> list[str]:
+    rows = conn.execute("SELECT DISTINCT item_id FROM interactions ORDER BY item_id").fetchall()
+    return [r[0] for r in rows]
+
+
+class ItemAttributesConfig(dg.Config):
+    """Attribute encoding. ``min_count``: values on fewer items fold into the kind's ``other``
+    bucket (1 keeps all). ``price_buckets``: quantile price buckets, 0 = none."""
+
+    min_count: int = 2
+    price_buckets: int = 0
+    use_brand: bool = True
+    use_categories: bool = True
+    use_raw_attributes: bool = True
+
+
+@dg.asset(
+    group_name="features",
+    kinds={"duckdb", "python"},
+    deps=["interactions", "items"],
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+)
+def item_attributes(
+    context: dg.AssetExecutionContext, config: ItemAttributesConfig, duckdb: DuckDBResource
+) -> dg.MaterializeResult:
+    """Sparse item attributes: one-hot brand, multi-hot category tokens (every level of the category
+    paths), optional price buckets and S3-Rec attribute ids. Writes `attribute_vocab(attribute_id,
+    kind, name, item_count)` (ids from 1, 0 = padding) and `item_attributes(item_id, attribute_id)`
+    for every item in `interactions`; rare values fold into an `other` bucket per kind, items without
+    metadata get the `missing/no_metadata` attribute."""
+    with duckdb.get_connection() as conn:
+        _require_tables(conn, "interactions", "items")
+        item_ids = _interaction_items(conn)
+        items = conn.execute(
+            "SELECT item_id, brand, categories, price, line_no FROM items"
+        ).df()
+        raw = None
+        if _table_exists(conn, "raw_item_attributes"):
+            raw = conn.execute("SELECT item_id, attribute FROM raw_item_attributes").df()
+    context.log.info(
+        f"encoding attributes of {len(item_ids):,} interaction items from {len(items):,} metadata "
+        f"rows{'' if raw is None else f' and {len(raw):,} raw attribute rows'}"
+    )
+    encoding = build_item_attributes(
+        items,
+        item_ids=item_ids,
+        raw_attributes=raw,
+        config=AttributeConfig(
+            min_count=config.min_count,
+            price_buckets=config.price_buckets,
+            use_brand=config.use_brand,
+            use_categories=config.use_categories,
+            use_raw_attributes=config.use_raw_attributes,
+        ),
+    )
+    vocab, pairs = encoding.vocab, encoding.pairs  # noqa: F841 (read by DuckDB below)
+    with duckdb.get_connection() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute(
+            "CREATE OR REPLACE TABLE attribute_vocab AS SELECT attribute_id::INTEGER AS attribute_id, "
+            "kind::VARCHAR AS kind, name::VARCHAR AS name, item_count::INTEGER AS item_count "
+            "FROM vocab ORDER BY attribute_id"
+        )
+        conn.execute(
+            "CREATE OR REPLACE TABLE item_attributes AS SELECT item_id::VARCHAR AS item_id, "
+            "attribute_id::INTEGER AS attribute_id FROM pairs ORDER BY item_id, attribute_id"
+        )
+        conn.execute("COMMIT")
+    stats = encoding.stats
+    if stats["items_missing_meta"]:
+        context.log.warning(
+            f"{stats['items_missing_meta']:,} items in interactions have no metadata row; they "
+            "carry the missing/no_metadata attribute"
+        )
+    top = vocab.sort_values("item_count", ascending=False).head(15)
+    return dg.MaterializeResult(
+        metadata={
+            "items": stats["items"],
+            "attribute_rows": len(pairs),
+            "vocab_size": stats["vocab_size"],
+            "vocab_size_by_kind": dg.MetadataValue.json(stats["vocab_size_by_kind"]),
+            "attributes_per_item_mean": round(stats["attributes_per_item_mean"], 3),
+            "attributes_per_item_max": stats["attributes_per_item_max"],
+            "items_no_attributes": stats["items_no_attributes"],
+            "items_missing_meta": stats["items_missing_meta"],
+            "items_without_category": stats.get("items_without_category", 0),
+            "min_count": config.min_count,
+            "top_attributes": dg.MetadataValue.md(top.to_markdown(index=False)),
+        }
+    )
+
+
+@dg.asset_check(asset=item_attributes, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def item_attributes_consistent(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """Every item in `interactions` has at least one attribute row, only those items have rows,
+    every attribute id exists in `attribute_vocab` (ids 1..V, unique) and vocab counts match."""
+    with duckdb.get_connection() as conn:
+        uncovered = conn.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
+            "ANTI JOIN item_attributes a USING (item_id)"
+        ).fetchone()[0]
+        extra = conn.execute(
+            "SELECT count(DISTINCT item_id) FROM item_attributes a "
+            "ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id)"
+        ).fetchone()[0]
+        unknown_ids = conn.execute(
+            "SELECT count(*) FROM item_attributes a ANTI JOIN attribute_vocab v USING (attribute_id)"
+        ).fetchone()[0]
+        n_vocab, n_distinct, lo, hi = conn.execute(
+            "SELECT count(*), count(DISTINCT attribute_id), min(attribute_id), max(attribute_id) "
+            "FROM attribute_vocab"
+        ).fetchone()
+        count_mismatch = conn.execute(
+            "SELECT count(*) FROM attribute_vocab v LEFT JOIN (SELECT attribute_id, count(*) AS n "
+            "FROM item_attributes GROUP BY ALL) c USING (attribute_id) "
+            "WHERE coalesce(c.n, 0) <> v.item_count"
+        ).fetchone()[0]
+        duplicates = conn.execute(
+            "SELECT count(*) FROM (SELECT item_id, attribute_id FROM item_attributes GROUP BY ALL "
+            "HAVING count(*) > 1)"
+        ).fetchone()[0]
+    ids_ok = n_vocab == n_distinct and (n_vocab == 0 or (lo == 1 and hi == n_vocab))
+    passed = uncovered == 0 and extra == 0 and unknown_ids == 0 and ids_ok and count_mismatch == 0
+    passed = passed and duplicates == 0
+    return dg.AssetCheckResult(
+        passed=bool(passed),
+        metadata={
+            "items_without_attributes": int(uncovered),
+            "items_not_in_interactions": int(extra),
+            "rows_with_unknown_attribute_id": int(unknown_ids),
+            "vocab_ids_are_1_to_V": bool(ids_ok),
+            "vocab_count_mismatches": int(count_mismatch),
+            "duplicate_rows": int(duplicates),
+        },
+    )
+
+
+class ItemImageFeaturesConfig(dg.Config):
+    """ResNet-50 image features. ``weights_path``: local torchvision ResNet-50 state_dict ('' =
+    random init, with a warning). ``image_size``: network input size, 0 = auto (224 for real
+    dumps, 64 for the embedded sample). ``num_workers``: image decoding threads."""
+
+    weights_path: str = ""
+    image_size: int = 0
+    batch_size: int = 64
+    num_workers: int = 2
+    use_cache: bool = True
+
+
+@dg.asset(
+    group_name="features",
+    kinds={"duckdb", "pytorch"},
+    deps=["interactions", "items"],
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+)
+def item_image_features(
+    context: dg.AssetExecutionContext,
+    config: ItemImageFeaturesConfig,
+    duckdb: DuckDBResource,
+    paths: ConvRecPaths,
+    torch_device: TorchDevice,
+) -> dg.MaterializeResult:
+    """2,048-d ResNet-50 (penultimate layer) vectors of each item's image, for every item in
+    `interactions`: `item_image_features(item_id, has_image, image_path, content_hash,
+    feature FLOAT[2048], image_status)`. Images come from `<dump>/images/<item_id>.jpg|jpeg|png` or a
+    local `items.image_ref`; URLs are not fetched. No image or a corrupt one: zero vector and
+    has_image = false (corrupt files are quarantined). Vectors are cached by (content sha256,
+    weights, input size) as Parquet under `artifacts/features/image_cache/`."""
+    with duckdb.get_connection() as conn:
+        _require_tables(conn, "interactions")
+        item_ids = _interaction_items(conn)
+        refs: dict[str, str | None] = {}
+        if _table_exists(conn, "items"):
+            refs = dict(
+                conn.execute(
+                    "SELECT item_id, image_ref FROM items WHERE image_ref IS NOT NULL"
+                ).fetchall()
+            )
+    raw_dir = paths.raw_path()
+    image_size = config.image_size or (
+        SAMPLE_IMAGE_SIZE if paths.is_embedded_sample() else REAL_IMAGE_SIZE
+    )
+    locations = locate_images(item_ids, raw_dir, refs)
+    n_found = sum(loc.status == "found" for loc in locations)
+    device = torch_device.torch_device
+    context.log.info(
+        f"{len(item_ids):,} items, {n_found:,} local images under {raw_dir}; ResNet-50 at "
+        f"{image_size}px on {torch_device.describe()}, batch {config.batch_size}"
+    )
+    if not config.weights_path:
+        context.log.warning(
+            "!!! item_image_features: no weights_path configured -> RANDOMLY INITIALISED ResNet-50 "
+            "(fixed seed). Image features will carry little visual meaning; metadata records "
+            "pretrained: false. Set weights_path to a local torchvision ResNet-50 state_dict. !!!"
+        )
+
+    last_log = [0.0]
+
+    def progress(done: int, total: int, per_s: float) -> None:
+        now = time.monotonic()
+        if done == total or now - last_log[0] >= 10.0:
+            last_log[0] = now
+            context.log.info(f"images {done:,}/{total:,} ({per_s:.1f} images/s)")
+
+    cache_dir = paths.artifacts_path("features", "image_cache") if config.use_cache else None
+    result = compute_image_features(
+        locations,
+        weights_path=config.weights_path or None,
+        image_size=image_size,
+        batch_size=config.batch_size,
+        device=device,
+        precision=torch_device.effective_precision(),
+        cache_dir=cache_dir,
+        num_workers=config.num_workers,
+        progress=progress,
+    )
+    counts = result.counts()
+    if n_found == 0:
+        context.log.info(
+            "the dump has no local images for any item: every row gets has_image = false and a "
+            f"zero vector ({counts['remote']:,} remote image URLs were not fetched)"
+        )
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    quarantine = pd.DataFrame(
+        {
+            "stage": IMAGE_STAGE,
+            "source_file": [path for _, path, _ in result.corrupt],
+            "line_no": pd.array([None] * len(result.corrupt), dtype="Int64"),
+            "reason": [reason for _, _, reason in result.corrupt],
+            "raw": [
+                json.dumps({"item_id": item_id, "image_path": path})
+                for item_id, path, _ in result.corrupt
+            ],
+            "quarantined_at": [now] * len(result.corrupt),
+        }
+    )
+    for item_id, path, reason in result.corrupt:
+        context.log.warning(f"quarantined image of item {item_id}: {path}: {reason}")
+
+    has_image = result.has_image
+    with duckdb.get_connection() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute(
+            "CREATE OR REPLACE TABLE item_image_features (item_id VARCHAR, has_image BOOLEAN, "
+            f"image_path VARCHAR, content_hash VARCHAR, feature FLOAT[{FEATURE_DIM}], "
+            "image_status VARCHAR)"
+        )
+        for start in range(0, len(item_ids), _WRITE_CHUNK):
+            stop = start + _WRITE_CHUNK
+            chunk = pa.table(  # noqa: F841 (read by DuckDB below)
+                {
+                    "item_id": pa.array(result.item_ids[start:stop], pa.string()),
+                    "has_image": pa.array(has_image[start:stop]),
+                    "image_path": pa.array(result.image_path[start:stop], pa.string()),
+                    "content_hash": pa.array(result.content_hash[start:stop], pa.string()),
+                    "feature": pa.FixedSizeListArray.from_arrays(
+                        pa.array(np.ascontiguousarray(result.features[start:stop]).ravel()),
+                        FEATURE_DIM,
+                    ),
+                    "image_status": pa.array(result.status[start:stop], pa.string()),
+                }
+            )
+            conn.execute("INSERT INTO item_image_features SELECT * FROM chunk")
+        conn.execute(QUARANTINE_DDL)
+        conn.execute("DELETE FROM quarantine WHERE stage = ?", [IMAGE_STAGE])
+        if len(quarantine):
+            conn.register("quarantine_rows", quarantine)
+            conn.execute(
+                "INSERT INTO quarantine SELECT stage, source_file, line_no, reason, raw, "
+                "quarantined_at FROM quarantine_rows"
+            )
+            conn.unregister("quarantine_rows")
+        conn.execute("COMMIT")
+
+    context.log.info(
+        f"image features: {counts['found']:,} found, {counts['corrupt']:,} corrupt, "
+        f"{counts['missing'] + counts['remote']:,} without a local image (of which "
+        f"{counts['remote']:,} have a URL, not fetched); "
+        f"{result.cache_hits:,} cache hits, {result.computed:,} computed"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "items": len(item_ids),
+            "pretrained": result.pretrained,
+            "weights_path": result.weights_path or "(none: random init)",
+            "warning": result.warning or "",
+            "images_found": counts["found"],
+            "images_missing": counts["missing"] + counts["remote"],  # no local image file
+            "images_corrupt_quarantined": counts["corrupt"],
+            "images_remote_not_fetched": counts["remote"],
+            "cache_hits": result.cache_hits,
+            "computed": result.computed,
+            "images_per_s": round(result.images_per_s, 2),
+            "model_images_per_s": round(result.model_images_per_s, 2),
+            "image_size": image_size,
+            "device": torch_device.describe(),
+            "precision": result.precision,
+            "cache_file": str(cache_dir) if cache_dir else "(cache disabled)",
+        }
+    )
+
+
+@dg.asset_check(asset=item_image_features, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def item_image_features_cover_items(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """One row per item in `interactions` (no gaps, no duplicates, no strangers); rows without an
+    image hold the zero vector and rows with one hold a non-zero vector."""
+    with duckdb.get_connection() as conn:
+        uncovered = conn.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
+            "ANTI JOIN item_image_features f USING (item_id)"
+        ).fetchone()[0]
+        extra = conn.execute(
+            "SELECT count(*) FROM item_image_features f "
+            "ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id)"
+        ).fetchone()[0]
+        duplicates = conn.execute(
+            "SELECT count(*) - count(DISTINCT item_id) FROM item_image_features"
+        ).fetchone()[0]
+        bad_vectors = conn.execute(
+            "SELECT count(*) FROM (SELECT has_image, "
+            "list_max(list_transform(feature::FLOAT[], lambda x: abs(x))) AS m FROM item_image_features) "
+            "WHERE (has_image AND (m IS NULL OR m = 0)) OR (NOT has_image AND m <> 0)"
+        ).fetchone()[0]
+    passed = uncovered == 0 and extra == 0 and duplicates == 0 and bad_vectors == 0
+    return dg.AssetCheckResult(
+        passed=bool(passed),
+        metadata={
+            "items_without_row": int(uncovered),
+            "rows_not_in_interactions": int(extra),
+            "duplicate_rows": int(duplicates),
+            "rows_with_inconsistent_vector": int(bad_vectors),
+        },
+    )
+
+
+feature_assets = [item_attributes, item_image_features]
+feature_checks = [item_attributes_consistent, item_image_features_cover_items]
