@@ -1,0 +1,198 @@
+"""Splits stage: integer indices, leave-one-out splits with time context, stored negatives, proxy ids.
+
+Thin Dagster wrappers around ``convrec_dagster.splits`` (DuckDB SQL + NumPy). The asset checks that
+guard training (leakage, split sizes, negatives, proxy counts) are blocking: a failure stops the run
+before any model sees the data.
+"""
+
+import base64
+import io
+
+import dagster as dg
+import numpy as np
+from dagster_duckdb import DuckDBResource
+
+from convrec_dagster import splits
+from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS
+
+GROUP = "splits"
+
+
+class SequencesConfig(dg.Config):
+    """``histogram_bins``: bins of the sequence-length histogram shown in the UI."""
+
+    histogram_bins: int = 40
+
+
+class EvalNegativesConfig(dg.Config):
+    """Negatives drawn once per evaluated user and stored: same seed, same candidates for every model."""
+
+    n_negatives: int = splits.DEFAULT_N_NEGATIVES
+    seed: int = splits.DEFAULT_SEED
+
+
+class ProxyIdsConfig(dg.Config):
+    """How many of the most frequent (training) items keep their own id.
+
+    ``top_k``: a count; when set it wins over ``top_fraction``, the share of items with training rows.
+    """
+
+    top_k: int | None = None
+    top_fraction: float = 0.1
+
+
+def _length_histogram_md(lengths: np.ndarray, bins: int) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=90)
+    hi = max(int(lengths.max()), 1)
+    edges = np.unique(np.geomspace(1, hi + 1, num=bins + 1).round()) if hi > bins else np.arange(1, hi + 2)
+    ax.hist(lengths, bins=edges, color="#4C72B0")
+    if hi > bins:  # long tail: log axes
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("interactions per user")
+    ax.set_ylabel("users")
+    ax.set_title(f"Sequence lengths ({len(lengths):,} users)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f"![sequence lengths](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def _check_result(outcome: splits.CheckOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description, metadata=outcome.metadata)
+
+
+@dg.asset(
+    deps=["interactions"],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+)
+def sequences(context: dg.AssetExecutionContext, config: SequencesConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Users 1..U and items 1..I (by training frequency), and every interaction with its leave-one-out
+    split (last = test, second-to-last = valid; users with < 3 interactions only train), timestamp,
+    (year, month, day) and the 6 time-context features (NULL when the dump has no timestamps).
+    Writes `user_index`, `item_index` and `sequences`."""
+    with duckdb.get_connection() as conn:
+        context.log.info("building user/item indices and leave-one-out splits")
+        summary = splits.build_sequences(conn)
+        lengths = splits.sequence_lengths(conn)
+    if not summary["has_timestamps"]:
+        context.log.warning(
+            f"{summary['interactions'] - summary['rows_with_timestamp']} of {summary['interactions']} "
+            "interactions have no timestamp: time context is absent for this dataset."
+        )
+    context.log.info(
+        f"{summary['users']} users ({summary['evaluated_users']} evaluated), {summary['items']} items, "
+        f"{summary['interactions']} interactions"
+    )
+    metadata = {k: v for k, v in summary.items() if k != "has_timestamps"}
+    metadata["time_context_available"] = summary["has_timestamps"]
+    metadata["sequence_length_histogram"] = dg.MetadataValue.md(_length_histogram_md(lengths, config.histogram_bins))
+    metadata["dagster/row_count"] = summary["interactions"]
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(asset=sequences, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def sequences_no_leakage(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """No validation or test row is a training input: they are each evaluated user's last two
+    positions and no training row comes after them."""
+    with duckdb.get_connection() as conn:
+        return _check_result(splits.check_no_leakage(conn))
+
+
+@dg.asset_check(asset=sequences, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def sequences_split_sizes(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """train + valid + test rows add up to `interactions`; valid = test = evaluated users."""
+    with duckdb.get_connection() as conn:
+        return _check_result(splits.check_split_sizes(conn))
+
+
+@dg.asset(
+    deps=[sequences],
+    group_name=GROUP,
+    kinds={"duckdb", "numpy"},
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+)
+def eval_negatives(
+    context: dg.AssetExecutionContext, config: EvalNegativesConfig, duckdb: DuckDBResource
+) -> dg.MaterializeResult:
+    """`n_negatives` (100) distinct items per evaluated user, uniform over the items the user never
+    interacted with (validation and test items excluded too), drawn once with a fixed seed and stored
+    so every model and run is scored on the same candidates."""
+    with duckdb.get_connection() as conn:
+        context.log.info(f"drawing {config.n_negatives} negatives per evaluated user (seed {config.seed})")
+        summary = splits.build_eval_negatives(conn, n_negatives=config.n_negatives, seed=config.seed)
+    metadata = dict(summary)
+    metadata["dagster/row_count"] = summary["rows"]
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(asset=eval_negatives, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def eval_negatives_disjoint_from_history(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """No stored negative is an item of the user's own history (train, valid or test)."""
+    with duckdb.get_connection() as conn:
+        return _check_result(splits.check_negatives_disjoint(conn))
+
+
+@dg.asset_check(asset=eval_negatives, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def eval_negatives_count_per_user(
+    context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource
+) -> dg.AssetCheckResult:
+    """Every evaluated user has exactly `n_negatives` distinct negatives (as materialized, default
+    100); train-only users have none."""
+    n_negatives = splits.DEFAULT_N_NEGATIVES
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("eval_negatives"))
+    if event is not None and event.asset_materialization is not None:
+        value = event.asset_materialization.metadata.get("n_negatives")
+        if value is not None:
+            n_negatives = int(value.value)
+    with duckdb.get_connection() as conn:
+        return _check_result(splits.check_negative_counts(conn, n_negatives))
+
+
+@dg.asset(
+    deps=[sequences],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+)
+def proxy_ids(context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Frequency-based proxy ids: the K most frequent items, counted on training rows only, keep ids
+    1..K; all others share the rare-item id K + 1; 0 is padding."""
+    k: int | float = config.top_k if config.top_k is not None else float(config.top_fraction)
+    with duckdb.get_connection() as conn:
+        summary = splits.build_proxy_ids(conn, k)
+    context.log.info(
+        f"{summary['proxy_k']} items keep their own id ({summary['share_items_own_id']:.1%} of items, "
+        f"{summary['share_train_interactions_covered']:.1%} of training interactions)"
+    )
+    metadata = dict(summary)
+    metadata["dagster/row_count"] = summary["items"]
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(asset=proxy_ids, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+def proxy_ids_training_counts(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """Proxy counts equal a recount over training rows only, and own ids go to the top-K items."""
+    with duckdb.get_connection() as conn:
+        return _check_result(splits.check_proxy_counts(conn))
+
+
+splits_assets = [sequences, eval_negatives, proxy_ids]
+splits_checks = [
+    sequences_no_leakage,
+    sequences_split_sizes,
+    eval_negatives_disjoint_from_history,
+    eval_negatives_count_per_user,
+    proxy_ids_training_counts,
+]
