@@ -1,0 +1,91 @@
+"""The interface every recommender shares (RecBole's sequential-model interface, trimmed).
+
+A model reads a :class:`models.batching.Batch` and offers
+
+- ``forward(batch)``: the sequence vector ``(B, d)`` (models without one return ``None``);
+- ``predict(batch)``: scores ``(B, C)`` for ``batch.candidates``;
+- ``calculate_loss(batch)``: the training loss, where ``batch.candidates[:, 0]`` is the positive and
+  the rest are negatives;
+- ``full_sort_predict(batch)``: scores ``(B, n_items + 1)`` for every item (column 0, the padding,
+  is ``-inf``), computed in item chunks so that 100k+ item catalogues fit in memory.
+
+Final dot products run in fp32 even under bf16 autocast, so that bf16 does not manufacture ties.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.batching import Batch
+
+LossName = Literal["bce", "softmax"]
+
+
+def candidate_loss(scores: torch.Tensor, loss: LossName) -> torch.Tensor:
+    """Loss over ``scores (B, 1 + n_neg)`` whose column 0 is the positive.
+
+    ``softmax``: cross-entropy over [positive + negatives] (the authors' code). ``bce``: binary
+    cross-entropy, positive term plus the mean negative term (the paper's text), so one positive
+    weighs as much as its negatives together.
+    """
+    scores = scores.float()
+    if loss == "softmax":
+        return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+    if loss == "bce":
+        return (F.softplus(-scores[:, 0]) + F.softplus(scores[:, 1:]).mean(1)).mean()
+    raise ValueError(f"loss must be 'bce' or 'softmax', not {loss!r}")
+
+
+def dot_scores(cand: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    """``cand (B, C, d)`` · ``seq (B, d)`` -> ``(B, C)`` in fp32, autocast off."""
+    with torch.autocast(cand.device.type, enabled=False):
+        return torch.einsum("bcd,bd->bc", cand.float(), seq.float())
+
+
+class SequentialRecommender(nn.Module):
+    """Base class: subclasses implement ``forward``, ``encode_candidates`` and ``all_item_vectors``."""
+
+    name: str = "base"
+    trainable: bool = True  # False: nothing to learn (popularity)
+
+    def __init__(self, n_items: int, max_len: int, loss: LossName = "softmax"):
+        super().__init__()
+        self.n_items = n_items
+        self.max_len = max_len
+        self.loss = loss
+
+    def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode_candidates(self, batch: Batch, seq: torch.Tensor | None) -> torch.Tensor:
+        """Candidate vectors ``(B, C, d)`` for ``batch.candidates``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def score_item_chunk(self, batch: Batch, seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B, M)`` of the same item ids ``items (M,)`` for every row."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        seq = self.forward(batch)
+        return dot_scores(self.encode_candidates(batch, seq), seq)
+
+    def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        return candidate_loss(self.predict(batch), self.loss)
+
+    @torch.no_grad()
+    def full_sort_predict(self, batch: Batch, chunk_size: int = 8192) -> torch.Tensor:
+        seq = self.forward(batch)
+        device = batch.items.device
+        out = torch.empty(len(batch.items), self.n_items + 1, device=device)
+        out[:, 0] = float("-inf")
+        for start in range(1, self.n_items + 1, chunk_size):
+            items = torch.arange(start, min(start + chunk_size, self.n_items + 1), device=device)
+            out[:, start : start + len(items)] = self.score_item_chunk(batch, seq, items).float()
+        return out
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

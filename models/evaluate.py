@@ -1,0 +1,123 @@
+"""Ranking evaluation and top-k recommendation for any :class:`SequentialRecommender`.
+
+``rank_eval_users`` returns per-user rank counts for :func:`models.metrics.per_user_metrics`:
+
+- ``sampled_100``: the positive against the stored ``data.eval_negatives`` (the paper's tables);
+- ``full``: against every item; the user's other items (training history, and for the test split
+  the validation item too) are masked, the padding column excluded.
+
+The validation input is the training history; the test input also includes the validation item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import numpy as np
+import torch
+
+from models.base import SequentialRecommender
+from models.batching import eval_targets, make_batch
+from models.data import RecData
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA when asked; a no-op otherwise (fp32 is faster than bf16 on CPU)."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _history_mask(data: RecData, users: np.ndarray, ends: np.ndarray, device: torch.device) -> torch.Tensor:
+    """bool (B, n_items + 1): items among each user's rows before ``ends``, plus the padding column."""
+    starts = data.user_ptr[users]
+    lengths = ends - starts
+    rows = np.repeat(np.arange(len(users)), lengths)
+    flat = np.concatenate([data.items[s:e] for s, e in zip(starts, ends)]) if len(users) else np.zeros(0, np.int64)
+    mask = torch.zeros(len(users), data.n_items + 1, dtype=torch.bool, device=device)
+    mask[torch.from_numpy(rows).to(device), torch.from_numpy(flat).to(device)] = True
+    mask[:, 0] = True
+    return mask
+
+
+@torch.no_grad()
+def rank_eval_users(
+    model: SequentialRecommender,
+    data: RecData,
+    split: Literal["valid", "test"],
+    protocol: Literal["sampled_100", "full"],
+    device: torch.device | str,
+    batch_size: int = 256,
+    precision: str = "fp32",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, n_greater, n_equal) over every evaluated user; ties are left to the metrics."""
+    if protocol not in ("sampled_100", "full"):
+        raise ValueError(f"protocol must be 'sampled_100' or 'full', not {protocol!r}")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    users = data.eval_users()
+    greater, equal = [], []
+    try:
+        for start in range(0, len(users), batch_size):
+            batch_users = users[start : start + batch_size]
+            targets = eval_targets(data, batch_users, split)
+            positives = data.items[targets]
+            if protocol == "sampled_100":
+                cands = np.concatenate([positives[:, None], data.eval_negatives[batch_users]], 1)
+            else:
+                cands = positives[:, None]
+            batch = make_batch(data, batch_users, targets, model.max_len, cands).to(device)
+            with autocast(device, precision):
+                if protocol == "sampled_100":
+                    scores = model.predict(batch).float()
+                    pos, neg = scores[:, :1], scores[:, 1:]
+                    greater.append((neg > pos).sum(1).cpu())
+                    equal.append((neg == pos).sum(1).cpu())
+                    continue
+                scores = model.full_sort_predict(batch).float()
+            pos_idx = torch.from_numpy(positives).to(device).unsqueeze(1)
+            pos = scores.gather(1, pos_idx)
+            masked = _history_mask(data, batch_users, targets, device)
+            masked.scatter_(1, pos_idx, True)  # the positive is compared, not counted against itself
+            scores = scores.masked_fill(masked, float("-inf"))
+            greater.append((scores > pos).sum(1).cpu())
+            equal.append((scores == pos).sum(1).cpu())
+    finally:
+        model.train(was_training)
+    cat = lambda xs: torch.cat(xs).numpy().astype(np.int64) if xs else np.zeros(0, np.int64)  # noqa: E731
+    return users, cat(greater), cat(equal)
+
+
+@torch.no_grad()
+def recommend_top_k(
+    model: SequentialRecommender, data: RecData, k: int, device: torch.device | str, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` unseen items per user from the whole history (candidates take the last item's time).
+
+    Returns users (N,), items (N, k) and scores (N, k) for every user with at least one interaction.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    counts = np.diff(data.user_ptr[1 : data.n_users + 2])
+    users = np.flatnonzero(counts > 0).astype(np.int64) + 1
+    k = min(k, data.n_items)
+    out_items, out_scores = [], []
+    try:
+        for start in range(0, len(users), batch_size):
+            batch_users = users[start : start + batch_size]
+            ends = data.user_ptr[batch_users + 1]
+            dummy = np.ones((len(batch_users), 1), dtype=np.int64)
+            batch = make_batch(data, batch_users, ends, model.max_len, dummy, time_rows=ends - 1).to(device)
+            scores = model.full_sort_predict(batch).float()
+            scores = scores.masked_fill(_history_mask(data, batch_users, ends, device), float("-inf"))
+            top = scores.topk(k, dim=1)
+            out_items.append(top.indices.cpu())
+            out_scores.append(top.values.cpu())
+    finally:
+        model.train(was_training)
+    if not out_items:
+        return users, np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return users, torch.cat(out_items).numpy().astype(np.int64), torch.cat(out_scores).numpy()

@@ -1,0 +1,213 @@
+"""ConvRec and baselines: shapes, padding, the convolution stack, ablations, memory, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.batching import make_batch
+from models.convrec import ConvBlock, ConvRec, default_kernels
+from models.registry import MODEL_NAMES, build_model, load_model, save_checkpoint
+from models.synthetic import chain_data
+
+HP = {"d": 16, "hidden": 32, "dropout": 0.1, "max_len": 12}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: one thread avoids OpenMP spin-waits on a shared 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return chain_data(n_users=40, n_items=30, min_len=4, max_len=25, seed=1)
+
+
+def eval_batch(data, users, max_len, n_cand=7):
+    users = np.asarray(users)
+    targets = data.user_ptr[users + 1] - 2
+    cands = np.concatenate([data.items[targets][:, None], data.eval_negatives[users][:, : n_cand - 1]], 1)
+    return make_batch(data, users, targets, max_len, cands)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_shapes(data, name):
+    torch.manual_seed(0)
+    model = build_model(name, data, HP)
+    batch = eval_batch(data, [1, 2, 3, 4, 5], HP["max_len"])
+    model.eval()
+    assert model.predict(batch).shape == (5, 7)
+    assert model.full_sort_predict(batch).shape == (5, data.n_items + 1)
+    seq = model(batch)
+    if name != "popularity":
+        assert seq.shape == (5, HP["d"])
+        model.train()
+        loss = model.calculate_loss(batch)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters()), "a parameter gets no gradient (dead)"
+    else:
+        assert seq is None and model.n_parameters() == 0
+
+
+@pytest.mark.parametrize("name", ["convrec", "convrec_attention", "sasrec"])
+def test_padding_and_batch_mates_do_not_change_the_sequence_vector(data, name):
+    torch.manual_seed(0)
+    model = build_model(name, data, HP).eval()
+    lengths = np.diff(data.user_ptr[1:])
+    short = int(np.flatnonzero(lengths == lengths.min())[0]) + 1
+    alone = eval_batch(data, [short], HP["max_len"])
+    assert (alone.items == 0).any(), "the test needs a padded history"
+    junk = eval_batch(data, [short], HP["max_len"])
+    pad = junk.items == 0
+    if junk.context is not None:
+        junk.context[pad] = 7.0
+        junk.ymd[pad] = 3.0
+    mixed = eval_batch(data, [int(np.argmax(lengths)) + 1, short, 3], HP["max_len"])
+    with torch.no_grad():
+        ref = model(alone)[0]
+        torch.testing.assert_close(model(junk)[0], ref)
+        torch.testing.assert_close(model(mixed)[1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_default_kernels_follow_the_paper_and_cover_any_length():
+    assert default_kernels(70) == [2, 5, 7]
+    assert default_kernels(50) == [2, 5, 5]
+    assert default_kernels(30) == [2, 3, 5]
+    assert default_kernels(1000) == [10, 10, 10]
+    for length in (7, 30, 50, 64, 70, 101, 997):
+        assert np.prod(default_kernels(length)) >= length
+
+
+@pytest.mark.parametrize("length", [7, 30, 50, 64, 70, 101])
+def test_conv_stack_collapses_any_length_to_one_vector(length):
+    data = chain_data(n_users=6, n_items=20, min_len=length + 3, max_len=length + 3, seed=2)
+    torch.manual_seed(0)
+    model = ConvRec(data, max_len=length, d=8, hidden=16).eval()
+    batch = eval_batch(data, [1, 2], length)
+    z, _ = model.encode(batch, with_candidates=False)
+    x = r = z
+    for block in model.blocks:
+        x, r = block(x, r)
+    assert x.shape == (2, 1, 8)
+    assert model(batch).shape == (2, 8)
+
+
+def test_kernel_equals_stride_fast_path_matches_conv1d():
+    torch.manual_seed(0)
+    block = ConvBlock(8, 5, 5, heads=1, dropout=0.0, residual=True)
+    x = torch.randn(3, 20, 8)
+    reference = block.conv(x.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(block._conv(x), reference, rtol=1e-5, atol=1e-5)
+    grouped = ConvBlock(8, 4, 2, heads=2, dropout=0.0, residual=True)
+    assert grouped.conv.groups == 2
+    assert grouped(x, x)[0].shape == (3, 9, 8)  # (20 - 4) / 2 + 1 positions
+    assert grouped(x[:, :7], x[:, :7])[0].shape == (3, 3, 8)  # 7 -> left pad 1 -> 8 -> 3
+
+
+ABLATIONS = {
+    "intervals": {"intervals": False},
+    "residuals": {"residuals": False},
+    "single_conv": {"single_conv": True},
+    "avg_pool_only": {"avg_pool_only": True},
+}
+
+
+@pytest.mark.parametrize("switch", sorted(ABLATIONS))
+def test_each_ablation_switch_changes_the_computation(data, switch):
+    torch.manual_seed(0)
+    full = ConvRec(data, **HP).eval()
+    torch.manual_seed(0)
+    ablated = ConvRec(data, **HP, **ABLATIONS[switch]).eval()
+    shared = {k: v for k, v in full.state_dict().items() if k in ablated.state_dict() and v.shape == ablated.state_dict()[k].shape}
+    ablated.load_state_dict(shared, strict=False)
+    batch = eval_batch(data, [1, 2, 3], HP["max_len"])
+    with torch.no_grad():
+        assert not torch.allclose(full.predict(batch), ablated.predict(batch))
+    names = set(dict(ablated.named_parameters()))
+    if switch == "intervals":
+        assert ablated.encoder.norm.normalized_shape == (HP["d"],) and full.encoder.norm.normalized_shape == (HP["d"] + 3,)
+    elif switch == "residuals":
+        assert not any("alpha" in n or "beta" in n for n in names)
+    elif switch == "single_conv":
+        assert len(ablated.blocks) == 1 and ablated.blocks[0].kernel == HP["max_len"]
+    else:
+        assert len(ablated.blocks) == 0 and not any(n.startswith("blocks") for n in names)
+
+
+def test_residual_weights_start_at_one_half(data):
+    model = ConvRec(data, **HP)
+    assert all(b.alpha.item() == 0.5 and b.beta.item() == 0.5 for b in model.blocks)
+
+
+def test_absent_dataset_parts_are_absent_from_the_model():
+    bare = chain_data(n_users=10, n_items=12, with_time=False, with_attributes=False, seed=3)
+    model = ConvRec(bare, **HP)
+    names = set(dict(model.named_parameters()))
+    assert not any(n.startswith(("encoder.context", "encoder.attr", "encoder.a_from", "encoder.x_from")) for n in names)
+    with pytest.raises(ValueError, match="attributes"):
+        ConvRec(bare, **HP, features="attributes")
+    images = chain_data(n_users=10, n_items=12, with_attributes=False, image_dim=24, seed=3)
+    assert ConvRec(images, **HP).encoder.image.in_features == 24
+
+
+def _saved_activation_bytes(model, batch) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.calculate_loss(batch)
+    return sum(storages.values())
+
+
+def test_activation_memory_grows_linearly_with_length_for_convrec_only():
+    data = chain_data(n_users=8, n_items=60, min_len=260, max_len=260, seed=4)
+    growth = {}
+    for name in ("convrec", "convrec_attention"):
+        saved = []
+        for length in (64, 128, 256):
+            torch.manual_seed(0)
+            model = build_model(name, data, {**HP, "max_len": length}).train()
+            saved.append(_saved_activation_bytes(model, eval_batch(data, np.arange(1, 9), length, n_cand=20)))
+        # linear memory a + b*L: the increment from 128 to 256 is twice the one from 64 to 128
+        growth[name] = (saved[2] - saved[1]) / (saved[1] - saved[0])
+    assert 1.7 < growth["convrec"] < 2.25, growth
+    assert growth["convrec_attention"] > 2.8, growth
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("with_time", [True, False])
+def test_full_sort_predict_matches_predict(name, with_time):
+    data = chain_data(n_users=12, n_items=25, with_time=with_time, seed=5)
+    torch.manual_seed(0)
+    model = build_model(name, data, HP).eval()
+    batch = eval_batch(data, [1, 2, 3, 4], HP["max_len"], n_cand=10)
+    with torch.no_grad():
+        sampled = model.predict(batch)
+        full = model.full_sort_predict(batch, chunk_size=7)
+    torch.testing.assert_close(full.gather(1, batch.candidates), sampled, rtol=1e-4, atol=1e-4)
+    assert torch.isneginf(full[:, 0]).all()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_checkpoint_round_trip_with_weights_only(data, tmp_path, name):
+    torch.manual_seed(0)
+    model = build_model(name, data, HP).eval()
+    save_checkpoint(tmp_path / "best.pt", model, name, HP, {"epoch": 3, "valid": {"NDCG@10": 0.5}})
+    raw = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert raw["model"] == name and raw["extra"]["epoch"] == 3
+    loaded, checkpoint = load_model(tmp_path / "best.pt", data, "cpu")
+    batch = eval_batch(data, [1, 2, 3], HP["max_len"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval().predict(batch), model.predict(batch))
+    assert not any(k.endswith(("proxy_ids", "item_attrs")) for k in raw["state_dict"]), "data arrays in checkpoint"

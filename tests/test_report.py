@@ -1,0 +1,199 @@
+"""The evaluation report from hand-made metric rows and training histories (no Dagster, no DuckDB)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from convrec_dagster import report as R
+from models.metrics import grouped_summary
+
+GAMES_SIZE = {"users": 31_013, "items": 23_715, "interactions": 287_107}
+OTHER_SIZE = {"users": 120, "items": 80, "interactions": 1_500}
+
+
+def _rows(ranks: dict[str, dict[str, int]]) -> list[dict]:
+    """Rows where every user of ``model`` under ``protocol`` ranks the positive at the given rank."""
+    lengths = np.arange(3, 23)  # 20 users: 4 in the top group
+    rows = []
+    for model, by_protocol in ranks.items():
+        for protocol, rank in by_protocol.items():
+            for split in ("test", "valid"):
+                n_greater = np.full(20, rank)
+                n_greater[:5] += 1  # not every user alike, so intervals have width
+                for record in grouped_summary(n_greater, None, lengths, n_boot=100):
+                    rows.append({"model": model, "protocol": protocol, "split": split, "run_id": "r1", **record})
+    return rows
+
+
+# convrec best on sampled_100, sasrec best on full: the two protocols disagree
+RANKS = {
+    "popularity": {"sampled_100": 30, "full": 500},
+    "sasrec": {"sampled_100": 6, "full": 2},
+    "convrec": {"sampled_100": 1, "full": 5},
+}
+HISTORIES = {
+    "sasrec": [{"epoch": e, "loss": 1.0 / e, "valid_HR@10": 0.1 * e, "valid_NDCG@10": 0.05 * e} for e in range(1, 6)],
+    "convrec": [{"epoch": e, "loss": 0.8 / e, "valid_HR@10": 0.12 * e, "valid_NDCG@10": 0.06 * e} for e in range(1, 6)],
+}
+
+
+def _summary(size: dict, **extra) -> dict:
+    return {"dataset": "test dump", "eval_users": 20, "time_context": True, "fingerprint": "abc123", **size, **extra}
+
+
+def _build(size=GAMES_SIZE, **kwargs) -> dict:
+    return R.build_report(
+        _rows(RANKS), data_summary=_summary(size), histories=HISTORIES, config={"convrec": {"d": 64}},
+        run_id="r1", generated_at="2026-01-01T00:00:00", **kwargs,
+    )
+
+
+class _TagBalance(HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def test_markdown_labels_both_protocols_and_bolds_the_best():
+    report = _build()
+    md = R.render_markdown(report)
+    assert "sampled_100" in md and "full" in md
+    assert R.PROTOCOL_TITLES["sampled_100"] in md and R.PROTOCOL_TITLES["full"] in md
+    index = R.lookup(report["metrics"])
+    conv_sampled = index[("convrec", "sampled_100", "NDCG@10")]["value"]
+    sasrec_full = index[("sasrec", "full", "NDCG@10")]["value"]
+    conv_full = index[("convrec", "full", "NDCG@10")]["value"]
+    assert f"**{conv_sampled:.4f}**" in md
+    assert f"**{sasrec_full:.4f}**" in md
+    assert f"**{conv_full:.4f}**" not in md  # ConvRec is not the best on full ranking here
+    assert f"| Popularity | {0:.4f} |" in md  # a column where every model scores 0 has no best
+    headline = report["tables"]["headline"]
+    best = {(row["model"], j) for row in headline["rows"] for j, c in enumerate(row["cells"]) if c and c["best"]}
+    # HR@10 ties at 1.0 (ranks below 10) bold both models; NDCG@10 has one best per protocol
+    assert best == {("convrec", 0), ("sasrec", 0), ("convrec", 1), ("sasrec", 2), ("convrec", 2), ("sasrec", 3)}
+    assert report["best_model"] == "convrec"
+    assert any("order the models differently" in line for line in report["findings"])
+    assert any("ConvRec beats popularity" in line for line in report["findings"])
+
+
+def test_paper_numbers_shown_for_a_paper_dataset_only():
+    games = _build(GAMES_SIZE)
+    assert games["paper"]["dataset"] == "Games"
+    md = R.render_markdown(games)
+    assert "ConvRec (published)" in md and "0.819" in md and "0.617" in md  # Table 2
+    assert "0.141" in md and "0.081" in md  # Table 3
+    page = R.render_html(games)
+    assert "0.819" in page and "ProxyRCA (published)" in page
+
+    other = _build(OTHER_SIZE)
+    assert other["paper"]["dataset"] is None and other["paper_rows"] == []
+    assert "(published)" not in R.render_markdown(other)
+    assert "No published numbers shown" in R.render_html(other)
+
+    assert _build(GAMES_SIZE, paper_dataset="none")["paper_rows"] == []
+    named = _build(OTHER_SIZE, paper_dataset="S3-Rec Beauty")
+    assert [r["model"] for r in named["paper_rows"]] == ["ICLRec"]
+    assert named["paper_rows"][0]["cells"][:2] == [None, None]  # only full-ranking numbers exist
+    with pytest.raises(ValueError, match="paper_dataset"):
+        _build(paper_dataset="Books")
+
+
+def test_match_paper_dataset_by_size():
+    assert R.match_paper_dataset(31_013, 23_715, 287_107)[0] == "Games"
+    assert "exactly" in R.match_paper_dataset(31_013, 23_715, 287_107)[1]
+    assert R.match_paper_dataset(22_363, 12_101, 198_502)[0] == "S3-Rec Beauty"
+    name, why = R.match_paper_dataset(52_000, 57_289, 395_500)  # a re-preprocessed raw Beauty dump
+    assert name == "Beauty" and "within" in why
+    assert R.match_paper_dataset(40_000, 57_289, 394_908)[0] is None
+    assert R.match_paper_dataset(None, 10, 10) == (None, "dataset size unknown")
+
+
+def test_html_file_written_and_well_formed(tmp_path):
+    report = _build()
+    plots = R.render_plots(report)
+    assert set(plots) == {"metric_by_k", "user_groups", "training_curves"}
+    paths = R.write_report(report, tmp_path / "reports", plots)
+    page = paths["html"].read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    parser = _TagBalance()
+    parser.feed(page)
+    assert parser.errors == [] and parser.stack == []
+    assert len(parser.images) == 3
+    for src in parser.images:
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in page and "https://" not in page  # standalone: nothing fetched
+    assert "abc123" in page  # data fingerprint
+    assert not list((tmp_path / "reports").glob("*.tmp"))
+
+
+def test_json_round_trip(tmp_path):
+    rows = _rows(RANKS)
+    rows[0]["value"] = float("nan")  # a NaN must not produce invalid JSON
+    report = R.build_report(rows, data_summary=_summary(OTHER_SIZE), histories=HISTORIES, run_id="r1")
+    paths = R.write_report(report, tmp_path, R.render_plots(report))
+    loaded = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert loaded == report
+    assert loaded["metrics"][0]["value"] is None
+    assert len(loaded["metrics"]) == len(rows)
+    assert loaded["metrics"][5] == {k: (v if v == v else None) for k, v in rows[5].items()}
+    assert loaded["histories"]["convrec"][4]["valid_NDCG@10"] == pytest.approx(0.3)
+
+
+def test_data_summary_says_unknown_rather_than_guessing():
+    report = _build(OTHER_SIZE)
+    md = R.render_markdown(report)
+    assert "**image weights pretrained**: unknown" in md
+    assert "**attribute kinds (vocabulary size)**: unknown" in md
+    assert "**time context**: yes" in md
+    report = R.build_report(
+        _rows(RANKS),
+        data_summary=_summary(OTHER_SIZE, image_weights_pretrained=False, feature_kinds={"brand": 7, "category": 31}),
+    )
+    md = R.render_markdown(report)
+    assert "**image weights pretrained**: no (random initialisation)" in md
+    assert "brand (7), category (31)" in md
+
+
+def test_plots_embedded_in_markdown_and_left_out_without_data():
+    report = _build()
+    md = R.render_markdown(report, R.render_plots(report))
+    assert len(re.findall(r"!\[\w+\]\(data:image/png;base64,[A-Za-z0-9+/=]+\)", md)) == 3
+    assert R.plot_training_curves({}) is None
+    assert R.plot_training_curves({"popularity": [{"epoch": 1, "seconds": 0.1}]}) is None
+    assert R.plot_metric_by_k([]) is None
+
+
+def test_history_keys_are_found_by_name():
+    history = [{"epoch": 1, "train_loss": 2.0, "valid": 0}, {"epoch": 2, "train_loss": 1.5, "valid_ndcg@10": 0.2}]
+    assert R._series(history, ("loss",)) == [(1.0, 2.0), (2.0, 1.5)]
+    assert R._series(history, ("ndcg@10",)) == [(2.0, 0.2)]
+
+
+def test_ties_note_follows_the_evaluation_setting():
+    expected = _build()
+    assert any("10/101" in note for note in expected["notes"])
+    pessimistic = R.build_report(_rows(RANKS), data_summary=_summary(OTHER_SIZE), config={"evaluation": {"ties": "pessimistic"}})
+    assert any("HR@10 = 0" in note for note in pessimistic["notes"])
+    assert not any("10/101" in note for note in pessimistic["notes"])

@@ -1,0 +1,131 @@
+"""The training loop: sampling, learning, early stopping, checkpoints and resume; evaluation helpers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.batching import NegativeSampler, random_cuts, training_users
+from models.evaluate import rank_eval_users, recommend_top_k
+from models.metrics import per_user_metrics, summarize
+from models.popularity import Popularity
+from models.registry import build_model
+from models.synthetic import chain_data
+from models.train import TrainConfig, train
+
+HP = {"d": 32, "hidden": 64, "dropout": 0.1, "max_len": 16}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return chain_data(n_users=240, n_items=50, min_len=6, max_len=18, seed=0)
+
+
+def test_negatives_avoid_every_item_of_the_user(data):
+    sampler = NegativeSampler(data)
+    users = training_users(data)
+    negatives = sampler.sample(users, 100, np.random.default_rng(0))
+    for u, row in zip(users, negatives):
+        seen = set(data.items[data.user_slice(u)].tolist())
+        assert not seen & set(row.tolist())
+    assert negatives.min() >= 1 and negatives.max() <= data.n_items
+
+
+def test_random_cuts_stay_inside_training_rows(data):
+    users = training_users(data)
+    cuts = random_cuts(data, users, np.random.default_rng(1))
+    starts, ends = data.user_ptr[users], data.user_ptr[users + 1]
+    assert ((cuts > starts) & (cuts < ends - 2 * data.is_eval_user[users])).all()
+    assert data.train_mask()[cuts].all()
+
+
+def test_convrec_beats_popularity_on_sequential_data(data):
+    config = TrainConfig(batch_size=64, lr=3e-3, weight_decay=0.0, max_epochs=15, patience=5, seed=0)
+    pop = train(Popularity(data), data, "popularity", {}, config)
+    torch.manual_seed(0)
+    convrec = train(build_model("convrec", data, HP), data, "convrec", HP, config, log=lambda m: None)
+    assert convrec.best_metrics["NDCG@10"] > pop.best_metrics["NDCG@10"] + 0.15, (convrec.best_metrics, pop.best_metrics)
+    losses = [h["loss"] for h in convrec.history]
+    assert losses[-1] < losses[0]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_killed_run_resumes_from_the_saved_epoch_and_matches_an_uninterrupted_one(data, tmp_path):
+    config = TrainConfig(batch_size=64, lr=3e-3, max_epochs=4, patience=10, seed=3)
+
+    def run(out, on_epoch=None, messages=None):
+        torch.manual_seed(0)
+        model = build_model("convrec", data, HP)
+        return train(model, data, "convrec", HP, config, out_dir=out, on_epoch=on_epoch,
+                     log=(messages.append if messages is not None else lambda m: None))
+
+    def kill_after_two(record):
+        if record["epoch"] == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(tmp_path / "a", on_epoch=kill_after_two)
+    messages: list[str] = []
+    resumed = run(tmp_path / "a", messages=messages)
+    assert resumed.resumed_from == 2 and resumed.epochs_run == 2
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert any("resuming from epoch 2" in m for m in messages)
+    straight = run(tmp_path / "b")
+    np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in straight.history], rtol=1e-5)
+    assert json.loads((tmp_path / "a" / "history.json").read_text())[-1]["epoch"] == 4
+    assert torch.load(tmp_path / "a" / "resume.pt", weights_only=True)["epoch"] == 4
+
+
+def test_a_checkpoint_for_other_data_or_config_is_not_resumed(data, tmp_path):
+    config = TrainConfig(batch_size=64, lr=3e-3, max_epochs=1, patience=10)
+    train(build_model("convrec", data, HP), data, "convrec", HP, config, out_dir=tmp_path, log=lambda m: None)
+    messages: list[str] = []
+    other = {**HP, "dropout": 0.2}
+    result = train(build_model("convrec", data, other), data, "convrec", other, config, out_dir=tmp_path, log=messages.append)
+    assert result.resumed_from is None and result.epochs_run == 1
+    assert any("not resuming" in m and "starting over" in m for m in messages)
+
+
+def test_early_stopping_counts_epochs_without_improvement(data):
+    config = TrainConfig(batch_size=64, lr=0.0, max_epochs=30, patience=3)  # lr 0: nothing improves
+    result = train(build_model("sasrec", data, HP), data, "sasrec", HP, config, log=lambda m: None)
+    assert result.stopped_early and len(result.history) == 4 and result.best_epoch == 1
+
+
+def test_full_protocol_masks_history_but_not_the_target(data):
+    model = Popularity(data)
+    users, greater, equal = rank_eval_users(model, data, "test", "full", "cpu")
+    counts = data.train_item_counts().astype(float)
+    for i, u in enumerate(users[:20]):
+        target_row = data.target_position(u, "test")
+        target = data.items[target_row]
+        others = set(data.items[data.user_ptr[u] : target_row].tolist()) - {target}
+        pool = np.array([j for j in range(1, data.n_items + 1) if j not in others and j != target])
+        assert greater[i] == (counts[pool] > counts[target]).sum()
+        assert equal[i] == (counts[pool] == counts[target]).sum()
+    _, g_sampled, e_sampled = rank_eval_users(model, data, "valid", "sampled_100", "cpu")
+    assert len(g_sampled) == len(users) and (g_sampled + e_sampled <= 100).all()
+    assert 0 < summarize(per_user_metrics(g_sampled, e_sampled))["NDCG@10"] < 1
+
+
+def test_recommendations_exclude_every_item_of_the_user(data):
+    torch.manual_seed(0)
+    model = build_model("convrec", data, HP)
+    users, items, scores = recommend_top_k(model, data, 5, "cpu")
+    assert items.shape == (len(users), 5) and (np.diff(scores, axis=1) <= 0).all()
+    for u, row in zip(users, items):
+        assert not set(row.tolist()) & set(data.items[data.user_slice(u)].tolist())
