@@ -181,6 +181,7 @@ def train_model_asset(
             )
 
         result = train(model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, context.log.info)
+        device_description = torch_device.describe()  # before the thread count is restored
     finally:
         torch.set_num_threads(threads_before)
 
@@ -195,7 +196,7 @@ def train_model_asset(
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": dg.MetadataValue.int(result.resumed_from) if result.resumed_from is not None else "no",
         "parameters": model.n_parameters(),
-        "device": torch_device.describe(),
+        "device": device_description,
         "precision": precision,
         "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",

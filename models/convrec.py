@@ -113,13 +113,20 @@ class ItemEncoder(nn.Module):
         self.out = nn.Linear(width, d)
 
     def _features(self, items: torch.Tensor) -> torch.Tensor:
-        """A's part over F for distinct items, with A's bias: (U, hidden)."""
-        f = 0
-        if self.use_attr:
-            f = self.attr_bag(self.item_attrs[items]) + self.attr_bias
+        """A's part over F for distinct items, with A's bias: (U, hidden).
+
+        No non-linearity sits between the attribute bag and ``a_from_f``, so the two compose into one
+        (n_attrs + 1, hidden) table: a hidden x hidden product per attribute instead of per distinct
+        item (100 negatives per row make thousands of distinct items per batch).
+        """
+        if not self.use_attr:
+            return self.a_from_f(self.image(self.image_features[items]))
+        table = F.linear(self.attr_bag.weight, self.a_from_f.weight)  # row 0 (padding) stays 0
+        f = F.embedding_bag(self.item_attrs[items], table, mode="sum", padding_idx=0)
+        f = f + self.a_from_f(self.attr_bias)
         if self.use_image:
-            f = f + self.image(self.image_features[items])
-        return self.a_from_f(f)
+            f = f + F.linear(self.image(self.image_features[items]), self.a_from_f.weight)
+        return f
 
     def _context_map(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The composed 6 -> hidden map (A's part over C after C's own layer)."""
