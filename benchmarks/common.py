@@ -1,0 +1,137 @@
+"""Helpers the benchmark scripts share: machine info, git commit, JSON output, peak-RSS tracking."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _ram_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def git_commit() -> dict:
+    """HEAD and whether the working tree differs from it (benchmarks of uncommitted code say so)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """Platform, CPU model and count, RAM, load, versions, device name, date, git commit."""
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_gb": _ram_gb(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "device_name": _cpu_model(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_commit(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def write_json(result: dict, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return out
+
+
+class PeakRSS:
+    """Peak resident set size of this process above a baseline, in bytes.
+
+    Preferred method: reset the kernel's high-water mark (write ``5`` to ``/proc/self/clear_refs``,
+    Linux >= 4.0) at :meth:`start`, read ``VmHWM`` from ``/proc/self/status`` at :meth:`stop`; the
+    kernel tracks every page, so no short peak is missed. Fallback when ``clear_refs`` is not
+    writable: a background thread samples ``/proc/self/statm`` every millisecond (can miss peaks
+    shorter than that). ``method`` says which one ran.
+    """
+
+    def __init__(self) -> None:
+        self.baseline = 0
+        self.method = ""
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _status_kb(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise OSError(f"{key} missing from /proc/self/status")
+
+    @staticmethod
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def start(self) -> "PeakRSS":
+        self.baseline = self.rss()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.method = "VmHWM after reset via /proc/self/clear_refs (kernel high-water mark)"
+        except OSError:
+            self.method = "background thread sampling /proc/self/statm every 1 ms"
+            self._peak = self.baseline
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self.rss())
+            time.sleep(0.001)
+
+    def stop(self) -> int:
+        """Peak RSS minus the baseline RSS taken at :meth:`start`, in bytes."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, self.rss())
+        else:
+            peak = self._status_kb("VmHWM")
+        return max(peak - self.baseline, 0)
