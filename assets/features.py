@@ -16,6 +16,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.attributes import AttributeConfig, build_item_attributes
+from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
 from convrec_dagster.images import FEATURE_DIM, compute_image_features, locate_images
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 
@@ -204,6 +205,7 @@ class ItemImageFeaturesConfig(dg.Config):
     deps=["interactions", "items"],
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
+    retry_policy=TRANSIENT_RETRY_POLICY,  # device errors; done images come from the cache on retry
 )
 def item_image_features(
     context: dg.AssetExecutionContext,

@@ -29,6 +29,8 @@ class ConvRecDuckDB(DuckDBResource):
 
     @contextmanager
     def get_connection(self):
+        if self.database != ":memory:":
+            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
         with super().get_connection() as conn:
             try:
                 yield conn
@@ -122,7 +124,6 @@ class TorchDevice(dg.ConfigurableResource):
 def build_resources(home: str | Path = "", raw_dir: str | Path = "", device: str = "auto") -> dict:
     """The resource dict of the Definitions; tests call it with a temporary home and dump."""
     paths = ConvRecPaths(home=str(home), raw_dir=str(raw_dir))
-    paths.home_path().mkdir(parents=True, exist_ok=True)
     return {
         "paths": paths,
         "duckdb": ConvRecDuckDB(database=str(settings.duckdb_path(paths.home_path()))),

@@ -1,0 +1,32 @@
+"""The Definitions: every asset and check of the five stages, resources, jobs, schedule, sensor.
+
+Load it with ``dagster dev`` (reads ``[tool.dagster]`` in pyproject.toml) or
+``dagster job execute -m convrec_dagster.definitions -j full_pipeline``.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from convrec_dagster.checks import ALL_ASSET_CHECKS, ASSET_MODULES
+from convrec_dagster.jobs import ALL_JOBS, convrec_executor
+from convrec_dagster.resources import build_resources
+from convrec_dagster.schedules import build_retrain_schedule
+from convrec_dagster.sensors import raw_dump_sensor
+
+
+def build_defs(resources: dict | None = None) -> dg.Definitions:
+    """The Definitions; resources default to ``build_resources()`` (CONVREC_HOME, CONVREC_RAW_DIR
+    from the environment). Tests pass their own on a temporary home."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        asset_checks=ALL_ASSET_CHECKS,
+        resources=resources if resources is not None else build_resources(),
+        jobs=ALL_JOBS,
+        schedules=[build_retrain_schedule()],
+        sensors=[raw_dump_sensor],
+        executor=convrec_executor,
+    )
+
+
+defs = build_defs()

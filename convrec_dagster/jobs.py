@@ -1,0 +1,64 @@
+"""Jobs and the executor: `full_pipeline` (raw dumps → report), `retrain` (models → report).
+
+Concurrency, in one place (see also `DUCKDB_POOL` / `DUCKDB_TAGS` in resources.py):
+
+- inside a run, the multiprocess executor runs at most one step tagged ``DUCKDB_TAGS`` at a time:
+  DuckDB allows one writing process per file and a reader cannot open it while another process
+  writes, so DuckDB steps go one after the other while steps without the tag could run beside them;
+- across runs, the ``duckdb`` and ``gpu`` pools (limit 1 each, `concurrency.pools.default_limit` in
+  dagster.yaml) keep two runs from writing the file, or training on the device, at the same time.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from convrec_dagster.resources import DUCKDB_TAGS
+
+STAGE_GROUPS = ("ingest", "features", "splits", "training", "evaluation")
+RETRAIN_GROUPS = ("training", "evaluation")
+
+# Steps that can fail for reasons that go away on their own: training on a device (CUDA OOM from a
+# neighbour, a lost device, a preempted node) and image feature extraction (a slow disk, a large
+# image batch). Deterministic steps (parsing, SQL) get no retry: bad data fails the same way twice.
+TRANSIENT_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+_duckdb_tag_key, _duckdb_tag_value = next(iter(DUCKDB_TAGS.items()))
+
+# The default executor of the Definitions (so it covers `full_pipeline`, `retrain` and the UI's
+# "Materialize" buttons): one process per step, at most one DuckDB step at a time per run. Step
+# processes fork from a forkserver that has already imported the code location's module (torch,
+# pandas, the assets), instead of spawning a fresh interpreter that imports them again per step.
+convrec_executor = dg.multiprocess_executor.configured(
+    {
+        "tag_concurrency_limits": [
+            {"key": _duckdb_tag_key, "value": _duckdb_tag_value, "limit": 1},
+        ],
+        "start_method": {"forkserver": {"preload_modules": ["dagster", "convrec_dagster.definitions"]}},
+    },
+    name="convrec_multiprocess",
+)
+
+full_pipeline = dg.define_asset_job(
+    name="full_pipeline",
+    selection=dg.AssetSelection.groups(*STAGE_GROUPS),
+    description=(
+        "Everything from the raw dump folder (CONVREC_RAW_DIR, or the embedded sample) to the "
+        "evaluation report and the recommendations: ingest, features, splits, training, evaluation."
+    ),
+    tags={"convrec/job": "full_pipeline"},
+)
+
+retrain = dg.define_asset_job(
+    name="retrain",
+    selection=dg.AssetSelection.groups(*RETRAIN_GROUPS),
+    description=(
+        "Retrains every model on the prepared data already in DuckDB (sequences, negatives, proxy "
+        "IDs, item features), then re-evaluates and rewrites the report and the recommendations."
+    ),
+    tags={"convrec/job": "retrain"},
+)
+
+ALL_JOBS = [full_pipeline, retrain]
