@@ -23,6 +23,7 @@ from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import report as report_lib
 from convrec_dagster import settings
+from convrec_dagster.duckdb_utils import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 from models.metrics import DEFAULT_KS, grouped_summary
 
@@ -54,14 +55,6 @@ def _json_ready(info: dict) -> dict:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _table_exists(conn, name: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'",
-        [name],
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def _require_tables(conn, *names: str, hint: str) -> None:

@@ -17,6 +17,8 @@ from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.attributes import AttributeConfig, build_item_attributes
 from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
+from convrec_dagster.duckdb_utils import QUARANTINE_DDL
+from convrec_dagster.duckdb_utils import table_exists as _table_exists
 from convrec_dagster.images import FEATURE_DIM, compute_image_features, locate_images
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 
@@ -24,21 +26,6 @@ IMAGE_STAGE = "item_image_features"
 SAMPLE_IMAGE_SIZE = 64  # the embedded sample ships 64x64 images and must run in about a minute
 REAL_IMAGE_SIZE = 224
 _WRITE_CHUNK = 20_000
-
-QUARANTINE_DDL = """
-CREATE TABLE IF NOT EXISTS quarantine (
-    stage VARCHAR, source_file VARCHAR, line_no BIGINT, reason VARCHAR, raw VARCHAR,
-    quarantined_at TIMESTAMP
-)"""
-
-
-def _table_exists(conn, name: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'",
-        [name],
-    ).fetchone()
-    return bool(row and row[0])
-
 
 def _require_tables(conn, *names: str) -> None:
     for name in names:

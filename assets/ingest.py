@@ -20,15 +20,12 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import rawdata
+from convrec_dagster.duckdb_utils import QUARANTINE_DDL
+from convrec_dagster.duckdb_utils import table_exists as _table_exists
 from convrec_dagster.rawdata import FileFormat, FileStats, RawDataError
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "ingest"
-QUARANTINE_DDL = """
-    CREATE TABLE IF NOT EXISTS quarantine(
-        stage VARCHAR, source_file VARCHAR, line_no BIGINT, reason VARCHAR, raw VARCHAR,
-        quarantined_at TIMESTAMP)
-"""
 MAX_EXAMPLES = 10
 
 
@@ -132,11 +129,6 @@ def _write_quarantine(conn, stage: str) -> None:
     conn.execute("DELETE FROM quarantine WHERE stage = ?", [stage])
     conn.execute("INSERT INTO quarantine SELECT ?, source_file, line_no, reason, raw, now()::TIMESTAMP "
                  "FROM _stage_quarantine ORDER BY source_file, line_no", [stage])
-
-
-def _table_exists(conn, name: str) -> bool:
-    return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
-                             "AND table_schema = 'main'", [name]).fetchall()[0][0])
 
 
 def _iso(ts: int | None) -> str | None:

@@ -30,6 +30,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from convrec_dagster.duckdb_utils import table_exists
+
 TRAIN, VALID, TEST = "train", "valid", "test"
 MIN_EVAL_INTERACTIONS = 3  # fewer: the user only trains
 DEFAULT_N_NEGATIVES = 100
@@ -47,13 +49,6 @@ class CheckOutcome:
     description: str
     metadata: dict = field(default_factory=dict)
 
-
-def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'",
-        [name],
-    ).fetchall()[0]
-    return bool(row and row[0])
 
 
 def _require(conn: duckdb.DuckDBPyConnection, name: str, producer: str) -> None:
