@@ -72,22 +72,29 @@ def rank_eval_users(
             with autocast(device, precision):
                 if protocol == "sampled_100":
                     scores = model.predict(batch).float()
-                    pos, neg = scores[:, :1], scores[:, 1:]
-                    greater.append((neg > pos).sum(1).cpu())
-                    equal.append((neg == pos).sum(1).cpu())
+                    above, tied = _compare(scores[:, 1:], scores[:, :1])
+                    greater.append(above.sum(1).cpu())
+                    equal.append(tied.sum(1).cpu())
                     continue
                 scores = model.full_sort_predict(batch).float()
             pos_idx = torch.from_numpy(positives).to(device).unsqueeze(1)
             pos = scores.gather(1, pos_idx)
             masked = _history_mask(data, batch_users, targets, device)
             masked.scatter_(1, pos_idx, True)  # the positive is compared, not counted against itself
-            scores = scores.masked_fill(masked, float("-inf"))
-            greater.append((scores > pos).sum(1).cpu())
-            equal.append((scores == pos).sum(1).cpu())
+            above, tied = _compare(scores, pos)
+            greater.append((above & ~masked).sum(1).cpu())
+            equal.append((tied & ~masked).sum(1).cpu())
     finally:
         model.train(was_training)
     cat = lambda xs: torch.cat(xs).numpy().astype(np.int64) if xs else np.zeros(0, np.int64)  # noqa: E731
     return users, cat(greater), cat(equal)
+
+
+def _compare(cand: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(candidates above the positive, candidates tied with it); a NaN never helps the model,
+    as in ``models.metrics.rank_counts``."""
+    above = (cand > pos) | cand.isnan() | pos.isnan()
+    return above, (cand == pos) & ~above
 
 
 @torch.no_grad()

@@ -129,3 +129,13 @@ def test_recommendations_exclude_every_item_of_the_user(data):
     assert items.shape == (len(users), 5) and (np.diff(scores, axis=1) <= 0).all()
     for u, row in zip(users, items):
         assert not set(row.tolist()) & set(data.items[data.user_slice(u)].tolist())
+
+
+def test_rank_counts_count_nan_scores_against_the_model():
+    from models.evaluate import _compare
+
+    cand = torch.tensor([[0.5, float("nan"), 2.0]])
+    above, tied = _compare(cand, torch.tensor([[1.0]]))
+    assert above.tolist() == [[False, True, True]] and not tied.any()
+    above, tied = _compare(cand, torch.tensor([[float("nan")]]))
+    assert above.all() and not tied.any()
