@@ -441,7 +441,8 @@ def _fast_source(path: Path, compression: str) -> str:
             f"FROM {reader} WITH ORDINALITY)")
 
 
-def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
+def _count_parsed(conn, stats: FileStats) -> None:
+    """Add the lines, blank lines and quarantine reasons of ``_parsed`` to ``stats``."""
     blank, lines, max_line = conn.execute(
         "SELECT count(*) FILTER (WHERE blank), count(*) FILTER (WHERE NOT blank), "
         "coalesce(max(line_no), 0) FROM _parsed").fetchall()[0]
@@ -451,6 +452,10 @@ def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int
     for reason, n in conn.execute(
             "SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall():
         stats.quarantined[reason] += n
+
+
+def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
+    _count_parsed(conn, stats)
     conn.execute(f"""
         INSERT INTO _stage_reviews
         SELECT trim(user_id), trim(item_id), rating, ts, {int(seq_offset)} + line_no, ?, line_no, ?
@@ -625,15 +630,7 @@ def _parse_meta_sql(source: str) -> str:
 
 
 def _commit_meta(conn, stats: FileStats, name: str, file_no: int) -> None:
-    blank, lines, max_line = conn.execute(
-        "SELECT count(*) FILTER (WHERE blank), count(*) FILTER (WHERE NOT blank), "
-        "coalesce(max(line_no), 0) FROM _parsed").fetchall()[0]
-    stats.blank_lines += blank
-    stats.lines += lines
-    stats.max_line_no = max(stats.max_line_no, max_line)
-    for reason, n in conn.execute(
-            "SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall():
-        stats.quarantined[reason] += n
+    _count_parsed(conn, stats)
     conn.execute("""
         INSERT INTO _stage_items
         SELECT item_id, title, brand, categories, price, image_ref, ?, line_no, ?
