@@ -6,7 +6,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export CONVREC_HOME ?= $(CURDIR)/.convrec
 export DAGSTER_HOME ?= $(CONVREC_HOME)/dagster_home
-export DAGSTER_MODULE_NAME := convrec_dagster.definitions
 
 .PHONY: help setup run test dev ui-check clean
 
