@@ -129,19 +129,22 @@ def item_attributes(
     )
 
 
+def _item_coverage(conn, table: str) -> tuple[int, int]:
+    """(items of `interactions` without a row in ``table``, distinct items of ``table`` not in it)."""
+    return conn.execute(
+        f"SELECT (SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
+        f"        ANTI JOIN {table} t USING (item_id)), "
+        f"       (SELECT count(DISTINCT item_id) FROM {table} t "
+        f"        ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id))"
+    ).fetchall()[0]
+
+
 @dg.asset_check(asset=item_attributes, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
 def item_attributes_consistent(duckdb: DuckDBResource) -> dg.AssetCheckResult:
     """Every item in `interactions` has at least one attribute row, only those items have rows,
     every attribute id exists in `attribute_vocab` (ids 1..V, unique) and vocab counts match."""
     with duckdb.get_connection() as conn:
-        uncovered = conn.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
-            "ANTI JOIN item_attributes a USING (item_id)"
-        ).fetchone()[0]
-        extra = conn.execute(
-            "SELECT count(DISTINCT item_id) FROM item_attributes a "
-            "ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id)"
-        ).fetchone()[0]
+        uncovered, extra = _item_coverage(conn, "item_attributes")
         unknown_ids = conn.execute(
             "SELECT count(*) FROM item_attributes a ANTI JOIN attribute_vocab v USING (attribute_id)"
         ).fetchone()[0]
@@ -346,14 +349,7 @@ def item_image_features_cover_items(duckdb: DuckDBResource) -> dg.AssetCheckResu
     """One row per item in `interactions` (no gaps, no duplicates, no strangers); rows without an
     image hold the zero vector and rows with one hold a non-zero vector."""
     with duckdb.get_connection() as conn:
-        uncovered = conn.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
-            "ANTI JOIN item_image_features f USING (item_id)"
-        ).fetchone()[0]
-        extra = conn.execute(
-            "SELECT count(*) FROM item_image_features f "
-            "ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id)"
-        ).fetchone()[0]
+        uncovered, extra = _item_coverage(conn, "item_image_features")
         duplicates = conn.execute(
             "SELECT count(*) - count(DISTINCT item_id) FROM item_image_features"
         ).fetchone()[0]

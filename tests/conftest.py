@@ -21,6 +21,18 @@ def _isolated_env(monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread: for tiny tensors on a shared 2-core CPU, two OpenMP threads
+    spin-waiting on each other cost more than they compute."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def convrec_home(tmp_path) -> Path:
     home = tmp_path / "convrec_home"
     home.mkdir(exist_ok=True)

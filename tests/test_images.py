@@ -29,14 +29,9 @@ from convrec_dagster.images import (
 GOOD = ["G1", "G2", "G3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two OpenMP threads spin-waiting on each
-    other made a 3-image 32px ResNet-50 pass take seconds instead of 0.1 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# two OpenMP threads made a 3-image 32px ResNet-50 pass take seconds instead of 0.1 s here
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ITEM_IDS = GOOD + ["PNG1", "BAD", "NOIMG", "REMOTE", "LOCALREF"]
 
 

@@ -15,13 +15,7 @@ from models.synthetic import chain_data
 HP = {"d": 16, "hidden": 32, "dropout": 0.1, "max_len": 12}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one thread avoids OpenMP spin-waits on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

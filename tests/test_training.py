@@ -19,12 +19,7 @@ from models.train import TrainConfig, train
 HP = {"d": 32, "hidden": 64, "dropout": 0.1, "max_len": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
