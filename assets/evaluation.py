@@ -12,6 +12,7 @@ The work happens in ``models.evaluate`` (ranking), ``models.metrics`` (numbers) 
 
 import json
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,7 @@ from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import report as report_lib
 from convrec_dagster import settings
+from convrec_dagster.checks import blocking_checks, run_checks
 from convrec_dagster.duckdb_utils import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 from models.metrics import DEFAULT_KS, grouped_summary
@@ -193,12 +195,41 @@ def evaluate_model(model, data, protocols, splits, ks, device, batch_size, preci
     return records
 
 
+def evaluation_metrics_in_unit_interval(conn) -> dg.AssetCheckResult:
+    """Every metric value and interval bound lies in [0, 1], and every interval holds its value."""
+    bad = conn.execute(
+        "SELECT model, protocol, split, metric, k, user_group, value, ci_low, ci_high FROM evaluation_metrics "
+        "WHERE value IS NULL OR isnan(value) OR value < 0 OR value > 1 "
+        "OR (ci_low IS NOT NULL AND (ci_low < 0 OR ci_high > 1 OR ci_low > value + 1e-12 OR ci_high < value - 1e-12))"
+    ).df()
+    total = conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0]
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        metadata={"rows": int(total), "bad_rows": len(bad), "examples": dg.MetadataValue.md(bad.head(10).to_markdown(index=False) if len(bad) else "none")},
+    )
+
+
+def evaluation_metrics_cover_trained_models(
+    conn, trained: list[str], protocols: Sequence[str] = PROTOCOLS, splits: Sequence[str] = ("test",)
+) -> dg.AssetCheckResult:
+    """Every model with a best.pt has rows under each evaluated protocol and split (by default both
+    protocols, sampled_100 and full, on the test split)."""
+    present = set(conn.execute("SELECT DISTINCT model, protocol, split FROM evaluation_metrics").fetchall())
+    missing = [f"{m}/{p}/{s}" for m in trained for p in protocols for s in splits if (m, p, s) not in present]
+    return dg.AssetCheckResult(
+        passed=bool(trained) and not missing,
+        metadata={"trained_models": dg.MetadataValue.json(trained), "missing": dg.MetadataValue.json(missing)},
+    )
+
+
 @dg.asset(
     group_name="evaluation",
     kinds={"duckdb", "pytorch"},
     deps=TRAINING_ASSETS,
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("evaluation_metrics", evaluation_metrics_in_unit_interval,
+                                evaluation_metrics_cover_trained_models),
 )
 def evaluation_metrics(
     context: dg.AssetExecutionContext,
@@ -276,6 +307,9 @@ def evaluation_metrics(
         conn.unregister("metric_rows")
         conn.execute("COMMIT")
         total = conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0]
+        check_results = (run_checks([evaluation_metrics_in_unit_interval], conn)
+                         + run_checks([evaluation_metrics_cover_trained_models], conn, sorted(trained_models(paths)),
+                                      config.protocols, config.splits))
 
     clean = [{**r, "evaluated_at": str(r["evaluated_at"])} for r in rows]
     headline = report_lib.comparison_table(clean, report_lib.HEADLINE)
@@ -297,36 +331,8 @@ def evaluation_metrics(
             ),
             "seconds_per_model": dg.MetadataValue.json(timings),
             "test_headline": dg.MetadataValue.md(report_lib.headline_markdown(headline)),
-        }
-    )
-
-
-@dg.asset_check(asset=evaluation_metrics, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def evaluation_metrics_in_unit_interval(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """Every metric value and interval bound lies in [0, 1], and every interval holds its value."""
-    with duckdb.get_connection() as conn:
-        bad = conn.execute(
-            "SELECT model, protocol, split, metric, k, user_group, value, ci_low, ci_high FROM evaluation_metrics "
-            "WHERE value IS NULL OR isnan(value) OR value < 0 OR value > 1 "
-            "OR (ci_low IS NOT NULL AND (ci_low < 0 OR ci_high > 1 OR ci_low > value + 1e-12 OR ci_high < value - 1e-12))"
-        ).df()
-        total = conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0]
-    return dg.AssetCheckResult(
-        passed=bad.empty,
-        metadata={"rows": int(total), "bad_rows": len(bad), "examples": dg.MetadataValue.md(bad.head(10).to_markdown(index=False) if len(bad) else "none")},
-    )
-
-
-@dg.asset_check(asset=evaluation_metrics, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def evaluation_metrics_cover_trained_models(duckdb: DuckDBResource, paths: ConvRecPaths) -> dg.AssetCheckResult:
-    """Every model with a best.pt has rows under both protocols (sampled_100 and full) on the test split."""
-    trained = sorted(trained_models(paths))
-    with duckdb.get_connection() as conn:
-        present = set(conn.execute("SELECT DISTINCT model, protocol FROM evaluation_metrics WHERE split = 'test'").fetchall())
-    missing = [f"{m}/{p}" for m in trained for p in PROTOCOLS if (m, p) not in present]
-    return dg.AssetCheckResult(
-        passed=bool(trained) and not missing,
-        metadata={"trained_models": dg.MetadataValue.json(trained), "missing": dg.MetadataValue.json(missing)},
+        },
+        check_results=check_results,
     )
 
 
@@ -475,12 +481,47 @@ class RecommendationsConfig(dg.Config):
     batch_size: int = 256
 
 
+def recommendations_exclude_seen_items(conn) -> dg.AssetCheckResult:
+    """No recommended item is one the user already interacted with (training, validation or test)."""
+    seen = conn.execute(
+        "SELECT r.user_id, r.rank, r.item_id FROM recommendations r "
+        "JOIN sequences s ON s.user_idx = r.user_idx AND s.item_idx = r.item_idx LIMIT 20"
+    ).df()
+    total = conn.execute("SELECT count(*) FROM recommendations").fetchone()[0]
+    return dg.AssetCheckResult(
+        passed=seen.empty and total > 0,
+        metadata={"rows": int(total), "seen_items_recommended": len(seen),
+                  "examples": dg.MetadataValue.md(seen.to_markdown(index=False) if len(seen) else "none")},
+    )
+
+
+def recommendations_k_per_user(conn, k: int) -> dg.AssetCheckResult:
+    """Every user in `user_index` has exactly K rows, ranks 1..K, K distinct items, scores not increasing."""
+    per_user = conn.execute(
+        """
+        SELECT user_idx, count(*) AS n, count(DISTINCT item_idx) AS n_items, min(rank) AS lo, max(rank) AS hi,
+               bool_and(score_ok) AS sorted
+        FROM (SELECT *, coalesce(score <= lag(score) OVER (PARTITION BY user_idx ORDER BY rank), true) AS score_ok
+              FROM recommendations)
+        GROUP BY user_idx
+        """
+    ).df()
+    users = conn.execute("SELECT count(*) FROM user_index").fetchone()[0]
+    wrong = per_user[(per_user.n != k) | (per_user.n_items != k) | (per_user.lo != 1) | (per_user.hi != k) | ~per_user.sorted.astype(bool)]
+    return dg.AssetCheckResult(
+        passed=wrong.empty and len(per_user) == users,
+        metadata={"k": int(k), "users_with_recommendations": len(per_user), "users": int(users),
+                  "users_with_wrong_lists": len(wrong)},
+    )
+
+
 @dg.asset(
     group_name="evaluation",
     kinds={"duckdb", "pytorch"},
     deps=["evaluation_metrics"],
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("recommendations", recommendations_exclude_seen_items, recommendations_k_per_user),
 )
 def recommendations(
     context: dg.AssetExecutionContext,
@@ -556,6 +597,8 @@ def recommendations(
             "SELECT user_id, rank, item_id, round(score, 4) AS score FROM recommendations "
             "WHERE user_idx = (SELECT min(user_idx) FROM recommendations) ORDER BY rank"
         ).df()
+        check_results = (run_checks([recommendations_exclude_seen_items], conn)
+                         + run_checks([recommendations_k_per_user], conn, config.k))
     return dg.MaterializeResult(
         metadata={
             "model": name,
@@ -567,52 +610,6 @@ def recommendations(
             "users_per_s": round(len(users) / max(seconds, 1e-9), 1),
             "device": torch_device.describe(),
             "sample": dg.MetadataValue.md(sample.to_markdown(index=False)),
-        }
-    )
-
-
-def _recommendations_k(context: dg.AssetCheckExecutionContext) -> int | None:
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("recommendations"))
-    if event is None or event.asset_materialization is None:
-        return None
-    value = event.asset_materialization.metadata.get("k")
-    return int(value.value) if value is not None else None
-
-
-@dg.asset_check(asset=recommendations, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def recommendations_exclude_seen_items(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """No recommended item is one the user already interacted with (training, validation or test)."""
-    with duckdb.get_connection() as conn:
-        seen = conn.execute(
-            "SELECT r.user_id, r.rank, r.item_id FROM recommendations r "
-            "JOIN sequences s ON s.user_idx = r.user_idx AND s.item_idx = r.item_idx LIMIT 20"
-        ).df()
-        total = conn.execute("SELECT count(*) FROM recommendations").fetchone()[0]
-    return dg.AssetCheckResult(
-        passed=seen.empty and total > 0,
-        metadata={"rows": int(total), "seen_items_recommended": len(seen),
-                  "examples": dg.MetadataValue.md(seen.to_markdown(index=False) if len(seen) else "none")},
-    )
-
-
-@dg.asset_check(asset=recommendations, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def recommendations_k_per_user(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """Every user in `user_index` has exactly K rows, ranks 1..K, K distinct items, scores not increasing."""
-    with duckdb.get_connection() as conn:
-        k = _recommendations_k(context) or conn.execute("SELECT max(rank) FROM recommendations").fetchone()[0]
-        per_user = conn.execute(
-            """
-            SELECT user_idx, count(*) AS n, count(DISTINCT item_idx) AS n_items, min(rank) AS lo, max(rank) AS hi,
-                   bool_and(score_ok) AS sorted
-            FROM (SELECT *, coalesce(score <= lag(score) OVER (PARTITION BY user_idx ORDER BY rank), true) AS score_ok
-                  FROM recommendations)
-            GROUP BY user_idx
-            """
-        ).df()
-        users = conn.execute("SELECT count(*) FROM user_index").fetchone()[0]
-    wrong = per_user[(per_user.n != k) | (per_user.n_items != k) | (per_user.lo != 1) | (per_user.hi != k) | ~per_user.sorted.astype(bool)]
-    return dg.AssetCheckResult(
-        passed=wrong.empty and len(per_user) == users,
-        metadata={"k": int(k or 0), "users_with_recommendations": len(per_user), "users": int(users),
-                  "users_with_wrong_lists": len(wrong)},
+        },
+        check_results=check_results,
     )

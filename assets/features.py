@@ -16,6 +16,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.attributes import AttributeConfig, build_item_attributes
+from convrec_dagster.checks import blocking_checks, run_checks
 from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
 from convrec_dagster.duckdb_utils import QUARANTINE_DDL
 from convrec_dagster.duckdb_utils import table_exists as _table_exists
@@ -52,12 +53,59 @@ class ItemAttributesConfig(dg.Config):
     use_raw_attributes: bool = True
 
 
+def _item_coverage(conn, table: str) -> tuple[int, int]:
+    """(items of `interactions` without a row in ``table``, distinct items of ``table`` not in it)."""
+    return conn.execute(
+        f"SELECT (SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
+        f"        ANTI JOIN {table} t USING (item_id)), "
+        f"       (SELECT count(DISTINCT item_id) FROM {table} t "
+        f"        ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id))"
+    ).fetchall()[0]
+
+
+def item_attributes_consistent(conn) -> dg.AssetCheckResult:
+    """Every item in `interactions` has at least one attribute row, only those items have rows,
+    every attribute id exists in `attribute_vocab` (ids 1..V, unique) and vocab counts match."""
+    uncovered, extra = _item_coverage(conn, "item_attributes")
+    unknown_ids = conn.execute(
+        "SELECT count(*) FROM item_attributes a ANTI JOIN attribute_vocab v USING (attribute_id)"
+    ).fetchone()[0]
+    n_vocab, n_distinct, lo, hi = conn.execute(
+        "SELECT count(*), count(DISTINCT attribute_id), min(attribute_id), max(attribute_id) "
+        "FROM attribute_vocab"
+    ).fetchone()
+    count_mismatch = conn.execute(
+        "SELECT count(*) FROM attribute_vocab v LEFT JOIN (SELECT attribute_id, count(*) AS n "
+        "FROM item_attributes GROUP BY ALL) c USING (attribute_id) "
+        "WHERE coalesce(c.n, 0) <> v.item_count"
+    ).fetchone()[0]
+    duplicates = conn.execute(
+        "SELECT count(*) FROM (SELECT item_id, attribute_id FROM item_attributes GROUP BY ALL "
+        "HAVING count(*) > 1)"
+    ).fetchone()[0]
+    ids_ok = n_vocab == n_distinct and (n_vocab == 0 or (lo == 1 and hi == n_vocab))
+    passed = uncovered == 0 and extra == 0 and unknown_ids == 0 and ids_ok and count_mismatch == 0
+    passed = passed and duplicates == 0
+    return dg.AssetCheckResult(
+        passed=bool(passed),
+        metadata={
+            "items_without_attributes": int(uncovered),
+            "items_not_in_interactions": int(extra),
+            "rows_with_unknown_attribute_id": int(unknown_ids),
+            "vocab_ids_are_1_to_V": bool(ids_ok),
+            "vocab_count_mismatches": int(count_mismatch),
+            "duplicate_rows": int(duplicates),
+        },
+    )
+
+
 @dg.asset(
     group_name="features",
     kinds={"duckdb", "python"},
     deps=["interactions", "items"],
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("item_attributes", item_attributes_consistent),
 )
 def item_attributes(
     context: dg.AssetExecutionContext, config: ItemAttributesConfig, duckdb: DuckDBResource
@@ -105,6 +153,7 @@ def item_attributes(
             "attribute_id::INTEGER AS attribute_id FROM pairs ORDER BY item_id, attribute_id"
         )
         conn.execute("COMMIT")
+        check_results = run_checks([item_attributes_consistent], conn)
     stats = encoding.stats
     if stats["items_missing_meta"]:
         context.log.warning(
@@ -125,55 +174,8 @@ def item_attributes(
             "items_without_category": stats.get("items_without_category", 0),
             "min_count": config.min_count,
             "top_attributes": dg.MetadataValue.md(top.to_markdown(index=False)),
-        }
-    )
-
-
-def _item_coverage(conn, table: str) -> tuple[int, int]:
-    """(items of `interactions` without a row in ``table``, distinct items of ``table`` not in it)."""
-    return conn.execute(
-        f"SELECT (SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
-        f"        ANTI JOIN {table} t USING (item_id)), "
-        f"       (SELECT count(DISTINCT item_id) FROM {table} t "
-        f"        ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id))"
-    ).fetchall()[0]
-
-
-@dg.asset_check(asset=item_attributes, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def item_attributes_consistent(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """Every item in `interactions` has at least one attribute row, only those items have rows,
-    every attribute id exists in `attribute_vocab` (ids 1..V, unique) and vocab counts match."""
-    with duckdb.get_connection() as conn:
-        uncovered, extra = _item_coverage(conn, "item_attributes")
-        unknown_ids = conn.execute(
-            "SELECT count(*) FROM item_attributes a ANTI JOIN attribute_vocab v USING (attribute_id)"
-        ).fetchone()[0]
-        n_vocab, n_distinct, lo, hi = conn.execute(
-            "SELECT count(*), count(DISTINCT attribute_id), min(attribute_id), max(attribute_id) "
-            "FROM attribute_vocab"
-        ).fetchone()
-        count_mismatch = conn.execute(
-            "SELECT count(*) FROM attribute_vocab v LEFT JOIN (SELECT attribute_id, count(*) AS n "
-            "FROM item_attributes GROUP BY ALL) c USING (attribute_id) "
-            "WHERE coalesce(c.n, 0) <> v.item_count"
-        ).fetchone()[0]
-        duplicates = conn.execute(
-            "SELECT count(*) FROM (SELECT item_id, attribute_id FROM item_attributes GROUP BY ALL "
-            "HAVING count(*) > 1)"
-        ).fetchone()[0]
-    ids_ok = n_vocab == n_distinct and (n_vocab == 0 or (lo == 1 and hi == n_vocab))
-    passed = uncovered == 0 and extra == 0 and unknown_ids == 0 and ids_ok and count_mismatch == 0
-    passed = passed and duplicates == 0
-    return dg.AssetCheckResult(
-        passed=bool(passed),
-        metadata={
-            "items_without_attributes": int(uncovered),
-            "items_not_in_interactions": int(extra),
-            "rows_with_unknown_attribute_id": int(unknown_ids),
-            "vocab_ids_are_1_to_V": bool(ids_ok),
-            "vocab_count_mismatches": int(count_mismatch),
-            "duplicate_rows": int(duplicates),
         },
+        check_results=check_results,
     )
 
 
@@ -189,6 +191,30 @@ class ItemImageFeaturesConfig(dg.Config):
     use_cache: bool = True
 
 
+def item_image_features_cover_items(conn) -> dg.AssetCheckResult:
+    """One row per item in `interactions` (no gaps, no duplicates, no strangers); rows without an
+    image hold the zero vector and rows with one hold a non-zero vector."""
+    uncovered, extra = _item_coverage(conn, "item_image_features")
+    duplicates = conn.execute(
+        "SELECT count(*) - count(DISTINCT item_id) FROM item_image_features"
+    ).fetchone()[0]
+    bad_vectors = conn.execute(
+        "SELECT count(*) FROM (SELECT has_image, "
+        "list_max(list_transform(feature::FLOAT[], lambda x: abs(x))) AS m FROM item_image_features) "
+        "WHERE (has_image AND (m IS NULL OR m = 0)) OR (NOT has_image AND m <> 0)"
+    ).fetchone()[0]
+    passed = uncovered == 0 and extra == 0 and duplicates == 0 and bad_vectors == 0
+    return dg.AssetCheckResult(
+        passed=bool(passed),
+        metadata={
+            "items_without_row": int(uncovered),
+            "rows_not_in_interactions": int(extra),
+            "duplicate_rows": int(duplicates),
+            "rows_with_inconsistent_vector": int(bad_vectors),
+        },
+    )
+
+
 @dg.asset(
     group_name="features",
     kinds={"duckdb", "pytorch"},
@@ -196,6 +222,7 @@ class ItemImageFeaturesConfig(dg.Config):
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
     retry_policy=TRANSIENT_RETRY_POLICY,  # device errors; done images come from the cache on retry
+    check_specs=blocking_checks("item_image_features", item_image_features_cover_items),
 )
 def item_image_features(
     context: dg.AssetExecutionContext,
@@ -315,6 +342,7 @@ def item_image_features(
             )
             conn.unregister("quarantine_rows")
         conn.execute("COMMIT")
+        check_results = run_checks([item_image_features_cover_items], conn)
 
     context.log.info(
         f"image features: {counts['found']:,} found, {counts['corrupt']:,} corrupt, "
@@ -340,35 +368,6 @@ def item_image_features(
             "device": torch_device.describe(),
             "precision": result.precision,
             "cache_file": str(cache_dir) if cache_dir else "(cache disabled)",
-        }
-    )
-
-
-@dg.asset_check(asset=item_image_features, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def item_image_features_cover_items(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """One row per item in `interactions` (no gaps, no duplicates, no strangers); rows without an
-    image hold the zero vector and rows with one hold a non-zero vector."""
-    with duckdb.get_connection() as conn:
-        uncovered, extra = _item_coverage(conn, "item_image_features")
-        duplicates = conn.execute(
-            "SELECT count(*) - count(DISTINCT item_id) FROM item_image_features"
-        ).fetchone()[0]
-        bad_vectors = conn.execute(
-            "SELECT count(*) FROM (SELECT has_image, "
-            "list_max(list_transform(feature::FLOAT[], lambda x: abs(x))) AS m FROM item_image_features) "
-            "WHERE (has_image AND (m IS NULL OR m = 0)) OR (NOT has_image AND m <> 0)"
-        ).fetchone()[0]
-    passed = uncovered == 0 and extra == 0 and duplicates == 0 and bad_vectors == 0
-    return dg.AssetCheckResult(
-        passed=bool(passed),
-        metadata={
-            "items_without_row": int(uncovered),
-            "rows_not_in_interactions": int(extra),
-            "duplicate_rows": int(duplicates),
-            "rows_with_inconsistent_vector": int(bad_vectors),
         },
+        check_results=check_results,
     )
-
-
-feature_assets = [item_attributes, item_image_features]
-feature_checks = [item_attributes_consistent, item_image_features_cover_items]

@@ -20,6 +20,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import rawdata
+from convrec_dagster.checks import blocking_checks, run_checks
 from convrec_dagster.duckdb_utils import QUARANTINE_DDL
 from convrec_dagster.duckdb_utils import table_exists as _table_exists
 from convrec_dagster.rawdata import FileFormat, FileStats, RawDataError
@@ -164,10 +165,45 @@ def _quarantine_reasons(stats: list[FileStats]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# checks (run inside their asset's step: convrec_dagster/checks.py)
+
+
+def reviews_have_ids(conn) -> dg.AssetCheckResult:
+    """Every review row has a user id, an item id, a line number and a unique `seq_no`."""
+    bad_ids, rows, seqs = conn.execute(
+        "SELECT count(*) FILTER (WHERE user_id IS NULL OR user_id = '' OR item_id IS NULL "
+        "OR item_id = '' OR line_no IS NULL), count(*), count(DISTINCT seq_no) FROM reviews"
+    ).fetchall()[0]
+    return dg.AssetCheckResult(passed=bad_ids == 0 and seqs == rows,
+                               metadata={"rows_without_ids": bad_ids, "duplicate_seq_no": rows - seqs})
+
+
+def items_unique(conn) -> dg.AssetCheckResult:
+    """`items` has one row per item id."""
+    rows, distinct = conn.execute("SELECT count(*), count(DISTINCT item_id) FROM items").fetchall()[0]
+    return dg.AssetCheckResult(passed=rows == distinct, metadata={"duplicate_item_rows": rows - distinct})
+
+
+def interactions_ordered_histories(conn) -> dg.AssetCheckResult:
+    """No (user, item) twice; each user's positions are 0..n-1; time never goes backwards."""
+    dup, bad_pos, backwards = conn.execute("""
+        WITH o AS (SELECT *, lag(ts) OVER (PARTITION BY user_id ORDER BY position) AS prev_ts
+                   FROM interactions),
+             p AS (SELECT user_id, count(*) AS n, min(position) AS lo, max(position) AS hi,
+                          count(DISTINCT position) AS d FROM interactions GROUP BY 1)
+        SELECT (SELECT count(*) - count(DISTINCT (user_id, item_id)) FROM interactions),
+               (SELECT count(*) FROM p WHERE lo <> 0 OR hi <> n - 1 OR d <> n),
+               (SELECT count(*) FROM o WHERE ts < prev_ts)""").fetchall()[0]
+    return dg.AssetCheckResult(passed=dup == 0 and bad_pos == 0 and backwards == 0, metadata={
+        "duplicate_pairs": dup, "users_with_bad_positions": bad_pos, "time_reversals": backwards})
+
+
+# ---------------------------------------------------------------------------------------------
 # assets
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb", "python"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+@dg.asset(group_name=GROUP, kinds={"duckdb", "python"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS,
+          check_specs=blocking_checks("reviews", reviews_have_ids))
 def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: DuckDBResource,
             paths: ConvRecPaths) -> dg.MaterializeResult:
     """Every usable review line of the raw folder: `reviews(user_id, item_id, rating, ts, seq_no,
@@ -221,6 +257,7 @@ def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: Du
         users, items, rows, min_ts_v, max_ts_v, n_ts, pairs = conn.execute(
             "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), "
             "count(ts), count(DISTINCT (user_id, item_id)) FROM reviews").fetchall()[0]
+        check_results = run_checks([reviews_have_ids], conn)
     seconds = time.perf_counter() - t0
     n_lines = sum(s.lines for s in stats)
     return dg.MaterializeResult(metadata={
@@ -242,11 +279,11 @@ def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: Du
         "skipped_files": skipped,
         "lines_per_second": round(n_lines / seconds, 1) if seconds else 0.0,
         "dagster/row_count": rows,
-    })
+    }, check_results=check_results)
 
 
 @dg.asset(deps=[reviews], group_name=GROUP, kinds={"duckdb", "python"}, pool=DUCKDB_POOL,
-          op_tags=DUCKDB_TAGS)
+          op_tags=DUCKDB_TAGS, check_specs=blocking_checks("items", items_unique))
 def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDBResource,
           paths: ConvRecPaths) -> dg.MaterializeResult:
     """One row per distinct item with metadata: `items(item_id, title, brand, categories, price,
@@ -314,6 +351,7 @@ def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDB
             if rows:
                 context.log.warning(f"{len(rows):,} reviewed items have no metadata, e.g. "
                                     f"{missing_meta['examples'][:5]}")
+        check_results = run_checks([items_unique], conn)
     return dg.MaterializeResult(metadata={
         "raw_dir": str(raw_dir),
         "files": dg.MetadataValue.md(_files_md(stats, skipped)),
@@ -336,7 +374,7 @@ def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDB
         "reviewed_items_without_metadata_examples": missing_meta["examples"],
         "skipped_files": skipped,
         "dagster/row_count": n_items,
-    })
+    }, check_results=check_results)
 
 
 def _histogram_md(lengths: list[int]) -> dg.MetadataValue:
@@ -357,7 +395,8 @@ def _histogram_md(lengths: list[int]) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![plot](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
 
 
-@dg.asset(deps=[reviews, items], group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
+@dg.asset(deps=[reviews, items], group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS,
+          check_specs=blocking_checks("interactions", interactions_ordered_histories))
 def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
                  duckdb: DuckDBResource) -> dg.MaterializeResult:
     """De-duplicated interactions, each user's history in time order: `interactions(user_id,
@@ -414,6 +453,7 @@ def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
             no_meta = conn.execute(f"""
                 SELECT count(DISTINCT item_id) FROM interactions
                 WHERE NOT (item_id IN (SELECT item_id FROM items) {attrs})""").fetchall()[0][0]
+        check_results = run_checks([interactions_ordered_histories], conn)
     lengths = sorted(lengths) or [0]  # [0]: nothing left after the filter
     return dg.MaterializeResult(metadata={
         "records_read": n_reviews,
@@ -435,44 +475,4 @@ def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
         "items_without_metadata": -1 if no_meta is None else no_meta,
         "history_lengths": _histogram_md(lengths),
         "dagster/row_count": kept.interactions,
-    })
-
-
-# ---------------------------------------------------------------------------------------------
-# checks
-
-
-@dg.asset_check(asset=reviews, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def reviews_have_ids(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """Every review row has a user id, an item id, a line number and a unique `seq_no`."""
-    with duckdb.get_connection() as conn, contextlib.closing(conn):
-        bad_ids, rows, seqs = conn.execute(
-            "SELECT count(*) FILTER (WHERE user_id IS NULL OR user_id = '' OR item_id IS NULL "
-            "OR item_id = '' OR line_no IS NULL), count(*), count(DISTINCT seq_no) FROM reviews"
-        ).fetchall()[0]
-    return dg.AssetCheckResult(passed=bad_ids == 0 and seqs == rows,
-                               metadata={"rows_without_ids": bad_ids, "duplicate_seq_no": rows - seqs})
-
-
-@dg.asset_check(asset=items, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def items_unique(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """`items` has one row per item id."""
-    with duckdb.get_connection() as conn, contextlib.closing(conn):
-        rows, distinct = conn.execute("SELECT count(*), count(DISTINCT item_id) FROM items").fetchall()[0]
-    return dg.AssetCheckResult(passed=rows == distinct, metadata={"duplicate_item_rows": rows - distinct})
-
-
-@dg.asset_check(asset=interactions, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def interactions_ordered_histories(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """No (user, item) twice; each user's positions are 0..n-1; time never goes backwards."""
-    with duckdb.get_connection() as conn, contextlib.closing(conn):
-        dup, bad_pos, backwards = conn.execute("""
-            WITH o AS (SELECT *, lag(ts) OVER (PARTITION BY user_id ORDER BY position) AS prev_ts
-                       FROM interactions),
-                 p AS (SELECT user_id, count(*) AS n, min(position) AS lo, max(position) AS hi,
-                              count(DISTINCT position) AS d FROM interactions GROUP BY 1)
-            SELECT (SELECT count(*) - count(DISTINCT (user_id, item_id)) FROM interactions),
-                   (SELECT count(*) FROM p WHERE lo <> 0 OR hi <> n - 1 OR d <> n),
-                   (SELECT count(*) FROM o WHERE ts < prev_ts)""").fetchall()[0]
-    return dg.AssetCheckResult(passed=dup == 0 and bad_pos == 0 and backwards == 0, metadata={
-        "duplicate_pairs": dup, "users_with_bad_positions": bad_pos, "time_reversals": backwards})
+    }, check_results=check_results)

@@ -13,6 +13,7 @@ import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import splits
+from convrec_dagster.checks import blocking_checks, run_checks
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS
 
 GROUP = "splits"
@@ -68,12 +69,49 @@ def _check_result(outcome: splits.CheckOutcome) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description, metadata=outcome.metadata)
 
 
+# Checks (run inside their asset's step, see convrec_dagster/checks.py); the SQL is in
+# convrec_dagster/splits.py.
+
+
+def sequences_no_leakage(conn) -> dg.AssetCheckResult:
+    """No validation or test row is a training input: they are each evaluated user's last two
+    positions and no training row comes after them."""
+    return _check_result(splits.check_no_leakage(conn))
+
+
+def sequences_split_sizes(conn) -> dg.AssetCheckResult:
+    """train + valid + test rows add up to `interactions`; valid = test = evaluated users."""
+    return _check_result(splits.check_split_sizes(conn))
+
+
+def eval_negatives_disjoint_from_history(conn) -> dg.AssetCheckResult:
+    """No stored negative is an item of the user's own history (train, valid or test)."""
+    return _check_result(splits.check_negatives_disjoint(conn))
+
+
+def eval_negatives_count_per_user(conn, n_negatives: int = splits.DEFAULT_N_NEGATIVES) -> dg.AssetCheckResult:
+    """Every evaluated user has exactly `n_negatives` distinct negatives (as configured, default 100);
+    train-only users have none."""
+    return _check_result(splits.check_negative_counts(conn, n_negatives))
+
+
+def proxy_ids_training_counts(conn) -> dg.AssetCheckResult:
+    """Proxy counts equal a recount over training rows only, and own ids go to the top-K items."""
+    return _check_result(splits.check_proxy_counts(conn))
+
+
+SEQUENCES_CHECKS = [sequences_no_leakage, sequences_split_sizes]
+EVAL_NEGATIVES_CHECKS = [eval_negatives_disjoint_from_history, eval_negatives_count_per_user]
+SPLITS_CHECKS = [*SEQUENCES_CHECKS, *EVAL_NEGATIVES_CHECKS, proxy_ids_training_counts]
+
+
 @dg.asset(
     deps=["interactions"],
     group_name=GROUP,
     kinds={"duckdb"},
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("sequences", *SEQUENCES_CHECKS),
 )
 def sequences(context: dg.AssetExecutionContext, config: SequencesConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Users 1..U and items 1..I (by training frequency), and every interaction with its leave-one-out
@@ -84,6 +122,7 @@ def sequences(context: dg.AssetExecutionContext, config: SequencesConfig, duckdb
         context.log.info("building user/item indices and leave-one-out splits")
         summary = splits.build_sequences(conn)
         lengths = splits.sequence_lengths(conn)
+        check_results = run_checks(SEQUENCES_CHECKS, conn)
     if not summary["has_timestamps"]:
         context.log.warning(
             f"{summary['interactions'] - summary['rows_with_timestamp']} of {summary['interactions']} "
@@ -97,22 +136,7 @@ def sequences(context: dg.AssetExecutionContext, config: SequencesConfig, duckdb
     metadata["time_context_available"] = summary["has_timestamps"]
     metadata["sequence_length_histogram"] = dg.MetadataValue.md(_length_histogram_md(lengths, config.histogram_bins))
     metadata["dagster/row_count"] = summary["interactions"]
-    return dg.MaterializeResult(metadata=metadata)
-
-
-@dg.asset_check(asset=sequences, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def sequences_no_leakage(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """No validation or test row is a training input: they are each evaluated user's last two
-    positions and no training row comes after them."""
-    with duckdb.get_connection() as conn:
-        return _check_result(splits.check_no_leakage(conn))
-
-
-@dg.asset_check(asset=sequences, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def sequences_split_sizes(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """train + valid + test rows add up to `interactions`; valid = test = evaluated users."""
-    with duckdb.get_connection() as conn:
-        return _check_result(splits.check_split_sizes(conn))
+    return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 
 
 @dg.asset(
@@ -121,6 +145,7 @@ def sequences_split_sizes(duckdb: DuckDBResource) -> dg.AssetCheckResult:
     kinds={"duckdb", "numpy"},
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("eval_negatives", *EVAL_NEGATIVES_CHECKS),
 )
 def eval_negatives(
     context: dg.AssetExecutionContext, config: EvalNegativesConfig, duckdb: DuckDBResource
@@ -131,32 +156,11 @@ def eval_negatives(
     with duckdb.get_connection() as conn:
         context.log.info(f"drawing {config.n_negatives} negatives per evaluated user (seed {config.seed})")
         summary = splits.build_eval_negatives(conn, n_negatives=config.n_negatives, seed=config.seed)
+        check_results = (run_checks([eval_negatives_disjoint_from_history], conn)
+                         + run_checks([eval_negatives_count_per_user], conn, config.n_negatives))
     metadata = dict(summary)
     metadata["dagster/row_count"] = summary["rows"]
-    return dg.MaterializeResult(metadata=metadata)
-
-
-@dg.asset_check(asset=eval_negatives, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def eval_negatives_disjoint_from_history(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """No stored negative is an item of the user's own history (train, valid or test)."""
-    with duckdb.get_connection() as conn:
-        return _check_result(splits.check_negatives_disjoint(conn))
-
-
-@dg.asset_check(asset=eval_negatives, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def eval_negatives_count_per_user(
-    context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource
-) -> dg.AssetCheckResult:
-    """Every evaluated user has exactly `n_negatives` distinct negatives (as materialized, default
-    100); train-only users have none."""
-    n_negatives = splits.DEFAULT_N_NEGATIVES
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("eval_negatives"))
-    if event is not None and event.asset_materialization is not None:
-        value = event.asset_materialization.metadata.get("n_negatives")
-        if value is not None:
-            n_negatives = int(value.value)
-    with duckdb.get_connection() as conn:
-        return _check_result(splits.check_negative_counts(conn, n_negatives))
+    return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 
 
 @dg.asset(
@@ -165,6 +169,7 @@ def eval_negatives_count_per_user(
     kinds={"duckdb"},
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("proxy_ids", proxy_ids_training_counts),
 )
 def proxy_ids(context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Frequency-based proxy ids: the K most frequent items, counted on training rows only, keep ids
@@ -172,27 +177,11 @@ def proxy_ids(context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb:
     k: int | float = config.top_k if config.top_k is not None else float(config.top_fraction)
     with duckdb.get_connection() as conn:
         summary = splits.build_proxy_ids(conn, k)
+        check_results = run_checks([proxy_ids_training_counts], conn)
     context.log.info(
         f"{summary['proxy_k']} items keep their own id ({summary['share_items_own_id']:.1%} of items, "
         f"{summary['share_train_interactions_covered']:.1%} of training interactions)"
     )
     metadata = dict(summary)
     metadata["dagster/row_count"] = summary["items"]
-    return dg.MaterializeResult(metadata=metadata)
-
-
-@dg.asset_check(asset=proxy_ids, blocking=True, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS)
-def proxy_ids_training_counts(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """Proxy counts equal a recount over training rows only, and own ids go to the top-K items."""
-    with duckdb.get_connection() as conn:
-        return _check_result(splits.check_proxy_counts(conn))
-
-
-splits_assets = [sequences, eval_negatives, proxy_ids]
-splits_checks = [
-    sequences_no_leakage,
-    sequences_split_sizes,
-    eval_negatives_disjoint_from_history,
-    eval_negatives_count_per_user,
-    proxy_ids_training_counts,
-]
+    return dg.MaterializeResult(metadata=metadata, check_results=check_results)

@@ -9,7 +9,6 @@ import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from assets.features import item_attributes, item_attributes_consistent
 from convrec_dagster import settings
@@ -153,7 +152,7 @@ def test_asset_writes_tables_and_check_guards_them(convrec_home, make_resources,
     raw = pd.DataFrame({"item_id": ["NOMETA"], "attribute": ["42"], "source_file": "s3rec.json"})
     write_inputs(convrec_home, ITEMS, INTERACTION_ITEMS + ["A"], raw=raw)
     result = dg.materialize(
-        [item_attributes, item_attributes_consistent],
+        [item_attributes],  # runs its check in its own step
         resources=make_resources(tmp_path / "dump"),
         run_config={"ops": {"item_attributes": {"config": {"min_count": 1}}}},
     )
@@ -176,7 +175,7 @@ def test_asset_writes_tables_and_check_guards_them(convrec_home, make_resources,
         assert got == [("attribute", "42")]
         # break the table: an item of interactions loses its attributes -> the check fails
         conn.execute("DELETE FROM item_attributes WHERE item_id = 'C'")
-    evaluation = item_attributes_consistent(duckdb=DuckDBResource(database=db))
+        evaluation = item_attributes_consistent(conn)
     assert not evaluation.passed
     assert evaluation.metadata["items_without_attributes"].value == 1
     assert evaluation.metadata["vocab_count_mismatches"].value > 0

@@ -13,11 +13,10 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from assets import evaluation as ev
 from convrec_dagster import settings
-from convrec_dagster.checks import ALL_ASSET_CHECKS, ASSET_MODULES
+from convrec_dagster.definitions import ASSET_MODULES
 from convrec_dagster.resources import build_resources
 
 pytestmark = pytest.mark.slow
@@ -38,7 +37,7 @@ def run(tmp_path_factory):
             "evaluation_metrics": {"config": {"n_boot": 300}},
         }
     }
-    result = dg.materialize(ASSETS + list(ALL_ASSET_CHECKS), resources=resources, instance=instance, run_config=run_config)
+    result = dg.materialize(ASSETS, resources=resources, instance=instance, run_config=run_config)
     assert result.success
     return {"home": home, "instance": instance, "resources": resources, "result": result}
 
@@ -178,9 +177,8 @@ def test_reevaluating_one_model_replaces_only_its_rows(run):
 
 
 def test_recommendations_with_a_named_model_and_k(run):
-    checks = [c for c in ALL_ASSET_CHECKS if any(k.asset_key == dg.AssetKey("recommendations") for k in c.check_keys)]
     result = dg.materialize(
-        [a for a in ASSETS if dg.AssetKey("recommendations") in a.keys] + checks,
+        [a for a in ASSETS if dg.AssetKey("recommendations") in a.keys],
         resources=run["resources"], instance=run["instance"],
         run_config={"ops": {"recommendations": {"config": {"model": "popularity", "k": 5}}}},
     )
@@ -191,38 +189,36 @@ def test_recommendations_with_a_named_model_and_k(run):
     evaluations = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
     assert set(evaluations) == {"recommendations_exclude_seen_items", "recommendations_k_per_user"}
     assert all(e.passed for e in evaluations.values())
-    assert evaluations["recommendations_k_per_user"].metadata["k"].value == 5  # K from this run's metadata
+    assert evaluations["recommendations_k_per_user"].metadata["k"].value == 5  # K from this run's config
 
 
 # --- failures and checks on hand-written tables (no pipeline run) ----------------------------------
 
 
-def _bad_metrics_db(path: Path, value: float, ci: tuple) -> DuckDBResource:
-    with duckdb.connect(str(path)) as conn:
-        conn.execute(ev.METRICS_DDL)
-        conn.execute(
-            "INSERT INTO evaluation_metrics VALUES ('convrec', 'full', 'test', 'HR', 10, 'all', ?, ?, ?, 'r', now()::TIMESTAMP, 5)",
-            [value, *ci],
-        )
-    return DuckDBResource(database=str(path))
+def _bad_metrics_db(value: float, ci: tuple) -> duckdb.DuckDBPyConnection:
+    conn = duckdb.connect()
+    conn.execute(ev.METRICS_DDL)
+    conn.execute(
+        "INSERT INTO evaluation_metrics VALUES ('convrec', 'full', 'test', 'HR', 10, 'all', ?, ?, ?, 'r', now()::TIMESTAMP, 5)",
+        [value, *ci],
+    )
+    return conn
 
 
 @pytest.mark.parametrize(
     "value, ci, passed",
     [(0.5, (0.4, 0.6), True), (1.2, (None, None), False), (0.5, (0.55, 0.6), False), (0.5, (0.4, 1.1), False), (float("nan"), (None, None), False)],
 )
-def test_unit_interval_check(tmp_path, value, ci, passed):
-    assert ev.evaluation_metrics_in_unit_interval(duckdb=_bad_metrics_db(tmp_path / "m.duckdb", value, ci)).passed is passed
+def test_unit_interval_check(value, ci, passed):
+    assert ev.evaluation_metrics_in_unit_interval(_bad_metrics_db(value, ci)).passed is passed
 
 
-def test_coverage_check_wants_both_protocols(tmp_path, make_resources):
-    resources = make_resources()
-    best = settings.artifacts_dir(resources["paths"].home_path()) / "models" / "convrec" / "best.pt"
-    best.parent.mkdir(parents=True)
-    best.write_bytes(b"")  # only its existence matters to the check
-    db = _bad_metrics_db(tmp_path / "m.duckdb", 0.5, (0.4, 0.6))  # convrec has 'full' rows only
-    result = ev.evaluation_metrics_cover_trained_models(duckdb=db, paths=resources["paths"])
-    assert not result.passed and result.metadata["missing"].value == ["convrec/sampled_100"]
+def test_coverage_check_wants_both_protocols():
+    conn = _bad_metrics_db(0.5, (0.4, 0.6))  # convrec has 'full' rows only
+    result = ev.evaluation_metrics_cover_trained_models(conn, ["convrec"])
+    assert not result.passed and result.metadata["missing"].value == ["convrec/sampled_100/test"]
+    assert ev.evaluation_metrics_cover_trained_models(conn, ["convrec"], protocols=["full"]).passed
+    assert not ev.evaluation_metrics_cover_trained_models(conn, []).passed  # nothing trained: nothing to trust
 
 
 def test_evaluation_without_trained_models_fails_clearly(make_resources):

@@ -22,7 +22,7 @@ from convrec_dagster import rawdata
 from convrec_dagster.sample_dump import read_marker
 from tests.conftest import shared_data
 
-ALL = [reviews, items, interactions, reviews_have_ids, items_unique, interactions_ordered_histories]
+ALL = [reviews, items, interactions]  # each runs its own checks
 
 
 def write(path: Path, lines: list[str], gz: bool = False) -> Path:
@@ -74,6 +74,26 @@ def test_sample_dump_ingests(make_resources, sample_dump):
     assert all(Path(ref).is_file() for item, ref in refs.items() if item not in missing)
     cats = query(db, "SELECT categories FROM items WHERE len(categories) > 0 LIMIT 1")[0][0]
     assert cats[0] == "Beauty" and len(cats) == 3
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"reviews_have_ids": True, "items_unique": True, "interactions_ordered_histories": True}
+
+
+def test_ingest_checks_fail_on_broken_tables():
+    conn = duckdb.connect()
+    conn.execute("CREATE TABLE reviews AS SELECT * FROM (VALUES ('u', 'i', 1, 0), ('', 'i', 2, 1), "
+                 "('u', 'j', 3, 1)) t(user_id, item_id, line_no, seq_no)")
+    result = reviews_have_ids(conn)
+    assert not result.passed and result.metadata["rows_without_ids"].value == 1
+    assert result.metadata["duplicate_seq_no"].value == 1
+    conn.execute("CREATE TABLE items AS SELECT * FROM (VALUES ('a'), ('a'), ('b')) t(item_id)")
+    assert not items_unique(conn).passed
+    conn.execute("CREATE TABLE interactions AS SELECT * FROM (VALUES ('u', 'a', 0, 10), ('u', 'b', 1, 5), "
+                 "('v', 'a', 1, 1)) t(user_id, item_id, position, ts)")
+    result = interactions_ordered_histories(conn)
+    assert not result.passed
+    assert result.metadata["time_reversals"].value == 1 and result.metadata["users_with_bad_positions"].value == 1
+    conn.execute("DELETE FROM interactions WHERE user_id = 'v'; UPDATE interactions SET ts = position")
+    assert interactions_ordered_histories(conn).passed
 
 
 def test_formats_are_told_by_content_not_by_name(make_resources, tmp_path):

@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from assets.splits import eval_negatives, proxy_ids, sequences, splits_checks
+from assets.splits import SPLITS_CHECKS, eval_negatives, proxy_ids, sequences
 from convrec_dagster import settings, splits
 
 
@@ -252,15 +252,16 @@ def test_assets_materialize_with_checks(make_resources, convrec_home):
     with duckdb.connect(str(settings.duckdb_path(convrec_home))) as c:
         write_interactions(c, random_rows(seed=1))
     result = dg.materialize(
-        [sequences, eval_negatives, proxy_ids, *splits_checks],
+        [sequences, eval_negatives, proxy_ids],
         resources=make_resources(),
         run_config={"ops": {"eval_negatives": {"config": {"n_negatives": 20}}, "proxy_ids": {"config": {"top_k": 5}}}},
     )
     assert result.success
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == len(splits_checks) and all(c.passed for c in checks)
-    # n_negatives = 20 reaches the count check through the materialization metadata (default is 100)
-    assert all(spec.blocking for chk in splits_checks for spec in chk.check_specs)
+    assert {c.asset_check_key.name for c in checks} == {fn.__name__ for fn in SPLITS_CHECKS}
+    assert all(c.passed for c in checks)  # the count check got n_negatives = 20 (default 100)
+    specs = [spec for asset in (sequences, eval_negatives, proxy_ids) for spec in asset.check_specs]
+    assert len(specs) == len(SPLITS_CHECKS) and all(spec.blocking for spec in specs)
     meta = result.asset_materializations_for_node("sequences")[0].metadata
     assert meta["users"].value == 30
     assert meta["time_context_available"].value is True
