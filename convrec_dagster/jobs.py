@@ -29,10 +29,14 @@ _duckdb_tag_key, _duckdb_tag_value = next(iter(DUCKDB_TAGS.items()))
 
 # What every step process needs, imported once per run by the forkserver instead of once per step:
 # torch alone takes ~1.5 s to import on 2 cores, torchvision ~1.3 s, the model code and matplotlib
-# ~0.5 s. Importing torch does not initialise CUDA, so forking after it is safe.
+# ~0.5 s, and Dagster's SQLite instance storage (SQLAlchemy, Alembic) ~0.5 s in every step process
+# when it opens the instance. Importing torch does not initialise CUDA, so forking after it is safe.
+# The forkserver skips a module that fails to import, so a renamed Dagster internal costs only time.
 PRELOAD_MODULES = [
     "dagster", "torch", "torchvision", "matplotlib.pyplot",
     "convrec_dagster.definitions", "convrec_dagster.dataset", "models.registry", "models.train", "models.evaluate",
+    "dagster._core.instance.factory", "dagster._core.storage.sqlite_storage", "dagster._core.storage.root",
+    "dagster._core.secrets.loader", "dagster._daemon",
 ]  # fmt: skip
 
 # The default executor of the Definitions (so it covers `full_pipeline`, `retrain` and the UI's
