@@ -146,3 +146,14 @@ def test_run_config_example_is_valid_for_full_pipeline(defs):
             defs.resolve_job_def("full_pipeline"),
             {"ops": {"convrec_model": {"config": {"learning_rate": 0.1}}}},
         )
+
+
+def test_every_forkserver_preload_module_imports():
+    """The forkserver silently skips a module that fails to import (a renamed Dagster internal would
+    only cost time per step), so check here that each one exists."""
+    import importlib
+
+    from convrec_dagster.jobs import PRELOAD_MODULES
+
+    for name in PRELOAD_MODULES:
+        importlib.import_module(name)
