@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.batching import make_batch
 from models.convrec import ConvBlock, ConvRec, default_kernels
