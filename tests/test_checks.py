@@ -15,17 +15,20 @@ def no_negative_values(conn) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=bad == 0, metadata={"negative_values": bad})
 
 
-def _pipeline(values: list[int]):
-    conn = duckdb.connect()
+def _pipeline(values: list[int], db: str):
+    """`numbers` (guarded by the check) -> `total`; each asset opens the DuckDB file itself, as the
+    project's assets do through the resource."""
 
     @dg.asset(check_specs=blocking_checks("numbers", no_negative_values))
     def numbers() -> dg.MaterializeResult:
-        conn.execute("CREATE OR REPLACE TABLE numbers AS SELECT unnest(?::INTEGER[]) AS x", [values])
-        return dg.MaterializeResult(check_results=run_checks([no_negative_values], conn))
+        with duckdb.connect(db) as conn:
+            conn.execute("CREATE OR REPLACE TABLE numbers AS SELECT unnest(?::INTEGER[]) AS x", [values])
+            return dg.MaterializeResult(check_results=run_checks([no_negative_values], conn))
 
     @dg.asset(deps=[numbers])
     def total() -> dg.MaterializeResult:
-        return dg.MaterializeResult(metadata={"sum": conn.execute("SELECT sum(x) FROM numbers").fetchone()[0]})
+        with duckdb.connect(db) as conn:
+            return dg.MaterializeResult(metadata={"sum": conn.execute("SELECT sum(x) FROM numbers").fetchone()[0]})
 
     return dg.materialize([numbers, total], raise_on_error=False)
 
@@ -36,16 +39,16 @@ def test_spec_is_named_after_the_function_and_blocking():
     assert spec.asset_key == dg.AssetKey("numbers") and spec.description == "`numbers` holds no negative value."
 
 
-def test_a_passing_check_lets_downstream_run():
-    result = _pipeline([1, 2, 3])
+def test_a_passing_check_lets_downstream_run(tmp_path):
+    result = _pipeline([1, 2, 3], str(tmp_path / "n.duckdb"))
     assert result.success
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.asset_check_key.name == "no_negative_values"
     assert result.asset_materializations_for_node("total")[0].metadata["sum"].value == 6
 
 
-def test_a_failing_check_keeps_the_materialization_but_blocks_downstream():
-    result = _pipeline([1, -2, 3])
+def test_a_failing_check_keeps_the_materialization_but_blocks_downstream(tmp_path):
+    result = _pipeline([1, -2, 3], str(tmp_path / "n.duckdb"))
     assert not result.success
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["negative_values"].value == 1
