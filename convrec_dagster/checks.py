@@ -5,8 +5,8 @@ DuckDB connection (and whatever else it needs) and returns ``dg.AssetCheckResult
 it in ``check_specs=blocking_checks(...)`` and runs it with ``run_checks`` on its own connection right
 after writing its table. So
 
-- a check costs a query, not a step: the multiprocess executor starts one process per step (about
-  0.8 s each on 2 cores), and DuckDB steps run one after the other anyway;
+- a check costs a query, not a step: the multiprocess executor starts one process per step (0.5-1 s
+  each on 2 cores, see BENCHMARKS.md), and DuckDB steps run one after the other anyway;
 - a failing check fails its asset's step after the materialization is recorded (the checks are
   blocking), so nothing downstream runs on bad data;
 - the UI shows every check on its asset, as separately defined checks would; re-running a check
