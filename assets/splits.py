@@ -40,6 +40,7 @@ class ProxyIdsConfig(dg.Config):
 
     top_k: int | None = None
     top_fraction: float = 0.1
+    min_count: int | None = None
 
 
 def _length_histogram_md(lengths: np.ndarray, bins: int) -> str:
@@ -176,7 +177,7 @@ def proxy_ids(context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb:
     1..K; all others share the rare-item id K + 1; 0 is padding."""
     k: int | float = config.top_k if config.top_k is not None else float(config.top_fraction)
     with duckdb.get_connection() as conn:
-        summary = splits.build_proxy_ids(conn, k)
+        summary = splits.build_proxy_ids(conn, k, config.min_count)
         check_results = run_checks([proxy_ids_training_counts], conn)
     context.log.info(
         f"{summary['proxy_k']} items keep their own id ({summary['share_items_own_id']:.1%} of items, "

@@ -14,8 +14,10 @@ import time
 from typing import Literal
 
 import dagster as dg
+import numpy as np
 from dagster_duckdb import DuckDBResource
 
+from convrec_dagster.budgets import MAX_LEN_CHOICES, auto_max_len, budget_settings, resolve_budget, resolve_loss
 from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 
@@ -23,42 +25,33 @@ GROUP = "training"
 ENCODER_DEPS = ["sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"]
 SPLIT_DEPS = ["sequences", "eval_negatives", "proxy_ids"]
 
-# Paper, Appendix C: best settings per dataset (lr, dropout, weight decay, L).
-PAPER_PRESETS = {
-    "beauty": {"lr": 4e-5, "dropout": 0.45, "weight_decay": 0.2, "max_len": 70},
-    "games": {"lr": 1e-4, "dropout": 0.35, "weight_decay": 0.1, "max_len": 50},
-    "fashion": {"lr": 5e-5, "dropout": 0.35, "weight_decay": 0.1, "max_len": 50},
-    "men": {"lr": 1e-4, "dropout": 0.30, "weight_decay": 0.1, "max_len": 30},
-}
-PAPER_DEFAULTS = {"d": 256, "batch_size": 128, "max_epochs": 1000, "patience": 20, "num_threads": 0}
-# The embedded sample (~600 users, ~240 items, ~8k interactions): small and quick on 2 CPU cores.
-SAMPLE_PROFILE = {
-    "d": 64, "hidden": 128, "batch_size": 32, "lr": 2e-3, "dropout": 0.2, "weight_decay": 0.0,
-    "max_len": 20, "max_epochs": 15, "patience": 5, "num_threads": 1,
-}  # fmt: skip
 DATASET_KEYWORDS = {"beauty": "beauty", "games": "games", "video": "games", "fashion": "fashion",
                     "clothing": "fashion", "men": "men"}  # fmt: skip
 
 
 class TrainingConfig(dg.Config):
-    """Hyper-parameters; fields left at None take the profile's value.
+    """Hyper-parameters; fields left at None (or ``auto``) take the budget's value (``convrec_dagster.budgets``).
 
-    ``profile``: ``paper`` (d = 256, batch 128, the dataset's lr/dropout/weight decay/L from the
-    paper's Appendix C), ``sample`` (small and quick, for the embedded sample dump), ``auto``
-    (``sample`` on the embedded sample, else ``paper``). ``dataset``: which paper preset
-    (``auto`` guesses from the raw dump folder's name, else ``games``). ``features``: item features
-    for ConvRec and its attention counterpart. ``loss``: ``softmax`` (authors' code) or ``bce``
-    (paper text). ``resume``: continue a killed run with the same config and data.
-    ``num_threads``: torch CPU threads (0: torch's default; the sample profile uses 1, faster for
-    tiny tensors on a shared machine).
+    ``budget``: ``cpu`` (all cuts per epoch, cross-entropy over all items, at most 60 minutes per
+    model: what reaches the accuracy targets on 2 CPU cores), ``paper`` (the paper's Appendix C:
+    d = 256, one random cut per user per epoch, up to 1,000 epochs; for GPUs), ``sample`` (small
+    and quick, for the embedded sample dump), ``auto`` (``sample`` on the embedded sample, else
+    ``paper`` with CUDA and ``cpu`` without). ``dataset``: which paper preset (``auto`` guesses
+    from the raw dump folder's name, else ``games``). ``features``: item features for ConvRec and
+    its attention counterpart. ``scheme``: ``one_cut`` (the paper's) or ``all_cuts``. ``loss``:
+    ``softmax`` over [positive + n_negatives] (authors' code), ``bce`` (paper text; SASRec's own),
+    or ``full_softmax`` over all items (falls back to ``softmax`` when candidate vectors depend on
+    the row's time). ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
+    ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
+    killed run with the same config and data. ``num_threads``: torch CPU threads (0: torch's default).
     """
 
-    profile: Literal["auto", "paper", "sample"] = "auto"
+    budget: Literal["auto", "cpu", "paper", "sample"] = "auto"
     dataset: Literal["auto", "beauty", "games", "fashion", "men"] = "auto"
     features: Literal["auto", "attributes", "image", "both", "none"] = "auto"
     d: int | None = None
     hidden: int | None = None
-    max_len: int | None = None
+    max_len: int | None = None  # 0: chosen from the data (convrec_dagster.budgets.auto_max_len)
     batch_size: int | None = None
     lr: float | None = None
     dropout: float | None = None
@@ -66,9 +59,14 @@ class TrainingConfig(dg.Config):
     max_epochs: int | None = None
     patience: int | None = None
     num_threads: int | None = None
-    loss: Literal["softmax", "bce"] = "softmax"
-    n_negatives: int = 100
-    augment_prob: float = 0.01
+    scheme: Literal["auto", "one_cut", "all_cuts"] = "auto"
+    loss: Literal["auto", "softmax", "bce", "full_softmax"] = "auto"
+    n_negatives: int | None = None
+    adam_beta2: float | None = None
+    warmup_epochs: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    time_budget_min: float | None = None
+    augment_prob: float | None = None
     grad_clip: float = 1.0
     seed: int = 42
     resume: bool = True
@@ -81,28 +79,32 @@ class TrainingConfig(dg.Config):
     single_conv: bool = False
     avg_pool_only: bool = False
     # attention models
-    n_layers: int = 2
-    n_heads: int = 2
+    n_layers: int | None = None
+    n_heads: int | None = None
     pooling: Literal["last", "mean"] = "last"
+    id_init_std: float | None = None  # std of the id embeddings' init (None: the budget's; 0: PyTorch's N(0, 1))
 
 
-def resolve_settings(config: TrainingConfig, paths: ConvRecPaths) -> tuple[str, str, dict]:
-    """(profile, dataset preset, every setting with the profile's values filled in)."""
-    profile = config.profile
-    if profile == "auto":
-        profile = "sample" if paths.is_embedded_sample() else "paper"
+ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
+
+
+def resolve_settings(config: TrainingConfig, paths: ConvRecPaths, model: str, cuda: bool) -> tuple[str, str, dict]:
+    """(budget, dataset preset, every setting with the budget's values filled in)."""
+    budget = resolve_budget(config.budget, paths.is_embedded_sample(), cuda)
     dataset = config.dataset
     if dataset == "auto":
         folder = "" if paths.is_embedded_sample() else paths.raw_path().name.lower()
         dataset = next((v for k, v in DATASET_KEYWORDS.items() if k in folder), "games")
-    base = dict(SAMPLE_PROFILE) if profile == "sample" else {**PAPER_DEFAULTS, **PAPER_PRESETS[dataset]}
+    base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, dataset)}
     settings = config.model_dump()
     for key, value in base.items():
-        if settings.get(key) is None:
+        if settings.get(key) is None or settings.get(key) == "auto" and key in ("scheme", "loss"):
             settings[key] = value
     settings["kernels"] = settings["kernels"] or None
     settings["strides"] = settings["strides"] or None
-    return profile, dataset, settings
+    settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
+    settings["id_init_std"] = settings.get("id_init_std") or None
+    return budget, dataset, settings
 
 
 def curve_markdown(history: list[dict], title: str) -> str:
@@ -147,7 +149,7 @@ def train_model_asset(
     from models.train import TrainConfig, train
 
     started = time.perf_counter()
-    profile, dataset, s = resolve_settings(config, paths)
+    budget, dataset, s = resolve_settings(config, paths, name, torch_device.torch_device.type == "cuda")
     threads_before = torch.get_num_threads()
     if s["num_threads"] and torch_device.torch_device.type == "cpu":
         torch.set_num_threads(int(s["num_threads"]))
@@ -156,9 +158,23 @@ def train_model_asset(
             data = load_rec_data(conn, features=s["features"] if name in ("convrec", "convrec_attention") else "none")
         context.log.info(
             f"{name}: {data.n_users} users, {data.n_items} items, {len(data.items)} interactions, "
-            f"features {data.info.get('features')}, time context {data.has_context}; profile {profile}"
-            + (f" ({dataset} preset)" if profile == "paper" else "")
+            f"features {data.info.get('features')}, time context {data.has_context}; budget {budget}"
+            + (f" ({dataset} preset)" if budget == "paper" else "")
         )
+        if not s["max_len"]:
+            lengths = np.diff(data.user_ptr[1 : data.n_users + 2]) - 2 * data.is_eval_user[1:]
+            s["max_len"] = auto_max_len(lengths)
+            context.log.info(f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
+                             f"histories fit; choices {MAX_LEN_CHOICES})")
+        row_dependent = name in ("convrec", "convrec_attention") and data.has_context
+        loss, s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
+        if loss != s["loss"]:
+            context.log.info(f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "
+                             f"{s['n_negatives']} sampled negatives instead of full_softmax")
+        s["loss"] = loss
+        context.log.info(f"{name}: scheme {s['scheme']}, loss {loss}, lr {s['lr']}, batch {s['batch_size']}, "
+                         f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
+                         + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else ""))
         hparams = model_kwargs(name, s)
         if name in ("convrec", "convrec_attention"):
             hparams["features"] = s["features"]
@@ -174,10 +190,13 @@ def train_model_asset(
         def on_epoch(record: dict) -> None:
             loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
             speed = "" if record["examples_per_s"] is None else f", {record['examples_per_s']:.0f} examples/s"
+            timing = ""
+            if "elapsed_s" in record:
+                timing = f", elapsed {record['elapsed_s'] / 60:.1f} min, ETA {record['eta_s'] / 60:.1f} min"
             context.log.info(
                 f"{name} epoch {record['epoch']}: loss {loss}, valid HR@10 {record['valid_HR@10']:.4f}, "
                 f"NDCG@10 {record['valid_NDCG@10']:.4f}{' (best)' if record['best'] else ''}, "
-                f"{record['epoch_time_s']:.2f} s{speed}"
+                f"{record['epoch_time_s']:.2f} s{speed}{timing}"
             )
 
         result = train(model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, context.log.info)
@@ -202,7 +221,9 @@ def train_model_asset(
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "wall_time_s": round(wall, 2),
         "mean_epoch_time_s": round(sum(epoch_times) / len(epoch_times), 3) if epoch_times else 0.0,
-        "profile": profile,
+        "budget": budget,
+        "still_improving_at_end": bool(result.history) and result.best_epoch == result.history[-1]["epoch"]
+        and len(result.history) > 1 and not result.stopped_early,
         "hparams": dg.MetadataValue.json({k: v for k, v in hparams.items()}),
         "train_config": dg.MetadataValue.json({k: getattr(train_config, k) for k in TrainConfig.__dataclass_fields__}),
         "data_fingerprint": str(data.info.get("fingerprint", "")),

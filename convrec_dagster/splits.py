@@ -301,8 +301,11 @@ def resolve_proxy_k(n_trained_items: int, k: int | float) -> int:
     return min(int(k), n_trained_items)
 
 
-def build_proxy_ids(conn: duckdb.DuckDBPyConnection, k: int | float = 0.1) -> dict:
+def build_proxy_ids(conn: duckdb.DuckDBPyConnection, k: int | float = 0.1, min_count: int | None = None) -> dict:
     """Write ``proxy_ids``: items 1..K (most frequent on training rows) keep their id, others K + 1.
+
+    ``min_count``: when set, K is the number of items with at least that many training rows (an
+    item seen that often can learn its own embedding), and ``k`` is ignored.
 
     Training counts are recounted from ``sequences`` (split = 'train'), not taken from elsewhere;
     items that never occur in training never get their own id, whatever K is.
@@ -320,7 +323,12 @@ def build_proxy_ids(conn: duckdb.DuckDBPyConnection, k: int | float = 0.1) -> di
         "SELECT count(*), count(*) FILTER (WHERE train_count > 0), coalesce(sum(train_count), 0) "
         "FROM _train_counts"
     ).fetchall()[0]
-    top_k = resolve_proxy_k(int(n_trained), k)
+    if min_count is not None:
+        if min_count < 1:
+            raise ValueError(f"proxy min_count must be >= 1, got {min_count}")
+        top_k = int(conn.execute(f"SELECT count(*) FROM _train_counts WHERE train_count >= {int(min_count)}").fetchall()[0][0])
+    else:
+        top_k = resolve_proxy_k(int(n_trained), k)
     conn.execute(
         f"""
         CREATE OR REPLACE TABLE proxy_ids AS

@@ -5,7 +5,9 @@ A model reads a :class:`models.batching.Batch` and offers
 - ``forward(batch)``: the sequence vector ``(B, d)`` (models without one return ``None``);
 - ``predict(batch)``: scores ``(B, C)`` for ``batch.candidates``;
 - ``calculate_loss(batch)``: the training loss, where ``batch.candidates[:, 0]`` is the positive and
-  the rest are negatives;
+  the rest are negatives (``loss="full_softmax"``: the positive against every item; negatives unused);
+- ``calculate_positionwise_loss(items, targets, negatives)``: models with ``positionwise = True``
+  (SASRec) predict the next item at every position of ``items`` in one pass;
 - ``full_sort_predict(batch)``: scores ``(B, n_items + 1)`` for every item (column 0, the padding,
   is ``-inf``), computed in item chunks so that 100k+ item catalogues fit in memory.
 
@@ -22,7 +24,8 @@ from torch import nn
 
 from models.batching import Batch
 
-LossName = Literal["bce", "softmax"]
+LossName = Literal["bce", "softmax", "full_softmax"]
+LOSSES = ("bce", "softmax", "full_softmax")
 
 
 def candidate_loss(scores: torch.Tensor, loss: LossName) -> torch.Tensor:
@@ -37,7 +40,15 @@ def candidate_loss(scores: torch.Tensor, loss: LossName) -> torch.Tensor:
         return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
     if loss == "bce":
         return (F.softplus(-scores[:, 0]) + F.softplus(scores[:, 1:]).mean(1)).mean()
-    raise ValueError(f"loss must be 'bce' or 'softmax', not {loss!r}")
+    raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
+
+
+def full_softmax_loss(seq: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``seq (N, d)`` against every item ``item_vectors (n_items + 1, d)`` (row 0,
+    the padding, never competes); ``targets (N,)`` are item ids >= 1."""
+    with torch.autocast(seq.device.type, enabled=False):
+        logits = seq.float() @ item_vectors[1:].float().T
+    return F.cross_entropy(logits, targets - 1)
 
 
 def dot_scores(cand: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
@@ -51,6 +62,7 @@ class SequentialRecommender(nn.Module):
 
     name: str = "base"
     trainable: bool = True  # False: nothing to learn (popularity)
+    positionwise: bool = False  # True: ``forward_all`` gives a vector per position
 
     def __init__(self, n_items: int, max_len: int, loss: LossName = "softmax"):
         super().__init__()
@@ -69,12 +81,32 @@ class SequentialRecommender(nn.Module):
         """Scores ``(B, M)`` of the same item ids ``items (M,)`` for every row."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def item_vectors(self) -> torch.Tensor:
+        """Every item's vector ``(n_items + 1, d)`` when candidates do not depend on the row."""
+        raise ValueError(f"{self.name} has no row-independent item vectors: loss='full_softmax' needs them")
+
+    def forward_all(self, items: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{self.name} has no vector per position (positionwise is False)")
+
     def predict(self, batch: Batch) -> torch.Tensor:
         seq = self.forward(batch)
         return dot_scores(self.encode_candidates(batch, seq), seq)
 
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        if self.loss == "full_softmax":
+            return full_softmax_loss(self.forward(batch), self.item_vectors(), batch.candidates[:, 0])
         return candidate_loss(self.predict(batch), self.loss)
+
+    def calculate_positionwise_loss(self, items: torch.Tensor, targets: torch.Tensor,
+                                    negatives: torch.Tensor | None) -> torch.Tensor:
+        """Next-item loss at every position: ``items (B, L)`` input, ``targets (B, L)`` the next item
+        (0: no target), ``negatives (B, L, n)`` per position (unused by ``full_softmax``)."""
+        keep = targets > 0
+        seq = self.forward_all(items)[keep]
+        if self.loss == "full_softmax":
+            return full_softmax_loss(seq, self.item_vectors(), targets[keep])
+        cands = torch.cat([targets[keep].unsqueeze(1), negatives[keep]], 1)
+        return candidate_loss(dot_scores(self.item_vectors()[cands], seq), self.loss)
 
     @torch.no_grad()
     def full_sort_predict(self, batch: Batch, chunk_size: int = 8192) -> torch.Tensor:

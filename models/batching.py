@@ -125,6 +125,16 @@ def random_cuts(data: RecData, users: np.ndarray, rng: np.random.Generator) -> n
     return starts + 1 + (rng.random(len(users)) * (n_train - 1)).astype(np.int64)
 
 
+def all_cuts(data: RecData, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user, target row) for every training row of ``users`` but each user's first."""
+    starts = data.user_ptr[users]
+    n_train = data.user_ptr[users + 1] - starts - 2 * data.is_eval_user[users]
+    counts = np.maximum(n_train - 1, 0)
+    owners = np.repeat(users, counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return owners, np.repeat(starts, counts) + 1 + offsets
+
+
 def eval_targets(data: RecData, users: np.ndarray, split: str) -> np.ndarray:
     """Target rows of ``split`` ('valid' or 'test'); the test history includes the validation item."""
     if split not in ("valid", "test"):

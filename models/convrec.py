@@ -80,6 +80,7 @@ class ItemEncoder(nn.Module):
         dropout: float = 0.3,
         features: str = "auto",
         intervals: bool = True,
+        id_init_std: float | None = None,
     ):
         super().__init__()
         hidden = hidden or 4 * d
@@ -89,6 +90,10 @@ class ItemEncoder(nn.Module):
         self.use_intervals = intervals and data.ymd is not None
         self.register_buffer("proxy_ids", torch.as_tensor(data.proxy_ids, dtype=torch.long), persistent=False)
         self.proxy = nn.Embedding(data.n_proxy, d, padding_idx=0)
+        if id_init_std is not None:  # None: PyTorch's N(0, 1), as the authors' code
+            nn.init.normal_(self.proxy.weight, std=id_init_std)
+            with torch.no_grad():
+                self.proxy.weight[0].zero_()
         self.has_a = self.use_attr or self.use_image or self.use_context
         self.has_features = self.use_attr or self.use_image
         if self.use_attr:
@@ -196,10 +201,10 @@ class EncodedSequenceModel(SequentialRecommender):
     """A model whose history and candidates go through one :class:`ItemEncoder`; subclasses mix."""
 
     def __init__(self, data: RecData, max_len: int, d: int, dropout: float, features: str,
-                 intervals: bool, hidden: int | None, loss: LossName):
+                 intervals: bool, hidden: int | None, loss: LossName, id_init_std: float | None = None):
         super().__init__(data.n_items, max_len, loss)
         self.d = d
-        self.encoder = ItemEncoder(data, d, hidden, dropout, features, intervals)
+        self.encoder = ItemEncoder(data, d, hidden, dropout, features, intervals, id_init_std)
 
     def mix(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """History vectors (B, L, d), zero at padding -> sequence vector (B, d)."""
@@ -246,6 +251,15 @@ class EncodedSequenceModel(SequentialRecommender):
     def predict(self, batch: Batch) -> torch.Tensor:
         z, cand = self.encode(batch)
         return dot_scores(cand, self.mix(z, batch.mask[:, -self.max_len :]))
+
+    def item_vectors(self) -> torch.Tensor:
+        if self.encoder.row_dependent:
+            raise ValueError(
+                "loss='full_softmax' needs candidate vectors that do not depend on the row, but this dataset has "
+                "time context or intervals: use loss='softmax' with more n_negatives, or intervals=False")
+        items = torch.arange(1, self.n_items + 1, device=self.encoder.proxy_ids.device)
+        vectors = self.encoder.encode_grid(items, None, None)[0]
+        return torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
 
     def score_item_chunk(self, batch: Batch, seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         ctx, delta = self._candidate_inputs(batch)
@@ -364,8 +378,9 @@ class ConvRec(EncodedSequenceModel):
         avg_pool_only: bool = False,
         hidden: int | None = None,
         loss: LossName = "softmax",
+        id_init_std: float | None = None,
     ):
-        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss)
+        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, id_init_std)
         self.avg_pool_only = avg_pool_only
         if single_conv:
             kernels = strides = [max_len]

@@ -1,10 +1,20 @@
 """The training loop (pure torch): sampling, AdamW, early stopping, checkpoints, resume.
 
-Each epoch every training user contributes one example: a random cut of the training history
-whose last item is the positive and the up-to-L items before it the input (ProxyRCA's scheme),
-with ``n_negatives`` negatives drawn uniformly from the items the user never interacted with and
-1 % of input items replaced by random items. Validation NDCG@10 (sampled_100) picks the best epoch;
-training stops after ``patience`` epochs without improvement.
+Two schemes (``TrainConfig.scheme``):
+
+- ``one_cut`` (the paper's, ProxyRCA's): each epoch every training user contributes one example,
+  a random cut of the training history whose last item is the positive and the up-to-L items
+  before it the input. Each user is seen once per epoch, so it needs hundreds of epochs.
+- ``all_cuts``: every training row but a user's first is a positive once per epoch. Models with
+  ``positionwise = True`` (SASRec) do this in one causal pass over the last L + 1 training items
+  (Kang & McAuley's scheme); the others take each cut as its own example.
+
+Negatives: ``n_negatives`` per positive, drawn uniformly from the items the user never interacted
+with (per position under ``all_cuts`` for position-wise models); none under ``loss="full_softmax"``,
+which scores the positive against every item. 1 % of input items are replaced by random items
+(``augment_prob``). Adam(W) with ``adam_beta2``, optional linear warm-up and cosine decay.
+Validation NDCG@10 (sampled_100) picks the best epoch; training stops after ``patience`` epochs
+without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
 
 ``out_dir`` receives ``best.pt`` (the best model), ``resume.pt`` (model, optimizer, epoch, RNG
 states, history, best so far) and ``history.json``. A run that finds a ``resume.pt`` with the same
@@ -29,7 +39,7 @@ import numpy as np
 import torch
 
 from models.base import SequentialRecommender
-from models.batching import NegativeSampler, make_batch, random_cuts, training_users
+from models.batching import NegativeSampler, all_cuts, make_batch, random_cuts, training_users
 from models.data import RecData
 from models.evaluate import autocast, rank_eval_users
 from models.metrics import per_user_metrics, summarize
@@ -49,6 +59,21 @@ class TrainConfig:
     seed: int = 42
     eval_batch_size: int = 256
     resume: bool = True
+    scheme: str = "one_cut"  # "one_cut" (paper) or "all_cuts"
+    adam_beta2: float = 0.999
+    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs
+    lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 at max_epochs, after warm-up)
+    time_budget_s: float = 0.0  # stop after the epoch that spends it (0: no limit)
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, not {self.scheme!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
+
+
+SCHEMES = ("one_cut", "all_cuts")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -64,9 +89,12 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
+_NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
+
+
 def config_hash(name: str, hparams: dict, config: TrainConfig) -> str:
-    """Hash of everything that shapes the result (the resume flag and eval batch size do not)."""
-    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("resume", "eval_batch_size")}
+    """Hash of everything that shapes the result (the resume flag, eval batch size and time budget do not)."""
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_HASHED}
     blob = json.dumps({"model": name, "hparams": hparams, "train": cfg}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -107,28 +135,94 @@ def _restore_rng(state: dict, rng: np.random.Generator, device: torch.device) ->
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train_epoch(model, optimizer, data, sampler, rng, config: TrainConfig, device, precision) -> tuple[float, int]:
-    """One pass over the training users; returns (mean loss, examples)."""
-    model.train()
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimizer ``step`` (0-based)."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.lr_schedule == "cosine":
+        total = max(config.max_epochs * steps_per_epoch - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / total, 1.0)))
+    return 1.0
+
+
+def epoch_examples(model: SequentialRecommender, data: RecData, config: TrainConfig) -> int:
+    """Rows per epoch (users under one_cut and for position-wise models, else every cut)."""
     users = training_users(data)
-    users = users[rng.permutation(len(users))]
-    targets = random_cuts(data, users, rng)
-    negatives = sampler.sample(users, config.n_negatives, rng)
-    cands = np.concatenate([data.items[targets][:, None], negatives], 1)
-    total, n = 0.0, 0
+    if config.scheme == "all_cuts" and not model.positionwise:
+        return len(all_cuts(data, users)[0])
+    return len(users)
+
+
+def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
+    """Yield (batch size, loss closure) over one epoch's shuffled examples."""
+    users = training_users(data)
+    full = model.loss == "full_softmax"
+    if config.scheme == "all_cuts" and model.positionwise:
+        users = users[rng.permutation(len(users))]
+        window = model.max_len + 1  # input = the first L items, targets = the last L
+        for start in range(0, len(users), config.batch_size):
+            chunk = users[start : start + config.batch_size]
+            ends = data.user_ptr[chunk + 1] - 2 * data.is_eval_user[chunk]  # one past the last training row
+            seq = make_batch(data, chunk, ends, window, np.zeros((len(chunk), 1), np.int64), rng=rng,
+                             augment_prob=config.augment_prob).items.numpy()
+            items, targets = seq[:, :-1], _unaugmented_targets(data, chunk, ends, model.max_len)
+            targets = np.where(items > 0, targets, 0)
+            negatives = None
+            if not full:
+                negatives = sampler.sample(np.repeat(chunk, model.max_len), config.n_negatives, rng)
+                negatives = torch.from_numpy(negatives.reshape(len(chunk), model.max_len, -1))
+            yield len(chunk), (torch.from_numpy(np.ascontiguousarray(items)), torch.from_numpy(targets), negatives)
+        return
+    if config.scheme == "all_cuts":
+        users, targets = all_cuts(data, users)
+    else:
+        targets = random_cuts(data, users, rng)
+    order = rng.permutation(len(users))
+    users, targets = users[order], targets[order]
     for start in range(0, len(users), config.batch_size):
         sl = slice(start, start + config.batch_size)
-        batch = make_batch(data, users[sl], targets[sl], model.max_len, cands[sl], rng=rng,
-                           augment_prob=config.augment_prob).to(device)
+        cands = data.items[targets[sl]][:, None]
+        if not full:
+            cands = np.concatenate([cands, sampler.sample(users[sl], config.n_negatives, rng)], 1)
+        yield len(cands), make_batch(data, users[sl], targets[sl], model.max_len, cands, rng=rng,
+                                     augment_prob=config.augment_prob)
+
+
+def _unaugmented_targets(data: RecData, users: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+    """(B, length) the items at rows ``ends - length .. ends - 1`` of each user, 0 before its start."""
+    rows = ends[:, None] - length + np.arange(length)[None, :]
+    valid = rows >= data.user_ptr[users][:, None]
+    return np.where(valid, data.items[np.where(valid, rows, 0)], 0)
+
+
+def train_epoch(model, optimizer, data, sampler, rng, config: TrainConfig, device, precision,
+                scheduler=None, on_batch: Callable[[int, int], None] | None = None) -> tuple[float, int]:
+    """One pass over the epoch's examples; returns (mean loss, examples).
+
+    ``on_batch(done, total)`` is called after each optimizer step (progress and time estimates).
+    """
+    model.train()
+    n_batches = math.ceil(epoch_examples(model, data, config) / config.batch_size)
+    total, n = 0.0, 0
+    for i, (size, batch) in enumerate(_epoch_batches(model, data, sampler, rng, config)):
         with autocast(device, precision):
-            loss = model.calculate_loss(batch)
+            if isinstance(batch, tuple):
+                items, targets, negatives = (t.to(device) if t is not None else None for t in batch)
+                loss = model.calculate_positionwise_loss(items, targets, negatives)
+            else:
+                loss = model.calculate_loss(batch.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        total += float(loss.detach()) * len(batch.users)
-        n += len(batch.users)
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * size
+        n += size
+        if on_batch is not None:
+            on_batch(i + 1, n_batches)
     return total / max(n, 1), n
 
 
@@ -168,7 +262,10 @@ def train(
             on_epoch(history[0])
         return TrainResult(history, 0, metrics, 0, None, time.perf_counter() - started, peak_memory(device), False)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, config.adam_beta2))
+    steps_per_epoch = math.ceil(epoch_examples(model, data, config) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, config))
     sampler = NegativeSampler(data)
     history: list[dict] = []
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
@@ -184,6 +281,8 @@ def train(
         else:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if "scheduler" in state:
+                scheduler.load_state_dict(state["scheduler"])
             _restore_rng(state["rng"], rng, device)
             history, best, finished = list(state["history"]), dict(state["best"]), bool(state["finished"])
             resumed_from = int(state["epoch"])
@@ -193,11 +292,30 @@ def train(
 
     epochs_run = 0
     best_state = None
+    spent = sum(h["epoch_time_s"] for h in history)  # training seconds, resumed runs included
+    probe = {"done": False}
+
+    def estimate(done: int, total: int) -> None:
+        """Once, early in this call's first epoch: the expected time, from the batches measured so far."""
+        if probe["done"] or (done < min(20, total) and done < total):
+            return
+        probe["done"] = True
+        per_epoch = (time.perf_counter() - t0) / done * total
+        epochs_left = config.max_epochs - start_epoch + 1
+        expected = per_epoch * epochs_left
+        budget = f"; time budget {config.time_budget_s / 60:.0f} min" if config.time_budget_s else ""
+        log(f"{name}: expected ~{per_epoch:.0f} s per epoch ({total} batches, validation not counted); "
+            f"at most {epochs_left} more epochs = {expected / 60:.1f} min"
+            + (f", capped at {max(config.time_budget_s - spent, 0) / 60:.1f} min by the time budget" if config.time_budget_s
+               and expected > config.time_budget_s - spent else "") + budget
+            + f"; early stopping after {config.patience} epochs without gain")
+
     for epoch in range(start_epoch, config.max_epochs + 1):
         if finished:
             break
         t0 = time.perf_counter()
-        loss, n_examples = train_epoch(model, optimizer, data, sampler, rng, config, device, precision)
+        loss, n_examples = train_epoch(model, optimizer, data, sampler, rng, config, device, precision,
+                                       scheduler, estimate)
         train_time = time.perf_counter() - t0
         metrics = validate(model, data, device, precision, config.eval_batch_size)
         improved = metrics["NDCG@10"] > best["metrics"]["NDCG@10"]
@@ -208,15 +326,24 @@ def train(
                 save_checkpoint(out / "best.pt", model, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta})
         else:
             best["bad_epochs"] += 1
-        finished = best["bad_epochs"] >= config.patience or epoch == config.max_epochs
+        epoch_time = time.perf_counter() - t0
+        spent += epoch_time
+        out_of_time = bool(config.time_budget_s) and spent >= config.time_budget_s
+        finished = best["bad_epochs"] >= config.patience or epoch == config.max_epochs or out_of_time
+        mean_epoch = spent / len(history + [None])
+        eta = 0.0 if finished else mean_epoch * (config.max_epochs - epoch)
+        if config.time_budget_s and not finished:
+            eta = min(eta, config.time_budget_s - spent)
         record = {"epoch": epoch, "loss": loss, "valid_HR@10": metrics["HR@10"], "valid_NDCG@10": metrics["NDCG@10"],
-                  "epoch_time_s": time.perf_counter() - t0, "examples_per_s": n_examples / max(train_time, 1e-9),
-                  "best": improved}
+                  "epoch_time_s": epoch_time, "examples_per_s": n_examples / max(train_time, 1e-9),
+                  "best": improved, "lr": optimizer.param_groups[0]["lr"], "elapsed_s": spent, "eta_s": eta,
+                  "stop": ("patience" if best["bad_epochs"] >= config.patience else "max_epochs"
+                           if epoch == config.max_epochs else "time_budget" if out_of_time else None)}
         history.append(record)
         epochs_run += 1
         if out is not None:
             torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": optimizer.state_dict(), "epoch": epoch, "rng": _rng_state(rng, device),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(rng, device),
                         "history": history, "best": best, "finished": finished, **ckpt_meta},
                        out / "resume.pt.tmp")
             os.replace(out / "resume.pt.tmp", out / "resume.pt")

@@ -1,0 +1,90 @@
+"""Training budgets: named sets of training settings, per model (pure Python, no Dagster).
+
+- ``cpu``: what reaches the accuracy targets on 2 CPU cores within an hour of training per model
+  (BENCHMARKS.md). Every training row is a positive once per epoch (``scheme="all_cuts"``) and the
+  loss is a cross-entropy over all items (``full_softmax``) wherever candidate vectors do not depend
+  on the row; with time context, a sampled softmax over ``n_negatives`` negatives instead. SASRec is
+  Kang & McAuley's model and settings (d 50, L 50, dropout .5, lr 1e-3, batch 128, Adam β2 .98).
+- ``paper``: the paper's Appendix C (d 256, batch 128, one random cut per user per epoch, softmax
+  over 100 negatives, up to 1,000 epochs, the dataset's lr / dropout / weight decay / L). For GPUs.
+- ``sample``: small and quick, for the embedded sample dump (about a minute on 2 cores).
+
+``auto`` picks ``sample`` on the embedded sample, ``paper`` when CUDA is available, else ``cpu``.
+Settings a user sets explicitly always win over the budget's.
+"""
+
+from __future__ import annotations
+
+BUDGETS = ("cpu", "paper", "sample")
+
+# Paper, Appendix C: best settings per dataset (lr, dropout, weight decay, L).
+PAPER_PRESETS = {
+    "beauty": {"lr": 4e-5, "dropout": 0.45, "weight_decay": 0.2, "max_len": 70},
+    "games": {"lr": 1e-4, "dropout": 0.35, "weight_decay": 0.1, "max_len": 50},
+    "fashion": {"lr": 5e-5, "dropout": 0.35, "weight_decay": 0.1, "max_len": 50},
+    "men": {"lr": 1e-4, "dropout": 0.30, "weight_decay": 0.1, "max_len": 30},
+}
+PAPER_DEFAULTS = {
+    "d": 256, "batch_size": 128, "max_epochs": 1000, "patience": 20, "num_threads": 0, "scheme": "one_cut",
+    "loss": "softmax", "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0,
+}  # fmt: skip
+# Kang & McAuley's SASRec settings (their paper and code), whatever the budget's other models use.
+SASREC_PAPER = {"d": 50, "max_len": 50, "dropout": 0.5, "lr": 1e-3, "batch_size": 128, "adam_beta2": 0.98,
+                "weight_decay": 0.0, "n_layers": 2, "n_heads": 1}  # fmt: skip
+CPU_COMMON = {
+    "scheme": "all_cuts", "loss": "full_softmax", "n_negatives": 256, "max_len": 50, "max_epochs": 40,
+    "patience": 3, "num_threads": 0, "time_budget_min": 60.0, "adam_beta2": 0.98, "weight_decay": 0.0,
+    "augment_prob": 0.0,
+}  # fmt: skip
+# ConvRec and its attention counterpart. id_init_std: id embeddings start at N(0, .02²) (the
+# GPT/BERT convention) instead of PyTorch's N(0, 1): with unit-scale ids the convolution stack
+# learns several times slower (BENCHMARKS.md). max_len 0: chosen from the data (auto_max_len).
+CPU_ENCODER = {"d": 64, "hidden": 256, "dropout": 0.2, "lr": 1e-3, "batch_size": 128, "id_init_std": 0.02,
+               "max_len": 0}  # fmt: skip
+MAX_LEN_CHOICES = (10, 20, 30, 50)
+# The embedded sample (~600 users, ~240 items, ~8k interactions): small and quick on 2 CPU cores.
+SAMPLE = {
+    "d": 64, "hidden": 128, "batch_size": 32, "lr": 2e-3, "dropout": 0.2, "weight_decay": 0.0,
+    "max_len": 20, "max_epochs": 15, "patience": 5, "num_threads": 1, "scheme": "one_cut", "loss": "softmax",
+    "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0,
+}  # fmt: skip
+
+
+def auto_max_len(train_lengths, quantile: float = 0.9) -> int:
+    """The shortest of ``MAX_LEN_CHOICES`` that holds the whole training history of ``quantile`` of
+    the users (longer histories keep their most recent items). Short windows matter to ConvRec: a
+    window that is mostly padding feeds the convolutions mostly constants."""
+    import numpy as np
+
+    lengths = np.asarray(train_lengths)
+    need = float(np.quantile(lengths, quantile)) if len(lengths) else MAX_LEN_CHOICES[0]
+    return next((n for n in MAX_LEN_CHOICES if n >= need), MAX_LEN_CHOICES[-1])
+
+
+def resolve_budget(budget: str, embedded_sample: bool, cuda: bool) -> str:
+    if budget == "auto":
+        return "sample" if embedded_sample else "paper" if cuda else "cpu"
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be 'auto' or one of {BUDGETS}, not {budget!r}")
+    return budget
+
+
+def budget_settings(budget: str, model: str, dataset: str) -> dict:
+    """The settings ``budget`` gives ``model`` (``dataset`` picks the paper preset)."""
+    if budget == "sample":
+        return dict(SAMPLE)
+    if budget == "paper":
+        base = {**PAPER_DEFAULTS, **PAPER_PRESETS[dataset]}
+        return {**base, **SASREC_PAPER, "loss": "bce", "n_negatives": 1, "scheme": "all_cuts",
+                "max_epochs": 1000} if model == "sasrec" else base
+    if budget == "cpu":
+        return {**CPU_COMMON, **(SASREC_PAPER if model == "sasrec" else CPU_ENCODER)}
+    raise ValueError(f"unknown budget {budget!r}")
+
+
+def resolve_loss(loss: str, n_negatives: int, row_dependent: bool) -> tuple[str, int]:
+    """A ``full_softmax`` that cannot apply (candidate vectors depend on the row's time) becomes a
+    sampled softmax over ``n_negatives``; other losses are kept."""
+    if loss == "full_softmax" and row_dependent:
+        return "softmax", n_negatives
+    return loss, n_negatives

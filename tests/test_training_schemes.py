@@ -1,0 +1,139 @@
+"""Training schemes that converge fast: all cuts per epoch, SASRec's all-positions pass, the softmax
+over all items, learning-rate warm-up and decay, the time budget; the budgets that pick them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from convrec_dagster.budgets import budget_settings, resolve_budget, resolve_loss
+from models.batching import NegativeSampler, all_cuts, training_users
+from models.popularity import Popularity
+from models.registry import build_model
+from models.synthetic import chain_data
+from models.train import TrainConfig, _epoch_batches, epoch_examples, lr_factor, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+QUIET = {"log": lambda m: None}
+
+
+@pytest.fixture(scope="module")
+def ids_only():
+    """Item ids only (no time, no attributes): candidate vectors do not depend on the row."""
+    data = chain_data(n_users=240, n_items=50, min_len=6, max_len=18, seed=0, with_time=False, with_attributes=False)
+    data.proxy_ids = np.arange(data.n_items + 1)  # every item its own id
+    data.n_proxy = data.n_items + 2
+    return data
+
+
+def test_all_cuts_lists_every_training_row_but_each_users_first(ids_only):
+    data = ids_only
+    users = training_users(data)
+    owners, rows = all_cuts(data, users)
+    n_train = np.array([data.n_train(u) for u in users])
+    assert len(rows) == (n_train - 1).sum()
+    assert data.train_mask()[rows].all()
+    assert not np.isin(data.user_ptr[users], rows).any()  # a first row has nothing before it
+    assert (rows >= data.user_ptr[owners] + 1).all() and (rows < data.user_ptr[owners + 1]).all()
+
+
+def test_sasrec_positionwise_batches_shift_targets_by_one(ids_only):
+    data = ids_only
+    model = build_model("sasrec", data, {"d": 16, "max_len": 8, "loss": "bce"})
+    config = TrainConfig(scheme="all_cuts", batch_size=400, n_negatives=1, augment_prob=0.0)
+    size, (items, targets, negatives) = next(_epoch_batches(model, data, NegativeSampler(data), np.random.default_rng(0), config))
+    assert size == len(training_users(data)) and negatives.shape == (*items.shape, 1)
+    users = training_users(data)
+    order = np.random.default_rng(0).permutation(len(users))
+    u = users[order[0]]  # the same permutation the epoch drew
+    train_items = data.items[data.user_ptr[u] : data.user_ptr[u] + data.n_train(u)]
+    row_items, row_targets = items[0].numpy(), targets[0].numpy()
+    real = row_items > 0
+    np.testing.assert_array_equal(row_targets[real], train_items[-real.sum():])
+    np.testing.assert_array_equal(row_items[real], train_items[-real.sum() - 1 : -1])
+    assert (row_targets[~real] == 0).all()
+
+
+@pytest.mark.parametrize("loss", ["bce", "full_softmax"])
+def test_sasrec_trained_its_own_way_beats_popularity(ids_only, loss):
+    data = ids_only
+    config = TrainConfig(scheme="all_cuts", batch_size=32, lr=3e-3, weight_decay=0.0, max_epochs=12, patience=4,
+                         n_negatives=1, adam_beta2=0.98, augment_prob=0.0, seed=0)
+    pop = train(Popularity(data), data, "popularity", {}, config, **QUIET)
+    torch.manual_seed(0)
+    hp = {"d": 32, "max_len": 16, "dropout": 0.2, "loss": loss}
+    result = train(build_model("sasrec", data, hp), data, "sasrec", hp, config, **QUIET)
+    assert result.best_metrics["NDCG@10"] > pop.best_metrics["NDCG@10"] + 0.15, (result.best_metrics, pop.best_metrics)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_convrec_all_cuts_with_full_softmax_learns_faster_than_one_cut(ids_only):
+    """Same epochs, same everything else: all cuts + softmax over every item ends far ahead."""
+    data = ids_only
+    hp = {"d": 32, "hidden": 64, "dropout": 0.1, "max_len": 16}
+    scores = {}
+    for scheme, loss in (("one_cut", "softmax"), ("all_cuts", "full_softmax")):
+        torch.manual_seed(0)
+        config = TrainConfig(scheme=scheme, batch_size=64, lr=3e-3, weight_decay=0.0, max_epochs=3, patience=3, seed=0)
+        result = train(build_model("convrec", data, {**hp, "loss": loss}), data, "convrec", {**hp, "loss": loss},
+                       config, **QUIET)
+        scores[scheme] = result.best_metrics["NDCG@10"]
+        assert result.history[0]["examples_per_s"] > 0
+    assert epoch_examples(build_model("convrec", data, hp), data, TrainConfig(scheme="all_cuts")) > len(training_users(data))
+    assert scores["all_cuts"] > scores["one_cut"] + 0.1, scores
+
+
+def test_full_softmax_needs_row_independent_candidates():
+    data = chain_data(n_users=30, n_items=20, seed=1, with_time=True)
+    model = build_model("convrec", data, {"d": 16, "hidden": 16, "max_len": 8, "loss": "full_softmax"})
+    with pytest.raises(ValueError, match="do not depend on the row"):
+        model.item_vectors()
+    assert resolve_loss("full_softmax", 256, row_dependent=True) == ("softmax", 256)
+    assert resolve_loss("full_softmax", 256, row_dependent=False) == ("full_softmax", 256)
+
+
+def test_lr_warmup_then_cosine_decay():
+    config = TrainConfig(lr=1.0, max_epochs=10, warmup_epochs=2, lr_schedule="cosine")
+    factors = [lr_factor(step, 5, config) for step in range(50)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(factors[:10], factors[1:10]))  # rising during warm-up
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # then decaying
+    assert factors[-1] < 0.01
+    assert lr_factor(7, 5, TrainConfig()) == 1.0
+    with pytest.raises(ValueError, match="scheme"):
+        TrainConfig(scheme="every_other")
+
+
+def test_time_budget_stops_training_and_says_so(ids_only):
+    config = TrainConfig(scheme="all_cuts", batch_size=64, lr=1e-3, max_epochs=50, patience=50, time_budget_s=1e-6)
+    hp = {"d": 16, "max_len": 8, "loss": "full_softmax"}
+    result = train(build_model("sasrec", ids_only, hp), ids_only, "sasrec", hp, config, **QUIET)
+    assert len(result.history) == 1 and result.history[0]["stop"] == "time_budget"
+    assert result.history[0]["eta_s"] == 0.0 and result.history[0]["elapsed_s"] > 0
+
+
+def test_training_logs_an_estimate_before_the_first_epoch_ends(ids_only):
+    lines: list[str] = []
+    config = TrainConfig(scheme="all_cuts", batch_size=8, max_epochs=2, patience=2)
+    hp = {"d": 16, "max_len": 8, "loss": "full_softmax"}
+    train(build_model("sasrec", ids_only, hp), ids_only, "sasrec", hp, config, log=lines.append)
+    estimate = [line for line in lines if "expected" in line]
+    assert len(estimate) == 1 and "per epoch" in estimate[0] and "min" in estimate[0]
+
+
+def test_budgets_auto_and_per_model_settings():
+    assert resolve_budget("auto", embedded_sample=True, cuda=True) == "sample"
+    assert resolve_budget("auto", embedded_sample=False, cuda=False) == "cpu"
+    assert resolve_budget("auto", embedded_sample=False, cuda=True) == "paper"
+    with pytest.raises(ValueError, match="budget"):
+        resolve_budget("weekend", False, False)
+    sasrec = budget_settings("cpu", "sasrec", "games")
+    assert (sasrec["d"], sasrec["dropout"], sasrec["lr"], sasrec["adam_beta2"]) == (50, 0.5, 1e-3, 0.98)
+    assert sasrec["scheme"] == "all_cuts" and sasrec["time_budget_min"] == 60
+    paper = budget_settings("paper", "convrec", "beauty")
+    assert (paper["scheme"], paper["lr"], paper["max_len"]) == ("one_cut", 4e-5, 70)
+    assert budget_settings("paper", "sasrec", "beauty")["loss"] == "bce"
+    assert math.isclose(budget_settings("cpu", "convrec", "games")["lr"], 1e-3)
