@@ -316,6 +316,9 @@ def item_image_features(
             f"image_path VARCHAR, content_hash VARCHAR, feature FLOAT[{FEATURE_DIM}], "
             "image_status VARCHAR)"
         )
+        # whether the vectors mean anything: features: auto trains on them only when pretrained
+        conn.execute("CREATE OR REPLACE TABLE image_encoder (pretrained BOOLEAN, weights_path VARCHAR)")
+        conn.execute("INSERT INTO image_encoder VALUES (?, ?)", [bool(result.pretrained), result.weights_path or ""])
         for start in range(0, len(item_ids), _WRITE_CHUNK):
             stop = start + _WRITE_CHUNK
             chunk = pa.table(  # noqa: F841 (read by DuckDB below)

@@ -82,7 +82,7 @@ class TrainingConfig(dg.Config):
     n_layers: int | None = None
     n_heads: int | None = None
     pooling: Literal["last", "mean"] = "last"
-    id_init_std: float | None = None  # std of the id embeddings' init (None: the budget's; 0: PyTorch's N(0, 1))
+    emb_init_std: float | None = None  # std of the id embeddings' init (None: the budget's; 0: PyTorch's N(0, 1))
 
 
 ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
@@ -103,7 +103,7 @@ def resolve_settings(config: TrainingConfig, paths: ConvRecPaths, model: str, cu
     settings["kernels"] = settings["kernels"] or None
     settings["strides"] = settings["strides"] or None
     settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
-    settings["id_init_std"] = settings.get("id_init_std") or None
+    settings["emb_init_std"] = settings.get("emb_init_std") or None
     return budget, dataset, settings
 
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--augment-prob", type=float, default=0.0)
     parser.add_argument("--features", default="auto")
-    parser.add_argument("--id-init-std", type=float, default=None, help="ConvRec: std of the id embeddings' init")
+    parser.add_argument("--emb-init-std", type=float, default=None, help="ConvRec: std of the id and attribute embeddings init")
     parser.add_argument("--proxy-min-count", type=int, default=None, help="proxy_ids: own id from this many training rows")
     parser.add_argument("--proxy-top-fraction", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         data = load_rec_data(conn, features=args.features if args.model != "sasrec" else "none")
     hparams = {"d": args.d, "max_len": args.max_len, "dropout": args.dropout, "loss": args.loss}
     if args.model != "sasrec":
-        hparams.update(features=args.features, hidden=args.hidden or None, id_init_std=args.id_init_std)
+        hparams.update(features=args.features, hidden=args.hidden or None, emb_init_std=args.emb_init_std)
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          max_epochs=args.max_epochs, patience=args.patience, n_negatives=args.n_negatives,
                          augment_prob=args.augment_prob, scheme=args.scheme, adam_beta2=args.adam_beta2,

@@ -36,10 +36,10 @@ CPU_COMMON = {
     "patience": 3, "num_threads": 0, "time_budget_min": 60.0, "adam_beta2": 0.98, "weight_decay": 0.0,
     "augment_prob": 0.0,
 }  # fmt: skip
-# ConvRec and its attention counterpart. id_init_std: id embeddings start at N(0, .02²) (the
+# ConvRec and its attention counterpart. emb_init_std: id and attribute embeddings start at N(0, .02²) (the
 # GPT/BERT convention) instead of PyTorch's N(0, 1): with unit-scale ids the convolution stack
 # learns several times slower (BENCHMARKS.md). max_len 0: chosen from the data (auto_max_len).
-CPU_ENCODER = {"d": 64, "hidden": 256, "dropout": 0.2, "lr": 1e-3, "batch_size": 128, "id_init_std": 0.02,
+CPU_ENCODER = {"d": 128, "hidden": 256, "dropout": 0.2, "lr": 1e-3, "batch_size": 128, "emb_init_std": 0.02,
                "max_len": 0}  # fmt: skip
 MAX_LEN_CHOICES = (10, 20, 30, 50)
 # The embedded sample (~600 users, ~240 items, ~8k interactions): small and quick on 2 CPU cores.

@@ -6,7 +6,8 @@ Reads ``user_index``, ``item_index``, ``sequences``, ``eval_negatives`` and ``pr
 padding). ``features``:
 
 - ``auto``: whatever the tables provide: attributes when ``item_attributes`` gives some item an
-  attribute that is not of kind ``missing``; image features when any item ``has_image``.
+  attribute that is not of kind ``missing``; image features when any item ``has_image`` and the
+  ``image_encoder`` table says they come from pretrained weights.
 - ``attributes`` / ``image`` / ``both``: require those tables (clear error when absent).
 - ``none``: ids and context only.
 """
@@ -70,7 +71,12 @@ def _attributes_available(conn: duckdb.DuckDBPyConnection) -> bool:
 
 
 def _images_available(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Image vectors exist and come from a pretrained ResNet-50: features of a randomly initialised
+    network carry little visual meaning and cost ConvRec accuracy (measured: BENCHMARKS.md), so
+    ``auto`` leaves them out; ``image`` / ``both`` still use them."""
     if not table_exists(conn, "item_image_features"):
+        return False
+    if table_exists(conn, "image_encoder") and not _one(conn, "SELECT bool_and(pretrained) FROM image_encoder")[0]:
         return False
     return _one(conn, "SELECT count(*) FROM item_image_features WHERE has_image AND feature IS NOT NULL")[0] > 0
 

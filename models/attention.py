@@ -33,9 +33,9 @@ class ConvRecAttention(EncodedSequenceModel):
         intervals: bool = True,
         hidden: int | None = None,
         loss: LossName = "softmax",
-        id_init_std: float | None = None,
+        emb_init_std: float | None = None,
     ):
-        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, id_init_std)
+        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, emb_init_std)
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', not {pooling!r}")
         self.pooling = pooling

@@ -80,7 +80,7 @@ class ItemEncoder(nn.Module):
         dropout: float = 0.3,
         features: str = "auto",
         intervals: bool = True,
-        id_init_std: float | None = None,
+        emb_init_std: float | None = None,
     ):
         super().__init__()
         hidden = hidden or 4 * d
@@ -90,10 +90,6 @@ class ItemEncoder(nn.Module):
         self.use_intervals = intervals and data.ymd is not None
         self.register_buffer("proxy_ids", torch.as_tensor(data.proxy_ids, dtype=torch.long), persistent=False)
         self.proxy = nn.Embedding(data.n_proxy, d, padding_idx=0)
-        if id_init_std is not None:  # None: PyTorch's N(0, 1), as the authors' code
-            nn.init.normal_(self.proxy.weight, std=id_init_std)
-            with torch.no_grad():
-                self.proxy.weight[0].zero_()
         self.has_a = self.use_attr or self.use_image or self.use_context
         self.has_features = self.use_attr or self.use_image
         if self.use_attr:
@@ -104,6 +100,11 @@ class ItemEncoder(nn.Module):
             self.image = nn.Linear(data.image_features.shape[1], hidden, bias=not self.use_attr)
         if self.use_attr:
             self.attr_bias = nn.Parameter(torch.zeros(hidden))
+        if emb_init_std is not None:  # None: PyTorch's N(0, 1), as the authors' code
+            for table in [self.proxy] + ([self.attr_bag] if self.use_attr else []):
+                nn.init.normal_(table.weight, std=emb_init_std)
+                with torch.no_grad():
+                    table.weight[0].zero_()
         if self.has_features:
             self.a_from_f = nn.Linear(hidden, hidden)  # [F ; C] -> A, the part over F (+ bias)
         if self.use_context:
@@ -201,10 +202,10 @@ class EncodedSequenceModel(SequentialRecommender):
     """A model whose history and candidates go through one :class:`ItemEncoder`; subclasses mix."""
 
     def __init__(self, data: RecData, max_len: int, d: int, dropout: float, features: str,
-                 intervals: bool, hidden: int | None, loss: LossName, id_init_std: float | None = None):
+                 intervals: bool, hidden: int | None, loss: LossName, emb_init_std: float | None = None):
         super().__init__(data.n_items, max_len, loss)
         self.d = d
-        self.encoder = ItemEncoder(data, d, hidden, dropout, features, intervals, id_init_std)
+        self.encoder = ItemEncoder(data, d, hidden, dropout, features, intervals, emb_init_std)
 
     def mix(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """History vectors (B, L, d), zero at padding -> sequence vector (B, d)."""
@@ -378,9 +379,9 @@ class ConvRec(EncodedSequenceModel):
         avg_pool_only: bool = False,
         hidden: int | None = None,
         loss: LossName = "softmax",
-        id_init_std: float | None = None,
+        emb_init_std: float | None = None,
     ):
-        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, id_init_std)
+        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, emb_init_std)
         self.avg_pool_only = avg_pool_only
         if single_conv:
             kernels = strides = [max_len]

@@ -18,13 +18,13 @@ from models.synthetic import chain_data
 
 UPSTREAM = dg.load_assets_from_modules([ingest, features, splits])
 MODELS = ("popularity", "sasrec", "convrec_attention", "convrec")
-TINY = {"d": 16, "hidden": 32, "max_len": 8, "max_epochs": 2, "batch_size": 32, "lr": 3e-3, "profile": "sample"}
+TINY = {"d": 16, "hidden": 32, "max_len": 8, "max_epochs": 2, "batch_size": 32, "lr": 3e-3, "budget": "sample"}
 
 
-def _materialize(resources, names, overrides):
+def _materialize(resources, names, overrides, instance=None):
     assets = [getattr(training, f"{n}_model") for n in names]
     run_config = dg.RunConfig(ops={f"{n}_model": training.TrainingConfig(**overrides) for n in names})
-    return dg.materialize(assets, resources=resources, run_config=run_config)
+    return dg.materialize(assets, resources=resources, run_config=run_config, instance=instance)
 
 
 def write_split_tables(db_path, data) -> None:
@@ -94,6 +94,25 @@ def test_training_assets_write_checkpoints_and_metadata_then_resume(prepared):
     meta = rerun.asset_materializations_for_node("convrec_model")[0].metadata
     assert meta["resumed_from_epoch"].value == 3 and meta["epochs_run"].value == 0
     assert meta["epochs_total"].value == 3
+
+
+def test_cpu_budget_trains_every_cut_over_all_items_with_a_window_from_the_data(prepared):
+    """The cpu budget on ids with time context: ConvRec falls back to a sampled softmax (its candidate
+    vectors depend on the row's time), SASRec keeps the softmax over all items; max_len comes from
+    the data; the log states the expected time and every epoch an ETA."""
+    overrides = {"budget": "cpu", "max_epochs": 2, "d": 16, "hidden": 32, "n_negatives": 20}
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(prepared, ["sasrec", "convrec"], overrides, instance)
+    assert result.success
+    conv = result.asset_materializations_for_node("convrec_model")[0].metadata
+    sas = result.asset_materializations_for_node("sasrec_model")[0].metadata
+    assert conv["budget"].value == sas["budget"].value == "cpu"
+    assert conv["train_config"].value["scheme"] == "all_cuts" and conv["hparams"].value["loss"] == "softmax"
+    assert sas["hparams"].value["loss"] == "full_softmax" and sas["hparams"].value["max_len"] == 50
+    assert conv["hparams"].value["max_len"] == 20 and conv["hparams"].value["emb_init_std"] == 0.02
+    assert conv["train_config"].value["time_budget_s"] == 3600
+    text = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
+    assert "convrec: expected ~" in text and "ETA" in text and "max_len 20 from the data" in text  # histories of 4-12 training rows
 
 
 @pytest.mark.slow

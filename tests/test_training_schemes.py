@@ -136,4 +136,4 @@ def test_budgets_auto_and_per_model_settings():
     paper = budget_settings("paper", "convrec", "beauty")
     assert (paper["scheme"], paper["lr"], paper["max_len"]) == ("one_cut", 4e-5, 70)
     assert budget_settings("paper", "sasrec", "beauty")["loss"] == "bce"
-    assert math.isclose(budget_settings("cpu", "convrec", "games")["lr"], 1e-3)
+    assert math.isclose(budget_settings("cpu", "convrec", "games")["lr"], 1e-3) and budget_settings("cpu", "convrec", "games")["max_len"] == 0
