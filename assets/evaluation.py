@@ -472,8 +472,9 @@ def evaluation_report(
 
 
 class RecommendationsConfig(dg.Config):
-    """``k``: items per user. ``model``: which model recommends (empty: the best by test NDCG@10
-    under sampled_100 in `evaluation_metrics`; or one of the model names)."""
+    """``k``: items per user. ``model``: which model recommends (empty: the best by *validation*
+    NDCG@10 under ``selection_protocol`` in `evaluation_metrics`, else the validation score kept in
+    each checkpoint; never chosen on test; or one of the model names)."""
 
     k: int = 10
     model: str = ""
@@ -545,8 +546,17 @@ def recommendations(
     if config.model:
         name, why = config.model, "named in config"
     else:
-        name = report_lib.best_model([r for r in rows if r["model"] in checkpoints], protocol=config.selection_protocol)
-        why = f"best test NDCG@10 under {config.selection_protocol} in evaluation_metrics"
+        # chosen on validation, never on test: picking by test NDCG@10 would leak the test split
+        trained_rows = [r for r in rows if r["model"] in checkpoints]
+        name = report_lib.best_model(trained_rows, protocol=config.selection_protocol, split="valid")
+        why = f"best validation NDCG@10 under {config.selection_protocol} in evaluation_metrics"
+        if name is None:  # the run evaluated the test split only: the validation score each checkpoint kept
+            evaluated = {r["model"] for r in trained_rows}
+            configs = _model_configs(paths, sorted(evaluated))
+            valid = {m: (c.get("valid") or {}).get("NDCG@10") for m, c in configs.items()}
+            valid = {m: v for m, v in valid.items() if v is not None}
+            name = max(valid, key=valid.get) if valid else None
+            why = "best validation NDCG@10 (sampled_100) recorded in its checkpoint"
     if name is None:
         raise dg.Failure("no model to recommend with: `evaluation_metrics` has no row of a trained model; materialize it first")
     if name not in checkpoints:

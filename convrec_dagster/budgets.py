@@ -46,7 +46,7 @@ MAX_LEN_CHOICES = (10, 20, 30, 50)
 SAMPLE = {
     "d": 64, "hidden": 128, "batch_size": 32, "lr": 2e-3, "dropout": 0.2, "weight_decay": 0.0,
     "max_len": 20, "max_epochs": 15, "patience": 5, "num_threads": 1, "scheme": "one_cut", "loss": "softmax",
-    "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0,
+    "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0, "emb_init_std": 0.02,
 }  # fmt: skip
 
 

@@ -229,11 +229,16 @@ def findings(rows: list[dict]) -> list[str]:
         out.append("The two protocols order the models differently (see Krichene & Rendle, KDD 2020).")
     index = lookup(rows, "test", "all")
     for protocol in PROTOCOLS:
-        conv, pop = index.get(("convrec", protocol, "NDCG@10")), index.get(("popularity", protocol, "NDCG@10"))
-        if conv and pop:
-            verb = "beats" if conv["value"] > pop["value"] else "does not beat"
+        conv = index.get(("convrec", protocol, "NDCG@10"))
+        for baseline in ("popularity", "sasrec"):
+            other = index.get((baseline, protocol, "NDCG@10"))
+            if not (conv and other):
+                continue
+            verb = "beats" if conv["value"] > other["value"] else "does not beat"
+            ratio = f", {other['value'] / conv['value']:.1f}x lower" if conv["value"] > 0 and other["value"] > 1.5 * conv["value"] else ""
             out.append(
-                f"{protocol}: ConvRec {verb} popularity on test NDCG@10 ({conv['value']:.4f} vs {pop['value']:.4f})."
+                f"{protocol}: ConvRec {verb} {'popularity' if baseline == 'popularity' else 'SASRec'} on test NDCG@10 "
+                f"({conv['value']:.4f} vs {other['value']:.4f}{ratio})."
             )
     return out
 

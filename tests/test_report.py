@@ -96,6 +96,7 @@ def test_markdown_labels_both_protocols_and_bolds_the_best():
     assert report["best_model"] == "convrec"
     assert any("order the models differently" in line for line in report["findings"])
     assert any("ConvRec beats popularity" in line for line in report["findings"])
+    assert any(line.startswith("full: ConvRec does not beat SASRec") for line in report["findings"])
 
 
 def test_paper_numbers_shown_for_a_paper_dataset_only():
