@@ -137,6 +137,23 @@ def run_worker(args: argparse.Namespace) -> dict:
         result["memory_method"] = "CPU peak RSS above baseline: " + tracker.method
         result["rss_baseline_mb"] = round(tracker.baseline / 2**20, 1)
 
+    result.update(run_steps(step, batches, sync, args.warmup))
+    if result["status"] != "ok":
+        return result
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        result["peak_mem_mb"] = round(peak / 2**20, 1)
+        result["peak_mem_above_baseline_mb"] = round((peak - baseline) / 2**20, 1)
+    else:
+        result["peak_mem_mb"] = round(tracker.stop() / 2**20, 1)
+    return result
+
+
+def run_steps(step, batches, sync, warmup: int) -> dict:
+    """Time ``step(batch)`` over ``batches``; an out-of-memory step ends the run as ``status: OOM``
+    (with the steps done before it) instead of crashing the benchmark."""
+    import torch
+
     times, losses = [], []
     try:
         for batch in batches:
@@ -145,22 +162,15 @@ def run_worker(args: argparse.Namespace) -> dict:
             losses.append(step(batch))
             sync()
             times.append(time.perf_counter() - t0)
-    except torch.cuda.OutOfMemoryError as exc:
-        result.update(status="OOM", error=str(exc).splitlines()[0], steps_done=len(times))
-        return result
-
-    measured = times[args.warmup :]
-    result.update(status="ok", step_s=statistics.median(measured), step_s_all=[round(t, 4) for t in times],
-                  step_s_min=min(measured), step_s_max=max(measured), loss_first=losses[0], loss_last=losses[-1])
+    except torch.OutOfMemoryError as exc:  # torch.cuda.OutOfMemoryError is this class
+        return {"status": "OOM", "error": str(exc).splitlines()[0] if str(exc) else "out of memory",
+                "steps_done": len(times)}
+    measured = times[warmup:] or times
+    out = {"status": "ok", "step_s": statistics.median(measured), "step_s_all": [round(t, 4) for t in times],
+           "step_s_min": min(measured), "step_s_max": max(measured), "loss_first": losses[0], "loss_last": losses[-1]}
     if not all(math.isfinite(v) for v in losses):
-        result["status"] = "non-finite loss"
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-        result["peak_mem_mb"] = round(peak / 2**20, 1)
-        result["peak_mem_above_baseline_mb"] = round((peak - baseline) / 2**20, 1)
-    else:
-        result["peak_mem_mb"] = round(tracker.stop() / 2**20, 1)
-    return result
+        out["status"] = "non-finite loss"
+    return out
 
 
 # ----------------------------------------------------------------------------- driver

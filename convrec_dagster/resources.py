@@ -75,12 +75,13 @@ class TorchDevice(dg.ConfigurableResource):
     """The torch device that models train and run on.
 
     ``device``: ``auto`` takes CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``.
-    ``precision``: ``bf16`` uses bfloat16 autocast on CUDA (ignored on CPU, where fp32 is faster).
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU, where fp32 is faster), ``bf16``
+    (bfloat16 autocast on either device; on CPU it exercises the GPU code path) or ``fp32``.
     ``compile``: wrap models with ``torch.compile``.
     """
 
     device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
 
     _device: object = PrivateAttr(default=None)
@@ -110,7 +111,9 @@ class TorchDevice(dg.ConfigurableResource):
 
     def effective_precision(self) -> str:
         dev = self._device
-        return "bf16" if self.precision == "bf16" and getattr(dev, "type", "cpu") == "cuda" else "fp32"
+        if self.precision == "auto":
+            return "bf16" if getattr(dev, "type", "cpu") == "cuda" else "fp32"
+        return self.precision
 
     def describe(self) -> str:
         import torch

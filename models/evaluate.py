@@ -23,9 +23,9 @@ from models.data import RecData
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA when asked; a no-op otherwise (fp32 is faster than bf16 on CPU)."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast when asked (CUDA, or CPU autocast); a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -1,0 +1,95 @@
+"""Why ConvRec trailed SASRec on the embedded sample: one training setting changed at a time.
+
+    python -m benchmarks.sample_ablation            # every variant, 10 epochs each (~10 min on 2 cores)
+
+Prepares the embedded sample with the pipeline's own assets (``benchmarks.convergence.prepare``,
+two homes: proxy ids for every trained item, and the paper's 10 % share), then trains each variant
+with ``models.train.train`` (``scheme="all_cuts"``, batch 64, lr 2e-3, d 64, hidden 128, dropout .2,
+1 torch thread) and records its validation NDCG@10 per epoch. Variants switch one thing against a
+base: the id embeddings' initial scale, the window L, the proxy share K, the item features, and
+the time context (kept, or dropped from the data). Writes
+``benchmarks/results/sample_ablation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS_DIR, machine_info, write_json
+from benchmarks.convergence import prepare
+
+BASE = {"d": 64, "hidden": 128, "dropout": 0.2, "max_len": 20, "loss": "full_softmax", "features": "none"}
+# (label, proxy home, keep time context, model, hparam overrides)
+VARIANTS = [
+    ("SASRec (ids, L 20)", "all", False, "sasrec", {}),
+    ("ConvRec ids, unit init (PyTorch default), L 20", "all", False, "convrec", {}),
+    ("ConvRec ids, init .02, L 20", "all", False, "convrec", {"emb_init_std": 0.02}),
+    ("ConvRec ids, init .02, L 10", "all", False, "convrec", {"emb_init_std": 0.02, "max_len": 10}),
+    ("ConvRec ids, init .02, L 10, K 10 %", "top10", False, "convrec", {"emb_init_std": 0.02, "max_len": 10}),
+    ("ConvRec attributes, init .02, L 10", "all", False, "convrec", {"emb_init_std": 0.02, "max_len": 10, "features": "attributes"}),
+    ("ConvRec attributes, init .02, L 10, K 10 %", "top10", False, "convrec", {"emb_init_std": 0.02, "max_len": 10, "features": "attributes"}),
+    ("ConvRec attributes + untrained-ResNet images, init .02, L 10", "all", False, "convrec",
+     {"emb_init_std": 0.02, "max_len": 10, "features": "both"}),
+    ("ConvRec ids + time context and intervals, init .02, L 10 (sampled softmax 100)", "all", True, "convrec",
+     {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax"}),
+    ("ConvRec ids + time context, no intervals, init .02, L 10 (sampled softmax 100)", "all", True, "convrec",
+     {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax", "intervals": False}),
+    ("ConvRec ids without time, init .02, L 10 (sampled softmax 100)", "all", False, "convrec",
+     {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax"}),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sample_ablation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--home", default="/tmp/convrec_sample_ablation")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "sample_ablation.json"))
+    args = parser.parse_args(argv)
+
+    import duckdb
+    import torch
+
+    from convrec_dagster import settings
+    from convrec_dagster.dataset import load_rec_data
+    from models.registry import build_model
+    from models.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    homes = {"all": Path(args.home) / "k_all", "top10": Path(args.home) / "k_top10"}
+    proxies = {"all": {"min_count": 1}, "top10": {"top_fraction": 0.1}}
+    datasets = {}
+    for key, home in homes.items():
+        home.mkdir(parents=True, exist_ok=True)
+        # pipeline defaults but for the proxy rule
+        prepare("sample", home, None, {**proxies[key], **({"min_count": None} if key == "top10" else {})})
+        with duckdb.connect(str(settings.duckdb_path(home)), read_only=True) as conn:
+            datasets[key] = load_rec_data(conn, features="both")
+    res = {"benchmark": "sample_ablation", "machine": machine_info("cpu"), "epochs": args.epochs, "base": BASE,
+           "train": {"scheme": "all_cuts", "batch_size": 64, "lr": 2e-3, "adam_beta2": 0.98}, "variants": []}
+    for label, proxy, keep_time, name, overrides in VARIANTS:
+        data = datasets[proxy]
+        saved = (data.context, data.ymd)
+        if not keep_time:
+            data.context, data.ymd = None, None
+        hp = {**BASE, **overrides}
+        if name == "sasrec":
+            hp = {k: v for k, v in hp.items() if k in ("d", "dropout", "max_len", "loss")}
+        config = TrainConfig(scheme="all_cuts", batch_size=64, lr=2e-3, weight_decay=0.0, max_epochs=args.epochs,
+                             patience=args.epochs, adam_beta2=0.98, augment_prob=0.0, resume=False)
+        torch.manual_seed(0)
+        started = time.perf_counter()
+        result = train(build_model(name, data, hp), data, name, hp, config, log=lambda m: None)
+        data.context, data.ymd = saved
+        curve = [round(h["valid_NDCG@10"], 4) for h in result.history]
+        res["variants"].append({"label": label, "model": name, "proxy": proxies[proxy], "time_context": keep_time,
+                                "hparams": hp, "valid_NDCG@10_per_epoch": curve,
+                                "best_valid_NDCG@10": round(result.best_metrics["NDCG@10"], 4),
+                                "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - started, 1)})
+        print(f"{label}: best {curve[result.best_epoch - 1]} at epoch {result.best_epoch}; {curve}", flush=True)
+        write_json(res, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
