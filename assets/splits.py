@@ -35,16 +35,16 @@ class EvalNegativesConfig(dg.Config):
 class ProxyIdsConfig(dg.Config):
     """Which items keep their own id (the others share one "rare item" id).
 
-    ``min_count`` (default 1): every item with at least that many training rows keeps its own id,
-    so K follows the data. Measured on the embedded sample (BENCHMARKS.md): the paper's 10 % share
+    By default every item with at least ``min_count`` (1) training rows keeps its own id, so K
+    follows the data. Measured on the embedded sample (BENCHMARKS.md): the paper's 10 % share
     leaves ConvRec unable to tell most items apart (valid NDCG@10 .14 on ids, .49 with attributes,
-    against .64 / .56 with every item's own id). Set ``min_count: null`` for a fixed K: ``top_k``
-    (a count) or else ``top_fraction`` (the paper's 0.1 of the items with training rows).
+    against .64 / .56 with every item's own id). A fixed K wins when given: ``top_k`` (a count) or
+    ``top_fraction`` (a share of the items with training rows; the paper's is 0.1).
     """
 
     top_k: int | None = None
-    top_fraction: float = 0.1
-    min_count: int | None = 1
+    top_fraction: float | None = None
+    min_count: int = 1
 
 
 def _length_histogram_md(lengths: np.ndarray, bins: int) -> str:
@@ -179,11 +179,11 @@ def eval_negatives(
 def proxy_ids(context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Frequency-based proxy ids: the K most frequent items, counted on training rows only, keep ids
     1..K; all others share the rare-item id K + 1; 0 is padding."""
-    k: int | float = config.top_k if config.top_k is not None else float(config.top_fraction)
-    if config.top_k is not None and config.min_count is not None:
-        raise dg.Failure("proxy_ids: set either top_k or min_count (min_count defaults to 1; set it to null for a fixed K)")
+    fixed: int | float | None = config.top_k if config.top_k is not None else config.top_fraction
+    k: int | float = 0.1 if fixed is None else fixed if isinstance(fixed, int) else float(fixed)
+    min_count = config.min_count if fixed is None else None
     with duckdb.get_connection() as conn:
-        summary = splits.build_proxy_ids(conn, k, config.min_count)
+        summary = splits.build_proxy_ids(conn, k, min_count)
         check_results = run_checks([proxy_ids_training_counts], conn)
     context.log.info(
         f"{summary['proxy_k']} items keep their own id ({summary['share_items_own_id']:.1%} of items, "

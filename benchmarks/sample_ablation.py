@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     datasets = {}
     for key, home in homes.items():
         home.mkdir(parents=True, exist_ok=True)
-        # pipeline defaults but for the proxy rule
-        prepare("sample", home, None, {**proxies[key], **({"min_count": None} if key == "top10" else {})})
+        prepare("sample", home, None, proxies[key])  # pipeline defaults but for the proxy rule
         with duckdb.connect(str(settings.duckdb_path(home)), read_only=True) as conn:
             datasets[key] = load_rec_data(conn, features="both")
     res = {"benchmark": "sample_ablation", "machine": machine_info("cpu"), "epochs": args.epochs, "base": BASE,

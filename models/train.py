@@ -288,7 +288,8 @@ def train(
             resumed_from = int(state["epoch"])
             start_epoch = resumed_from + 1
             log(f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']})"
-                + (": that run had finished" if finished else ""))
+                + (": that run had finished, so nothing is trained and its best model is reused "
+                   "(same config and data; set resume: false to train again from scratch)" if finished else ""))
 
     epochs_run = 0
     best_state = None
