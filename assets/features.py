@@ -182,13 +182,18 @@ def item_attributes(
 class ItemImageFeaturesConfig(dg.Config):
     """ResNet-50 image features. ``weights_path``: local torchvision ResNet-50 state_dict ('' =
     random init, with a warning). ``image_size``: network input size, 0 = auto (224 for real
-    dumps, 64 for the embedded sample). ``num_workers``: image decoding threads."""
+    dumps, 64 for the embedded sample). ``num_workers``: image decoding threads.
+    ``max_image_bytes``: a larger file is quarantined as ``image_too_large`` without being read
+    whole. Image references are only followed inside the dump folder: one that resolves outside it
+    (absolute path, ``~``, ``file://``, ``..``, a symlink) is quarantined as
+    ``image_path_outside_dump``, never opened or hashed."""
 
     weights_path: str = ""
     image_size: int = 0
     batch_size: int = 64
     num_workers: int = 2
     use_cache: bool = True
+    max_image_bytes: int = 20 * 2**20
 
 
 def item_image_features_cover_items(conn) -> dg.AssetCheckResult:
@@ -284,6 +289,7 @@ def item_image_features(
         cache_dir=cache_dir,
         num_workers=config.num_workers,
         progress=progress,
+        max_image_bytes=config.max_image_bytes,
     )
     counts = result.counts()
     if n_found == 0:
@@ -362,6 +368,7 @@ def item_image_features(
             "images_found": counts["found"],
             "images_missing": counts["missing"] + counts["remote"],  # no local image file
             "images_corrupt_quarantined": counts["corrupt"],
+            "images_outside_dump_quarantined": counts["outside"],
             "images_remote_not_fetched": counts["remote"],
             "cache_hits": result.cache_hits,
             "computed": result.computed,

@@ -49,20 +49,33 @@ RANDOM_WEIGHTS_WARNING = (
     "torchvision ResNet-50 state_dict (.pth) to get real features."
 )
 
+OUTSIDE_DUMP = "image_path_outside_dump"
 ProgressCallback = Callable[[int, int, float], None]  # (images done, images total, images/s)
 
 
 @dataclass
 class ImageLocation:
     item_id: str
-    status: str  # "found", "missing", "remote"
+    status: str  # "found", "missing", "remote", "outside" (resolves outside the dump: never opened)
     path: str | None = None  # local path when found; the URL when remote
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, symlinks resolved, lies inside ``root`` (also resolved)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop, a path that cannot be resolved
+        return False
 
 
 def locate_images(
     item_ids: Sequence[str], raw_dir: Path | str, image_refs: dict[str, str | None] | None = None
 ) -> list[ImageLocation]:
-    """Where each item's image is. The dump's ``images/`` folder wins over ``image_ref``."""
+    """Where each item's image is. The dump's ``images/`` folder wins over ``image_ref``.
+
+    File access is confined to the dump folder: a reference (absolute, ``~``, ``file://``, ``..``)
+    or a symlink that resolves outside it gets status ``outside`` and is never opened.
+    """
     raw_dir = Path(raw_dir)
     images_dir = raw_dir / "images"
     listing: dict[str, Path] = {}
@@ -75,7 +88,9 @@ def locate_images(
     out = []
     for item_id in item_ids:
         if _SAFE_ID.match(item_id) and item_id in listing:
-            out.append(ImageLocation(item_id, "found", str(listing[item_id])))
+            path = listing[item_id]
+            status = "found" if _inside(path, raw_dir) else "outside"  # a symlink out of the dump
+            out.append(ImageLocation(item_id, status, str(path)))
             continue
         ref = image_refs.get(item_id)
         ref = ref.strip() if isinstance(ref, str) else None
@@ -83,8 +98,11 @@ def locate_images(
             out.append(ImageLocation(item_id, "remote", ref))
             continue
         if ref:
-            local = Path(ref.removeprefix("file://")).expanduser()
-            local = local if local.is_absolute() else raw_dir / local
+            local = Path(ref[len("file://"):] if ref.lower().startswith("file://") else ref)
+            if ref.startswith("~") or local.is_absolute() or not _inside(raw_dir / local, raw_dir):
+                out.append(ImageLocation(item_id, "outside", ref))
+                continue
+            local = raw_dir / local
             if local.is_file():
                 out.append(ImageLocation(item_id, "found", str(local)))
                 continue
@@ -266,7 +284,7 @@ class ImageFeatures:
         return np.array([s == "found" for s in self.status], dtype=bool)
 
     def counts(self) -> dict[str, int]:
-        return {k: self.status.count(k) for k in ("found", "missing", "corrupt", "remote")}
+        return {k: self.status.count(k) for k in ("found", "missing", "corrupt", "remote", "outside")}
 
     @property
     def images_per_s(self) -> float:
@@ -320,6 +338,7 @@ def compute_image_features(
     cache_dir: Path | str | None = None,
     num_workers: int = 2,
     progress: ProgressCallback | None = None,
+    max_image_bytes: int = 20 * 2**20,
 ) -> ImageFeatures:
     """Feature vectors for ``locations`` (see the module docstring). ``cache_dir=None``: no cache.
 
@@ -347,6 +366,10 @@ def compute_image_features(
     )
     if not weights_path:
         result.warning = RANDOM_WEIGHTS_WARNING
+    for i, loc in enumerate(locations):
+        if loc.status == "outside":  # never opened, never hashed
+            result.image_path[i] = None
+            result.corrupt.append((loc.item_id, str(loc.path), OUTSIDE_DUMP))
     cache = FeatureCache(cache_dir, weights_id, image_size) if cache_dir else None
     found = [i for i, loc in enumerate(locations) if loc.status == "found"]
     total = len(found)
@@ -360,16 +383,19 @@ def compute_image_features(
     def load(i: int) -> tuple[int, str | None, np.ndarray | None, str | None]:
         """Read, hash and (on a cache miss) decode one image: (index, hash, pixels, error)."""
         try:
-            data = Path(locations[i].path).read_bytes()
+            with open(locations[i].path, "rb") as fh:
+                data = fh.read(max_image_bytes + 1)
         except OSError as exc:
             return i, None, None, f"unreadable file: {exc}"
+        if len(data) > max_image_bytes:
+            return i, None, None, f"image_too_large: over max_image_bytes = {max_image_bytes:,}; not read further"
         digest = hashlib.sha256(data).hexdigest()
         if cache is not None and cache.get(digest) is not None:
             return i, digest, None, None
         try:
             return i, digest, decode_image(data, image_size), None
         except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, ValueError, ...
-            return i, digest, None, f"cannot decode image: {type(exc).__name__}: {exc}"
+            return i, None, None, f"cannot decode image: {type(exc).__name__}: {exc}"  # no hash of a non-image
 
     workers = max(1, num_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without holding the GIL

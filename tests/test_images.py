@@ -233,3 +233,45 @@ def test_dump_without_images_materializes_with_all_flags_false(convrec_home, mak
     assert not evaluation.passed
     assert evaluation.metadata["rows_with_inconsistent_vector"].value == 1
     assert evaluation.metadata["items_without_row"].value == 1
+
+
+def test_image_references_outside_the_dump_are_never_read(convrec_home, make_resources, dump, tmp_path):
+    """Metadata naming /etc/passwd, ../../outside.png, file:///etc/hostname, ~ or a symlink out of
+    the dump: none is opened, hashed or embedded; each is quarantined as image_path_outside_dump."""
+    outside = tmp_path / "outside.png"
+    _image(20).save(outside)
+    (dump / "images" / "LINK.png").symlink_to(outside)  # a symlink in images/ pointing out
+    (dump / "other" / "link.png").symlink_to(outside)
+    refs = {"PASSWD": "/etc/passwd", "DOTDOT": "../../outside.png", "FILEURL": "file:///etc/hostname",
+            "HOME": "~/.bashrc", "REFLINK": "other/link.png", "INSIDE": "other/local.jpg"}
+    item_ids = ["G1", "LINK", *refs]
+    locs = {loc.item_id: loc for loc in locate_images(item_ids, dump, refs)}
+    assert {i for i, loc in locs.items() if loc.status == "outside"} == {"LINK", "PASSWD", "DOTDOT", "FILEURL", "HOME", "REFLINK"}
+    assert locs["INSIDE"].status == "found" and locs["G1"].status == "found"
+
+    db = write_inputs(convrec_home, item_ids)
+    with duckdb.connect(db) as conn:  # the refs come from the metadata, as a hostile dump would give them
+        for item, ref in refs.items():
+            conn.execute("UPDATE items SET image_ref = ? WHERE item_id = ?", [ref, item])
+    meta = run_asset(make_resources, dump)
+    assert meta["images_outside_dump_quarantined"].value == 6 and meta["images_found"].value == 2
+    df = read_features(db)
+    for item in ("LINK", "PASSWD", "DOTDOT", "FILEURL", "HOME", "REFLINK"):
+        assert not df.at[item, "has_image"] and not df.at[item, "feature"].any()
+        assert df.at[item, "content_hash"] is None or pd.isna(df.at[item, "content_hash"])
+        assert df.at[item, "image_path"] is None or pd.isna(df.at[item, "image_path"])
+    with duckdb.connect(db, read_only=True) as conn:
+        reasons = conn.execute("SELECT json_extract_string(raw, '$.item_id'), reason FROM quarantine "
+                               "WHERE stage = 'item_image_features'").fetchall()
+    assert {item for item, reason in reasons if reason == "image_path_outside_dump"} == set(df.index) - {"G1", "INSIDE"}
+
+
+def test_an_image_over_the_size_limit_is_quarantined_unread_and_unhashed(convrec_home, make_resources, dump):
+    db = write_inputs(convrec_home, ["G1", "G2"])
+    meta = run_asset(make_resources, dump, max_image_bytes=100)  # every test JPEG is larger
+    assert meta["images_corrupt_quarantined"].value == 2
+    df = read_features(db)
+    assert df["content_hash"].isna().all() and not df["has_image"].any()
+    with duckdb.connect(db, read_only=True) as conn:
+        reasons = [r[0] for r in conn.execute("SELECT reason FROM quarantine WHERE stage = 'item_image_features'").fetchall()]
+    assert len(reasons) == 2 and all(r.startswith("image_too_large") for r in reasons)
