@@ -177,7 +177,7 @@ def _parse_record(text: str) -> tuple[object, str]:
     """(value, syntax) of one line: strict JSON first, then a Python literal; (None, '') if neither."""
     try:
         return json.loads(text), "json"
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: ~1,000 nested brackets
         pass
     try:
         return ast.literal_eval(text), "literal"
@@ -325,6 +325,8 @@ def _literal_to_json(text: str) -> tuple[str | None, str | None]:
     """(JSON text, None) for a line holding a dict literal, else (None, reason). Never evaluates code."""
     try:
         value = json.loads(text)
+    except RecursionError:
+        return None, "nested_too_deep"
     except ValueError:
         try:
             value = ast.literal_eval(text)

@@ -179,3 +179,25 @@ def test_quarantine_share_over_threshold_fails_loudly(make_resources, tmp_path):
     assert len(quarantine(db)) == 4  # the bad lines are kept for inspection
     result, _ = run(make_resources, tmp_path / "raw", config={"reviews": {"config": {"max_quarantine_share": 0.5}}})
     assert metadata(result)["records_kept"] == 10
+
+
+@pytest.mark.parametrize("where", ["first_line", "middle"])
+def test_deeply_nested_lines_are_quarantined_and_the_rest_kept(make_resources, tmp_path, where):
+    """~1,000 nested brackets make json.loads raise RecursionError: the line is quarantined, in a
+    review file (also when it is the first line the format sniffer reads) and in 2014 metadata."""
+    deep_review = '{"reviewerID": "U1", "asin": "I1", "x": ' + "[" * 1000 + "]" * 1000 + "}"
+    deep_meta = "{'asin': 'I2', 'x': " + "[" * 1000 + "]" * 1000 + "}"
+    raw = tmp_path / "raw"
+    lines = good_lines()
+    meta = [str({"asin": f"I{k}", "title": f"t{k}", "categories": [["A", "B"]]}) for k in range(GOOD)]
+    at = 0 if where == "first_line" else 5
+    lines.insert(at, deep_review)
+    meta.insert(at, deep_meta)
+    write_bytes(raw / "r.json", lines)
+    write_bytes(raw / "meta_Deep.json.gz", meta, gz=True)
+    result, db = run(make_resources, raw, assets=(reviews, items))
+    assert metadata(result)["records_kept"] >= GOOD
+    assert metadata(result, "items")["items"] == GOOD
+    rows = quarantine(db)
+    meta_rows = [r for r in rows if r[0] == "items"]
+    assert [(r[2], r[4]) for r in meta_rows] == [(at + 1, deep_meta)] and meta_rows[0][3] in ("nested_too_deep", "malformed_literal")
