@@ -46,10 +46,12 @@ def prepare(dataset: str, home: Path, data_dir: Path | None, proxy: dict) -> Non
     import dagster as dg
 
     from convrec_dagster.definitions import defs
+    from convrec_dagster.resources import build_resources
 
     selection = [a for a in defs.assets if any(k.to_user_string() in PREP_ASSETS for k in a.keys)]
+    resources = {**defs.resources, **build_resources(home, data_dir or "")}  # this home, even on a second call
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(selection, resources=defs.resources, instance=instance,
+        result = dg.materialize(selection, resources=resources, instance=instance,
                                 run_config={"ops": {"proxy_ids": {"config": proxy}}})
     if not result.success:
         raise SystemExit("preparing the data failed")

@@ -38,6 +38,10 @@ VARIANTS = [
      {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax", "intervals": False}),
     ("ConvRec ids without time, init .02, L 10 (sampled softmax 100)", "all", False, "convrec",
      {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax"}),
+    ("ConvRec attributes + time context, init .02, L 20 (sampled softmax 100)", "all", True, "convrec",
+     {"emb_init_std": 0.02, "features": "attributes", "loss": "softmax"}),
+    ("ConvRec attributes + time context, unit init, L 20 (sampled softmax 100; the sample budget)", "all", True,
+     "convrec", {"features": "attributes", "loss": "softmax"}),
 ]
 
 
