@@ -8,6 +8,7 @@ training config choice. The work happens in ``convrec_dagster.attributes`` and
 import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -242,6 +243,13 @@ def item_image_features(
     local `items.image_ref`; URLs are not fetched. No image or a corrupt one: zero vector and
     has_image = false (corrupt files are quarantined). Vectors are cached by (content sha256,
     weights, input size) as Parquet under `artifacts/features/image_cache/`."""
+    weights = Path(config.weights_path).expanduser() if config.weights_path else None
+    if weights is not None and not weights.is_file():  # before any work, and never retried
+        raise dg.Failure(
+            f"item_image_features: weights_path {str(weights)!r} is not a file. Point it at a local torchvision "
+            "ResNet-50 state_dict (e.g. resnet50-11ad3fa6.pth), or remove the setting to use a randomly initialised "
+            "network (a loud warning, recorded in metadata; `features: auto` then leaves image vectors out of "
+            "training).", allow_retries=False)
     with duckdb.get_connection() as conn:
         _require_tables(conn, "interactions")
         item_ids = _interaction_items(conn)

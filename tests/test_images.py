@@ -275,3 +275,14 @@ def test_an_image_over_the_size_limit_is_quarantined_unread_and_unhashed(convrec
     with duckdb.connect(db, read_only=True) as conn:
         reasons = [r[0] for r in conn.execute("SELECT reason FROM quarantine WHERE stage = 'item_image_features'").fetchall()]
     assert len(reasons) == 2 and all(r.startswith("image_too_large") for r in reasons)
+
+
+def test_a_weights_path_that_does_not_exist_fails_at_once_with_advice(convrec_home, make_resources, dump):
+    write_inputs(convrec_home)
+    result = dg.materialize([item_image_features], resources=make_resources(dump), raise_on_error=False,
+                            run_config={"ops": {"item_image_features": {"config": {"weights_path": "/nowhere/r50.pth"}}}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert "/nowhere/r50.pth" in message and "is not a file" in message and "remove the setting" in message
+    assert not any(e.event_type_value == "STEP_RESTARTED" for e in result.all_events)  # not retried
