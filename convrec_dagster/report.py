@@ -243,6 +243,22 @@ def findings(rows: list[dict]) -> list[str]:
     return out
 
 
+def training_findings(histories: dict[str, list[dict]], data_summary: dict[str, Any]) -> list[str]:
+    """Caveats a reader would otherwise miss: models still improving when training stopped, and a
+    catalogue so small that sampled and full ranking nearly coincide."""
+    out = []
+    for name, history in histories.items():
+        trained = [h for h in history if h.get("loss") is not None]
+        if len(trained) > 1 and max(trained, key=lambda h: h.get("valid_NDCG@10") or 0) is trained[-1]:
+            out.append(f"{model_label(name)} was still improving at its last epoch ({trained[-1]['epoch']}): "
+                       "more epochs (or a larger time budget) would likely raise its numbers.")
+    items = data_summary.get("items")
+    if isinstance(items, int) and 0 < items <= 1000:
+        out.append(f"The catalogue has only {items} items, so the 100 sampled negatives cover "
+                   f"{min(100 / max(items - 1, 1), 1):.0%} of it: sampled and full ranking nearly coincide here.")
+    return out
+
+
 # --- the report as data ----------------------------------------------------------------------------
 
 
@@ -303,7 +319,7 @@ def build_report(
             "published": published_for(dataset),
         },
         "notes": _notes(config),
-        "findings": findings(rows),
+        "findings": findings(rows) + training_findings(histories or {}, data_summary),
         "best_model": best_model(rows),
         "tables": {
             "headline": comparison_table(rows, HEADLINE),

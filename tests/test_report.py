@@ -198,3 +198,13 @@ def test_ties_note_follows_the_evaluation_setting():
     pessimistic = R.build_report(_rows(RANKS), data_summary=_summary(OTHER_SIZE), config={"evaluation": {"ties": "pessimistic"}})
     assert any("HR@10 = 0" in note for note in pessimistic["notes"])
     assert not any("10/101" in note for note in pessimistic["notes"])
+
+
+def test_training_findings_flag_models_still_improving_and_tiny_catalogues():
+    rising = [{"epoch": e, "loss": 1.0 / e, "valid_NDCG@10": 0.1 * e} for e in range(1, 4)]
+    peaked = [{"epoch": e, "loss": 1.0 / e, "valid_NDCG@10": v} for e, v in enumerate([0.1, 0.3, 0.2], 1)]
+    notes = R.training_findings({"convrec": rising, "sasrec": peaked}, {"items": 145})
+    assert len(notes) == 2
+    assert "still improving at its last epoch (3)" in notes[0] and "SASRec" not in notes[0]
+    assert "only 145 items" in notes[1] and "69%" in notes[1]
+    assert R.training_findings({"sasrec": peaked}, {"items": 23715}) == []
