@@ -21,21 +21,73 @@ DUCKDB_TAGS = {"convrec/duckdb": "true"}
 
 
 class ConvRecDuckDB(DuckDBResource):
-    """``DuckDBResource`` whose connection is closed even when the block raises.
+    """``DuckDBResource`` that bounds DuckDB's memory, fails fast on a file it cannot open, and
+    closes its connection even when the block raises (the upstream one closes only on success).
 
-    The upstream ``get_connection`` closes only on success; an exception leaves the file locked
-    for the rest of an in-process run.
+    ``memory_limit`` (e.g. ``"1GB"``), ``threads`` (0: DuckDB's default) and ``temp_directory``
+    (where DuckDB spills past the limit; "" = next to the database) bound ingest on big dumps.
+    Opening retries only while another process holds the file's lock (up to 2 minutes); any
+    other error (a read-only home, a path that is a folder, a damaged file) fails at once with
+    what to do, instead of after minutes of silent retries.
     """
+
+    database: str = ""  # "" = CONVREC_HOME/convrec.duckdb
+    memory_limit: str = ""
+    threads: int = 0
+    temp_directory: str = ""
+
+    def path(self) -> str:
+        return self.database or str(settings.duckdb_path())
+
+    def duckdb_config(self) -> dict:
+        config = {"custom_user_agent": "dagster", **self.connection_config}
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        if self.threads:
+            config["threads"] = int(self.threads)
+        if self.temp_directory:
+            config["temp_directory"] = str(Path(self.temp_directory).expanduser())
+        return config
 
     @contextmanager
     def get_connection(self):
-        if self.database != ":memory:":
-            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        with super().get_connection() as conn:
+        database = self.path()
+        if database != ":memory:":
             try:
-                yield conn
-            finally:
-                conn.close()
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise dg.Failure(f"cannot create the folder of the DuckDB file {database}: {exc}. Point "
+                                 "CONVREC_HOME at a writable folder.", allow_retries=False) from exc
+        conn = connect_duckdb(database, self.duckdb_config())
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def connect_duckdb(database: str, config: dict, lock_wait_s: float = 120.0):
+    """``duckdb.connect`` that waits only for another process's lock and explains other failures."""
+    import time
+
+    import duckdb
+
+    waited, delay = 0.0, 0.25
+    while True:
+        try:
+            return duckdb.connect(database=database, read_only=False, config=config)
+        except duckdb.IOException as exc:
+            locked = "lock" in str(exc).lower()
+            if locked and waited < lock_wait_s:
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 4.0)
+                continue
+            advice = ("another process holds the file: wait for it (another run on this CONVREC_HOME?), or use "
+                      "another CONVREC_HOME" if locked else
+                      "check that CONVREC_HOME is a writable folder and the file is a DuckDB database; a damaged "
+                      "file can be moved away and rebuilt with `dagster job execute -j full_pipeline`")
+            raise dg.Failure(f"cannot open the DuckDB file {database}: {exc}. What to do: {advice}.",
+                             allow_retries=False) from exc
 
 
 class ConvRecPaths(dg.ConfigurableResource):
