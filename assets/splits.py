@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import splits
 from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS
+from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "splits"
 
@@ -192,3 +192,29 @@ def proxy_ids(context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb:
     metadata = dict(summary)
     metadata["dagster/row_count"] = summary["items"]
     return dg.MaterializeResult(metadata=metadata, check_results=check_results)
+
+
+@dg.asset(
+    deps=["sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"],
+    group_name=GROUP,
+    kinds={"duckdb", "parquet"},
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+)
+def training_data_parquet(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
+                          paths: ConvRecPaths) -> dg.MaterializeResult:
+    """The training data as Parquet under `CONVREC_HOME/export/`: `sequences`, `eval_negatives`,
+    `proxy_ids`, the indices and the item features, one file per table. A training job on another
+    machine reads them without the DuckDB file (`convrec_dagster.dataset.load_rec_data_from_parquet`)."""
+    from convrec_dagster.dataset import export_parquet
+
+    folder = paths.home_path() / "export"
+    with duckdb.get_connection() as conn:
+        written = export_parquet(conn, folder)
+    context.log.info(f"wrote {len(written)} Parquet files to {folder}")
+    sizes = {name: (folder / f"{name}.parquet").stat().st_size for name in written}
+    return dg.MaterializeResult(metadata={
+        "folder": dg.MetadataValue.path(str(folder)),
+        "rows": dg.MetadataValue.json(written),
+        "bytes": sum(sizes.values()),
+    })

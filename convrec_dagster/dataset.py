@@ -15,6 +15,8 @@ padding). ``features``:
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 from typing import Literal
 
 import duckdb
@@ -240,4 +242,55 @@ def load_rec_data(conn: duckdb.DuckDBPyConnection, features: Features = "auto") 
     return data
 
 
-__all__ = ["FEATURE_CHOICES", "fingerprint", "load_rec_data"]
+# ---------------------------------------------------------------------------- Parquet handoff
+
+# Everything load_rec_data reads: a training job elsewhere needs these files, not the DuckDB file.
+EXPORT_TABLES = ("user_index", "item_index", "sequences", "eval_negatives", "proxy_ids", "attribute_vocab",
+                 "item_attributes", "item_image_features", "image_encoder")
+
+
+def export_parquet(conn: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, int]:
+    """Write each of ``EXPORT_TABLES`` that exists to ``folder/<table>.parquet`` (atomically: a
+    temporary file, then a rename); return the rows written per table. Stale files of tables that
+    no longer exist are removed, so the folder always mirrors the database."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in EXPORT_TABLES:
+        path = folder / f"{name}.parquet"
+        if not table_exists(conn, name):
+            path.unlink(missing_ok=True)
+            continue
+        tmp = folder / f".{name}.parquet.tmp"
+        conn.execute(f"COPY {name} TO '{_sql_path(tmp)}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+        os.replace(tmp, path)
+        written[name] = int(_one(conn, f"SELECT count(*) FROM {name}")[0])
+    return written
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def parquet_connection(folder: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection whose tables are views over ``folder/*.parquet``."""
+    folder = Path(folder)
+    if not (folder / "sequences.parquet").exists():
+        raise ValueError(f"{folder} holds no sequences.parquet: materialize the `training_data_parquet` asset "
+                         "(or copy its folder here) first.")
+    conn = duckdb.connect()
+    for name in EXPORT_TABLES:
+        path = folder / f"{name}.parquet"
+        if path.exists():
+            conn.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{_sql_path(path)}')")
+    return conn
+
+
+def load_rec_data_from_parquet(folder: Path, features: Features = "auto") -> RecData:
+    """``load_rec_data`` over the Parquet files of ``export_parquet`` (no DuckDB file needed)."""
+    with parquet_connection(folder) as conn:
+        return load_rec_data(conn, features)
+
+
+__all__ = ["EXPORT_TABLES", "FEATURE_CHOICES", "export_parquet", "fingerprint", "load_rec_data",
+           "load_rec_data_from_parquet", "parquet_connection"]

@@ -14,7 +14,7 @@ from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, GPU_POOL
 DOCUMENTED_ASSETS = {
     "ingest": {"reviews", "items", "interactions"},
     "features": {"item_attributes", "item_image_features"},
-    "splits": {"sequences", "eval_negatives", "proxy_ids"},
+    "splits": {"sequences", "eval_negatives", "proxy_ids", "training_data_parquet"},
     "training": {"popularity_model", "sasrec_model", "convrec_attention_model", "convrec_model"},
     "evaluation": {"evaluation_metrics", "evaluation_report", "recommendations"},
 }
