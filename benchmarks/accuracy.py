@@ -267,7 +267,8 @@ def plot_curves(res: dict, path: Path) -> None:
     for row in res["published_quoted_not_measured"]["rows"]:
         if row["protocol"] == "sampled_100":
             ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
-            ax.text(0, row["NDCG@10"], f" {row['model']} (quoted, test)", fontsize=6, va="bottom")
+            ax.text(0.99, row["NDCG@10"], f"{row['model']} (quoted, test) ", fontsize=6, va="bottom", ha="right",
+                    transform=ax.get_yaxis_transform())
     ax.set_xlabel("training minutes (2 CPU cores)" if "cuda" not in json.dumps(res["machine"]) else "training minutes")
     ax.set_ylabel("validation NDCG@10 (sampled 100)")
     ax.set_title(f"{res['dataset']}: learning curves, budget {res['budget']}", fontsize=9)
