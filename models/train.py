@@ -164,9 +164,10 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
         for start in range(0, len(users), config.batch_size):
             chunk = users[start : start + config.batch_size]
             ends = data.user_ptr[chunk + 1] - 2 * data.is_eval_user[chunk]  # one past the last training row
-            seq = make_batch(data, chunk, ends, window, np.zeros((len(chunk), 1), np.int64), rng=rng,
-                             augment_prob=config.augment_prob).items.numpy()
-            items, targets = seq[:, :-1], _unaugmented_targets(data, chunk, ends, model.max_len)
+            dummy = np.zeros((len(chunk), 1), np.int64)
+            seq = make_batch(data, chunk, ends, window, dummy, rng=rng, augment_prob=config.augment_prob).items.numpy()
+            targets = make_batch(data, chunk, ends, model.max_len, dummy).items.numpy()  # never augmented
+            items = seq[:, :-1]
             targets = np.where(items > 0, targets, 0)
             negatives = None
             if not full:
@@ -187,13 +188,6 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
             cands = np.concatenate([cands, sampler.sample(users[sl], config.n_negatives, rng)], 1)
         yield len(cands), make_batch(data, users[sl], targets[sl], model.max_len, cands, rng=rng,
                                      augment_prob=config.augment_prob)
-
-
-def _unaugmented_targets(data: RecData, users: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
-    """(B, length) the items at rows ``ends - length .. ends - 1`` of each user, 0 before its start."""
-    rows = ends[:, None] - length + np.arange(length)[None, :]
-    valid = rows >= data.user_ptr[users][:, None]
-    return np.where(valid, data.items[np.where(valid, rows, 0)], 0)
 
 
 def train_epoch(model, optimizer, data, sampler, rng, config: TrainConfig, device, precision,
