@@ -17,7 +17,14 @@ import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster.budgets import MAX_LEN_CHOICES, auto_max_len, budget_settings, resolve_budget, resolve_loss
+from convrec_dagster.budgets import (
+    MAX_LEN_CHOICES,
+    auto_max_len,
+    budget_settings,
+    resolve_budget,
+    resolve_emb_init,
+    resolve_loss,
+)
 from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 
@@ -78,6 +85,8 @@ class TrainingConfig(dg.Config):
     residuals: bool = True
     single_conv: bool = False
     avg_pool_only: bool = False
+    interval_scale: Literal["raw", "calendar"] = "raw"  # Δ in (years, months, days) or over their ranges
+    side_init: Literal["default", "zero", "zero_time"] = "default"  # where attributes/images/time start
     # attention models
     n_layers: int | None = None
     n_heads: int | None = None
@@ -103,7 +112,7 @@ def resolve_settings(config: TrainingConfig, paths: ConvRecPaths, model: str, cu
     settings["kernels"] = settings["kernels"] or None
     settings["strides"] = settings["strides"] or None
     settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
-    settings["emb_init_std"] = settings.get("emb_init_std") or None
+    settings["emb_init_std_budget"] = base.get("emb_init_std")  # resolved with the data (resolve_emb_init)
     return budget, dataset, settings
 
 
@@ -167,6 +176,8 @@ def train_model_asset(
             context.log.info(f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
                              f"histories fit; choices {MAX_LEN_CHOICES})")
         row_dependent = name in ("convrec", "convrec_attention") and data.has_context
+        s["emb_init_std"] = resolve_emb_init(config.emb_init_std, s.pop("emb_init_std_budget"),
+                                             s.pop("emb_init_std_with_time", None), row_dependent)
         loss, s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
         if loss != s["loss"]:
             context.log.info(f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "

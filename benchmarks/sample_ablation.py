@@ -1,6 +1,7 @@
 """Why ConvRec trailed SASRec on the embedded sample: one training setting changed at a time.
 
     python -m benchmarks.sample_ablation            # every variant, 10 epochs each (~10 min on 2 cores)
+    python -m benchmarks.sample_ablation --set time --dataset magazine   # the time-path variants
 
 Prepares the embedded sample with the pipeline's own assets (``benchmarks.convergence.prepare``,
 two homes: proxy ids for every trained item, and the paper's 10 % share), then trains each variant
@@ -9,6 +10,10 @@ with ``models.train.train`` (``scheme="all_cuts"``, batch 64, lr 2e-3, d 64, hid
 base: the id embeddings' initial scale, the window L, the proxy share K, the item features, and
 the time context (kept, or dropped from the data). Writes
 ``benchmarks/results/sample_ablation.json``.
+
+``--set time`` runs the variants of the time path instead (intervals in raw or calendar units, the
+context layer at PyTorch's or zero init, id init) on the sample or on another dataset with
+timestamps (``--dataset magazine``), into ``sample_ablation_time[_<dataset>].json``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, machine_info, write_json
-from benchmarks.convergence import prepare
+from benchmarks.convergence import DATA_DIRS, prepare
 
 BASE = {"d": 64, "hidden": 128, "dropout": 0.2, "max_len": 20, "loss": "full_softmax", "features": "none"}
 # (label, proxy home, keep time context, model, hparam overrides)
@@ -44,13 +49,44 @@ VARIANTS = [
      "convrec", {"features": "attributes", "loss": "softmax"}),
 ]
 
+TIME_BASE = {**BASE, "features": "attributes", "loss": "softmax"}
+TIME_VARIANTS = [
+    ("SASRec (ids, L 20)", "all", False, "sasrec", {}),
+    ("ConvRec attributes, no time, init .02", "all", False, "convrec", {"emb_init_std": 0.02}),
+    ("ConvRec attributes + time, unit init, raw intervals (the sample budget before)", "all", True, "convrec", {}),
+    ("ConvRec attributes + time, unit init, calendar intervals", "all", True, "convrec", {"interval_scale": "calendar"}),
+    ("ConvRec attributes + time, unit init, calendar intervals, zero-init context", "all", True, "convrec",
+     {"interval_scale": "calendar", "side_init": "zero_time"}),
+    ("ConvRec attributes + time, init .02, raw intervals", "all", True, "convrec", {"emb_init_std": 0.02}),
+    ("ConvRec attributes + time, init .02, calendar intervals", "all", True, "convrec",
+     {"emb_init_std": 0.02, "interval_scale": "calendar"}),
+    ("ConvRec attributes + time, init .02, calendar intervals, zero-init context", "all", True, "convrec",
+     {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero_time"}),
+    ("ConvRec attributes + time, init .02, raw intervals, zero-init context", "all", True, "convrec",
+     {"emb_init_std": 0.02, "side_init": "zero_time"}),
+    ("ConvRec attributes, no time, init .02, zero-init side path", "all", False, "convrec",
+     {"emb_init_std": 0.02, "side_init": "zero"}),
+    ("ConvRec attributes + time, init .02, calendar intervals, zero-init side path", "all", True, "convrec",
+     {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero"}),
+    ("ConvRec ids + time, init .02, calendar intervals, zero-init side path", "all", True, "convrec",
+     {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero", "features": "none"}),
+    ("ConvRec ids, no time, init .02", "all", False, "convrec", {"emb_init_std": 0.02, "features": "none"}),
+]
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sample_ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--home", default="/tmp/convrec_sample_ablation")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "sample_ablation.json"))
+    parser.add_argument("--set", default="causes", choices=["causes", "time"], help="which list of variants")
+    parser.add_argument("--dataset", default="sample", choices=["sample", "magazine"])
+    parser.add_argument("--only", default="", help="comma-separated variant indices (0-based) to run; their results "
+                        "replace those of the same label in an existing --out JSON")
+    parser.add_argument("--home", default="", help="default /tmp/convrec_ablation_<dataset>")
+    parser.add_argument("--out", default="", help="default benchmarks/results/sample_ablation[_time][_<dataset>].json")
     args = parser.parse_args(argv)
+    suffix = ("_time" if args.set == "time" else "") + ("" if args.dataset == "sample" else f"_{args.dataset}")
+    out = Path(args.out or RESULTS_DIR / f"sample_ablation{suffix}.json")
+    base, variants = (TIME_BASE, TIME_VARIANTS) if args.set == "time" else (BASE, VARIANTS)
 
     import duckdb
     import torch
@@ -61,22 +97,34 @@ def main(argv: list[str] | None = None) -> None:
     from models.train import TrainConfig, train
 
     torch.set_num_threads(1)
-    homes = {"all": Path(args.home) / "k_all", "top10": Path(args.home) / "k_top10"}
+    root = Path(args.home or f"/tmp/convrec_ablation_{args.dataset}")
+    homes = {"all": root / "k_all", "top10": root / "k_top10"}
+    if args.set == "time":
+        homes.pop("top10")
     proxies = {"all": {"min_count": 1}, "top10": {"top_fraction": 0.1}}
     datasets = {}
     for key, home in homes.items():
         home.mkdir(parents=True, exist_ok=True)
-        prepare("sample", home, None, proxies[key])  # pipeline defaults but for the proxy rule
+        prepare(args.dataset, home, DATA_DIRS[args.dataset], proxies[key])  # pipeline defaults but for the proxy rule
         with duckdb.connect(str(settings.duckdb_path(home)), read_only=True) as conn:
             datasets[key] = load_rec_data(conn, features="both")
-    res = {"benchmark": "sample_ablation", "machine": machine_info("cpu"), "epochs": args.epochs, "base": BASE,
+    res = {"benchmark": "sample_ablation", "set": args.set, "dataset": args.dataset, "machine": machine_info("cpu"),
+           "epochs": args.epochs, "base": base,
            "train": {"scheme": "all_cuts", "batch_size": 64, "lr": 2e-3, "adam_beta2": 0.98}, "variants": []}
-    for label, proxy, keep_time, name, overrides in VARIANTS:
+    if args.only:
+        keep = {int(i) for i in args.only.split(",")}
+        variants = [v for i, v in enumerate(variants) if i in keep]
+        if out.exists():  # merge: earlier variants stay, re-run ones are replaced
+            import json
+
+            res["variants"] = [v for v in json.loads(out.read_text())["variants"]
+                               if v["label"] not in {label for label, *_ in variants}]
+    for label, proxy, keep_time, name, overrides in variants:
         data = datasets[proxy]
         saved = (data.context, data.ymd)
         if not keep_time:
             data.context, data.ymd = None, None
-        hp = {**BASE, **overrides}
+        hp = {**base, **overrides}
         if name == "sasrec":
             hp = {k: v for k, v in hp.items() if k in ("d", "dropout", "max_len", "loss")}
         config = TrainConfig(scheme="all_cuts", batch_size=64, lr=2e-3, weight_decay=0.0, max_epochs=args.epochs,
@@ -91,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                                 "best_valid_NDCG@10": round(result.best_metrics["NDCG@10"], 4),
                                 "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - started, 1)})
         print(f"{label}: best {curve[result.best_epoch - 1]} at epoch {result.best_epoch}; {curve}", flush=True)
-        write_json(res, Path(args.out))
+        write_json(res, out)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ CPU_COMMON = {
 # ConvRec and its attention counterpart. emb_init_std: id and attribute embeddings start at N(0, .02²) (the
 # GPT/BERT convention) instead of PyTorch's N(0, 1): with unit-scale ids the convolution stack
 # learns several times slower (BENCHMARKS.md). max_len 0: chosen from the data (auto_max_len).
+# With a time path (context + intervals) the small ids learn slower than PyTorch's N(0, 1) ids (sample .49 vs
+# .54, Magazine .20 vs .26: BENCHMARKS.md), so there ``emb_init_std_with_time`` applies (0: PyTorch's).
 CPU_ENCODER = {"d": 128, "hidden": 256, "dropout": 0.2, "lr": 1e-3, "batch_size": 128, "emb_init_std": 0.02,
-               "max_len": 0}  # fmt: skip
+               "emb_init_std_with_time": 0.0, "max_len": 0}  # fmt: skip
 MAX_LEN_CHOICES = (10, 20, 30, 50)
 # The embedded sample (~600 users, ~240 items, ~8k interactions): small and quick on 2 CPU cores.
 # Every cut each epoch (4 epochs of it beat 15 of one cut: BENCHMARKS.md), 3 epochs to stay near a minute; the id embeddings keep
@@ -83,6 +85,16 @@ def budget_settings(budget: str, model: str, dataset: str) -> dict:
     if budget == "cpu":
         return {**CPU_COMMON, **(SASREC_PAPER if model == "sasrec" else CPU_ENCODER)}
     raise ValueError(f"unknown budget {budget!r}")
+
+
+def resolve_emb_init(user_value: float | None, budget_value: float | None, with_time_value: float | None,
+                     has_time: bool) -> float | None:
+    """The id embeddings' init std: the user's if set (0: PyTorch's N(0, 1)), else the budget's for the
+    data (its ``emb_init_std_with_time`` where the encoder has a time path). None means PyTorch's."""
+    if user_value is not None:
+        return user_value or None
+    value = with_time_value if has_time and with_time_value is not None else budget_value
+    return value or None
 
 
 def resolve_loss(loss: str, n_negatives: int, row_dependent: bool) -> tuple[str, int]:

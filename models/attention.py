@@ -34,8 +34,11 @@ class ConvRecAttention(EncodedSequenceModel):
         hidden: int | None = None,
         loss: LossName = "softmax",
         emb_init_std: float | None = None,
+        interval_scale: str = "raw",
+        side_init: str = "default",
     ):
-        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, emb_init_std)
+        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, emb_init_std,
+                         interval_scale, side_init)
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', not {pooling!r}")
         self.pooling = pooling

@@ -27,6 +27,14 @@ from models.batching import Batch
 from models.data import N_CONTEXT, RecData
 
 FEATURE_CHOICES = ("auto", "attributes", "image", "both", "none")
+# Δ as (years, months, days), the paper's units, or each part over its calendar range (years, months / 12,
+# days / 31), the units of the 6 context features: raw day differences reach ±30 next to id vectors of
+# size ~.02 and swamp the LayerNorm that follows (BENCHMARKS.md, "the time path").
+INTERVAL_SCALES = {"raw": (1.0, 1.0, 1.0), "calendar": (1.0, 1 / 12, 1 / 31)}
+# Where the side information (attributes, images, time context: the path A -> X) starts. "zero": the
+# model starts as the id-only model and grows each side input only as far as it lowers the loss (the
+# zero-init-residual idea); "zero_time": only the time context starts at zero.
+SIDE_INITS = ("default", "zero", "zero_time")
 
 
 def resolve_features(data: RecData, features: str) -> tuple[bool, bool]:
@@ -81,8 +89,14 @@ class ItemEncoder(nn.Module):
         features: str = "auto",
         intervals: bool = True,
         emb_init_std: float | None = None,
+        interval_scale: str = "raw",
+        side_init: str = "default",
     ):
         super().__init__()
+        if interval_scale not in INTERVAL_SCALES:
+            raise ValueError(f"interval_scale must be one of {sorted(INTERVAL_SCALES)}, not {interval_scale!r}")
+        if side_init not in SIDE_INITS:
+            raise ValueError(f"side_init must be one of {SIDE_INITS}, not {side_init!r}")
         hidden = hidden or 4 * d
         self.d = d
         self.use_attr, self.use_image = resolve_features(data, features)
@@ -110,10 +124,15 @@ class ItemEncoder(nn.Module):
         if self.use_context:
             self.context = nn.Linear(N_CONTEXT, d)  # C
             self.a_from_c = nn.Linear(d, hidden, bias=not self.has_features)  # the part over C
+            if side_init == "zero_time":
+                nn.init.zeros_(self.a_from_c.weight)
         if self.has_a:
             self.x_from_id = nn.Linear(d, d)  # [E ; A] -> X, the part over E (+ bias)
             self.x_from_a = nn.Linear(hidden, d, bias=False)  # the part over A
+            if side_init == "zero":
+                nn.init.zeros_(self.x_from_a.weight)
         width = d + 3 if self.use_intervals else d
+        self.register_buffer("interval_scale", torch.tensor(INTERVAL_SCALES[interval_scale]), persistent=False)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, d)
@@ -155,7 +174,7 @@ class ItemEncoder(nn.Module):
 
     def _finish(self, x: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
         if self.use_intervals:
-            x = torch.cat([x, delta.to(x.dtype)], -1)
+            x = torch.cat([x, (delta * self.interval_scale).to(x.dtype)], -1)
         return F.gelu(self.out(self.norm(self.dropout(F.gelu(x)))))
 
     def forward(self, items: torch.Tensor, context: torch.Tensor | None, delta: torch.Tensor | None) -> torch.Tensor:
@@ -202,10 +221,12 @@ class EncodedSequenceModel(SequentialRecommender):
     """A model whose history and candidates go through one :class:`ItemEncoder`; subclasses mix."""
 
     def __init__(self, data: RecData, max_len: int, d: int, dropout: float, features: str,
-                 intervals: bool, hidden: int | None, loss: LossName, emb_init_std: float | None = None):
+                 intervals: bool, hidden: int | None, loss: LossName, emb_init_std: float | None = None,
+                 interval_scale: str = "raw", side_init: str = "default"):
         super().__init__(data.n_items, max_len, loss)
         self.d = d
-        self.encoder = ItemEncoder(data, d, hidden, dropout, features, intervals, emb_init_std)
+        self.encoder = ItemEncoder(data, d, hidden, dropout, features, intervals, emb_init_std, interval_scale,
+                                   side_init)
 
     def mix(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """History vectors (B, L, d), zero at padding -> sequence vector (B, d)."""
@@ -380,8 +401,11 @@ class ConvRec(EncodedSequenceModel):
         hidden: int | None = None,
         loss: LossName = "softmax",
         emb_init_std: float | None = None,
+        interval_scale: str = "raw",
+        side_init: str = "default",
     ):
-        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, emb_init_std)
+        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, emb_init_std,
+                         interval_scale, side_init)
         self.avg_pool_only = avg_pool_only
         if single_conv:
             kernels = strides = [max_len]

@@ -204,3 +204,35 @@ def test_checkpoint_round_trip_with_weights_only(data, tmp_path, name):
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval().predict(batch), model.predict(batch))
     assert not any(k.endswith(("proxy_ids", "item_attrs")) for k in raw["state_dict"]), "data arrays in checkpoint"
+
+
+def test_zero_side_init_starts_as_the_id_model_and_then_learns_the_side_path(data):
+    torch.manual_seed(0)
+    model = ConvRec(data, **HP, side_init="zero").eval()
+    batch = eval_batch(data, [1, 2, 3], HP["max_len"])
+    shifted = eval_batch(data, [1, 2, 3], HP["max_len"])
+    shifted.context = shifted.context + 0.5  # other times
+    shifted.cand_context = shifted.cand_context + 0.5
+    with torch.no_grad():
+        model.encoder.attr_bag.weight.normal_()  # other attribute vectors
+        torch.testing.assert_close(model.predict(batch), model.predict(shifted))
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.calculate_loss(batch).backward()
+    opt.step()
+    assert model.encoder.x_from_a.weight.abs().sum() > 0, "the side path must learn from zero"
+    with pytest.raises(ValueError, match="side_init"):
+        ConvRec(data, **HP, side_init="small")
+
+
+def test_calendar_intervals_scale_months_and_days(data):
+    torch.manual_seed(0)
+    raw = ConvRec(data, **HP).eval()
+    calendar = ConvRec(data, **HP, interval_scale="calendar").eval()
+    calendar.load_state_dict(raw.state_dict())
+    assert calendar.encoder.interval_scale.tolist() == pytest.approx([1.0, 1 / 12, 1 / 31])
+    batch = eval_batch(data, [1, 2, 3], HP["max_len"])
+    with torch.no_grad():
+        assert not torch.allclose(raw.predict(batch), calendar.predict(batch))
+    with pytest.raises(ValueError, match="interval_scale"):
+        ConvRec(data, **HP, interval_scale="weeks")

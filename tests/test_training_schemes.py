@@ -137,3 +137,13 @@ def test_budgets_auto_and_per_model_settings():
     assert (paper["scheme"], paper["lr"], paper["max_len"]) == ("one_cut", 4e-5, 70)
     assert budget_settings("paper", "sasrec", "beauty")["loss"] == "bce"
     assert math.isclose(budget_settings("cpu", "convrec", "games")["lr"], 1e-3) and budget_settings("cpu", "convrec", "games")["max_len"] == 0
+
+
+def test_the_id_init_depends_on_whether_the_encoder_has_a_time_path():
+    from convrec_dagster.budgets import CPU_ENCODER, resolve_emb_init
+
+    budget, with_time = CPU_ENCODER["emb_init_std"], CPU_ENCODER["emb_init_std_with_time"]
+    assert resolve_emb_init(None, budget, with_time, has_time=False) == 0.02
+    assert resolve_emb_init(None, budget, with_time, has_time=True) is None  # PyTorch's N(0, 1)
+    assert resolve_emb_init(0.05, budget, with_time, has_time=True) == 0.05  # the user's choice wins
+    assert resolve_emb_init(0.0, budget, with_time, has_time=False) is None
