@@ -7,7 +7,7 @@
 - ``recommendations``: top-K unseen items per user from the best model, with raw reviewer ids/ASINs.
 
 The work happens in ``models.evaluate`` (ranking), ``models.metrics`` (numbers) and
-``convrec_dagster.report`` (tables, plots, HTML); these assets read DuckDB, call them, write back.
+``convrec_dagster.data.report`` (tables, plots, HTML); these assets read DuckDB, call them, write back.
 """
 
 import json
@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster import report as report_lib
-from convrec_dagster import settings
+from convrec_dagster.data import report as report_lib
+from convrec_dagster.data import settings
 from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.duckdb_utils import table_exists as _table_exists
+from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 from models.metrics import DEFAULT_KS, grouped_summary
 
@@ -113,7 +113,7 @@ class DataCache:
         self.loaded: dict[str, object] = {}
 
     def get(self, features: str):
-        from convrec_dagster.dataset import load_rec_data
+        from convrec_dagster.data.dataset import load_rec_data
 
         if features not in self.loaded:
             with self.duckdb.get_connection() as conn:

@@ -1,8 +1,8 @@
 """Item features: sparse attribute ids (brand, category, price, S3-Rec ids) and ResNet-50 image vectors.
 
 Both tables are produced for every item in ``interactions``; which of them feeds the model is a
-training config choice. The work happens in ``convrec_dagster.attributes`` and
-``convrec_dagster.images``; these assets read their inputs from DuckDB, call them, and write back.
+training config choice. The work happens in ``convrec_dagster.data.attributes`` and
+``convrec_dagster.data.images``; these assets read their inputs from DuckDB, call them, and write back.
 """
 
 import json
@@ -16,12 +16,12 @@ import pandas as pd
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster.attributes import AttributeConfig, build_item_attributes
+from convrec_dagster.data.attributes import AttributeConfig, build_item_attributes
 from convrec_dagster.checks import blocking_checks, run_checks
 from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
-from convrec_dagster.duckdb_utils import QUARANTINE_DDL
-from convrec_dagster.duckdb_utils import table_exists as _table_exists
-from convrec_dagster.images import FEATURE_DIM, compute_image_features, locate_images
+from convrec_dagster.data.store import QUARANTINE_DDL
+from convrec_dagster.data.store import table_exists as _table_exists
+from convrec_dagster.data.images import FEATURE_DIM, compute_image_features, locate_images
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 
 IMAGE_STAGE = "item_image_features"

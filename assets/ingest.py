@@ -1,6 +1,6 @@
 """Ingest stage: raw Amazon dumps (or processed benchmark files) into DuckDB, with nothing lost.
 
-Thin Dagster wrappers around ``convrec_dagster.rawdata``: every file of the raw folder is sniffed by
+Thin Dagster wrappers around ``convrec_dagster.data.rawdata``: every file of the raw folder is sniffed by
 content; review files become `reviews`, metadata files `items` (+ `raw_item_attributes` for S3-Rec
 attribute maps), unusable lines go to `quarantine` verbatim with a reason, and `interactions` is the
 de-duplicated, time-ordered, k-interaction-filtered history per user.
@@ -19,11 +19,11 @@ from typing import Literal
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster import rawdata
+from convrec_dagster.data import rawdata
 from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.duckdb_utils import QUARANTINE_DDL
-from convrec_dagster.duckdb_utils import table_exists as _table_exists
-from convrec_dagster.rawdata import FileFormat, FileStats, RawDataError
+from convrec_dagster.data.store import QUARANTINE_DDL
+from convrec_dagster.data.store import table_exists as _table_exists
+from convrec_dagster.data.rawdata import FileFormat, FileStats, RawDataError
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "ingest"

@@ -1,6 +1,6 @@
 """Splits stage: integer indices, leave-one-out splits with time context, stored negatives, proxy ids.
 
-Thin Dagster wrappers around ``convrec_dagster.splits`` (DuckDB SQL + NumPy). The asset checks that
+Thin Dagster wrappers around ``convrec_dagster.data.splits`` (DuckDB SQL + NumPy). The asset checks that
 guard training (leakage, split sizes, negatives, proxy counts) are blocking: a failure stops the run
 before any model sees the data.
 """
@@ -12,7 +12,7 @@ import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster import splits
+from convrec_dagster.data import splits
 from convrec_dagster.checks import blocking_checks, run_checks
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
@@ -75,7 +75,7 @@ def _check_result(outcome: splits.CheckOutcome) -> dg.AssetCheckResult:
 
 
 # Checks (run inside their asset's step, see convrec_dagster/checks.py); the SQL is in
-# convrec_dagster/splits.py.
+# convrec_dagster/data/splits.py.
 
 
 def sequences_no_leakage(conn) -> dg.AssetCheckResult:
@@ -205,8 +205,8 @@ def training_data_parquet(context: dg.AssetExecutionContext, duckdb: DuckDBResou
                           paths: ConvRecPaths) -> dg.MaterializeResult:
     """The training data as Parquet under `CONVREC_HOME/export/`: `sequences`, `eval_negatives`,
     `proxy_ids`, the indices and the item features, one file per table. A training job on another
-    machine reads them without the DuckDB file (`convrec_dagster.dataset.load_rec_data_from_parquet`)."""
-    from convrec_dagster.dataset import export_parquet
+    machine reads them without the DuckDB file (`convrec_dagster.data.dataset.load_rec_data_from_parquet`)."""
+    from convrec_dagster.data.dataset import export_parquet
 
     folder = paths.home_path() / "export"
     with duckdb.get_connection() as conn:

@@ -1,6 +1,6 @@
 """Training: one asset per model (popularity, SASRec, ConvRec's attention counterpart, ConvRec).
 
-Each asset loads the prepared data from DuckDB (``convrec_dagster.dataset.load_rec_data``), trains
+Each asset loads the prepared data from DuckDB (``convrec_dagster.data.dataset.load_rec_data``), trains
 with ``models.train.train`` on the ``torch_device`` resource's device, and writes
 ``CONVREC_HOME/artifacts/models/<model>/{best.pt, resume.pt, history.json}``. A run that was killed
 resumes from its last epoch when config and data are unchanged. Training steps share the ``gpu``
@@ -17,7 +17,7 @@ import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster.budgets import MAX_LEN_CHOICES, auto_max_len, budget_settings, resolve_budget, resolve_loss
+from models.budgets import MAX_LEN_CHOICES, auto_max_len, budget_settings, resolve_budget, resolve_loss
 from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 
@@ -30,7 +30,7 @@ DATASET_KEYWORDS = {"beauty": "beauty", "games": "games", "video": "games", "fas
 
 
 class TrainingConfig(dg.Config):
-    """Hyper-parameters; fields left at None (or ``auto``) take the budget's value (``convrec_dagster.budgets``).
+    """Hyper-parameters; fields left at None (or ``auto``) take the budget's value (``models.budgets``).
 
     ``budget``: ``cpu`` (all cuts per epoch, cross-entropy over all items, at most 60 minutes per
     model: what reaches the accuracy targets on 2 CPU cores), ``paper`` (the paper's Appendix C:
@@ -51,7 +51,7 @@ class TrainingConfig(dg.Config):
     features: Literal["auto", "attributes", "image", "both", "none"] = "auto"
     d: int | None = None
     hidden: int | None = None
-    max_len: int | None = None  # 0: chosen from the data (convrec_dagster.budgets.auto_max_len)
+    max_len: int | None = None  # 0: chosen from the data (models.budgets.auto_max_len)
     batch_size: int | None = None
     lr: float | None = None
     dropout: float | None = None
@@ -144,7 +144,7 @@ def train_model_asset(
 ) -> dg.MaterializeResult:
     import torch
 
-    from convrec_dagster.dataset import load_rec_data
+    from convrec_dagster.data.dataset import load_rec_data
     from models.registry import build_model, model_kwargs
     from models.train import TrainConfig, train
 

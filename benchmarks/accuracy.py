@@ -12,7 +12,7 @@ attention counterpart, ConvRec -> evaluation) with a run config that sets the tr
 numbers are read back from the ``evaluation_metrics`` DuckDB table (both protocols: ``sampled_100``
 and ``full``) and written beside the published ones.
 
-Budgets (``convrec_dagster.budgets``; every training asset gets the same one):
+Budgets (``models.budgets``; every training asset gets the same one):
 
 - ``cpu``: what reaches the targets on 2 CPU cores: every training row a positive once per epoch,
   cross-entropy over all items, at most 60 minutes of training per model, early stopping after 3
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     import dagster as dg
 
     from benchmarks.pipeline import step_durations
-    from convrec_dagster import settings
+    from convrec_dagster.data import settings
     from convrec_dagster.definitions import defs
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         "dataset": args.dataset, "data_dir": str(data_dir), "data": DATASETS[args.dataset]["what"],
         "budget": args.budget,
         "models": models,
-        "budget_label": (f"budget {args.budget} (convrec_dagster.budgets), models {','.join(models)}, proxy {proxy or 'default'}"
+        "budget_label": (f"budget {args.budget} (models.budgets), models {','.join(models)}, proxy {proxy or 'default'}"
                          + (f", max_epochs {args.max_epochs}" if args.max_epochs else "")
                          + (f", lr {args.lr}" if args.lr else "") + "; test split, 200 bootstrap resamples"),
         "run_config": config, "success": result.success, "wall_s": round(wall, 1), "convrec_home": str(home),

@@ -6,7 +6,7 @@ its test metrics, without the rest of the pipeline (for comparing training schem
 
 The data is prepared once by the pipeline's own ingest, features and splits assets (``dg.materialize``
 into ``--home``, reused when its DuckDB file exists), then loaded with
-``convrec_dagster.dataset.load_rec_data`` and trained with ``models.train.train`` exactly as the
+``convrec_dagster.data.dataset.load_rec_data`` and trained with ``models.train.train`` exactly as the
 training assets do. The JSON holds every epoch (loss, validation HR/NDCG@10, seconds, learning
 rate), the best epoch, minutes to the plateau and the test metrics of both protocols; it is
 rewritten after every epoch, so a run stopped half-way still leaves its curve.
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import duckdb
 
-    from convrec_dagster import settings
-    from convrec_dagster.dataset import load_rec_data
+    from convrec_dagster.data import settings
+    from convrec_dagster.data.dataset import load_rec_data
     from models.registry import build_model
     from models.train import TrainConfig, train
 

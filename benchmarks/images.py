@@ -1,4 +1,4 @@
-"""Images/s of the ResNet-50 feature extractor (convrec_dagster.images), end to end and model only.
+"""Images/s of the ResNet-50 feature extractor (convrec_dagster.data.images), end to end and model only.
 
     python -m benchmarks.images --device cpu --n-images 64 --image-size 64 \
         --out benchmarks/results/images.json
@@ -59,7 +59,7 @@ def model_only(device: str, precision: str, channels_last: bool, size: int, batc
     """Forward passes on a fixed batch already on the device: images/s of the network alone."""
     import torch
 
-    from convrec_dagster.images import build_feature_model, embed_batch
+    from convrec_dagster.data.images import build_feature_model, embed_batch
 
     model = build_feature_model(None).model.to(device)
     if channels_last:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(args.threads)
 
-    from convrec_dagster.images import compute_image_features, locate_images
+    from convrec_dagster.data.images import compute_image_features, locate_images
 
     cuda = args.device.startswith("cuda")
     # (precision, channels_last, is the pipeline's own path -> also measured end to end)

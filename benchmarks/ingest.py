@@ -3,7 +3,7 @@
     python -m benchmarks.ingest --reviews 1000000 --out benchmarks/results/ingest.json
 
 Writes a generated Amazon-2014-format dump (gzip) to a temporary folder, then times the same
-helpers the `reviews` / `items` assets use (``convrec_dagster.rawdata``) on a DuckDB database:
+helpers the `reviews` / `items` assets use (``convrec_dagster.data.rawdata``) on a DuckDB database:
 
 - ``reviews_fast``: a clean strict-JSON review file (DuckDB's reader + JSON functions);
 - ``reviews_fallback``: the same file with one malformed line, which sends it down the exact
@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from convrec_dagster import rawdata
+from convrec_dagster.data import rawdata
 
 WORDS = ("great works nice smell value price love broke returning gentle daily fresh skin hair "
          "soft bottle pump smaller bigger expected quality would buy again recommend").split()

@@ -82,7 +82,7 @@ def run_once(executor: str, keep: Path | None) -> dict:
             steps = step_durations(instance, run_id)
         import duckdb
 
-        from convrec_dagster import settings
+        from convrec_dagster.data import settings
 
         with duckdb.connect(str(settings.duckdb_path(home)), read_only=True) as conn:
             sizes = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     import duckdb
     import torch
 
-    from convrec_dagster import settings
-    from convrec_dagster.dataset import load_rec_data
+    from convrec_dagster.data import settings
+    from convrec_dagster.data.dataset import load_rec_data
     from models.registry import build_model
     from models.train import TrainConfig, train
 

@@ -24,8 +24,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from convrec_dagster import splits
-from convrec_dagster.dataset import load_rec_data
+from convrec_dagster.data import splits
+from convrec_dagster.data.dataset import load_rec_data
 
 MIN_PER_USER = 5
 

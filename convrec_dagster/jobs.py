@@ -34,7 +34,7 @@ _duckdb_tag_key, _duckdb_tag_value = next(iter(DUCKDB_TAGS.items()))
 # The forkserver skips a module that fails to import, so a renamed Dagster internal costs only time.
 PRELOAD_MODULES = [
     "dagster", "torch", "torchvision", "matplotlib.pyplot",
-    "convrec_dagster.definitions", "convrec_dagster.dataset", "models.registry", "models.train", "models.evaluate",
+    "convrec_dagster.definitions", "convrec_dagster.data.dataset", "models.registry", "models.train", "models.evaluate",
     "dagster._core.instance.factory", "dagster._core.storage.sqlite_storage", "dagster._core.storage.root",
     "dagster._core.secrets.loader", "dagster._daemon",
 ]  # fmt: skip

@@ -10,7 +10,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
-from convrec_dagster import settings
+from convrec_dagster.data import settings
 
 # Concurrency. DuckDB allows one writing process per file, and a reader cannot open the file while
 # another process writes it, so every step that touches DuckDB carries DUCKDB_TAGS (limited to one
@@ -118,7 +118,7 @@ class ConvRecPaths(dg.ConfigurableResource):
         from_env = settings.raw_dir_from_env()
         if from_env is not None:
             return from_env
-        from convrec_dagster.sample_dump import ensure_sample_dump
+        from convrec_dagster.data.sample_dump import ensure_sample_dump
 
         return ensure_sample_dump(settings.sample_dump_dir(self.home_path()))
 

@@ -1,6 +1,6 @@
 """The in-memory dataset every model trains and is evaluated on (pure NumPy).
 
-Built from DuckDB by ``convrec_dagster.dataset.load_rec_data``; tests build it by hand.
+Built from DuckDB by ``convrec_dagster.data.dataset.load_rec_data``; tests build it by hand.
 
 Indices: users 1..n_users and items 1..n_items (0 = padding everywhere). Each user's interactions
 are one contiguous, time-ordered slice ``items[user_ptr[u]:user_ptr[u + 1]]``. Leave-one-out:

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from assets.features import item_attributes, item_attributes_consistent
-from convrec_dagster import settings
-from convrec_dagster.attributes import AttributeConfig, build_item_attributes
+from convrec_dagster.data import settings
+from convrec_dagster.data.attributes import AttributeConfig, build_item_attributes
 from tests.conftest import shared_data
 
 ITEMS = pd.DataFrame(

@@ -8,8 +8,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from convrec_dagster import settings, splits
-from convrec_dagster.dataset import load_rec_data
+from convrec_dagster.data import settings, splits
+from convrec_dagster.data.dataset import load_rec_data
 from tests.conftest import shared_data
 
 # (user_id, item_id, ts, position): u1 and u3 are evaluated, u2 only trains.
@@ -204,7 +204,7 @@ def test_video_benchmark_splits(conn):
 def test_parquet_handoff_loads_the_same_dataset_without_the_duckdb_file(conn, tmp_path):
     """export_parquet writes every table load_rec_data reads; loading from the Parquet folder gives
     the same arrays (same fingerprint) as loading from DuckDB, with no DuckDB file involved."""
-    from convrec_dagster.dataset import export_parquet, load_rec_data_from_parquet
+    from convrec_dagster.data.dataset import export_parquet, load_rec_data_from_parquet
 
     build(conn)
     write_features(conn)

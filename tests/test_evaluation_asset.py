@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from assets import evaluation as ev
-from convrec_dagster import settings
+from convrec_dagster.data import settings
 from convrec_dagster.definitions import ASSET_MODULES
 from convrec_dagster.resources import build_resources
 

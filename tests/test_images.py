@@ -17,8 +17,8 @@ import torchvision
 from PIL import Image
 
 from assets.features import item_image_features, item_image_features_cover_items
-from convrec_dagster import settings
-from convrec_dagster.images import (
+from convrec_dagster.data import settings
+from convrec_dagster.data.images import (
     FEATURE_DIM,
     build_feature_model,
     compute_image_features,

@@ -18,8 +18,8 @@ from assets.ingest import (
     reviews,
     reviews_have_ids,
 )
-from convrec_dagster import rawdata
-from convrec_dagster.sample_dump import read_marker
+from convrec_dagster.data import rawdata
+from convrec_dagster.data.sample_dump import read_marker
 from tests.conftest import shared_data
 
 ALL = [reviews, items, interactions]  # each runs its own checks

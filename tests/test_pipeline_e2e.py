@@ -14,7 +14,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from convrec_dagster import settings
+from convrec_dagster.data import settings
 from convrec_dagster.resources import DUCKDB_TAGS
 
 pytestmark = pytest.mark.slow

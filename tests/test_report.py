@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from convrec_dagster import report as R
+from convrec_dagster.data import report as R
 from models.metrics import grouped_summary
 
 GAMES_SIZE = {"users": 31_013, "items": 23_715, "interactions": 287_107}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from convrec_dagster.sample_dump import (
+from convrec_dagster.data.sample_dump import (
     MARKER_FILENAME,
     SampleDumpConfig,
     build_catalog,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from assets.splits import SPLITS_CHECKS, eval_negatives, proxy_ids, sequences
-from convrec_dagster import settings, splits
+from convrec_dagster.data import settings, splits
 
 
 def _ts(y: int, m: int, d: int) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from assets import features, ingest, splits, training
-from convrec_dagster import settings
+from convrec_dagster.data import settings
 from models.synthetic import chain_data
 
 UPSTREAM = dg.load_assets_from_modules([ingest, features, splits])

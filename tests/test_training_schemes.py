@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from convrec_dagster.budgets import budget_settings, resolve_budget, resolve_loss
+from models.budgets import budget_settings, resolve_budget, resolve_loss
 from models.batching import NegativeSampler, all_cuts, training_users
 from models.popularity import Popularity
 from models.registry import build_model

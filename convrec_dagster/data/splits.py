@@ -30,7 +30,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from convrec_dagster.duckdb_utils import table_exists
+from convrec_dagster.data.store import table_exists
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 MIN_EVAL_INTERACTIONS = 3  # fewer: the user only trains

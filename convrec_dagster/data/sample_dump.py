@@ -20,7 +20,7 @@ sub-category on a fixed category transition matrix (shampoo -> conditioner -> st
 Realistic defects: a few items without metadata, duplicate metadata lines (the first one wins), one
 malformed review line, one malformed metadata line, one corrupt JPEG and two items without a picture.
 
-CLI: ``python -m convrec_dagster.sample_dump OUT_DIR [--users N --items N --seed S]``.
+CLI: ``python -m convrec_dagster.data.sample_dump OUT_DIR [--users N --items N --seed S]``.
 """
 
 from __future__ import annotations
@@ -498,7 +498,7 @@ def ensure_sample_dump(out_dir: Path, config: SampleDumpConfig | None = None) ->
 def main(argv: list[str] | None = None) -> int:
     defaults = SampleDumpConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m convrec_dagster.sample_dump",
+        prog="python -m convrec_dagster.data.sample_dump",
         description="Write the embedded Amazon-2014-format sample dump (reviews_Sample.json.gz, "
                     "meta_Sample.json.gz, images/<ASIN>.jpg). Deterministic: the same sizes and "
                     "seed give byte-identical files. Point CONVREC_RAW_DIR at OUT_DIR to ingest it.",

@@ -1,7 +1,7 @@
 """DuckDB tables -> ``models.data.RecData`` (pure, no Dagster; vectorised NumPy / Arrow).
 
 Reads ``user_index``, ``item_index``, ``sequences``, ``eval_negatives`` and ``proxy_ids`` (from
-``convrec_dagster.splits``) and, when asked for and present, ``attribute_vocab`` /
+``convrec_dagster.data.splits``) and, when asked for and present, ``attribute_vocab`` /
 ``item_attributes`` and ``item_image_features``. Item features are indexed by ``item_idx`` (row 0 is
 padding). ``features``:
 
@@ -22,7 +22,7 @@ from typing import Literal
 import duckdb
 import numpy as np
 
-from convrec_dagster.splits import table_exists
+from convrec_dagster.data.splits import table_exists
 from models.data import N_CONTEXT, RecData
 
 Features = Literal["auto", "attributes", "image", "both", "none"]
