@@ -18,7 +18,7 @@ from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.data.attributes import AttributeConfig, build_item_attributes
 from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
+from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
 from convrec_dagster.data.store import QUARANTINE_DDL
 from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.data.images import FEATURE_DIM, compute_image_features, locate_images

@@ -18,7 +18,7 @@ import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from models.budgets import MAX_LEN_CHOICES, auto_max_len, budget_settings, resolve_budget, resolve_loss
-from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
+from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 
 GROUP = "training"
