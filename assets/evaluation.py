@@ -22,17 +22,17 @@ import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from convrec_dagster.checks import blocking_checks, failures, run_checks
 from convrec_dagster.data import report as report_lib
 from convrec_dagster.data import settings
-from convrec_dagster.checks import blocking_checks, run_checks
+from convrec_dagster.data.store import require_tables
 from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
-from models.metrics import DEFAULT_KS, grouped_summary
+from models.metrics import DEFAULT_KS, PROTOCOLS, SPLITS, grouped_summary
+from models.registry import MODELS
 
-TRAINING_ASSETS = ["popularity_model", "sasrec_model", "convrec_attention_model", "convrec_model"]
+TRAINING_ASSETS = [m.asset_name for m in MODELS]
 SPLIT_TABLES = ["sequences", "eval_negatives", "proxy_ids", "user_index", "item_index"]
-PROTOCOLS = ("sampled_100", "full")
-SPLITS = ("test", "valid")
 
 METRICS_DDL = """
 CREATE TABLE IF NOT EXISTS evaluation_metrics (
@@ -57,12 +57,6 @@ def _json_ready(info: dict) -> dict:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _require_tables(conn, *names: str, hint: str) -> None:
-    missing = [n for n in names if not _table_exists(conn, n)]
-    if missing:
-        raise dg.Failure(f"DuckDB table(s) {', '.join(f'`{n}`' for n in missing)} missing. {hint}")
 
 
 def _model_dir(paths: ConvRecPaths, name: str) -> Path:
@@ -117,7 +111,8 @@ class DataCache:
 
         if features not in self.loaded:
             with self.duckdb.get_connection() as conn:
-                _require_tables(conn, *SPLIT_TABLES, hint="Materialize the splits assets first.")
+                with failures():
+                    require_tables(conn, *SPLIT_TABLES, hint="Materialize the splits assets first.")
                 self.loaded[features] = load_rec_data(conn, features=features)
         return self.loaded[features]
 
@@ -431,7 +426,8 @@ def evaluation_report(
     image_metadata = _latest_metadata(context, "item_image_features")
     dataset_name = "embedded sample" if paths.is_embedded_sample() else paths.raw_path().name
     with duckdb.get_connection() as conn:
-        _require_tables(conn, "evaluation_metrics", hint="Materialize `evaluation_metrics` first.")
+        with failures():
+            require_tables(conn, "evaluation_metrics", hint="Materialize `evaluation_metrics` first.")
         rows = _read_metric_rows(conn)
         summary = data_summary(conn, image_metadata, metrics_metadata, dataset_name)
     if not rows:

@@ -7,7 +7,6 @@ training config choice. The work happens in ``convrec_dagster.data.attributes`` 
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -16,13 +15,13 @@ import pandas as pd
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
+from convrec_dagster.checks import blocking_checks, failures, run_checks
 from convrec_dagster.data.attributes import AttributeConfig, build_item_attributes
-from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
-from convrec_dagster.data.store import QUARANTINE_DDL
-from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.data.images import FEATURE_DIM, compute_image_features, locate_images
+from convrec_dagster.data.store import replace_quarantine, require_tables
+from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
+from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
 
 IMAGE_STAGE = "item_image_features"
 SAMPLE_IMAGE_SIZE = 64  # the embedded sample ships 64x64 images and must run in about a minute
@@ -30,12 +29,9 @@ REAL_IMAGE_SIZE = 224
 _WRITE_CHUNK = 20_000
 
 def _require_tables(conn, *names: str) -> None:
-    for name in names:
-        if not _table_exists(conn, name):
-            raise dg.Failure(
-                f"DuckDB table `{name}` does not exist. Materialize the ingest assets first "
-                "(e.g. `dagster asset materialize --select +item_attributes`)."
-            )
+    with failures():
+        require_tables(conn, *names, hint="Materialize the ingest assets first "
+                       "(e.g. `dagster asset materialize --select +item_attributes`).")
 
 
 def _interaction_items(conn) -> list[str]:
@@ -305,10 +301,8 @@ def item_image_features(
             "the dump has no local images for any item: every row gets has_image = false and a "
             f"zero vector ({counts['remote']:,} remote image URLs were not fetched)"
         )
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
     quarantine = pd.DataFrame(
         {
-            "stage": IMAGE_STAGE,
             "source_file": [path for _, path, _ in result.corrupt],
             "line_no": pd.array([None] * len(result.corrupt), dtype="Int64"),
             "reason": [reason for _, _, reason in result.corrupt],
@@ -316,7 +310,6 @@ def item_image_features(
                 json.dumps({"item_id": item_id, "image_path": path})
                 for item_id, path, _ in result.corrupt
             ],
-            "quarantined_at": [now] * len(result.corrupt),
         }
     )
     for item_id, path, reason in result.corrupt:
@@ -349,15 +342,7 @@ def item_image_features(
                 }
             )
             conn.execute("INSERT INTO item_image_features SELECT * FROM chunk")
-        conn.execute(QUARANTINE_DDL)
-        conn.execute("DELETE FROM quarantine WHERE stage = ?", [IMAGE_STAGE])
-        if len(quarantine):
-            conn.register("quarantine_rows", quarantine)
-            conn.execute(
-                "INSERT INTO quarantine SELECT stage, source_file, line_no, reason, raw, "
-                "quarantined_at FROM quarantine_rows"
-            )
-            conn.unregister("quarantine_rows")
+        replace_quarantine(conn, IMAGE_STAGE, frame=quarantine, order_by="")
         conn.execute("COMMIT")
         check_results = run_checks([item_image_features_cover_items], conn)
 

@@ -7,10 +7,8 @@ de-duplicated, time-ordered, k-interaction-filtered history per user.
 """
 
 
-import base64
 import contextlib
 import datetime as dt
-import io
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,11 +17,12 @@ from typing import Literal
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from convrec_dagster.checks import blocking_checks, failures, run_checks
 from convrec_dagster.data import rawdata
-from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.data.store import QUARANTINE_DDL
-from convrec_dagster.data.store import table_exists as _table_exists
+from convrec_dagster.data.plots import length_histogram_markdown
 from convrec_dagster.data.rawdata import FileFormat, FileStats, RawDataError
+from convrec_dagster.data.store import replace_quarantine, require_tables, transaction
+from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "ingest"
@@ -123,13 +122,6 @@ def _check_shares(conn, stage: str, stats: list[FileStats], max_share: float) ->
                   "quarantined_by_reason": dict(s.quarantined),
                   "other_files_over_threshold": [b.file for b in bad[1:]]},
     )
-
-
-def _write_quarantine(conn, stage: str) -> None:
-    conn.execute(QUARANTINE_DDL)
-    conn.execute("DELETE FROM quarantine WHERE stage = ?", [stage])
-    conn.execute("INSERT INTO quarantine SELECT ?, source_file, line_no, reason, raw, now()::TIMESTAMP "
-                 "FROM _stage_quarantine ORDER BY source_file, line_no", [stage])
 
 
 def _iso(ts: int | None) -> str | None:
@@ -239,9 +231,8 @@ def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: Du
             rate = s.lines / s.seconds if s.seconds else 0.0
             context.log.info(f"{s.file}: {s.lines:,} lines, {s.kept:,} kept, {s.n_quarantined:,} "
                              f"quarantined {dict(s.quarantined)} ({rate:,.0f} lines/s, {s.parser})")
-        conn.execute("BEGIN TRANSACTION")
-        _write_quarantine(conn, "reviews")
-        conn.execute("COMMIT")
+        with transaction(conn):
+            replace_quarantine(conn, "reviews", "_stage_quarantine")
         _check_shares(conn, "reviews", stats, config.max_quarantine_share)
         n_kept = sum(s.kept for s in stats)
         if n_kept == 0:
@@ -311,9 +302,8 @@ def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDB
             stats.append(s)
             context.log.info(f"{s.file}: {s.lines:,} records, {s.kept:,} kept, {s.n_quarantined:,} "
                              f"quarantined {dict(s.quarantined)} ({s.parser}, {s.seconds:.2f} s)")
-        conn.execute("BEGIN TRANSACTION")
-        _write_quarantine(conn, "items")
-        conn.execute("COMMIT")
+        with transaction(conn):
+            replace_quarantine(conn, "items", "_stage_quarantine")
         _check_shares(conn, "items", stats, config.max_quarantine_share)
         image_rows = [(k, str(v)) for k, v in images.items()] if config.prefer_local_images else []
         conn.execute("CREATE OR REPLACE TEMP TABLE _local_images(item_id VARCHAR, path VARCHAR)")
@@ -377,24 +367,6 @@ def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDB
     }, check_results=check_results)
 
 
-def _histogram_md(lengths: list[int]) -> dg.MetadataValue:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=90)
-    ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#4c72b0")
-    ax.set_xlabel("interactions per user")
-    ax.set_ylabel("users")
-    ax.set_title("history lengths after filtering")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return dg.MetadataValue.md(f"![plot](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
-
-
 @dg.asset(deps=[reviews, items], group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS,
           check_specs=blocking_checks("interactions", interactions_ordered_histories))
 def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
@@ -406,9 +378,8 @@ def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
     files are already filtered and kept whole unless configured otherwise."""
     k = config.min_interactions
     with duckdb.get_connection() as conn, contextlib.closing(conn):
-        if not _table_exists(conn, "reviews"):
-            raise dg.Failure("Table `reviews` does not exist. What to do: materialize `reviews` first "
-                             "(e.g. select `reviews+`).")
+        with failures():
+            require_tables(conn, "reviews", hint="materialize `reviews` first (e.g. select `reviews+`).")
         n_reviews = conn.execute("SELECT count(*) FROM reviews").fetchall()[0][0]
         duplicates = rawdata.dedupe_reviews(conn, "reviews")
         before = rawdata.table_counts(conn, "_dedup")
@@ -473,6 +444,7 @@ def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
                            "mean": round(sum(lengths) / len(lengths), 2), "max": lengths[-1]},
         "density": round(kept.interactions / max(1, kept.users * kept.items), 6),
         "items_without_metadata": -1 if no_meta is None else no_meta,
-        "history_lengths": _histogram_md(lengths),
+        "history_lengths": dg.MetadataValue.md(
+            length_histogram_markdown(lengths, 40, "history lengths after filtering", log_tail=False)),
         "dagster/row_count": kept.interactions,
     }, check_results=check_results)

@@ -5,15 +5,13 @@ guard training (leakage, split sizes, negatives, proxy counts) are blocking: a f
 before any model sees the data.
 """
 
-import base64
-import io
 
 import dagster as dg
-import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster.data import splits
 from convrec_dagster.checks import blocking_checks, run_checks
+from convrec_dagster.data import splits
+from convrec_dagster.data.plots import length_histogram_markdown
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "splits"
@@ -45,29 +43,6 @@ class ProxyIdsConfig(dg.Config):
     top_k: int | None = None
     top_fraction: float | None = None
     min_count: int = 1
-
-
-def _length_histogram_md(lengths: np.ndarray, bins: int) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=90)
-    hi = max(int(lengths.max()), 1)
-    edges = np.unique(np.geomspace(1, hi + 1, num=bins + 1).round()) if hi > bins else np.arange(1, hi + 2)
-    ax.hist(lengths, bins=edges, color="#4C72B0")
-    if hi > bins:  # long tail: log axes
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlabel("interactions per user")
-    ax.set_ylabel("users")
-    ax.set_title(f"Sequence lengths ({len(lengths):,} users)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return f"![sequence lengths](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
 def _check_result(outcome: splits.CheckOutcome) -> dg.AssetCheckResult:
@@ -139,7 +114,8 @@ def sequences(context: dg.AssetExecutionContext, config: SequencesConfig, duckdb
     )
     metadata = {k: v for k, v in summary.items() if k != "has_timestamps"}
     metadata["time_context_available"] = summary["has_timestamps"]
-    metadata["sequence_length_histogram"] = dg.MetadataValue.md(_length_histogram_md(lengths, config.histogram_bins))
+    metadata["sequence_length_histogram"] = dg.MetadataValue.md(
+        length_histogram_markdown(lengths, config.histogram_bins, f"Sequence lengths ({len(lengths):,} users)"))
     metadata["dagster/row_count"] = summary["interactions"]
     return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 

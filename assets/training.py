@@ -8,8 +8,6 @@ pool (size 1), so two runs never fight over one device.
 """
 
 
-import base64
-import io
 import time
 from typing import Literal
 
@@ -17,9 +15,12 @@ import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from models.budgets import MAX_LEN_CHOICES, auto_max_len, budget_settings, resolve_budget, resolve_loss
-from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
+from convrec_dagster.data.plots import training_curves_markdown
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
+from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
+from models.budgets import MAX_LEN_CHOICES, auto_max_len, budget_settings, resolve_budget, resolve_loss
+from models.data import FeatureChoice
+from models.registry import MODELS, ModelSpec, spec
 
 GROUP = "training"
 ENCODER_DEPS = ["sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"]
@@ -48,7 +49,7 @@ class TrainingConfig(dg.Config):
 
     budget: Literal["auto", "cpu", "paper", "sample"] = "auto"
     dataset: Literal["auto", "beauty", "games", "fashion", "men"] = "auto"
-    features: Literal["auto", "attributes", "image", "both", "none"] = "auto"
+    features: FeatureChoice = "auto"
     d: int | None = None
     hidden: int | None = None
     max_len: int | None = None  # 0: chosen from the data (models.budgets.auto_max_len)
@@ -107,33 +108,6 @@ def resolve_settings(config: TrainingConfig, paths: ConvRecPaths, model: str, cu
     return budget, dataset, settings
 
 
-def curve_markdown(history: list[dict], title: str) -> str:
-    """Training loss and validation NDCG@10 per epoch as a base64 PNG in markdown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=90)
-    losses = [h["loss"] for h in history]
-    if any(v is not None for v in losses):
-        ax.plot(epochs, losses, color="tab:blue", marker=".", label="train loss")
-        ax.set_ylabel("train loss", color="tab:blue")
-    other = ax.twinx()
-    other.plot(epochs, [h["valid_NDCG@10"] for h in history], color="tab:orange", marker=".", label="valid NDCG@10")
-    other.plot(epochs, [h["valid_HR@10"] for h in history], color="tab:green", marker=".", label="valid HR@10")
-    other.set_ylabel("validation metric")
-    other.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("epoch")
-    ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
-
-
 def train_model_asset(
     name: str,
     context: dg.AssetExecutionContext,
@@ -155,7 +129,7 @@ def train_model_asset(
         torch.set_num_threads(int(s["num_threads"]))
     try:
         with duckdb.get_connection() as conn:
-            data = load_rec_data(conn, features=s["features"] if name in ("convrec", "convrec_attention") else "none")
+            data = load_rec_data(conn, features=s["features"] if spec(name).item_features else "none")
         context.log.info(
             f"{name}: {data.n_users} users, {data.n_items} items, {len(data.items)} interactions, "
             f"features {data.info.get('features')}, time context {data.has_context}; budget {budget}"
@@ -166,7 +140,7 @@ def train_model_asset(
             s["max_len"] = auto_max_len(lengths)
             context.log.info(f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
                              f"histories fit; choices {MAX_LEN_CHOICES})")
-        row_dependent = name in ("convrec", "convrec_attention") and data.has_context
+        row_dependent = spec(name).item_features and data.has_context
         loss, s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
         if loss != s["loss"]:
             context.log.info(f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "
@@ -176,7 +150,7 @@ def train_model_asset(
                          f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
                          + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else ""))
         hparams = model_kwargs(name, s)
-        if name in ("convrec", "convrec_attention"):
+        if spec(name).item_features:
             hparams["features"] = s["features"]
         train_config = TrainConfig(**{k: s[k] for k in TrainConfig.__dataclass_fields__ if k in s and k != "eval_batch_size"})
         device, precision = torch_device.torch_device, torch_device.effective_precision()
@@ -229,7 +203,7 @@ def train_model_asset(
         "data_fingerprint": str(data.info.get("fingerprint", "")),
         "data_features": str(data.info.get("features", "")),
         "checkpoint": dg.MetadataValue.path(str(out_dir / "best.pt")),
-        "curves": dg.MetadataValue.md(curve_markdown(result.history, f"{name}: training curves")),
+        "curves": dg.MetadataValue.md(training_curves_markdown(result.history, f"{name}: training curves")),
     }
     context.log.info(
         f"{name}: best epoch {result.best_epoch}, valid NDCG@10 {result.best_metrics['NDCG@10']:.4f}, "
@@ -238,16 +212,18 @@ def train_model_asset(
     return dg.MaterializeResult(metadata=metadata)
 
 
-def _training_asset(name: str, deps: list[str], description: str):
+def _training_asset(model: ModelSpec) -> dg.AssetsDefinition:
+    name = model.name
+
     @dg.asset(
-        name=f"{name}_model",
+        name=model.asset_name,
         group_name=GROUP,
         kinds={"pytorch"},
-        deps=deps,
+        deps=ENCODER_DEPS if model.item_features else SPLIT_DEPS,
         pool=GPU_POOL,
         op_tags=DUCKDB_TAGS,
         retry_policy=TRANSIENT_RETRY_POLICY,  # e.g. CUDA OOM while another process holds the device; resumes
-        description=description,
+        description=model.description,
     )
     def _asset(
         context: dg.AssetExecutionContext,
@@ -261,21 +237,7 @@ def _training_asset(name: str, deps: list[str], description: str):
     return _asset
 
 
-popularity_model = _training_asset(
-    "popularity", SPLIT_DEPS,
-    "Popularity baseline: items ranked by training interactions. Nothing to learn; evaluated once.",
-)
-sasrec_model = _training_asset(
-    "sasrec", SPLIT_DEPS,
-    "SASRec baseline: causal self-attention over item-ID embeddings, trained like ConvRec.",
-)
-convrec_attention_model = _training_asset(
-    "convrec_attention", ENCODER_DEPS,
-    "ConvRec's attention counterpart: ConvRec's item encoder with a Transformer encoder instead of the "
-    "convolution stack, isolating convolution versus attention.",
-)
-convrec_model = _training_asset(
-    "convrec", ENCODER_DEPS,
-    "ConvRec (IJCAI-ECAI 2026): attribute-aware item encoder and convolution down-scaling, trained with "
-    "early stopping on validation NDCG@10; best and resumable checkpoints under artifacts/models/convrec.",
-)
+# One asset per model of models.registry.MODELS: popularity_model, sasrec_model, convrec_attention_model,
+# convrec_model (module attributes, so that load_assets_from_modules finds them).
+TRAINING_ASSETS: dict[str, dg.AssetsDefinition] = {m.name: _training_asset(m) for m in MODELS}
+globals().update({m.asset_name: TRAINING_ASSETS[m.name] for m in MODELS})

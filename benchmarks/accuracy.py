@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, write_json
+from models.registry import MODELS as REGISTRY
 
 DATASETS = {
     "video": {"dir": REPO_ROOT.parent / "shared" / "data" / "benchmarks" / "sasrec_video", "paper_dataset": "games",
@@ -81,8 +82,8 @@ TARGETS = {
                ("convrec", "sampled_100", "NDCG@10", 0.338)],
 }
 TRAINING_MINUTES_TARGET = 60.0
-TRAINING_ASSETS = ("popularity_model", "sasrec_model", "convrec_attention_model", "convrec_model")
-MODELS = tuple(a.removesuffix("_model") for a in TRAINING_ASSETS)
+TRAINING_ASSETS = tuple(m.asset_name for m in REGISTRY)
+MODELS = tuple(m.name for m in REGISTRY)
 
 
 def run_config(dataset: str, budget: str, max_epochs: int | None = None, lr: float | None = None,

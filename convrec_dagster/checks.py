@@ -18,9 +18,12 @@ Tests call the check functions directly on hand-made tables.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import dagster as dg
+
+from convrec_dagster.data.store import DataError
 
 CheckFn = Callable[..., dg.AssetCheckResult]
 
@@ -35,3 +38,12 @@ def run_checks(checks: list[CheckFn], *args, **kwargs) -> list[dg.AssetCheckResu
     """Each check called with the same arguments, its result named after the function."""
     return [fn(*args, **kwargs)._replace(check_name=fn.__name__) for fn in checks]
 
+
+
+@contextmanager
+def failures() -> Iterator[None]:
+    """Inside the block, a data-layer ``DataError`` becomes ``dg.Failure`` with its message and metadata."""
+    try:
+        yield
+    except DataError as err:
+        raise dg.Failure(description=str(err), metadata=err.metadata, allow_retries=err.retry) from err

@@ -24,9 +24,7 @@ from torch import nn
 
 from models.base import LossName, SequentialRecommender, dot_scores
 from models.batching import Batch
-from models.data import N_CONTEXT, RecData
-
-FEATURE_CHOICES = ("auto", "attributes", "image", "both", "none")
+from models.data import FEATURE_CHOICES, N_CONTEXT, RecData
 
 
 def resolve_features(data: RecData, features: str) -> tuple[bool, bool]:

@@ -11,8 +11,13 @@ validation target, and the rest is training; other users only train.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
+
+# Which item features a model reads: ``auto`` (whatever the dataset has), attributes, image, both, none.
+FeatureChoice = Literal["auto", "attributes", "image", "both", "none"]
+FEATURE_CHOICES: tuple[str, ...] = get_args(FeatureChoice)
 
 N_CONTEXT = 6  # year (min-max scaled), month/12, day/31, day-of-week/7, day-of-year/365, week/53
 

@@ -19,6 +19,9 @@ from typing import Literal
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20)
+# The evaluation protocols (models.evaluate.rank_eval_users) and the evaluated splits, in report order.
+PROTOCOLS = ("sampled_100", "full")
+SPLITS = ("test", "valid")
 Ties = Literal["expected", "pessimistic"]
 
 

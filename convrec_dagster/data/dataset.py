@@ -17,16 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Literal
 
 import duckdb
 import numpy as np
 
-from convrec_dagster.data.splits import table_exists
-from models.data import N_CONTEXT, RecData
+from convrec_dagster.data.store import require_tables, table_exists
+from models.data import FEATURE_CHOICES, N_CONTEXT, FeatureChoice, RecData
 
-Features = Literal["auto", "attributes", "image", "both", "none"]
-FEATURE_CHOICES = ("auto", "attributes", "image", "both", "none")
+Features = FeatureChoice
 _CONTEXT_COLS = ("t_year", "t_month", "t_day", "t_dow", "t_doy", "t_week")
 
 
@@ -35,10 +33,7 @@ def _one(conn: duckdb.DuckDBPyConnection, sql: str):
 
 
 def _require(conn: duckdb.DuckDBPyConnection, name: str, producer: str) -> None:
-    if not table_exists(conn, name):
-        raise ValueError(
-            f"DuckDB table `{name}` is missing: materialize the `{producer}` asset before loading the dataset."
-        )
+    require_tables(conn, name, hint=f"materialize the `{producer}` asset before loading the dataset.")
 
 
 def fingerprint(arrays: dict[str, np.ndarray | None]) -> str:

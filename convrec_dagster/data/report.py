@@ -12,35 +12,26 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
 
-MODEL_ORDER = ("popularity", "sasrec", "convrec_attention", "convrec")
-MODEL_LABELS = {
-    "popularity": "Popularity",
-    "sasrec": "SASRec",
-    "convrec_attention": "ConvRec-Attention",
-    "convrec": "ConvRec",
-}
-PROTOCOLS = ("sampled_100", "full")
+from convrec_dagster.data import plots
+from models.metrics import PROTOCOLS
+from models.registry import MODELS
+
+MODEL_ORDER = tuple(m.name for m in MODELS)
+MODEL_LABELS = {m.name: m.label for m in MODELS}
+MODEL_COLORS = {m.name: m.color for m in MODELS}
 PROTOCOL_TITLES = {
     "sampled_100": "sampled_100: the positive against its 100 stored negatives (the paper's protocol)",
     "full": "full: the positive against every item, the user's history masked",
 }
-SPLITS = ("test", "valid")
 USER_GROUPS = ("all", "top20_longest", "bottom80")
 GROUP_LABELS = {"all": "all users", "top20_longest": "top 20 % longest histories", "bottom80": "other 80 %"}
 METRIC_COLUMNS = ("HR@1", "HR@5", "HR@10", "HR@20", "NDCG@1", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
 HEADLINE = (("sampled_100", "HR@10"), ("sampled_100", "NDCG@10"), ("full", "HR@10"), ("full", "NDCG@10"))
-MODEL_COLORS = {
-    "popularity": "#9e9e9e",
-    "sasrec": "#4c78a8",
-    "convrec_attention": "#72b7b2",
-    "convrec": "#e45756",
-}
 NOTES = (
     "Leave-one-out: each user's last interaction is the test target, the one before it the validation "
     "target. Users with fewer than 3 interactions only train.",
@@ -93,7 +84,7 @@ def _published() -> list[dict[str, Any]]:
 
 
 PUBLISHED = _published()
-PAPER_MODEL_FOR = {"sasrec": "SASRec", "convrec": "ConvRec"}  # our model -> the paper's row of it
+PAPER_MODEL_FOR = {m.name: m.paper_name for m in MODELS if m.paper_name}  # our model -> the paper's row of it
 
 
 def match_paper_dataset(
@@ -362,19 +353,10 @@ def _group_table(rows: list[dict], columns: list[list[str]]) -> dict[str, Any]:
 
 
 def _figure(width: float, height: float, ncols: int, nrows: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
-    return fig, axes
+    return plots.figure(width, height, ncols, nrows, dpi=100, layout="constrained")
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+_png = plots.png
 
 
 def _style(ax, title: str, xlabel: str, ylabel: str) -> None:

@@ -30,7 +30,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from convrec_dagster.data.store import table_exists
+from convrec_dagster.data.store import require_tables, table_exists
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 MIN_EVAL_INTERACTIONS = 3  # fewer: the user only trains
@@ -52,8 +52,7 @@ class CheckOutcome:
 
 
 def _require(conn: duckdb.DuckDBPyConnection, name: str, producer: str) -> None:
-    if not table_exists(conn, name):
-        raise ValueError(f"DuckDB table `{name}` is missing: materialize the `{producer}` asset first.")
+    require_tables(conn, name, hint=f"materialize the `{producer}` asset first.")
 
 
 def _validate_interactions(conn: duckdb.DuckDBPyConnection) -> None:
