@@ -16,8 +16,8 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.checks import blocking_checks, failures, run_checks
-from convrec_dagster.data.attributes import AttributeConfig, build_item_attributes
-from convrec_dagster.data.images import FEATURE_DIM, compute_image_features, locate_images
+from convrec_dagster.data.attributes import AttributeConfig, build_item_attributes, item_attributes_consistent
+from convrec_dagster.data.images import item_image_features_cover_items, FEATURE_DIM, compute_image_features, locate_images
 from convrec_dagster.data.store import replace_quarantine, require_tables
 from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
@@ -48,52 +48,6 @@ class ItemAttributesConfig(dg.Config):
     use_brand: bool = True
     use_categories: bool = True
     use_raw_attributes: bool = True
-
-
-def _item_coverage(conn, table: str) -> tuple[int, int]:
-    """(items of `interactions` without a row in ``table``, distinct items of ``table`` not in it)."""
-    return conn.execute(
-        f"SELECT (SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
-        f"        ANTI JOIN {table} t USING (item_id)), "
-        f"       (SELECT count(DISTINCT item_id) FROM {table} t "
-        f"        ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id))"
-    ).fetchall()[0]
-
-
-def item_attributes_consistent(conn) -> dg.AssetCheckResult:
-    """Every item in `interactions` has at least one attribute row, only those items have rows,
-    every attribute id exists in `attribute_vocab` (ids 1..V, unique) and vocab counts match."""
-    uncovered, extra = _item_coverage(conn, "item_attributes")
-    unknown_ids = conn.execute(
-        "SELECT count(*) FROM item_attributes a ANTI JOIN attribute_vocab v USING (attribute_id)"
-    ).fetchone()[0]
-    n_vocab, n_distinct, lo, hi = conn.execute(
-        "SELECT count(*), count(DISTINCT attribute_id), min(attribute_id), max(attribute_id) "
-        "FROM attribute_vocab"
-    ).fetchone()
-    count_mismatch = conn.execute(
-        "SELECT count(*) FROM attribute_vocab v LEFT JOIN (SELECT attribute_id, count(*) AS n "
-        "FROM item_attributes GROUP BY ALL) c USING (attribute_id) "
-        "WHERE coalesce(c.n, 0) <> v.item_count"
-    ).fetchone()[0]
-    duplicates = conn.execute(
-        "SELECT count(*) FROM (SELECT item_id, attribute_id FROM item_attributes GROUP BY ALL "
-        "HAVING count(*) > 1)"
-    ).fetchone()[0]
-    ids_ok = n_vocab == n_distinct and (n_vocab == 0 or (lo == 1 and hi == n_vocab))
-    passed = uncovered == 0 and extra == 0 and unknown_ids == 0 and ids_ok and count_mismatch == 0
-    passed = passed and duplicates == 0
-    return dg.AssetCheckResult(
-        passed=bool(passed),
-        metadata={
-            "items_without_attributes": int(uncovered),
-            "items_not_in_interactions": int(extra),
-            "rows_with_unknown_attribute_id": int(unknown_ids),
-            "vocab_ids_are_1_to_V": bool(ids_ok),
-            "vocab_count_mismatches": int(count_mismatch),
-            "duplicate_rows": int(duplicates),
-        },
-    )
 
 
 @dg.asset(
@@ -191,30 +145,6 @@ class ItemImageFeaturesConfig(dg.Config):
     num_workers: int = 2
     use_cache: bool = True
     max_image_bytes: int = 20 * 2**20
-
-
-def item_image_features_cover_items(conn) -> dg.AssetCheckResult:
-    """One row per item in `interactions` (no gaps, no duplicates, no strangers); rows without an
-    image hold the zero vector and rows with one hold a non-zero vector."""
-    uncovered, extra = _item_coverage(conn, "item_image_features")
-    duplicates = conn.execute(
-        "SELECT count(*) - count(DISTINCT item_id) FROM item_image_features"
-    ).fetchone()[0]
-    bad_vectors = conn.execute(
-        "SELECT count(*) FROM (SELECT has_image, "
-        "list_max(list_transform(feature::FLOAT[], lambda x: abs(x))) AS m FROM item_image_features) "
-        "WHERE (has_image AND (m IS NULL OR m = 0)) OR (NOT has_image AND m <> 0)"
-    ).fetchone()[0]
-    passed = uncovered == 0 and extra == 0 and duplicates == 0 and bad_vectors == 0
-    return dg.AssetCheckResult(
-        passed=bool(passed),
-        metadata={
-            "items_without_row": int(uncovered),
-            "rows_not_in_interactions": int(extra),
-            "duplicate_rows": int(duplicates),
-            "rows_with_inconsistent_vector": int(bad_vectors),
-        },
-    )
 
 
 @dg.asset(

@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.checks import blocking_checks, run_checks
 from convrec_dagster.data import splits
+from convrec_dagster.data.outcome import CheckOutcome
 from convrec_dagster.data.plots import length_histogram_markdown
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
@@ -45,39 +46,35 @@ class ProxyIdsConfig(dg.Config):
     min_count: int = 1
 
 
-def _check_result(outcome: splits.CheckOutcome) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description, metadata=outcome.metadata)
-
-
 # Checks (run inside their asset's step, see convrec_dagster/checks.py); the SQL is in
 # convrec_dagster/data/splits.py.
 
 
-def sequences_no_leakage(conn) -> dg.AssetCheckResult:
+def sequences_no_leakage(conn) -> CheckOutcome:
     """No validation or test row is a training input: they are each evaluated user's last two
     positions and no training row comes after them."""
-    return _check_result(splits.check_no_leakage(conn))
+    return splits.check_no_leakage(conn)
 
 
-def sequences_split_sizes(conn) -> dg.AssetCheckResult:
+def sequences_split_sizes(conn) -> CheckOutcome:
     """train + valid + test rows add up to `interactions`; valid = test = evaluated users."""
-    return _check_result(splits.check_split_sizes(conn))
+    return splits.check_split_sizes(conn)
 
 
-def eval_negatives_disjoint_from_history(conn) -> dg.AssetCheckResult:
+def eval_negatives_disjoint_from_history(conn) -> CheckOutcome:
     """No stored negative is an item of the user's own history (train, valid or test)."""
-    return _check_result(splits.check_negatives_disjoint(conn))
+    return splits.check_negatives_disjoint(conn)
 
 
-def eval_negatives_count_per_user(conn, n_negatives: int = splits.DEFAULT_N_NEGATIVES) -> dg.AssetCheckResult:
+def eval_negatives_count_per_user(conn, n_negatives: int = splits.DEFAULT_N_NEGATIVES) -> CheckOutcome:
     """Every evaluated user has exactly `n_negatives` distinct negatives (as configured, default 100);
     train-only users have none."""
-    return _check_result(splits.check_negative_counts(conn, n_negatives))
+    return splits.check_negative_counts(conn, n_negatives)
 
 
-def proxy_ids_training_counts(conn) -> dg.AssetCheckResult:
+def proxy_ids_training_counts(conn) -> CheckOutcome:
     """Proxy counts equal a recount over training rows only, and own ids go to the top-K items."""
-    return _check_result(splits.check_proxy_counts(conn))
+    return splits.check_proxy_counts(conn)
 
 
 SEQUENCES_CHECKS = [sequences_no_leakage, sequences_split_sizes]

@@ -159,7 +159,7 @@ def train_model_asset(
         if torch_device.compile and hasattr(model, "mix"):
             model.mix = torch.compile(model.mix)
             context.log.info("torch.compile applied to the sequence mixer")
-        out_dir = paths.artifacts_path("models", name)
+        out_dir = paths.model_path(name)
 
         def on_epoch(record: dict) -> None:
             loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"

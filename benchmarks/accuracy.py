@@ -48,7 +48,7 @@ DATASETS = {
 # Published figures (quoted, not measured here): HR@10 / NDCG@10; each row names its source.
 PUBLISHED = {
     "video": {
-        "source": "CONVREC_SPEC.md section 8; ../shared/data/README.md",
+        "source": "docs/CONVREC_SPEC.md §8; ../shared/data/README.md",
         "rows": [
             {"model": "SASRec (published)", "protocol": "sampled_100", "HR@10": 0.741, "NDCG@10": 0.536,
              "source": "SASRec paper (Kang & McAuley, ICDM 2018), this Video.txt"},
@@ -61,7 +61,7 @@ PUBLISHED = {
                 "runs on item ids (proxy ids) only here",
     },
     "beauty": {
-        "source": "CONVREC_SPEC.md section 8; ../shared/data/README.md",
+        "source": "docs/CONVREC_SPEC.md §8; ../shared/data/README.md",
         "rows": [
             {"model": "SASRec (PyTorch port)", "protocol": "sampled_100", "HR@10": 0.5059, "NDCG@10": 0.3384,
              "source": "S3-Rec repository, issue 11, this Beauty.txt"},
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                     "best_epoch", "epochs_run", "best_valid_NDCG@10", "wall_time_s", "mean_epoch_time_s",
                     "parameters", "device", "peak_memory_mb", "budget", "still_improving_at_end", "hparams",
                     "train_config") if k in md}
-                history_path = home / "artifacts" / "models" / key.removesuffix("_model") / "history.json"
+                history_path = settings.model_dir(home, key.removesuffix("_model")) / "history.json"
                 if history_path.exists():
                     history = json.loads(history_path.read_text())
                     training_meta[key]["history"] = history

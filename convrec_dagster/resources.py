@@ -108,6 +108,12 @@ class ConvRecPaths(dg.ConfigurableResource):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def model_path(self, name: str) -> Path:
+        """Model ``name``'s folder (best.pt, resume.pt, history.json), created if absent."""
+        path = settings.model_dir(self.home_path(), name)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def is_embedded_sample(self) -> bool:
         return not self.raw_dir and settings.raw_dir_from_env() is None
 

@@ -177,8 +177,8 @@ def test_asset_writes_tables_and_check_guards_them(convrec_home, make_resources,
         conn.execute("DELETE FROM item_attributes WHERE item_id = 'C'")
         evaluation = item_attributes_consistent(conn)
     assert not evaluation.passed
-    assert evaluation.metadata["items_without_attributes"].value == 1
-    assert evaluation.metadata["vocab_count_mismatches"].value > 0
+    assert evaluation.metadata["items_without_attributes"] == 1
+    assert evaluation.metadata["vocab_count_mismatches"] > 0
 
 
 def test_asset_fails_clearly_without_inputs(make_resources, tmp_path):

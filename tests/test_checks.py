@@ -6,13 +6,14 @@ import dagster as dg
 import duckdb
 
 from convrec_dagster.checks import blocking_checks, run_checks
+from convrec_dagster.data.outcome import CheckOutcome, Markdown
 from convrec_dagster.definitions import build_defs
 
 
-def no_negative_values(conn) -> dg.AssetCheckResult:
+def no_negative_values(conn) -> CheckOutcome:
     """`numbers` holds no negative value."""
     bad = conn.execute("SELECT count(*) FROM numbers WHERE x < 0").fetchone()[0]
-    return dg.AssetCheckResult(passed=bad == 0, metadata={"negative_values": bad})
+    return CheckOutcome(passed=bad == 0, metadata={"negative_values": bad, "examples": Markdown("| x |")})
 
 
 def _pipeline(values: list[int], db: str):
@@ -52,6 +53,7 @@ def test_a_failing_check_keeps_the_materialization_but_blocks_downstream(tmp_pat
     assert not result.success
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["negative_values"].value == 1
+    assert isinstance(evaluation.metadata["examples"], dg.MarkdownMetadataValue)  # the adapter keeps markdown
     assert len(result.asset_materializations_for_node("numbers")) == 1  # the table is there to inspect
     assert result.asset_materializations_for_node("total") == []
 

@@ -16,6 +16,7 @@ import pytest
 
 from assets import evaluation as ev
 from convrec_dagster.data import settings
+from convrec_dagster.data.evaluation import METRICS_DDL
 from convrec_dagster.definitions import ASSET_MODULES
 from convrec_dagster.resources import build_resources
 
@@ -197,7 +198,7 @@ def test_recommendations_with_a_named_model_and_k(run):
 
 def _bad_metrics_db(value: float, ci: tuple) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect()
-    conn.execute(ev.METRICS_DDL)
+    conn.execute(METRICS_DDL)
     conn.execute(
         "INSERT INTO evaluation_metrics VALUES ('convrec', 'full', 'test', 'HR', 10, 'all', ?, ?, ?, 'r', now()::TIMESTAMP, 5)",
         [value, *ci],
@@ -216,7 +217,7 @@ def test_unit_interval_check(value, ci, passed):
 def test_coverage_check_wants_both_protocols():
     conn = _bad_metrics_db(0.5, (0.4, 0.6))  # convrec has 'full' rows only
     result = ev.evaluation_metrics_cover_trained_models(conn, ["convrec"])
-    assert not result.passed and result.metadata["missing"].value == ["convrec/sampled_100/test"]
+    assert not result.passed and result.metadata["missing"] == ["convrec/sampled_100/test"]
     assert ev.evaluation_metrics_cover_trained_models(conn, ["convrec"], protocols=["full"]).passed
     assert not ev.evaluation_metrics_cover_trained_models(conn, []).passed  # nothing trained: nothing to trust
 

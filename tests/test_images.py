@@ -231,8 +231,8 @@ def test_dump_without_images_materializes_with_all_flags_false(convrec_home, mak
         conn.execute("DELETE FROM item_image_features WHERE item_id = 'X2'")
         evaluation = item_image_features_cover_items(conn)
     assert not evaluation.passed
-    assert evaluation.metadata["rows_with_inconsistent_vector"].value == 1
-    assert evaluation.metadata["items_without_row"].value == 1
+    assert evaluation.metadata["rows_with_inconsistent_vector"] == 1
+    assert evaluation.metadata["items_without_row"] == 1
 
 
 def test_image_references_outside_the_dump_are_never_read(convrec_home, make_resources, dump, tmp_path):

@@ -83,15 +83,15 @@ def test_ingest_checks_fail_on_broken_tables():
     conn.execute("CREATE TABLE reviews AS SELECT * FROM (VALUES ('u', 'i', 1, 0), ('', 'i', 2, 1), "
                  "('u', 'j', 3, 1)) t(user_id, item_id, line_no, seq_no)")
     result = reviews_have_ids(conn)
-    assert not result.passed and result.metadata["rows_without_ids"].value == 1
-    assert result.metadata["duplicate_seq_no"].value == 1
+    assert not result.passed and result.metadata["rows_without_ids"] == 1
+    assert result.metadata["duplicate_seq_no"] == 1
     conn.execute("CREATE TABLE items AS SELECT * FROM (VALUES ('a'), ('a'), ('b')) t(item_id)")
     assert not items_unique(conn).passed
     conn.execute("CREATE TABLE interactions AS SELECT * FROM (VALUES ('u', 'a', 0, 10), ('u', 'b', 1, 5), "
                  "('v', 'a', 1, 1)) t(user_id, item_id, position, ts)")
     result = interactions_ordered_histories(conn)
     assert not result.passed
-    assert result.metadata["time_reversals"].value == 1 and result.metadata["users_with_bad_positions"].value == 1
+    assert result.metadata["time_reversals"] == 1 and result.metadata["users_with_bad_positions"] == 1
     conn.execute("DELETE FROM interactions WHERE user_id = 'v'; UPDATE interactions SET ts = position")
     assert interactions_ordered_histories(conn).passed
 

@@ -78,7 +78,7 @@ def test_training_assets_write_checkpoints_and_metadata_then_resume(prepared):
         for key in ("best_epoch", "best_valid_NDCG@10", "parameters", "device", "peak_memory_mb", "wall_time_s", "curves"):
             assert key in meta, (name, key)
         assert "data:image/png;base64," in meta["curves"].value
-        folder = paths.artifacts_path("models", name)
+        folder = paths.model_path(name)
         checkpoint = torch.load(folder / "best.pt", weights_only=True)
         assert checkpoint["model"] == name and checkpoint["extra"]["fingerprint"]
         history = json.loads((folder / "history.json").read_text())

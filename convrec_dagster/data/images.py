@@ -34,7 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
+
+from convrec_dagster.data.outcome import CheckOutcome
+from convrec_dagster.data.store import item_coverage
 
 FEATURE_DIM = 2048
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -434,3 +438,26 @@ def compute_image_features(
     if cache is not None:
         cache.save()
     return result
+
+
+def item_image_features_cover_items(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    """One row per item in `interactions` (no gaps, no duplicates, no strangers); rows without an
+    image hold the zero vector and rows with one hold a non-zero vector."""
+    uncovered, extra = item_coverage(conn, "item_image_features")
+    duplicates = conn.execute(
+        "SELECT count(*) - count(DISTINCT item_id) FROM item_image_features"
+    ).fetchone()[0]
+    bad_vectors = conn.execute(
+        "SELECT count(*) FROM (SELECT has_image, "
+        "list_max(list_transform(feature::FLOAT[], lambda x: abs(x))) AS m FROM item_image_features) "
+        "WHERE (has_image AND (m IS NULL OR m = 0)) OR (NOT has_image AND m <> 0)"
+    ).fetchone()[0]
+    passed = uncovered == 0 and extra == 0 and duplicates == 0 and bad_vectors == 0
+    return CheckOutcome(passed=bool(passed),
+        metadata={
+            "items_without_row": int(uncovered),
+            "rows_not_in_interactions": int(extra),
+            "duplicate_rows": int(duplicates),
+            "rows_with_inconsistent_vector": int(bad_vectors),
+        },
+    )

@@ -24,13 +24,13 @@ tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from convrec_dagster.data.store import require_tables, table_exists
+from convrec_dagster.data.outcome import CheckOutcome
+from convrec_dagster.data.store import require_tables
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 MIN_EVAL_INTERACTIONS = 3  # fewer: the user only trains
@@ -39,16 +39,6 @@ DEFAULT_SEED = 42
 
 # Numeric ids (benchmark files) sort numerically, others by string; both orders are deterministic.
 _ID_ORDER = "TRY_CAST({col} AS BIGINT) NULLS LAST, {col}"
-
-
-@dataclass
-class CheckOutcome:
-    """Result of one data check: the asset checks turn it into ``dg.AssetCheckResult``."""
-
-    passed: bool
-    description: str
-    metadata: dict = field(default_factory=dict)
-
 
 
 def _require(conn: duckdb.DuckDBPyConnection, name: str, producer: str) -> None:

@@ -115,3 +115,13 @@ def replace_quarantine(conn: duckdb.DuckDBPyConnection, stage: str, source: str 
     finally:
         if frame is not None:
             conn.unregister("_quarantine_rows")
+
+
+def item_coverage(conn: duckdb.DuckDBPyConnection, table: str) -> tuple[int, int]:
+    """(items of `interactions` without a row in ``table``, distinct items of ``table`` not in it)."""
+    return conn.execute(
+        f"SELECT (SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
+        f"        ANTI JOIN {table} t USING (item_id)), "
+        f"       (SELECT count(DISTINCT item_id) FROM {table} t "
+        f"        ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id))"
+    ).fetchall()[0]
