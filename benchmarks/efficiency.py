@@ -24,7 +24,7 @@ resident set size above the baseline taken after building the data, model, optim
 the kernel high-water mark ``VmHWM`` reset through ``/proc/self/clear_refs`` (fallback: a 1 ms
 ``/proc/self/statm`` sampler), see ``benchmarks.common.PeakRSS``.
 
-The authors' reference figures (2 CPU cores, B = 32, issue 8 / CONVREC_SPEC section 7) are stored
+The authors' reference figures (2 CPU cores, B = 32, issue 8 / docs/CONVREC_SPEC.md §7) are stored
 in the JSON and drawn in the plot as *quoted* figures: they were not measured by this script.
 On CUDA, steps run under bf16 autocast; an out-of-memory step is reported as "OOM".
 """
@@ -48,9 +48,9 @@ GAMES_PRESET = {"d": 256, "dropout": 0.35, "lr": 1e-4, "weight_decay": 0.1, "n_l
                 "loss": "softmax", "grad_clip": 1.0, "augment_prob": 0.01}
 
 # Quoted, not measured here: the authors' reference code, 2 CPU cores, torch 2.14.1, B = 32,
-# Games-like setting, one training step (issue 8; CONVREC_SPEC.md section 7).
+# Games-like setting, one training step (issue 8; docs/CONVREC_SPEC.md §7).
 REFERENCE = {
-    "source": "issue 8 / CONVREC_SPEC.md section 7: authors' reference code on 2 CPU cores, torch 2.14.1, "
+    "source": "issue 8 / docs/CONVREC_SPEC.md §7: authors' reference code on 2 CPU cores, torch 2.14.1, "
               "B = 32, Games-like setting, one training step. QUOTED, NOT MEASURED IN THIS RUN.",
     "batch_size": 32,
     "device": "cpu",

@@ -1,6 +1,6 @@
-"""ConvRec: attribute-aware item encoder + convolution down-scaling (CONVREC_SPEC.md, sections 2-3).
+"""ConvRec: attribute-aware item encoder + convolution down-scaling (docs/CONVREC_SPEC.md §2-3).
 
-Efficiency (spec section 7): the item encoder's cost is dominated by per-position work, so
+Efficiency (docs/CONVREC_SPEC.md §7): the item encoder's cost is dominated by per-position work, so
 
 - each *distinct* item of a batch (history + candidates) is encoded once (``torch.unique``) and
   gathered back; attributes are sparse ids in an ``EmbeddingBag(mode="sum")``, which equals a linear
@@ -64,7 +64,7 @@ def standardized_images(features: np.ndarray) -> torch.Tensor:
 
 
 class ItemEncoder(nn.Module):
-    """Interaction vectors z = GELU(W·LN(Dropout(GELU([X ; Δ])))) (spec section 2).
+    """Interaction vectors z = GELU(W·LN(Dropout(GELU([X ; Δ])))) (docs/CONVREC_SPEC.md §2).
 
     X = Linear([E_proxy ; A]), A = Dropout(Linear([F ; C])), F = item features (attributes and/or
     image), C = Linear(6 time features). Parts the dataset lacks are absent, not faked.
