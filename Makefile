@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export CONVREC_HOME ?= $(CURDIR)/.convrec
 export DAGSTER_HOME ?= $(CONVREC_HOME)/dagster_home
 
-.PHONY: help setup run test dev ui-check clean
+.PHONY: help setup run test lint fmt dev ui-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,8 +27,16 @@ $(DAGSTER_HOME)/dagster.yaml: convrec_dagster/dagster.yaml
 run: setup  ## run full_pipeline (embedded sample unless CONVREC_RAW_DIR is set)
 	$(BIN)/dagster job execute -m convrec_dagster.definitions -j full_pipeline $(if $(CONFIG),-c $(CONFIG))
 
-test: setup  ## run the test suite
+test: setup lint  ## lint (ruff), then run the test suite
 	$(BIN)/python -m pytest -q
+
+lint: setup  ## ruff: lint and format check (what CI runs before the tests)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: setup  ## ruff: fix what can be fixed and format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 dev: setup  ## start the Dagster UI on http://127.0.0.1:3000
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000

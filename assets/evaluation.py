@@ -6,49 +6,37 @@
   UI and ``artifacts/reports/evaluation_report.{html,json}``.
 - ``recommendations``: top-K unseen items per user from the best model, with raw reviewer ids/ASINs.
 
-The work happens in ``models.evaluate`` (ranking), ``models.metrics`` (numbers) and
-``convrec_dagster.report`` (tables, plots, HTML); these assets read DuckDB, call them, write back.
+The work happens in ``convrec_dagster.data.evaluation`` (checkpoints, tables, checks),
+``models.evaluate`` (ranking), ``models.metrics`` (numbers) and ``convrec_dagster.data.report``
+(tables, plots, HTML); these assets read their config, call them, and return the metadata.
 """
 
 import json
 import time
-from collections.abc import Sequence
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster import report as report_lib
-from convrec_dagster import settings
-from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.duckdb_utils import table_exists as _table_exists
+from convrec_dagster.checks import blocking_checks, failures, run_checks
+from convrec_dagster.data import evaluation as ev
+from convrec_dagster.data import report as report_lib
+from convrec_dagster.data import settings
+from convrec_dagster.data.evaluation import (
+    DataCache,
+    evaluation_metrics_cover_trained_models,
+    evaluation_metrics_in_unit_interval,
+    recommendations_exclude_seen_items,
+    recommendations_k_per_user,
+    trained_models,
+)
+from convrec_dagster.data.store import require_tables
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
-from models.metrics import DEFAULT_KS, grouped_summary
+from models.metrics import DEFAULT_KS, PROTOCOLS, SPLITS
+from models.registry import MODEL_NAMES, MODELS
 
-TRAINING_ASSETS = ["popularity_model", "sasrec_model", "convrec_attention_model", "convrec_model"]
-SPLIT_TABLES = ["sequences", "eval_negatives", "proxy_ids", "user_index", "item_index"]
-PROTOCOLS = ("sampled_100", "full")
-SPLITS = ("test", "valid")
-
-METRICS_DDL = """
-CREATE TABLE IF NOT EXISTS evaluation_metrics (
-    model VARCHAR, protocol VARCHAR, split VARCHAR, metric VARCHAR, k INTEGER, user_group VARCHAR,
-    value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, run_id VARCHAR, evaluated_at TIMESTAMP,
-    n_users INTEGER
-)"""
-METRIC_COLUMNS = [
-    "model", "protocol", "split", "metric", "k", "user_group", "value", "ci_low", "ci_high",
-    "run_id", "evaluated_at", "n_users",
-]
-RECOMMENDATIONS_DDL = """
-CREATE OR REPLACE TABLE recommendations (
-    user_id VARCHAR, rank INTEGER, item_id VARCHAR, score DOUBLE, model VARCHAR, run_id VARCHAR,
-    reviewer_id VARCHAR, asin VARCHAR, user_idx INTEGER, item_idx INTEGER, generated_at TIMESTAMP
-)"""
+TRAINING_ASSETS = [m.asset_name for m in MODELS]
 
 
 def _json_ready(info: dict) -> dict:
@@ -56,95 +44,7 @@ def _json_ready(info: dict) -> dict:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _require_tables(conn, *names: str, hint: str) -> None:
-    missing = [n for n in names if not _table_exists(conn, n)]
-    if missing:
-        raise dg.Failure(f"DuckDB table(s) {', '.join(f'`{n}`' for n in missing)} missing. {hint}")
-
-
-def _model_dir(paths: ConvRecPaths, name: str) -> Path:
-    # the training assets write here via paths.artifacts_path("models", name), which also creates it
-    return settings.artifacts_dir(paths.home_path()) / "models" / name
-
-
-def trained_models(paths: ConvRecPaths) -> dict[str, Path]:
-    """name -> best.pt of every model in MODEL_NAMES whose checkpoint exists."""
-    from models.registry import MODEL_NAMES
-
-    found = {}
-    for name in MODEL_NAMES:
-        checkpoint = _model_dir(paths, name) / "best.pt"
-        if checkpoint.exists():
-            found[name] = checkpoint
-    return found
-
-
-def _read_metric_rows(conn) -> list[dict]:
-    if not _table_exists(conn, "evaluation_metrics"):
-        return []
-    frame = conn.execute(
-        "SELECT * FROM evaluation_metrics ORDER BY model, protocol, split, user_group, metric, k"
-    ).df()
-    frame["evaluated_at"] = frame["evaluated_at"].astype(str)
-    frame = frame.astype(object).where(frame.notna(), None)
-    rows = frame.to_dict("records")
-    for row in rows:
-        if row["k"] is not None:
-            row["k"] = int(row["k"])
-        if row.get("n_users") is not None:
-            row["n_users"] = int(row["n_users"])
-    return rows
-
-
-def _trained_on(checkpoint: dict) -> str | None:
-    extra = checkpoint.get("extra") or {}
-    return extra.get("fingerprint") or checkpoint.get("fingerprint") or None
-
-
-class DataCache:
-    """RecData per feature choice, loaded once: a checkpoint names the data it was trained on by
-    fingerprint, and the fingerprint covers the item features loaded (attributes, images)."""
-
-    def __init__(self, duckdb: DuckDBResource):
-        self.duckdb = duckdb
-        self.loaded: dict[str, object] = {}
-
-    def get(self, features: str):
-        from convrec_dagster.dataset import load_rec_data
-
-        if features not in self.loaded:
-            with self.duckdb.get_connection() as conn:
-                _require_tables(conn, *SPLIT_TABLES, hint="Materialize the splits assets first.")
-                self.loaded[features] = load_rec_data(conn, features=features)
-        return self.loaded[features]
-
-    def for_checkpoint(self, name: str, path: Path):
-        """The RecData whose fingerprint the checkpoint was trained on (Failure when none matches)."""
-        import torch
-
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        wanted = _trained_on(checkpoint)
-        # models without item features (popularity, SASRec) train on features="none"
-        first = str((checkpoint.get("hparams") or {}).get("features") or "none")
-        choices = list(dict.fromkeys([first, "auto", "attributes", "image", "both", "none"]))
-        data = self.get("auto")
-        if wanted is None:
-            return data
-        for features in choices:
-            try:
-                candidate = self.get(features)
-            except ValueError:  # e.g. images asked for, none stored
-                continue
-            if candidate.info.get("fingerprint") == wanted:
-                return candidate
-        raise dg.Failure(
-            f"model `{name}` ({path}) was trained on data with fingerprint {wanted}, but the prepared data "
-            f"in DuckDB has fingerprint {data.info.get('fingerprint')} (with any feature choice): its item "
-            f"indices no longer match. Re-materialize `{name}_model` (or run the `retrain` job) first."
-        )
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 # --- evaluation_metrics ----------------------------------------------------------------------------
@@ -172,54 +72,27 @@ class EvaluationConfig(dg.Config):
     ties: Literal["expected", "pessimistic"] = "expected"
 
 
-def evaluate_model(model, data, protocols, splits, ks, device, batch_size, precision, n_boot, seed, ties="expected", log=None) -> list[dict]:
-    """Metric records (without model/run columns) of one model on every protocol and split."""
-    from models.evaluate import rank_eval_users
-
-    records = []
-    for protocol in protocols:
-        for split in splits:
-            started = time.perf_counter()
-            users, n_greater, n_equal = rank_eval_users(
-                model, data, split, protocol, device, batch_size=batch_size, precision=precision
-            )
-            users = np.asarray(users, dtype=np.int64)
-            lengths = data.user_ptr[users + 1] - data.user_ptr[users]
-            found = grouped_summary(
-                np.asarray(n_greater), np.asarray(n_equal), lengths, ks=tuple(ks), ties=ties, n_boot=n_boot, seed=seed
-            )
-            records += [{"protocol": protocol, "split": split, **r} for r in found]
-            if log is not None:
-                ndcg = next(r["value"] for r in found if r["metric"] == "NDCG" and r["k"] == 10 and r["user_group"] == "all") if 10 in ks else float("nan")
-                log(f"  {protocol}/{split}: {len(users):,} users, NDCG@10 {ndcg:.4f} ({time.perf_counter() - started:.1f} s)")
-    return records
-
-
-def evaluation_metrics_in_unit_interval(conn) -> dg.AssetCheckResult:
-    """Every metric value and interval bound lies in [0, 1], and every interval holds its value."""
-    bad = conn.execute(
-        "SELECT model, protocol, split, metric, k, user_group, value, ci_low, ci_high FROM evaluation_metrics "
-        "WHERE value IS NULL OR isnan(value) OR value < 0 OR value > 1 "
-        "OR (ci_low IS NOT NULL AND (ci_low < 0 OR ci_high > 1 OR ci_low > value + 1e-12 OR ci_high < value - 1e-12))"
-    ).df()
-    total = conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0]
-    return dg.AssetCheckResult(
-        passed=bad.empty,
-        metadata={"rows": int(total), "bad_rows": len(bad), "examples": dg.MetadataValue.md(bad.head(10).to_markdown(index=False) if len(bad) else "none")},
-    )
-
-
-def evaluation_metrics_cover_trained_models(
-    conn, trained: list[str], protocols: Sequence[str] = PROTOCOLS, splits: Sequence[str] = ("test",)
-) -> dg.AssetCheckResult:
-    """Every model with a best.pt has rows under each evaluated protocol and split (by default both
-    protocols, sampled_100 and full, on the test split)."""
-    present = set(conn.execute("SELECT DISTINCT model, protocol, split FROM evaluation_metrics").fetchall())
-    missing = [f"{m}/{p}/{s}" for m in trained for p in protocols for s in splits if (m, p, s) not in present]
-    return dg.AssetCheckResult(
-        passed=bool(trained) and not missing,
-        metadata={"trained_models": dg.MetadataValue.json(trained), "missing": dg.MetadataValue.json(missing)},
-    )
+def _checkpoints(config: EvaluationConfig, paths: ConvRecPaths) -> dict:
+    bad = [p for p in config.protocols if p not in PROTOCOLS] + [s for s in config.splits if s not in SPLITS]
+    unknown = [m for m in config.models if m not in MODEL_NAMES]
+    if bad or unknown:
+        raise dg.Failure(
+            f"unknown protocol/split {bad} or model {unknown} in config; protocols are {list(PROTOCOLS)}, "
+            f"splits {list(SPLITS)}, models {list(MODEL_NAMES)}"
+        )
+    checkpoints = trained_models(paths.home_path())
+    where = settings.models_dir(paths.home_path())
+    if config.models:
+        missing = [m for m in config.models if m not in checkpoints]
+        if missing:
+            raise dg.Failure(f"no best.pt for {missing} under {where}: train them first")
+        checkpoints = {m: checkpoints[m] for m in config.models}
+    if not checkpoints:
+        raise dg.Failure(
+            f"no trained model found (no best.pt for any of {list(MODEL_NAMES)} under "
+            f"{where}). Materialize the training assets first."
+        )
+    return checkpoints
 
 
 @dg.asset(
@@ -228,8 +101,9 @@ def evaluation_metrics_cover_trained_models(
     deps=TRAINING_ASSETS,
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
-    check_specs=blocking_checks("evaluation_metrics", evaluation_metrics_in_unit_interval,
-                                evaluation_metrics_cover_trained_models),
+    check_specs=blocking_checks(
+        "evaluation_metrics", evaluation_metrics_in_unit_interval, evaluation_metrics_cover_trained_models
+    ),
 )
 def evaluation_metrics(
     context: dg.AssetExecutionContext,
@@ -245,71 +119,40 @@ def evaluation_metrics(
     HR@10 and NDCG@10. Long format, one row per number: `evaluation_metrics(model, protocol, split,
     metric, k, user_group, value, ci_low, ci_high, run_id, evaluated_at, n_users)`. Rows of the
     models evaluated are replaced; rows of other models stay."""
-    from models.registry import MODEL_NAMES, load_model
+    from models.evaluate import EvalSettings
 
-    bad = [p for p in config.protocols if p not in PROTOCOLS] + [s for s in config.splits if s not in SPLITS]
-    unknown = [m for m in config.models if m not in MODEL_NAMES]
-    if bad or unknown:
-        raise dg.Failure(
-            f"unknown protocol/split {bad} or model {unknown} in config; protocols are {list(PROTOCOLS)}, "
-            f"splits {list(SPLITS)}, models {list(MODEL_NAMES)}"
-        )
-    checkpoints = trained_models(paths)
-    if config.models:
-        missing = [m for m in config.models if m not in checkpoints]
-        if missing:
-            raise dg.Failure(f"no best.pt for {missing} under {settings.artifacts_dir(paths.home_path()) / 'models'}: train them first")
-        checkpoints = {m: checkpoints[m] for m in config.models}
-    if not checkpoints:
-        raise dg.Failure(
-            f"no trained model found (no best.pt for any of {list(MODEL_NAMES)} under "
-            f"{settings.artifacts_dir(paths.home_path()) / 'models'}). Materialize the training assets first."
-        )
-
-    cache = DataCache(duckdb)
-    data = cache.get("auto")
+    checkpoints = _checkpoints(config, paths)
+    cache = DataCache(duckdb.get_connection)
     device = torch_device.torch_device
     precision = torch_device.effective_precision() if config.precision == "auto" else config.precision
-    context.log.info(
-        f"evaluating {list(checkpoints)} on {int(data.is_eval_user.sum()):,} users x {data.n_items:,} items "
-        f"({torch_device.describe()}, {precision}); data fingerprint {data.info.get('fingerprint')}"
+    eval_settings = EvalSettings(
+        tuple(config.protocols),
+        tuple(config.splits),
+        tuple(config.ks),
+        config.batch_size,
+        precision,
+        config.n_boot,
+        config.seed,
+        config.ties,
     )
-
-    evaluated_at = _now()
-    rows: list[dict] = []
-    timings: dict[str, float] = {}
-    data_info: dict[str, dict] = {}
-    for name, path in checkpoints.items():
-        started = time.perf_counter()
-        model_data = cache.for_checkpoint(name, path)
-        model, _ = load_model(path, model_data, map_location=device)
-        context.log.info(f"{name}: {path} (data features {model_data.info.get('features')})")
-        records = evaluate_model(
-            model, model_data, config.protocols, config.splits, config.ks, device, config.batch_size,
-            precision, config.n_boot, config.seed, config.ties, log=context.log.info,
+    with failures():
+        data = cache.get("auto")
+        context.log.info(
+            f"evaluating {list(checkpoints)} on {int(data.is_eval_user.sum()):,} users x {data.n_items:,} items "
+            f"({torch_device.describe()}, {precision}); data fingerprint {data.info.get('fingerprint')}"
         )
-        rows += [{"model": name, **r, "run_id": context.run_id, "evaluated_at": evaluated_at} for r in records]
-        timings[name] = round(time.perf_counter() - started, 2)
-        data_info[name] = model_data.info
-        del model
-
-    frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    frame["k"] = frame["k"].astype("Int32")
+        rows, timings, data_info = ev.evaluate_checkpoints(
+            cache, checkpoints, eval_settings, device, context.run_id, _now(), log=context.log.info
+        )
     with duckdb.get_connection() as conn:
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute(METRICS_DDL)
-        conn.execute(
-            f"DELETE FROM evaluation_metrics WHERE model IN ({', '.join('?' for _ in checkpoints)})",
-            list(checkpoints),
+        total = ev.write_metrics(conn, rows, list(checkpoints))
+        check_results = run_checks([evaluation_metrics_in_unit_interval], conn) + run_checks(
+            [evaluation_metrics_cover_trained_models],
+            conn,
+            sorted(trained_models(paths.home_path())),
+            config.protocols,
+            config.splits,
         )
-        conn.register("metric_rows", frame)
-        conn.execute(f"INSERT INTO evaluation_metrics ({', '.join(METRIC_COLUMNS)}) SELECT {', '.join(METRIC_COLUMNS)} FROM metric_rows")
-        conn.unregister("metric_rows")
-        conn.execute("COMMIT")
-        total = conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0]
-        check_results = (run_checks([evaluation_metrics_in_unit_interval], conn)
-                         + run_checks([evaluation_metrics_cover_trained_models], conn, sorted(trained_models(paths)),
-                                      config.protocols, config.splits))
 
     clean = [{**r, "evaluated_at": str(r["evaluated_at"])} for r in rows]
     headline = report_lib.comparison_table(clean, report_lib.HEADLINE)
@@ -322,12 +165,20 @@ def evaluation_metrics(
             "items": int(data.n_items),
             "data_fingerprint": str(data.info.get("fingerprint")),
             "data_info": dg.MetadataValue.json(_json_ready(data.info)),
-            "data_features_per_model": dg.MetadataValue.json({m: i.get("features") for m, i in data_info.items()}),
+            "data_features_per_model": dg.MetadataValue.json(
+                {m: i.get("features") for m, i in data_info.items()}
+            ),
             "device": torch_device.describe(),
             "precision": precision,
             "settings": dg.MetadataValue.json(
-                {"n_boot": config.n_boot, "seed": config.seed, "ks": list(config.ks), "ties": config.ties,
-                 "precision": precision, "device": torch_device.describe()}
+                {
+                    "n_boot": config.n_boot,
+                    "seed": config.seed,
+                    "ks": list(config.ks),
+                    "ties": config.ties,
+                    "precision": precision,
+                    "device": torch_device.describe(),
+                }
             ),
             "seconds_per_model": dg.MetadataValue.json(timings),
             "test_headline": dg.MetadataValue.md(report_lib.headline_markdown(headline)),
@@ -353,62 +204,6 @@ def _latest_metadata(context: dg.AssetExecutionContext, key: str) -> dict:
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
 
 
-def data_summary(conn, image_metadata: dict, metrics_metadata: dict, dataset_name: str) -> dict:
-    """Sizes, features and provenance of the prepared data, from DuckDB (None where unknown)."""
-    summary: dict = {"dataset": dataset_name}
-    if _table_exists(conn, "user_index"):
-        users, eval_users, avg_len, max_len = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE is_eval), avg(n_interactions), max(n_interactions) FROM user_index"
-        ).fetchone()
-        summary.update(users=int(users), eval_users=int(eval_users), avg_seq_len=float(avg_len or 0), max_seq_len=int(max_len or 0))
-    if _table_exists(conn, "item_index"):
-        summary["items"] = int(conn.execute("SELECT count(*) FROM item_index").fetchone()[0])
-    if _table_exists(conn, "sequences"):
-        n, with_ts = conn.execute("SELECT count(*), count(ts) FROM sequences").fetchone()
-        summary["interactions"] = int(n)
-        summary["time_context"] = bool(with_ts)
-    if _table_exists(conn, "attribute_vocab"):
-        summary["feature_kinds"] = dict(conn.execute("SELECT kind, count(*) FROM attribute_vocab GROUP BY kind ORDER BY kind").fetchall())
-    if _table_exists(conn, "item_image_features"):
-        summary["items_with_image"] = int(conn.execute("SELECT count(*) FILTER (WHERE has_image) FROM item_image_features").fetchone()[0])
-    pretrained = image_metadata.get("pretrained")
-    summary["image_weights_pretrained"] = pretrained if isinstance(pretrained, bool) else None
-    per_model = metrics_metadata.get("data_features_per_model")
-    if isinstance(per_model, dict) and per_model:
-        kinds = sorted(set(per_model.values()))
-        summary["model_inputs"] = kinds[0] if len(kinds) == 1 else ", ".join(f"{m}: {f}" for m, f in per_model.items())
-    summary["fingerprint"] = metrics_metadata.get("data_fingerprint")
-    summary["device"] = metrics_metadata.get("device")
-    return summary
-
-
-def _histories(paths: ConvRecPaths, models: list[str]) -> dict[str, list[dict]]:
-    out = {}
-    for name in models:
-        path = _model_dir(paths, name) / "history.json"
-        if path.exists():
-            try:
-                history = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise dg.Failure(f"{path}: not valid JSON ({err}); re-materialize `{name}_model`") from err
-            out[name] = history if isinstance(history, list) else history.get("epochs", [])
-    return out
-
-
-def _model_configs(paths: ConvRecPaths, models: list[str]) -> dict[str, dict]:
-    """Hyper-parameters and provenance (best epoch, validation metrics, data fingerprint) per model."""
-    import torch
-
-    configs = {}
-    for name in models:
-        path = _model_dir(paths, name) / "best.pt"
-        if path.exists():
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            extra = checkpoint.get("extra") or {}
-            configs[name] = {"hparams": checkpoint.get("hparams") or {}, **{k: v for k, v in extra.items() if k != "state_dict"}}
-    return configs
-
-
 @dg.asset(
     group_name="evaluation",
     kinds={"duckdb", "python"},
@@ -430,22 +225,31 @@ def evaluation_report(
     metrics_metadata = _latest_metadata(context, "evaluation_metrics")
     image_metadata = _latest_metadata(context, "item_image_features")
     dataset_name = "embedded sample" if paths.is_embedded_sample() else paths.raw_path().name
-    with duckdb.get_connection() as conn:
-        _require_tables(conn, "evaluation_metrics", hint="Materialize `evaluation_metrics` first.")
-        rows = _read_metric_rows(conn)
-        summary = data_summary(conn, image_metadata, metrics_metadata, dataset_name)
+    home = paths.home_path()
+    with duckdb.get_connection() as conn, failures():
+        require_tables(conn, "evaluation_metrics", hint="Materialize `evaluation_metrics` first.")
+        rows = ev.read_metric_rows(conn)
+        summary = ev.data_summary(conn, image_metadata, metrics_metadata, dataset_name)
     if not rows:
-        raise dg.Failure("`evaluation_metrics` is empty: materialize it (with at least one trained model) first")
+        raise dg.Failure(
+            "`evaluation_metrics` is empty: materialize it (with at least one trained model) first"
+        )
     models = report_lib.ordered_models(r["model"] for r in rows)
     if not image_metadata:
-        context.log.warning("no materialization of item_image_features recorded: the report says the image weights are 'unknown'")
+        context.log.warning(
+            "no materialization of item_image_features recorded: the report says the image "
+            "weights are 'unknown'"
+        )
+    with failures():
+        histories = ev.histories(home, models)
     report = report_lib.build_report(
         rows,
         data_summary=summary,
-        histories=_histories(paths, models),
+        histories=histories,
         config={
-            "models": _model_configs(paths, models),
-            "evaluation": metrics_metadata.get("settings") or "unknown (no materialization of evaluation_metrics recorded)",
+            "models": ev.model_configs(home, models),
+            "evaluation": metrics_metadata.get("settings")
+            or "unknown (no materialization of evaluation_metrics recorded)",
             "report": {"paper_dataset": config.paper_dataset},
         },
         run_id=context.run_id,
@@ -482,38 +286,29 @@ class RecommendationsConfig(dg.Config):
     batch_size: int = 256
 
 
-def recommendations_exclude_seen_items(conn) -> dg.AssetCheckResult:
-    """No recommended item is one the user already interacted with (training, validation or test)."""
-    seen = conn.execute(
-        "SELECT r.user_id, r.rank, r.item_id FROM recommendations r "
-        "JOIN sequences s ON s.user_idx = r.user_idx AND s.item_idx = r.item_idx LIMIT 20"
-    ).df()
-    total = conn.execute("SELECT count(*) FROM recommendations").fetchone()[0]
-    return dg.AssetCheckResult(
-        passed=seen.empty and total > 0,
-        metadata={"rows": int(total), "seen_items_recommended": len(seen),
-                  "examples": dg.MetadataValue.md(seen.to_markdown(index=False) if len(seen) else "none")},
-    )
-
-
-def recommendations_k_per_user(conn, k: int) -> dg.AssetCheckResult:
-    """Every user in `user_index` has exactly K rows, ranks 1..K, K distinct items, scores not increasing."""
-    per_user = conn.execute(
-        """
-        SELECT user_idx, count(*) AS n, count(DISTINCT item_idx) AS n_items, min(rank) AS lo, max(rank) AS hi,
-               bool_and(score_ok) AS sorted
-        FROM (SELECT *, coalesce(score <= lag(score) OVER (PARTITION BY user_idx ORDER BY rank), true) AS score_ok
-              FROM recommendations)
-        GROUP BY user_idx
-        """
-    ).df()
-    users = conn.execute("SELECT count(*) FROM user_index").fetchone()[0]
-    wrong = per_user[(per_user.n != k) | (per_user.n_items != k) | (per_user.lo != 1) | (per_user.hi != k) | ~per_user.sorted.astype(bool)]
-    return dg.AssetCheckResult(
-        passed=wrong.empty and len(per_user) == users,
-        metadata={"k": int(k), "users_with_recommendations": len(per_user), "users": int(users),
-                  "users_with_wrong_lists": len(wrong)},
-    )
+def _recommending_model(
+    config: RecommendationsConfig, paths: ConvRecPaths, rows: list[dict], checkpoints: dict
+) -> tuple[str, str]:
+    """(model name, why): named in config, else the best on validation (never on test)."""
+    if config.model:
+        return config.model, "named in config"
+    # chosen on validation, never on test: picking by test NDCG@10 would leak the test split
+    trained_rows = [r for r in rows if r["model"] in checkpoints]
+    name = report_lib.best_model(trained_rows, protocol=config.selection_protocol, split="valid")
+    why = f"best validation NDCG@10 under {config.selection_protocol} in evaluation_metrics"
+    if name is None:  # the run evaluated the test split only: the validation score each checkpoint kept
+        evaluated = {r["model"] for r in trained_rows}
+        configs = ev.model_configs(paths.home_path(), sorted(evaluated))
+        valid = {m: (c.get("valid") or {}).get("NDCG@10") for m, c in configs.items()}
+        valid = {m: v for m, v in valid.items() if v is not None}
+        name = max(valid, key=valid.get) if valid else None
+        why = "best validation NDCG@10 (sampled_100) recorded in its checkpoint"
+    if name is None:
+        raise dg.Failure(
+            "no model to recommend with: `evaluation_metrics` has no row of a trained model; "
+            "materialize it first"
+        )
+    return name, why
 
 
 @dg.asset(
@@ -522,7 +317,9 @@ def recommendations_k_per_user(conn, k: int) -> dg.AssetCheckResult:
     deps=["evaluation_metrics"],
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
-    check_specs=blocking_checks("recommendations", recommendations_exclude_seen_items, recommendations_k_per_user),
+    check_specs=blocking_checks(
+        "recommendations", recommendations_exclude_seen_items, recommendations_k_per_user
+    ),
 )
 def recommendations(
     context: dg.AssetExecutionContext,
@@ -540,28 +337,16 @@ def recommendations(
 
     if config.k < 1:
         raise dg.Failure(f"recommendations: k must be at least 1, not {config.k}")
-    checkpoints = trained_models(paths)
+    checkpoints = trained_models(paths.home_path())
     with duckdb.get_connection() as conn:
-        rows = _read_metric_rows(conn)
-    if config.model:
-        name, why = config.model, "named in config"
-    else:
-        # chosen on validation, never on test: picking by test NDCG@10 would leak the test split
-        trained_rows = [r for r in rows if r["model"] in checkpoints]
-        name = report_lib.best_model(trained_rows, protocol=config.selection_protocol, split="valid")
-        why = f"best validation NDCG@10 under {config.selection_protocol} in evaluation_metrics"
-        if name is None:  # the run evaluated the test split only: the validation score each checkpoint kept
-            evaluated = {r["model"] for r in trained_rows}
-            configs = _model_configs(paths, sorted(evaluated))
-            valid = {m: (c.get("valid") or {}).get("NDCG@10") for m, c in configs.items()}
-            valid = {m: v for m, v in valid.items() if v is not None}
-            name = max(valid, key=valid.get) if valid else None
-            why = "best validation NDCG@10 (sampled_100) recorded in its checkpoint"
-    if name is None:
-        raise dg.Failure("no model to recommend with: `evaluation_metrics` has no row of a trained model; materialize it first")
+        rows = ev.read_metric_rows(conn)
+    name, why = _recommending_model(config, paths, rows, checkpoints)
     if name not in checkpoints:
-        raise dg.Failure(f"model `{name}` has no best.pt under {settings.artifacts_dir(paths.home_path()) / 'models'}; train it first")
-    data = DataCache(duckdb).for_checkpoint(name, checkpoints[name])
+        raise dg.Failure(
+            f"model `{name}` has no best.pt under {settings.models_dir(paths.home_path())}; train it first"
+        )
+    with failures():
+        data = DataCache(duckdb.get_connection).for_checkpoint(name, checkpoints[name])
     if config.k > data.n_items - 1:
         raise dg.Failure(f"k = {config.k} but the catalogue has only {data.n_items} items; lower k")
     device = torch_device.torch_device
@@ -569,46 +354,17 @@ def recommendations(
     context.log.info(f"recommending top {config.k} with {name} ({why}) on {torch_device.describe()}")
     started = time.perf_counter()
     users, items, scores = recommend_top_k(model, data, config.k, device, batch_size=config.batch_size)
-    users, items, scores = np.asarray(users), np.asarray(items), np.asarray(scores, dtype=np.float64)
     seconds = time.perf_counter() - started
-    frame = pd.DataFrame(
-        {
-            "user_idx": np.repeat(users, items.shape[1]).astype(np.int32),
-            "rank": np.tile(np.arange(1, items.shape[1] + 1), len(users)).astype(np.int32),
-            "item_idx": items.reshape(-1).astype(np.int32),
-            "score": scores.reshape(-1),
-        }
-    )
-    masked = ~np.isfinite(frame["score"].to_numpy()) & (frame["score"].to_numpy() < 0)
-    if masked.any():  # a user with fewer than k unseen items: -inf marks seen items, never recommend them
-        context.log.warning(f"{int(masked.sum())} slots dropped: their users have fewer than {config.k} unseen items")
-        frame = frame[~masked]
-    generated_at = _now()
+    frame, dropped = ev.top_k_frame(users, items, scores)
+    if dropped:  # a user with fewer than k unseen items: -inf marks seen items, never recommend them
+        context.log.warning(f"{dropped} slots dropped: their users have fewer than {config.k} unseen items")
     with duckdb.get_connection() as conn:
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute(RECOMMENDATIONS_DDL)
-        conn.register("top_k", frame)
-        conn.execute(
-            "INSERT INTO recommendations SELECT u.user_id, t.rank, i.item_id, t.score, ?, ?, u.user_id, i.item_id, "
-            "t.user_idx, t.item_idx, ? FROM top_k t JOIN user_index u USING (user_idx) JOIN item_index i USING (item_idx) "
-            "ORDER BY t.user_idx, t.rank",
-            [name, context.run_id, generated_at],
+        with failures():
+            written = ev.write_recommendations(conn, frame, name, context.run_id, _now())
+        sample = ev.recommendations_sample(conn)
+        check_results = run_checks([recommendations_exclude_seen_items], conn) + run_checks(
+            [recommendations_k_per_user], conn, config.k
         )
-        conn.unregister("top_k")
-        written = conn.execute("SELECT count(*) FROM recommendations").fetchone()[0]
-        if written != len(frame):
-            conn.execute("ROLLBACK")
-            raise dg.Failure(
-                f"{len(frame) - written} recommendation rows name a user_idx or item_idx absent from "
-                "user_index/item_index: the model and the prepared data disagree; retrain the model"
-            )
-        conn.execute("COMMIT")
-        sample = conn.execute(
-            "SELECT user_id, rank, item_id, round(score, 4) AS score FROM recommendations "
-            "WHERE user_idx = (SELECT min(user_idx) FROM recommendations) ORDER BY rank"
-        ).df()
-        check_results = (run_checks([recommendations_exclude_seen_items], conn)
-                         + run_checks([recommendations_k_per_user], conn, config.k))
     return dg.MaterializeResult(
         metadata={
             "model": name,

@@ -1,13 +1,12 @@
 """Item features: sparse attribute ids (brand, category, price, S3-Rec ids) and ResNet-50 image vectors.
 
 Both tables are produced for every item in ``interactions``; which of them feeds the model is a
-training config choice. The work happens in ``convrec_dagster.attributes`` and
-``convrec_dagster.images``; these assets read their inputs from DuckDB, call them, and write back.
+training config choice. The work happens in ``convrec_dagster.data.attributes`` and
+``convrec_dagster.data.images``; these assets read their inputs from DuckDB, call them, and write back.
 """
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -16,26 +15,33 @@ import pandas as pd
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster.attributes import AttributeConfig, build_item_attributes
-from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
-from convrec_dagster.duckdb_utils import QUARANTINE_DDL
-from convrec_dagster.duckdb_utils import table_exists as _table_exists
-from convrec_dagster.images import FEATURE_DIM, compute_image_features, locate_images
+from convrec_dagster.checks import blocking_checks, failures, run_checks
+from convrec_dagster.data.attributes import AttributeConfig, build_item_attributes, item_attributes_consistent
+from convrec_dagster.data.images import (
+    FEATURE_DIM,
+    compute_image_features,
+    item_image_features_cover_items,
+    locate_images,
+)
+from convrec_dagster.data.store import replace_quarantine, require_tables
+from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
+from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
 
 IMAGE_STAGE = "item_image_features"
 SAMPLE_IMAGE_SIZE = 64  # the embedded sample ships 64x64 images and must run in about a minute
 REAL_IMAGE_SIZE = 224
 _WRITE_CHUNK = 20_000
 
+
 def _require_tables(conn, *names: str) -> None:
-    for name in names:
-        if not _table_exists(conn, name):
-            raise dg.Failure(
-                f"DuckDB table `{name}` does not exist. Materialize the ingest assets first "
-                "(e.g. `dagster asset materialize --select +item_attributes`)."
-            )
+    with failures():
+        require_tables(
+            conn,
+            *names,
+            hint="Materialize the ingest assets first "
+            "(e.g. `dagster asset materialize --select +item_attributes`).",
+        )
 
 
 def _interaction_items(conn) -> list[str]:
@@ -52,52 +58,6 @@ class ItemAttributesConfig(dg.Config):
     use_brand: bool = True
     use_categories: bool = True
     use_raw_attributes: bool = True
-
-
-def _item_coverage(conn, table: str) -> tuple[int, int]:
-    """(items of `interactions` without a row in ``table``, distinct items of ``table`` not in it)."""
-    return conn.execute(
-        f"SELECT (SELECT count(*) FROM (SELECT DISTINCT item_id FROM interactions) i "
-        f"        ANTI JOIN {table} t USING (item_id)), "
-        f"       (SELECT count(DISTINCT item_id) FROM {table} t "
-        f"        ANTI JOIN (SELECT DISTINCT item_id FROM interactions) i USING (item_id))"
-    ).fetchall()[0]
-
-
-def item_attributes_consistent(conn) -> dg.AssetCheckResult:
-    """Every item in `interactions` has at least one attribute row, only those items have rows,
-    every attribute id exists in `attribute_vocab` (ids 1..V, unique) and vocab counts match."""
-    uncovered, extra = _item_coverage(conn, "item_attributes")
-    unknown_ids = conn.execute(
-        "SELECT count(*) FROM item_attributes a ANTI JOIN attribute_vocab v USING (attribute_id)"
-    ).fetchone()[0]
-    n_vocab, n_distinct, lo, hi = conn.execute(
-        "SELECT count(*), count(DISTINCT attribute_id), min(attribute_id), max(attribute_id) "
-        "FROM attribute_vocab"
-    ).fetchone()
-    count_mismatch = conn.execute(
-        "SELECT count(*) FROM attribute_vocab v LEFT JOIN (SELECT attribute_id, count(*) AS n "
-        "FROM item_attributes GROUP BY ALL) c USING (attribute_id) "
-        "WHERE coalesce(c.n, 0) <> v.item_count"
-    ).fetchone()[0]
-    duplicates = conn.execute(
-        "SELECT count(*) FROM (SELECT item_id, attribute_id FROM item_attributes GROUP BY ALL "
-        "HAVING count(*) > 1)"
-    ).fetchone()[0]
-    ids_ok = n_vocab == n_distinct and (n_vocab == 0 or (lo == 1 and hi == n_vocab))
-    passed = uncovered == 0 and extra == 0 and unknown_ids == 0 and ids_ok and count_mismatch == 0
-    passed = passed and duplicates == 0
-    return dg.AssetCheckResult(
-        passed=bool(passed),
-        metadata={
-            "items_without_attributes": int(uncovered),
-            "items_not_in_interactions": int(extra),
-            "rows_with_unknown_attribute_id": int(unknown_ids),
-            "vocab_ids_are_1_to_V": bool(ids_ok),
-            "vocab_count_mismatches": int(count_mismatch),
-            "duplicate_rows": int(duplicates),
-        },
-    )
 
 
 @dg.asset(
@@ -119,9 +79,7 @@ def item_attributes(
     with duckdb.get_connection() as conn:
         _require_tables(conn, "interactions", "items")
         item_ids = _interaction_items(conn)
-        items = conn.execute(
-            "SELECT item_id, brand, categories, price, line_no FROM items"
-        ).df()
+        items = conn.execute("SELECT item_id, brand, categories, price, line_no FROM items").df()
         raw = None
         if _table_exists(conn, "raw_item_attributes"):
             raw = conn.execute("SELECT item_id, attribute FROM raw_item_attributes").df()
@@ -197,30 +155,6 @@ class ItemImageFeaturesConfig(dg.Config):
     max_image_bytes: int = 20 * 2**20
 
 
-def item_image_features_cover_items(conn) -> dg.AssetCheckResult:
-    """One row per item in `interactions` (no gaps, no duplicates, no strangers); rows without an
-    image hold the zero vector and rows with one hold a non-zero vector."""
-    uncovered, extra = _item_coverage(conn, "item_image_features")
-    duplicates = conn.execute(
-        "SELECT count(*) - count(DISTINCT item_id) FROM item_image_features"
-    ).fetchone()[0]
-    bad_vectors = conn.execute(
-        "SELECT count(*) FROM (SELECT has_image, "
-        "list_max(list_transform(feature::FLOAT[], lambda x: abs(x))) AS m FROM item_image_features) "
-        "WHERE (has_image AND (m IS NULL OR m = 0)) OR (NOT has_image AND m <> 0)"
-    ).fetchone()[0]
-    passed = uncovered == 0 and extra == 0 and duplicates == 0 and bad_vectors == 0
-    return dg.AssetCheckResult(
-        passed=bool(passed),
-        metadata={
-            "items_without_row": int(uncovered),
-            "rows_not_in_interactions": int(extra),
-            "duplicate_rows": int(duplicates),
-            "rows_with_inconsistent_vector": int(bad_vectors),
-        },
-    )
-
-
 @dg.asset(
     group_name="features",
     kinds={"duckdb", "pytorch"},
@@ -249,21 +183,19 @@ def item_image_features(
             f"item_image_features: weights_path {str(weights)!r} is not a file. Point it at a local torchvision "
             "ResNet-50 state_dict (e.g. resnet50-11ad3fa6.pth), or remove the setting to use a randomly initialised "
             "network (a loud warning, recorded in metadata; `features: auto` then leaves image vectors out of "
-            "training).", allow_retries=False)
+            "training).",
+            allow_retries=False,
+        )
     with duckdb.get_connection() as conn:
         _require_tables(conn, "interactions")
         item_ids = _interaction_items(conn)
         refs: dict[str, str | None] = {}
         if _table_exists(conn, "items"):
             refs = dict(
-                conn.execute(
-                    "SELECT item_id, image_ref FROM items WHERE image_ref IS NOT NULL"
-                ).fetchall()
+                conn.execute("SELECT item_id, image_ref FROM items WHERE image_ref IS NOT NULL").fetchall()
             )
     raw_dir = paths.raw_path()
-    image_size = config.image_size or (
-        SAMPLE_IMAGE_SIZE if paths.is_embedded_sample() else REAL_IMAGE_SIZE
-    )
+    image_size = config.image_size or (SAMPLE_IMAGE_SIZE if paths.is_embedded_sample() else REAL_IMAGE_SIZE)
     locations = locate_images(item_ids, raw_dir, refs)
     n_found = sum(loc.status == "found" for loc in locations)
     device = torch_device.torch_device
@@ -305,18 +237,14 @@ def item_image_features(
             "the dump has no local images for any item: every row gets has_image = false and a "
             f"zero vector ({counts['remote']:,} remote image URLs were not fetched)"
         )
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
     quarantine = pd.DataFrame(
         {
-            "stage": IMAGE_STAGE,
             "source_file": [path for _, path, _ in result.corrupt],
             "line_no": pd.array([None] * len(result.corrupt), dtype="Int64"),
             "reason": [reason for _, _, reason in result.corrupt],
             "raw": [
-                json.dumps({"item_id": item_id, "image_path": path})
-                for item_id, path, _ in result.corrupt
+                json.dumps({"item_id": item_id, "image_path": path}) for item_id, path, _ in result.corrupt
             ],
-            "quarantined_at": [now] * len(result.corrupt),
         }
     )
     for item_id, path, reason in result.corrupt:
@@ -332,7 +260,9 @@ def item_image_features(
         )
         # whether the vectors mean anything: features: auto trains on them only when pretrained
         conn.execute("CREATE OR REPLACE TABLE image_encoder (pretrained BOOLEAN, weights_path VARCHAR)")
-        conn.execute("INSERT INTO image_encoder VALUES (?, ?)", [bool(result.pretrained), result.weights_path or ""])
+        conn.execute(
+            "INSERT INTO image_encoder VALUES (?, ?)", [bool(result.pretrained), result.weights_path or ""]
+        )
         for start in range(0, len(item_ids), _WRITE_CHUNK):
             stop = start + _WRITE_CHUNK
             chunk = pa.table(  # noqa: F841 (read by DuckDB below)
@@ -349,15 +279,7 @@ def item_image_features(
                 }
             )
             conn.execute("INSERT INTO item_image_features SELECT * FROM chunk")
-        conn.execute(QUARANTINE_DDL)
-        conn.execute("DELETE FROM quarantine WHERE stage = ?", [IMAGE_STAGE])
-        if len(quarantine):
-            conn.register("quarantine_rows", quarantine)
-            conn.execute(
-                "INSERT INTO quarantine SELECT stage, source_file, line_no, reason, raw, "
-                "quarantined_at FROM quarantine_rows"
-            )
-            conn.unregister("quarantine_rows")
+        replace_quarantine(conn, IMAGE_STAGE, frame=quarantine, order_by="")
         conn.execute("COMMIT")
         check_results = run_checks([item_image_features_cover_items], conn)
 

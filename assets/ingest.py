@@ -1,16 +1,13 @@
 """Ingest stage: raw Amazon dumps (or processed benchmark files) into DuckDB, with nothing lost.
 
-Thin Dagster wrappers around ``convrec_dagster.rawdata``: every file of the raw folder is sniffed by
+Thin Dagster wrappers around ``convrec_dagster.data.rawdata``: every file of the raw folder is sniffed by
 content; review files become `reviews`, metadata files `items` (+ `raw_item_attributes` for S3-Rec
 attribute maps), unusable lines go to `quarantine` verbatim with a reason, and `interactions` is the
 de-duplicated, time-ordered, k-interaction-filtered history per user.
 """
 
-
-import base64
 import contextlib
 import datetime as dt
-import io
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,11 +16,13 @@ from typing import Literal
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster import rawdata
-from convrec_dagster.checks import blocking_checks, run_checks
-from convrec_dagster.duckdb_utils import QUARANTINE_DDL
-from convrec_dagster.duckdb_utils import table_exists as _table_exists
-from convrec_dagster.rawdata import FileFormat, FileStats, RawDataError
+from convrec_dagster.checks import blocking_checks, failures, run_checks
+from convrec_dagster.data import rawdata
+from convrec_dagster.data.ingest import interactions_ordered_histories, items_unique, reviews_have_ids
+from convrec_dagster.data.plots import length_histogram_markdown
+from convrec_dagster.data.rawdata import FileFormat, FileStats, RawDataError
+from convrec_dagster.data.store import replace_quarantine, require_tables, transaction
+from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "ingest"
@@ -65,26 +64,36 @@ class InteractionsConfig(dg.Config):
 
 
 def _failure(err: RawDataError, **metadata) -> dg.Failure:
-    return dg.Failure(description=str(err), metadata={"file": err.path, "problem": err.problem,
-                                                      "what_to_do": err.fix, **metadata})
+    return dg.Failure(
+        description=str(err),
+        metadata={"file": err.path, "problem": err.problem, "what_to_do": err.fix, **metadata},
+    )
 
 
 def _raw_files(context, paths: ConvRecPaths) -> tuple[Path, list[FileFormat], list[dict]]:
     """Sniff every file of the raw folder; returns (folder, readable formats, skipped entries)."""
     raw_dir = paths.raw_path()
-    fix = ("set CONVREC_RAW_DIR (or resources.paths.config.raw_dir) to a folder holding Amazon review "
-           "dumps (e.g. reviews_<Cat>.json.gz and meta_<Cat>.json.gz), or unset it to use the "
-           "embedded sample dump")
+    fix = (
+        "set CONVREC_RAW_DIR (or resources.paths.config.raw_dir) to a folder holding Amazon review "
+        "dumps (e.g. reviews_<Cat>.json.gz and meta_<Cat>.json.gz), or unset it to use the "
+        "embedded sample dump"
+    )
     if not raw_dir.exists():
-        raise dg.Failure(description=f"Raw dump folder {raw_dir} does not exist. What to do: {fix}.",
-                         metadata={"raw_dir": str(raw_dir)})
+        raise dg.Failure(
+            description=f"Raw dump folder {raw_dir} does not exist. What to do: {fix}.",
+            metadata={"raw_dir": str(raw_dir)},
+        )
     if not raw_dir.is_dir():
-        raise dg.Failure(description=f"Raw dump folder {raw_dir} is not a folder. What to do: {fix}.",
-                         metadata={"raw_dir": str(raw_dir)})
+        raise dg.Failure(
+            description=f"Raw dump folder {raw_dir} is not a folder. What to do: {fix}.",
+            metadata={"raw_dir": str(raw_dir)},
+        )
     files, skipped_dirs = rawdata.list_raw_files(raw_dir)
     if not files:
-        raise dg.Failure(description=f"Raw dump folder {raw_dir} holds no files to read. What to do: {fix}.",
-                         metadata={"raw_dir": str(raw_dir)})
+        raise dg.Failure(
+            description=f"Raw dump folder {raw_dir} holds no files to read. What to do: {fix}.",
+            metadata={"raw_dir": str(raw_dir)},
+        )
     formats, skipped = [], [{"file": n, "why": why} for n, why in skipped_dirs]
     for path in files:
         try:
@@ -92,8 +101,7 @@ def _raw_files(context, paths: ConvRecPaths) -> tuple[Path, list[FileFormat], li
         except RawDataError as err:
             raise _failure(err, raw_dir=str(raw_dir)) from err
         if ff.kind in ("unknown", "empty"):
-            context.log.warning(f"skipping {path.name}: {ff.note} (not a review, metadata or "
-                                "attribute file)")
+            context.log.warning(f"skipping {path.name}: {ff.note} (not a review, metadata or attribute file)")
             skipped.append({"file": path.name, "why": ff.note})
         else:
             context.log.info(f"{path.name}: {ff.kind}, {ff.format} ({ff.syntax}, {ff.compression})")
@@ -108,7 +116,8 @@ def _check_shares(conn, stage: str, stats: list[FileStats], max_share: float) ->
     s = bad[0]
     examples = conn.execute(
         "SELECT line_no, reason FROM _stage_quarantine WHERE source_file = ? ORDER BY line_no LIMIT 5",
-        [s.file]).fetchall()
+        [s.file],
+    ).fetchall()
     example_text = "; ".join(f"line {n}: {r}" for n, r in examples)
     raise dg.Failure(
         description=(
@@ -118,30 +127,31 @@ def _check_shares(conn, stage: str, stats: list[FileStats], max_share: float) ->
             f"format it seems ({s.format}). What to do: inspect the lines with `SELECT * FROM "
             f"quarantine WHERE stage = '{stage}' AND source_file = '{s.file}'`, fix or re-download the "
             "file, remove it from the raw folder, or raise max_quarantine_share in the "
-            f"`{stage}` asset config if this is expected."),
-        metadata={"file": s.file, "quarantine_share": s.quarantine_share,
-                  "quarantined_by_reason": dict(s.quarantined),
-                  "other_files_over_threshold": [b.file for b in bad[1:]]},
+            f"`{stage}` asset config if this is expected."
+        ),
+        metadata={
+            "file": s.file,
+            "quarantine_share": s.quarantine_share,
+            "quarantined_by_reason": dict(s.quarantined),
+            "other_files_over_threshold": [b.file for b in bad[1:]],
+        },
     )
 
 
-def _write_quarantine(conn, stage: str) -> None:
-    conn.execute(QUARANTINE_DDL)
-    conn.execute("DELETE FROM quarantine WHERE stage = ?", [stage])
-    conn.execute("INSERT INTO quarantine SELECT ?, source_file, line_no, reason, raw, now()::TIMESTAMP "
-                 "FROM _stage_quarantine ORDER BY source_file, line_no", [stage])
-
-
 def _iso(ts: int | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).date().isoformat()
+    return None if ts is None else dt.datetime.fromtimestamp(int(ts), dt.UTC).date().isoformat()
 
 
 def _files_md(stats: list[FileStats], skipped: list[dict]) -> str:
-    rows = ["| file | kind | format | lines | kept | quarantined | parser | s |",
-            "|---|---|---|---:|---:|---:|---|---:|"]
+    rows = [
+        "| file | kind | format | lines | kept | quarantined | parser | s |",
+        "|---|---|---|---:|---:|---:|---|---:|",
+    ]
     for s in stats:
-        rows.append(f"| {s.file} | {s.kind} | {s.format} | {s.lines:,} | {s.kept:,} | "
-                    f"{s.n_quarantined:,} | {s.parser} | {s.seconds:.2f} |")
+        rows.append(
+            f"| {s.file} | {s.kind} | {s.format} | {s.lines:,} | {s.kept:,} | "
+            f"{s.n_quarantined:,} | {s.parser} | {s.seconds:.2f} |"
+        )
     for sk in skipped:
         rows.append(f"| {sk['file']} | skipped | {sk['why']} | | | | | |")
     return "\n".join(rows)
@@ -151,10 +161,12 @@ def _date_to_ts(value: str, default: int) -> int:
     if not value:
         return default
     try:
-        return int(dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp())
+        return int(dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp())
     except ValueError as exc:
-        raise dg.Failure(f"Config date {value!r} is not YYYY-MM-DD. What to do: fix the reviews "
-                         "asset config (min_review_date / max_review_date).") from exc
+        raise dg.Failure(
+            f"Config date {value!r} is not YYYY-MM-DD. What to do: fix the reviews "
+            "asset config (min_review_date / max_review_date)."
+        ) from exc
 
 
 def _quarantine_reasons(stats: list[FileStats]) -> dict[str, int]:
@@ -165,47 +177,19 @@ def _quarantine_reasons(stats: list[FileStats]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# checks (run inside their asset's step: convrec_dagster/checks.py)
-
-
-def reviews_have_ids(conn) -> dg.AssetCheckResult:
-    """Every review row has a user id, an item id, a line number and a unique `seq_no`."""
-    bad_ids, rows, seqs = conn.execute(
-        "SELECT count(*) FILTER (WHERE user_id IS NULL OR user_id = '' OR item_id IS NULL "
-        "OR item_id = '' OR line_no IS NULL), count(*), count(DISTINCT seq_no) FROM reviews"
-    ).fetchall()[0]
-    return dg.AssetCheckResult(passed=bad_ids == 0 and seqs == rows,
-                               metadata={"rows_without_ids": bad_ids, "duplicate_seq_no": rows - seqs})
-
-
-def items_unique(conn) -> dg.AssetCheckResult:
-    """`items` has one row per item id."""
-    rows, distinct = conn.execute("SELECT count(*), count(DISTINCT item_id) FROM items").fetchall()[0]
-    return dg.AssetCheckResult(passed=rows == distinct, metadata={"duplicate_item_rows": rows - distinct})
-
-
-def interactions_ordered_histories(conn) -> dg.AssetCheckResult:
-    """No (user, item) twice; each user's positions are 0..n-1; time never goes backwards."""
-    dup, bad_pos, backwards = conn.execute("""
-        WITH o AS (SELECT *, lag(ts) OVER (PARTITION BY user_id ORDER BY position) AS prev_ts
-                   FROM interactions),
-             p AS (SELECT user_id, count(*) AS n, min(position) AS lo, max(position) AS hi,
-                          count(DISTINCT position) AS d FROM interactions GROUP BY 1)
-        SELECT (SELECT count(*) - count(DISTINCT (user_id, item_id)) FROM interactions),
-               (SELECT count(*) FROM p WHERE lo <> 0 OR hi <> n - 1 OR d <> n),
-               (SELECT count(*) FROM o WHERE ts < prev_ts)""").fetchall()[0]
-    return dg.AssetCheckResult(passed=dup == 0 and bad_pos == 0 and backwards == 0, metadata={
-        "duplicate_pairs": dup, "users_with_bad_positions": bad_pos, "time_reversals": backwards})
-
-
-# ---------------------------------------------------------------------------------------------
 # assets
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb", "python"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS,
-          check_specs=blocking_checks("reviews", reviews_have_ids))
-def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: DuckDBResource,
-            paths: ConvRecPaths) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    kinds={"duckdb", "python"},
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("reviews", reviews_have_ids),
+)
+def reviews(
+    context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: DuckDBResource, paths: ConvRecPaths
+) -> dg.MaterializeResult:
     """Every usable review line of the raw folder: `reviews(user_id, item_id, rating, ts, seq_no,
     source_file, line_no, source_format)`. Files are told apart by content (2014/2018/2023 Amazon
     JSON lines, SASRec `user item` pairs, S3-Rec `user item1 item2 ...` lines); `ts` is unix seconds
@@ -216,15 +200,17 @@ def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: Du
     review_files = [ff for ff in formats if ff.kind == "reviews"]
     if not review_files:
         raise dg.Failure(
-            description=(f"No review file in {raw_dir} (files: "
-                         f"{', '.join(sorted(ff.path.name for ff in formats) + [s['file'] for s in skipped])}). "
-                         "What to do: add a review dump (JSON lines with reviewerID/asin or "
-                         "user_id/parent_asin, or SASRec/S3-Rec id lines) to the folder, or point "
-                         "CONVREC_RAW_DIR at the right folder."),
-            metadata={"raw_dir": str(raw_dir), "skipped": skipped})
+            description=(
+                f"No review file in {raw_dir} (files: "
+                f"{', '.join(sorted(ff.path.name for ff in formats) + [s['file'] for s in skipped])}). "
+                "What to do: add a review dump (JSON lines with reviewerID/asin or "
+                "user_id/parent_asin, or SASRec/S3-Rec id lines) to the folder, or point "
+                "CONVREC_RAW_DIR at the right folder."
+            ),
+            metadata={"raw_dir": str(raw_dir), "skipped": skipped},
+        )
     min_ts = _date_to_ts(config.min_review_date, 0)
-    max_ts = _date_to_ts(config.max_review_date,
-                         int(time.time()) + 86_400)
+    max_ts = _date_to_ts(config.max_review_date, int(time.time()) + 86_400)
     stats: list[FileStats] = []
     with duckdb.get_connection() as conn, contextlib.closing(conn):
         rawdata.create_staging(conn)
@@ -237,18 +223,22 @@ def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: Du
             seq_offset += s.max_line_no
             stats.append(s)
             rate = s.lines / s.seconds if s.seconds else 0.0
-            context.log.info(f"{s.file}: {s.lines:,} lines, {s.kept:,} kept, {s.n_quarantined:,} "
-                             f"quarantined {dict(s.quarantined)} ({rate:,.0f} lines/s, {s.parser})")
-        conn.execute("BEGIN TRANSACTION")
-        _write_quarantine(conn, "reviews")
-        conn.execute("COMMIT")
+            context.log.info(
+                f"{s.file}: {s.lines:,} lines, {s.kept:,} kept, {s.n_quarantined:,} "
+                f"quarantined {dict(s.quarantined)} ({rate:,.0f} lines/s, {s.parser})"
+            )
+        with transaction(conn):
+            replace_quarantine(conn, "reviews", "_stage_quarantine")
         _check_shares(conn, "reviews", stats, config.max_quarantine_share)
         n_kept = sum(s.kept for s in stats)
         if n_kept == 0:
-            raise dg.Failure(description=(
-                f"No usable review in {raw_dir}: every review line was quarantined "
-                f"({_quarantine_reasons(stats)}). What to do: look at `SELECT * FROM quarantine WHERE "
-                "stage = 'reviews'` and fix the dump."))
+            raise dg.Failure(
+                description=(
+                    f"No usable review in {raw_dir}: every review line was quarantined "
+                    f"({_quarantine_reasons(stats)}). What to do: look at `SELECT * FROM quarantine WHERE "
+                    "stage = 'reviews'` and fix the dump."
+                )
+            )
         conn.execute("BEGIN TRANSACTION")
         conn.execute("""CREATE OR REPLACE TABLE reviews AS
                         SELECT user_id, item_id, rating, ts, seq_no, source_file, line_no, source_format
@@ -256,36 +246,51 @@ def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: Du
         conn.execute("COMMIT")
         users, items, rows, min_ts_v, max_ts_v, n_ts, pairs = conn.execute(
             "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), "
-            "count(ts), count(DISTINCT (user_id, item_id)) FROM reviews").fetchall()[0]
+            "count(ts), count(DISTINCT (user_id, item_id)) FROM reviews"
+        ).fetchall()[0]
         check_results = run_checks([reviews_have_ids], conn)
     seconds = time.perf_counter() - t0
     n_lines = sum(s.lines for s in stats)
-    return dg.MaterializeResult(metadata={
-        "raw_dir": str(raw_dir),
-        "files": dg.MetadataValue.md(_files_md(stats, skipped)),
-        "formats": {s.file: s.format for s in stats},
-        "records_read": n_lines,
-        "records_kept": rows,
-        "quarantined": sum(s.n_quarantined for s in stats),
-        "quarantined_by_reason": _quarantine_reasons(stats),
-        "duplicates": rows - pairs,
-        "users": users,
-        "items": items,
-        "time_range": f"{_iso(min_ts_v)} .. {_iso(max_ts_v)}" if n_ts else "unavailable",
-        "timestamps_available": n_ts == rows,
-        "time_context": ("available" if n_ts == rows else
-                         "unavailable for the benchmark formats (no timestamps): file order is kept"
-                         if n_ts == 0 else f"partial: {n_ts:,} of {rows:,} rows have a timestamp"),
-        "skipped_files": skipped,
-        "lines_per_second": round(n_lines / seconds, 1) if seconds else 0.0,
-        "dagster/row_count": rows,
-    }, check_results=check_results)
+    return dg.MaterializeResult(
+        metadata={
+            "raw_dir": str(raw_dir),
+            "files": dg.MetadataValue.md(_files_md(stats, skipped)),
+            "formats": {s.file: s.format for s in stats},
+            "records_read": n_lines,
+            "records_kept": rows,
+            "quarantined": sum(s.n_quarantined for s in stats),
+            "quarantined_by_reason": _quarantine_reasons(stats),
+            "duplicates": rows - pairs,
+            "users": users,
+            "items": items,
+            "time_range": f"{_iso(min_ts_v)} .. {_iso(max_ts_v)}" if n_ts else "unavailable",
+            "timestamps_available": n_ts == rows,
+            "time_context": (
+                "available"
+                if n_ts == rows
+                else "unavailable for the benchmark formats (no timestamps): file order is kept"
+                if n_ts == 0
+                else f"partial: {n_ts:,} of {rows:,} rows have a timestamp"
+            ),
+            "skipped_files": skipped,
+            "lines_per_second": round(n_lines / seconds, 1) if seconds else 0.0,
+            "dagster/row_count": rows,
+        },
+        check_results=check_results,
+    )
 
 
-@dg.asset(deps=[reviews], group_name=GROUP, kinds={"duckdb", "python"}, pool=DUCKDB_POOL,
-          op_tags=DUCKDB_TAGS, check_specs=blocking_checks("items", items_unique))
-def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDBResource,
-          paths: ConvRecPaths) -> dg.MaterializeResult:
+@dg.asset(
+    deps=[reviews],
+    group_name=GROUP,
+    kinds={"duckdb", "python"},
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("items", items_unique),
+)
+def items(
+    context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDBResource, paths: ConvRecPaths
+) -> dg.MaterializeResult:
     """One row per distinct item with metadata: `items(item_id, title, brand, categories, price,
     image_ref, source_file, line_no)` (first line wins; duplicate lines are counted, not
     quarantined); `categories` are the de-duplicated tokens of every category path; `image_ref` is
@@ -296,24 +301,30 @@ def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDB
     meta_files = [ff for ff in formats if ff.kind == "meta"]
     attr_files = [ff for ff in formats if ff.kind == "item_attributes"]
     if not meta_files and not attr_files:
-        context.log.warning(f"no metadata file in {raw_dir}: `items` will be empty, so items get no "
-                            "brand/category/price attributes (image files under images/ still count)")
+        context.log.warning(
+            f"no metadata file in {raw_dir}: `items` will be empty, so items get no "
+            "brand/category/price attributes (image files under images/ still count)"
+        )
     images = rawdata.local_images(raw_dir)
     stats: list[FileStats] = []
     with duckdb.get_connection() as conn, contextlib.closing(conn):
         rawdata.create_staging(conn)
         for file_no, ff in enumerate(meta_files + attr_files):
             try:
-                s = (rawdata.load_meta(conn, ff, file_no) if ff.kind == "meta"
-                     else rawdata.load_item_attributes(conn, ff))
+                s = (
+                    rawdata.load_meta(conn, ff, file_no)
+                    if ff.kind == "meta"
+                    else rawdata.load_item_attributes(conn, ff)
+                )
             except RawDataError as err:
                 raise _failure(err, raw_dir=str(raw_dir)) from err
             stats.append(s)
-            context.log.info(f"{s.file}: {s.lines:,} records, {s.kept:,} kept, {s.n_quarantined:,} "
-                             f"quarantined {dict(s.quarantined)} ({s.parser}, {s.seconds:.2f} s)")
-        conn.execute("BEGIN TRANSACTION")
-        _write_quarantine(conn, "items")
-        conn.execute("COMMIT")
+            context.log.info(
+                f"{s.file}: {s.lines:,} records, {s.kept:,} kept, {s.n_quarantined:,} "
+                f"quarantined {dict(s.quarantined)} ({s.parser}, {s.seconds:.2f} s)"
+            )
+        with transaction(conn):
+            replace_quarantine(conn, "items", "_stage_quarantine")
         _check_shares(conn, "items", stats, config.max_quarantine_share)
         image_rows = [(k, str(v)) for k, v in images.items()] if config.prefer_local_images else []
         conn.execute("CREATE OR REPLACE TEMP TABLE _local_images(item_id VARCHAR, path VARCHAR)")
@@ -337,9 +348,11 @@ def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDB
         n_items, n_local, n_url, n_brand, n_cat, n_price = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE image_ref IN (SELECT path FROM _local_images)), "
             "count(*) FILTER (WHERE image_ref LIKE 'http%'), count(brand), "
-            "count(*) FILTER (WHERE len(categories) > 0), count(price) FROM items").fetchall()[0]
+            "count(*) FILTER (WHERE len(categories) > 0), count(price) FROM items"
+        ).fetchall()[0]
         n_attr_items, n_attr_rows = conn.execute(
-            "SELECT count(DISTINCT item_id), count(*) FROM raw_item_attributes").fetchall()[0]
+            "SELECT count(DISTINCT item_id), count(*) FROM raw_item_attributes"
+        ).fetchall()[0]
         missing_meta: dict = {"count": None, "examples": [], "note": "table `reviews` not materialized"}
         if _table_exists(conn, "reviews"):
             rows = conn.execute("""
@@ -349,56 +362,51 @@ def items(context: dg.AssetExecutionContext, config: ItemsConfig, duckdb: DuckDB
                 ORDER BY 1""").fetchall()
             missing_meta = {"count": len(rows), "examples": [r[0] for r in rows[:MAX_EXAMPLES]]}
             if rows:
-                context.log.warning(f"{len(rows):,} reviewed items have no metadata, e.g. "
-                                    f"{missing_meta['examples'][:5]}")
+                context.log.warning(
+                    f"{len(rows):,} reviewed items have no metadata, e.g. {missing_meta['examples'][:5]}"
+                )
         check_results = run_checks([items_unique], conn)
-    return dg.MaterializeResult(metadata={
-        "raw_dir": str(raw_dir),
-        "files": dg.MetadataValue.md(_files_md(stats, skipped)),
-        "formats": {s.file: s.format for s in stats},
-        "records_read": sum(s.lines for s in stats),
-        "records_kept": n_items,
-        "quarantined": sum(s.n_quarantined for s in stats),
-        "quarantined_by_reason": _quarantine_reasons(stats),
-        "duplicates": meta_lines - n_items,
-        "items": n_items,
-        "items_with_brand": n_brand,
-        "items_with_categories": n_cat,
-        "items_with_price": n_price,
-        "items_with_local_image": n_local,
-        "items_with_image_url_only": n_url,
-        "local_image_files": len(images),
-        "attribute_items": n_attr_items,
-        "attribute_rows": n_attr_rows,
-        "reviewed_items_without_metadata": missing_meta["count"] if missing_meta["count"] is not None else -1,
-        "reviewed_items_without_metadata_examples": missing_meta["examples"],
-        "skipped_files": skipped,
-        "dagster/row_count": n_items,
-    }, check_results=check_results)
+    return dg.MaterializeResult(
+        metadata={
+            "raw_dir": str(raw_dir),
+            "files": dg.MetadataValue.md(_files_md(stats, skipped)),
+            "formats": {s.file: s.format for s in stats},
+            "records_read": sum(s.lines for s in stats),
+            "records_kept": n_items,
+            "quarantined": sum(s.n_quarantined for s in stats),
+            "quarantined_by_reason": _quarantine_reasons(stats),
+            "duplicates": meta_lines - n_items,
+            "items": n_items,
+            "items_with_brand": n_brand,
+            "items_with_categories": n_cat,
+            "items_with_price": n_price,
+            "items_with_local_image": n_local,
+            "items_with_image_url_only": n_url,
+            "local_image_files": len(images),
+            "attribute_items": n_attr_items,
+            "attribute_rows": n_attr_rows,
+            "reviewed_items_without_metadata": missing_meta["count"]
+            if missing_meta["count"] is not None
+            else -1,
+            "reviewed_items_without_metadata_examples": missing_meta["examples"],
+            "skipped_files": skipped,
+            "dagster/row_count": n_items,
+        },
+        check_results=check_results,
+    )
 
 
-def _histogram_md(lengths: list[int]) -> dg.MetadataValue:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=90)
-    ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#4c72b0")
-    ax.set_xlabel("interactions per user")
-    ax.set_ylabel("users")
-    ax.set_title("history lengths after filtering")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return dg.MetadataValue.md(f"![plot](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
-
-
-@dg.asset(deps=[reviews, items], group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS,
-          check_specs=blocking_checks("interactions", interactions_ordered_histories))
-def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
-                 duckdb: DuckDBResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=[reviews, items],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    pool=DUCKDB_POOL,
+    op_tags=DUCKDB_TAGS,
+    check_specs=blocking_checks("interactions", interactions_ordered_histories),
+)
+def interactions(
+    context: dg.AssetExecutionContext, config: InteractionsConfig, duckdb: DuckDBResource
+) -> dg.MaterializeResult:
     """De-duplicated interactions, each user's history in time order: `interactions(user_id,
     item_id, ts, rating, position)` with `position` 0-based. One row per (user, item), the earliest;
     ties in time keep file order. Then users and items with fewer than `min_interactions` rows are
@@ -406,9 +414,8 @@ def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
     files are already filtered and kept whole unless configured otherwise."""
     k = config.min_interactions
     with duckdb.get_connection() as conn, contextlib.closing(conn):
-        if not _table_exists(conn, "reviews"):
-            raise dg.Failure("Table `reviews` does not exist. What to do: materialize `reviews` first "
-                             "(e.g. select `reviews+`).")
+        with failures():
+            require_tables(conn, "reviews", hint="materialize `reviews` first (e.g. select `reviews+`).")
         n_reviews = conn.execute("SELECT count(*) FROM reviews").fetchall()[0][0]
         duplicates = rawdata.dedupe_reviews(conn, "reviews")
         before = rawdata.table_counts(conn, "_dedup")
@@ -421,12 +428,15 @@ def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
         if only_benchmark and not config.filter_benchmark_formats:
             chosen, applied = "_dedup", "none (processed benchmark files are already filtered)"
         else:
-            chosen, applied = ("_one_pass", "one_pass") if config.kcore == "one_pass" else ("_iterative", "iterative")
+            chosen, applied = (
+                ("_one_pass", "one_pass") if config.kcore == "one_pass" else ("_iterative", "iterative")
+            )
         context.log.info(
             f"{n_reviews:,} reviews, {duplicates:,} duplicates; {k}-interaction filter: one pass keeps "
             f"{one_pass.interactions:,} rows / {one_pass.users:,} users / {one_pass.items:,} items, "
             f"iterative keeps {iterative.interactions:,} / {iterative.users:,} / {iterative.items:,} "
-            f"({iterative.rounds} rounds); applied: {applied}")
+            f"({iterative.rounds} rounds); applied: {applied}"
+        )
         conn.execute("BEGIN TRANSACTION")
         conn.execute(f"""
             CREATE OR REPLACE TABLE interactions AS
@@ -441,38 +451,53 @@ def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig,
             context.log.warning(
                 f"!!! no interaction is left after the {k}-interaction filter ({applied}) of "
                 f"{before.interactions:,} rows: `interactions` is empty. Lower min_interactions in "
-                "the `interactions` config or use a larger dump. !!!")
+                "the `interactions` config or use a larger dump. !!!"
+            )
         min_ts, max_ts, n_ts = conn.execute(
-            "SELECT min(ts), max(ts), count(ts) FROM interactions").fetchall()[0]
-        lengths = [r[0] for r in conn.execute(
-            "SELECT count(*) FROM interactions GROUP BY user_id").fetchall()]
+            "SELECT min(ts), max(ts), count(ts) FROM interactions"
+        ).fetchall()[0]
+        lengths = [
+            r[0] for r in conn.execute("SELECT count(*) FROM interactions GROUP BY user_id").fetchall()
+        ]
         no_meta = None
         if _table_exists(conn, "items"):
-            attrs = "OR item_id IN (SELECT item_id FROM raw_item_attributes)" if _table_exists(
-                conn, "raw_item_attributes") else ""
+            attrs = (
+                "OR item_id IN (SELECT item_id FROM raw_item_attributes)"
+                if _table_exists(conn, "raw_item_attributes")
+                else ""
+            )
             no_meta = conn.execute(f"""
                 SELECT count(DISTINCT item_id) FROM interactions
                 WHERE NOT (item_id IN (SELECT item_id FROM items) {attrs})""").fetchall()[0][0]
         check_results = run_checks([interactions_ordered_histories], conn)
     lengths = sorted(lengths) or [0]  # [0]: nothing left after the filter
-    return dg.MaterializeResult(metadata={
-        "records_read": n_reviews,
-        "records_kept": kept.interactions,
-        "duplicates": duplicates,
-        "quarantined": 0,
-        "users": kept.users,
-        "items": kept.items,
-        "min_interactions": k,
-        "filter_applied": applied,
-        "before_filter": before.as_dict(),
-        "one_pass": one_pass.as_dict(),
-        "iterative": iterative.as_dict(),
-        "time_range": f"{_iso(min_ts)} .. {_iso(max_ts)}" if n_ts else "unavailable",
-        "timestamps_available": n_ts == kept.interactions,
-        "history_length": {"min": lengths[0], "median": lengths[len(lengths) // 2],
-                           "mean": round(sum(lengths) / len(lengths), 2), "max": lengths[-1]},
-        "density": round(kept.interactions / max(1, kept.users * kept.items), 6),
-        "items_without_metadata": -1 if no_meta is None else no_meta,
-        "history_lengths": _histogram_md(lengths),
-        "dagster/row_count": kept.interactions,
-    }, check_results=check_results)
+    return dg.MaterializeResult(
+        metadata={
+            "records_read": n_reviews,
+            "records_kept": kept.interactions,
+            "duplicates": duplicates,
+            "quarantined": 0,
+            "users": kept.users,
+            "items": kept.items,
+            "min_interactions": k,
+            "filter_applied": applied,
+            "before_filter": before.as_dict(),
+            "one_pass": one_pass.as_dict(),
+            "iterative": iterative.as_dict(),
+            "time_range": f"{_iso(min_ts)} .. {_iso(max_ts)}" if n_ts else "unavailable",
+            "timestamps_available": n_ts == kept.interactions,
+            "history_length": {
+                "min": lengths[0],
+                "median": lengths[len(lengths) // 2],
+                "mean": round(sum(lengths) / len(lengths), 2),
+                "max": lengths[-1],
+            },
+            "density": round(kept.interactions / max(1, kept.users * kept.items), 6),
+            "items_without_metadata": -1 if no_meta is None else no_meta,
+            "history_lengths": dg.MetadataValue.md(
+                length_histogram_markdown(lengths, 40, "history lengths after filtering", log_tail=False)
+            ),
+            "dagster/row_count": kept.interactions,
+        },
+        check_results=check_results,
+    )

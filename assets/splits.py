@@ -1,19 +1,17 @@
 """Splits stage: integer indices, leave-one-out splits with time context, stored negatives, proxy ids.
 
-Thin Dagster wrappers around ``convrec_dagster.splits`` (DuckDB SQL + NumPy). The asset checks that
+Thin Dagster wrappers around ``convrec_dagster.data.splits`` (DuckDB SQL + NumPy). The asset checks that
 guard training (leakage, split sizes, negatives, proxy counts) are blocking: a failure stops the run
 before any model sees the data.
 """
 
-import base64
-import io
-
 import dagster as dg
-import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster import splits
 from convrec_dagster.checks import blocking_checks, run_checks
+from convrec_dagster.data import splits
+from convrec_dagster.data.outcome import CheckOutcome
+from convrec_dagster.data.plots import length_histogram_markdown
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "splits"
@@ -47,62 +45,35 @@ class ProxyIdsConfig(dg.Config):
     min_count: int = 1
 
 
-def _length_histogram_md(lengths: np.ndarray, bins: int) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=90)
-    hi = max(int(lengths.max()), 1)
-    edges = np.unique(np.geomspace(1, hi + 1, num=bins + 1).round()) if hi > bins else np.arange(1, hi + 2)
-    ax.hist(lengths, bins=edges, color="#4C72B0")
-    if hi > bins:  # long tail: log axes
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlabel("interactions per user")
-    ax.set_ylabel("users")
-    ax.set_title(f"Sequence lengths ({len(lengths):,} users)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return f"![sequence lengths](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
-
-
-def _check_result(outcome: splits.CheckOutcome) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description, metadata=outcome.metadata)
-
-
 # Checks (run inside their asset's step, see convrec_dagster/checks.py); the SQL is in
-# convrec_dagster/splits.py.
+# convrec_dagster/data/splits.py.
 
 
-def sequences_no_leakage(conn) -> dg.AssetCheckResult:
+def sequences_no_leakage(conn) -> CheckOutcome:
     """No validation or test row is a training input: they are each evaluated user's last two
     positions and no training row comes after them."""
-    return _check_result(splits.check_no_leakage(conn))
+    return splits.check_no_leakage(conn)
 
 
-def sequences_split_sizes(conn) -> dg.AssetCheckResult:
+def sequences_split_sizes(conn) -> CheckOutcome:
     """train + valid + test rows add up to `interactions`; valid = test = evaluated users."""
-    return _check_result(splits.check_split_sizes(conn))
+    return splits.check_split_sizes(conn)
 
 
-def eval_negatives_disjoint_from_history(conn) -> dg.AssetCheckResult:
+def eval_negatives_disjoint_from_history(conn) -> CheckOutcome:
     """No stored negative is an item of the user's own history (train, valid or test)."""
-    return _check_result(splits.check_negatives_disjoint(conn))
+    return splits.check_negatives_disjoint(conn)
 
 
-def eval_negatives_count_per_user(conn, n_negatives: int = splits.DEFAULT_N_NEGATIVES) -> dg.AssetCheckResult:
+def eval_negatives_count_per_user(conn, n_negatives: int = splits.DEFAULT_N_NEGATIVES) -> CheckOutcome:
     """Every evaluated user has exactly `n_negatives` distinct negatives (as configured, default 100);
     train-only users have none."""
-    return _check_result(splits.check_negative_counts(conn, n_negatives))
+    return splits.check_negative_counts(conn, n_negatives)
 
 
-def proxy_ids_training_counts(conn) -> dg.AssetCheckResult:
+def proxy_ids_training_counts(conn) -> CheckOutcome:
     """Proxy counts equal a recount over training rows only, and own ids go to the top-K items."""
-    return _check_result(splits.check_proxy_counts(conn))
+    return splits.check_proxy_counts(conn)
 
 
 SEQUENCES_CHECKS = [sequences_no_leakage, sequences_split_sizes]
@@ -118,7 +89,9 @@ SPLITS_CHECKS = [*SEQUENCES_CHECKS, *EVAL_NEGATIVES_CHECKS, proxy_ids_training_c
     op_tags=DUCKDB_TAGS,
     check_specs=blocking_checks("sequences", *SEQUENCES_CHECKS),
 )
-def sequences(context: dg.AssetExecutionContext, config: SequencesConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def sequences(
+    context: dg.AssetExecutionContext, config: SequencesConfig, duckdb: DuckDBResource
+) -> dg.MaterializeResult:
     """Users 1..U and items 1..I (by training frequency), and every interaction with its leave-one-out
     split (last = test, second-to-last = valid; users with < 3 interactions only train), timestamp,
     (year, month, day) and the 6 time-context features (NULL when the dump has no timestamps).
@@ -139,7 +112,11 @@ def sequences(context: dg.AssetExecutionContext, config: SequencesConfig, duckdb
     )
     metadata = {k: v for k, v in summary.items() if k != "has_timestamps"}
     metadata["time_context_available"] = summary["has_timestamps"]
-    metadata["sequence_length_histogram"] = dg.MetadataValue.md(_length_histogram_md(lengths, config.histogram_bins))
+    metadata["sequence_length_histogram"] = dg.MetadataValue.md(
+        length_histogram_markdown(
+            lengths, config.histogram_bins, f"Sequence lengths ({len(lengths):,} users)"
+        )
+    )
     metadata["dagster/row_count"] = summary["interactions"]
     return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 
@@ -161,8 +138,9 @@ def eval_negatives(
     with duckdb.get_connection() as conn:
         context.log.info(f"drawing {config.n_negatives} negatives per evaluated user (seed {config.seed})")
         summary = splits.build_eval_negatives(conn, n_negatives=config.n_negatives, seed=config.seed)
-        check_results = (run_checks([eval_negatives_disjoint_from_history], conn)
-                         + run_checks([eval_negatives_count_per_user], conn, config.n_negatives))
+        check_results = run_checks([eval_negatives_disjoint_from_history], conn) + run_checks(
+            [eval_negatives_count_per_user], conn, config.n_negatives
+        )
     metadata = dict(summary)
     metadata["dagster/row_count"] = summary["rows"]
     return dg.MaterializeResult(metadata=metadata, check_results=check_results)
@@ -176,7 +154,9 @@ def eval_negatives(
     op_tags=DUCKDB_TAGS,
     check_specs=blocking_checks("proxy_ids", proxy_ids_training_counts),
 )
-def proxy_ids(context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def proxy_ids(
+    context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb: DuckDBResource
+) -> dg.MaterializeResult:
     """Frequency-based proxy ids: the K most frequent items, counted on training rows only, keep ids
     1..K; all others share the rare-item id K + 1; 0 is padding."""
     fixed: int | float | None = config.top_k if config.top_k is not None else config.top_fraction
@@ -201,20 +181,23 @@ def proxy_ids(context: dg.AssetExecutionContext, config: ProxyIdsConfig, duckdb:
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
 )
-def training_data_parquet(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
-                          paths: ConvRecPaths) -> dg.MaterializeResult:
+def training_data_parquet(
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, paths: ConvRecPaths
+) -> dg.MaterializeResult:
     """The training data as Parquet under `CONVREC_HOME/export/`: `sequences`, `eval_negatives`,
     `proxy_ids`, the indices and the item features, one file per table. A training job on another
-    machine reads them without the DuckDB file (`convrec_dagster.dataset.load_rec_data_from_parquet`)."""
-    from convrec_dagster.dataset import export_parquet
+    machine reads them without the DuckDB file (`convrec_dagster.data.dataset.load_rec_data_from_parquet`)."""
+    from convrec_dagster.data.dataset import export_parquet
 
     folder = paths.home_path() / "export"
     with duckdb.get_connection() as conn:
         written = export_parquet(conn, folder)
     context.log.info(f"wrote {len(written)} Parquet files to {folder}")
     sizes = {name: (folder / f"{name}.parquet").stat().st_size for name in written}
-    return dg.MaterializeResult(metadata={
-        "folder": dg.MetadataValue.path(str(folder)),
-        "rows": dg.MetadataValue.json(written),
-        "bytes": sum(sizes.values()),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "folder": dg.MetadataValue.path(str(folder)),
+            "rows": dg.MetadataValue.json(written),
+            "bytes": sum(sizes.values()),
+        }
+    )

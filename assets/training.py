@@ -1,15 +1,12 @@
 """Training: one asset per model (popularity, SASRec, ConvRec's attention counterpart, ConvRec).
 
-Each asset loads the prepared data from DuckDB (``convrec_dagster.dataset.load_rec_data``), trains
+Each asset loads the prepared data from DuckDB (``convrec_dagster.data.dataset.load_rec_data``), trains
 with ``models.train.train`` on the ``torch_device`` resource's device, and writes
 ``CONVREC_HOME/artifacts/models/<model>/{best.pt, resume.pt, history.json}``. A run that was killed
 resumes from its last epoch when config and data are unchanged. Training steps share the ``gpu``
 pool (size 1), so two runs never fight over one device.
 """
 
-
-import base64
-import io
 import time
 from typing import Literal
 
@@ -17,7 +14,10 @@ import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster.budgets import (
+from convrec_dagster.data.plots import training_curves_markdown
+from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
+from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
+from models.budgets import (
     MAX_LEN_CHOICES,
     auto_max_len,
     budget_settings,
@@ -25,8 +25,8 @@ from convrec_dagster.budgets import (
     resolve_emb_init,
     resolve_loss,
 )
-from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
-from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
+from models.data import FeatureChoice
+from models.registry import MODELS, ModelSpec, spec
 
 GROUP = "training"
 ENCODER_DEPS = ["sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"]
@@ -37,7 +37,7 @@ DATASET_KEYWORDS = {"beauty": "beauty", "games": "games", "video": "games", "fas
 
 
 class TrainingConfig(dg.Config):
-    """Hyper-parameters; fields left at None (or ``auto``) take the budget's value (``convrec_dagster.budgets``).
+    """Hyper-parameters; fields left at None (or ``auto``) take the budget's value (``models.budgets``).
 
     ``budget``: ``cpu`` (all cuts per epoch, cross-entropy over all items, at most 60 minutes per
     model: what reaches the accuracy targets on 2 CPU cores), ``paper`` (the paper's Appendix C:
@@ -55,10 +55,10 @@ class TrainingConfig(dg.Config):
 
     budget: Literal["auto", "cpu", "paper", "sample"] = "auto"
     dataset: Literal["auto", "beauty", "games", "fashion", "men"] = "auto"
-    features: Literal["auto", "attributes", "image", "both", "none"] = "auto"
+    features: FeatureChoice = "auto"
     d: int | None = None
     hidden: int | None = None
-    max_len: int | None = None  # 0: chosen from the data (convrec_dagster.budgets.auto_max_len)
+    max_len: int | None = None  # 0: chosen from the data (models.budgets.auto_max_len)
     batch_size: int | None = None
     lr: float | None = None
     dropout: float | None = None
@@ -91,13 +91,17 @@ class TrainingConfig(dg.Config):
     n_layers: int | None = None
     n_heads: int | None = None
     pooling: Literal["last", "mean"] = "last"
-    emb_init_std: float | None = None  # std of the id embeddings' init (None: the budget's; 0: PyTorch's N(0, 1))
+    emb_init_std: float | None = (
+        None  # std of the id embeddings' init (None: the budget's; 0: PyTorch's N(0, 1))
+    )
 
 
 ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
 
 
-def resolve_settings(config: TrainingConfig, paths: ConvRecPaths, model: str, cuda: bool) -> tuple[str, str, dict]:
+def resolve_settings(
+    config: TrainingConfig, paths: ConvRecPaths, model: str, cuda: bool
+) -> tuple[str, str, dict]:
     """(budget, dataset preset, every setting with the budget's values filled in)."""
     budget = resolve_budget(config.budget, paths.is_embedded_sample(), cuda)
     dataset = config.dataset
@@ -116,33 +120,6 @@ def resolve_settings(config: TrainingConfig, paths: ConvRecPaths, model: str, cu
     return budget, dataset, settings
 
 
-def curve_markdown(history: list[dict], title: str) -> str:
-    """Training loss and validation NDCG@10 per epoch as a base64 PNG in markdown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=90)
-    losses = [h["loss"] for h in history]
-    if any(v is not None for v in losses):
-        ax.plot(epochs, losses, color="tab:blue", marker=".", label="train loss")
-        ax.set_ylabel("train loss", color="tab:blue")
-    other = ax.twinx()
-    other.plot(epochs, [h["valid_NDCG@10"] for h in history], color="tab:orange", marker=".", label="valid NDCG@10")
-    other.plot(epochs, [h["valid_HR@10"] for h in history], color="tab:green", marker=".", label="valid HR@10")
-    other.set_ylabel("validation metric")
-    other.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("epoch")
-    ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
-
-
 def train_model_asset(
     name: str,
     context: dg.AssetExecutionContext,
@@ -153,7 +130,7 @@ def train_model_asset(
 ) -> dg.MaterializeResult:
     import torch
 
-    from convrec_dagster.dataset import load_rec_data
+    from convrec_dagster.data.dataset import load_rec_data
     from models.registry import build_model, model_kwargs
     from models.train import TrainConfig, train
 
@@ -164,7 +141,7 @@ def train_model_asset(
         torch.set_num_threads(int(s["num_threads"]))
     try:
         with duckdb.get_connection() as conn:
-            data = load_rec_data(conn, features=s["features"] if name in ("convrec", "convrec_attention") else "none")
+            data = load_rec_data(conn, features=s["features"] if spec(name).item_features else "none")
         context.log.info(
             f"{name}: {data.n_users} users, {data.n_items} items, {len(data.items)} interactions, "
             f"features {data.info.get('features')}, time context {data.has_context}; budget {budget}"
@@ -173,30 +150,42 @@ def train_model_asset(
         if not s["max_len"]:
             lengths = np.diff(data.user_ptr[1 : data.n_users + 2]) - 2 * data.is_eval_user[1:]
             s["max_len"] = auto_max_len(lengths)
-            context.log.info(f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
-                             f"histories fit; choices {MAX_LEN_CHOICES})")
-        row_dependent = name in ("convrec", "convrec_attention") and data.has_context
-        s["emb_init_std"] = resolve_emb_init(config.emb_init_std, s.pop("emb_init_std_budget"),
-                                             s.pop("emb_init_std_with_time", None), row_dependent)
+            context.log.info(
+                f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
+                f"histories fit; choices {MAX_LEN_CHOICES})"
+            )
+        row_dependent = spec(name).item_features and data.has_context
+        s["emb_init_std"] = resolve_emb_init(
+            config.emb_init_std,
+            s.pop("emb_init_std_budget"),
+            s.pop("emb_init_std_with_time", None),
+            row_dependent,
+        )
         loss, s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
         if loss != s["loss"]:
-            context.log.info(f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "
-                             f"{s['n_negatives']} sampled negatives instead of full_softmax")
+            context.log.info(
+                f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "
+                f"{s['n_negatives']} sampled negatives instead of full_softmax"
+            )
         s["loss"] = loss
-        context.log.info(f"{name}: scheme {s['scheme']}, loss {loss}, lr {s['lr']}, batch {s['batch_size']}, "
-                         f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
-                         + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else ""))
+        context.log.info(
+            f"{name}: scheme {s['scheme']}, loss {loss}, lr {s['lr']}, batch {s['batch_size']}, "
+            f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
+            + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else "")
+        )
         hparams = model_kwargs(name, s)
-        if name in ("convrec", "convrec_attention"):
+        if spec(name).item_features:
             hparams["features"] = s["features"]
-        train_config = TrainConfig(**{k: s[k] for k in TrainConfig.__dataclass_fields__ if k in s and k != "eval_batch_size"})
+        train_config = TrainConfig(
+            **{k: s[k] for k in TrainConfig.__dataclass_fields__ if k in s and k != "eval_batch_size"}
+        )
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         torch.manual_seed(train_config.seed)
         model = build_model(name, data, hparams)
         if torch_device.compile and hasattr(model, "mix"):
             model.mix = torch.compile(model.mix)
             context.log.info("torch.compile applied to the sequence mixer")
-        out_dir = paths.artifacts_path("models", name)
+        out_dir = paths.model_path(name)
 
         def on_epoch(record: dict) -> None:
             loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
@@ -210,7 +199,9 @@ def train_model_asset(
                 f"{record['epoch_time_s']:.2f} s{speed}{timing}"
             )
 
-        result = train(model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, context.log.info)
+        result = train(
+            model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, context.log.info
+        )
         device_description = torch_device.describe()  # before the thread count is restored
     finally:
         torch.set_num_threads(threads_before)
@@ -224,7 +215,9 @@ def train_model_asset(
         "epochs_run": result.epochs_run,
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,
-        "resumed_from_epoch": dg.MetadataValue.int(result.resumed_from) if result.resumed_from is not None else "no",
+        "resumed_from_epoch": dg.MetadataValue.int(result.resumed_from)
+        if result.resumed_from is not None
+        else "no",
         "parameters": model.n_parameters(),
         "device": device_description,
         "precision": precision,
@@ -233,14 +226,18 @@ def train_model_asset(
         "wall_time_s": round(wall, 2),
         "mean_epoch_time_s": round(sum(epoch_times) / len(epoch_times), 3) if epoch_times else 0.0,
         "budget": budget,
-        "still_improving_at_end": bool(result.history) and result.best_epoch == result.history[-1]["epoch"]
-        and len(result.history) > 1 and not result.stopped_early,
+        "still_improving_at_end": bool(result.history)
+        and result.best_epoch == result.history[-1]["epoch"]
+        and len(result.history) > 1
+        and not result.stopped_early,
         "hparams": dg.MetadataValue.json({k: v for k, v in hparams.items()}),
-        "train_config": dg.MetadataValue.json({k: getattr(train_config, k) for k in TrainConfig.__dataclass_fields__}),
+        "train_config": dg.MetadataValue.json(
+            {k: getattr(train_config, k) for k in TrainConfig.__dataclass_fields__}
+        ),
         "data_fingerprint": str(data.info.get("fingerprint", "")),
         "data_features": str(data.info.get("features", "")),
         "checkpoint": dg.MetadataValue.path(str(out_dir / "best.pt")),
-        "curves": dg.MetadataValue.md(curve_markdown(result.history, f"{name}: training curves")),
+        "curves": dg.MetadataValue.md(training_curves_markdown(result.history, f"{name}: training curves")),
     }
     context.log.info(
         f"{name}: best epoch {result.best_epoch}, valid NDCG@10 {result.best_metrics['NDCG@10']:.4f}, "
@@ -249,16 +246,18 @@ def train_model_asset(
     return dg.MaterializeResult(metadata=metadata)
 
 
-def _training_asset(name: str, deps: list[str], description: str):
+def _training_asset(model: ModelSpec) -> dg.AssetsDefinition:
+    name = model.name
+
     @dg.asset(
-        name=f"{name}_model",
+        name=model.asset_name,
         group_name=GROUP,
         kinds={"pytorch"},
-        deps=deps,
+        deps=ENCODER_DEPS if model.item_features else SPLIT_DEPS,
         pool=GPU_POOL,
         op_tags=DUCKDB_TAGS,
         retry_policy=TRANSIENT_RETRY_POLICY,  # e.g. CUDA OOM while another process holds the device; resumes
-        description=description,
+        description=model.description,
     )
     def _asset(
         context: dg.AssetExecutionContext,
@@ -272,21 +271,7 @@ def _training_asset(name: str, deps: list[str], description: str):
     return _asset
 
 
-popularity_model = _training_asset(
-    "popularity", SPLIT_DEPS,
-    "Popularity baseline: items ranked by training interactions. Nothing to learn; evaluated once.",
-)
-sasrec_model = _training_asset(
-    "sasrec", SPLIT_DEPS,
-    "SASRec baseline: causal self-attention over item-ID embeddings, trained like ConvRec.",
-)
-convrec_attention_model = _training_asset(
-    "convrec_attention", ENCODER_DEPS,
-    "ConvRec's attention counterpart: ConvRec's item encoder with a Transformer encoder instead of the "
-    "convolution stack, isolating convolution versus attention.",
-)
-convrec_model = _training_asset(
-    "convrec", ENCODER_DEPS,
-    "ConvRec (IJCAI-ECAI 2026): attribute-aware item encoder and convolution down-scaling, trained with "
-    "early stopping on validation NDCG@10; best and resumable checkpoints under artifacts/models/convrec.",
-)
+# One asset per model of models.registry.MODELS: popularity_model, sasrec_model, convrec_attention_model,
+# convrec_model (module attributes, so that load_assets_from_modules finds them).
+TRAINING_ASSETS: dict[str, dg.AssetsDefinition] = {m.name: _training_asset(m) for m in MODELS}
+globals().update({m.asset_name: TRAINING_ASSETS[m.name] for m in MODELS})

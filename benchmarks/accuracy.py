@@ -12,7 +12,7 @@ attention counterpart, ConvRec -> evaluation) with a run config that sets the tr
 numbers are read back from the ``evaluation_metrics`` DuckDB table (both protocols: ``sampled_100``
 and ``full``) and written beside the published ones.
 
-Budgets (``convrec_dagster.budgets``; every training asset gets the same one):
+Budgets (``models.budgets``; every training asset gets the same one):
 
 - ``cpu``: what reaches the targets on 2 CPU cores: every training row a positive once per epoch,
   cross-entropy over all items, at most 60 minutes of training per model, early stopping after 3
@@ -35,63 +35,115 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, write_json
+from models.registry import MODELS as REGISTRY
 
 DATASETS = {
-    "video": {"dir": REPO_ROOT.parent / "shared" / "data" / "benchmarks" / "sasrec_video", "paper_dataset": "games",
-              "what": "SASRec 'Video' = the ConvRec paper's Games set: 31,013 users, 23,715 items, 287,107 "
-                      "interactions, item ids only (no timestamps, no attributes)"},
-    "beauty": {"dir": REPO_ROOT.parent / "shared" / "data" / "benchmarks" / "s3rec_beauty", "paper_dataset": "beauty",
-               "what": "S3-Rec Beauty: 22,363 users, 12,101 items, 198,502 interactions, 637 attribute ids, "
-                       "no timestamps"},
-    "magazine": {"dir": REPO_ROOT.parent / "shared" / "data" / "amazon2018" / "magazine", "paper_dataset": "beauty",
-                 "what": "Amazon 2018 Magazine_Subscriptions 5-core: 348 users, 157 items, 2,375 reviews, with "
-                         "timestamps, brand and category attributes (no local images)"},
+    "video": {
+        "dir": REPO_ROOT.parent / "shared" / "data" / "benchmarks" / "sasrec_video",
+        "paper_dataset": "games",
+        "what": "SASRec 'Video' = the ConvRec paper's Games set: 31,013 users, 23,715 items, 287,107 "
+        "interactions, item ids only (no timestamps, no attributes)",
+    },
+    "beauty": {
+        "dir": REPO_ROOT.parent / "shared" / "data" / "benchmarks" / "s3rec_beauty",
+        "paper_dataset": "beauty",
+        "what": "S3-Rec Beauty: 22,363 users, 12,101 items, 198,502 interactions, 637 attribute ids, "
+        "no timestamps",
+    },
+    "magazine": {
+        "dir": REPO_ROOT.parent / "shared" / "data" / "amazon2018" / "magazine",
+        "paper_dataset": "beauty",
+        "what": "Amazon 2018 Magazine_Subscriptions 5-core: 348 users, 157 items, 2,375 reviews, with "
+        "timestamps, brand and category attributes (no local images)",
+    },
 }
 # Published figures (quoted, not measured here): HR@10 / NDCG@10; each row names its source.
 PUBLISHED = {
     "video": {
-        "source": "CONVREC_SPEC.md section 8; ../shared/data/README.md",
+        "source": "docs/CONVREC_SPEC.md §8; ../shared/data/README.md",
         "rows": [
-            {"model": "SASRec (published)", "protocol": "sampled_100", "HR@10": 0.741, "NDCG@10": 0.536,
-             "source": "SASRec paper (Kang & McAuley, ICDM 2018), this Video.txt"},
-            {"model": "SASRec (PyTorch port)", "protocol": "sampled_100", "HR@10": 0.7442, "NDCG@10": 0.5376,
-             "source": "pmixer/SASRec.pytorch README (best of .7318-.7442 / .5297-.5376), this Video.txt"},
-            {"model": "ConvRec (paper, Games with attributes + time)", "protocol": "sampled_100", "HR@10": 0.819,
-             "NDCG@10": 0.617, "source": "ConvRec paper Table 2, Games (CARCA preprocessing: a different file)"},
+            {
+                "model": "SASRec (published)",
+                "protocol": "sampled_100",
+                "HR@10": 0.741,
+                "NDCG@10": 0.536,
+                "source": "SASRec paper (Kang & McAuley, ICDM 2018), this Video.txt",
+            },
+            {
+                "model": "SASRec (PyTorch port)",
+                "protocol": "sampled_100",
+                "HR@10": 0.7442,
+                "NDCG@10": 0.5376,
+                "source": "pmixer/SASRec.pytorch README (best of .7318-.7442 / .5297-.5376), this Video.txt",
+            },
+            {
+                "model": "ConvRec (paper, Games with attributes + time)",
+                "protocol": "sampled_100",
+                "HR@10": 0.819,
+                "NDCG@10": 0.617,
+                "source": "ConvRec paper Table 2, Games (CARCA preprocessing: a different file)",
+            },
         ],
         "note": "the paper's ConvRec used item attributes and time context; Video.txt has neither, so our ConvRec "
-                "runs on item ids (proxy ids) only here",
+        "runs on item ids (proxy ids) only here",
     },
     "beauty": {
-        "source": "CONVREC_SPEC.md section 8; ../shared/data/README.md",
+        "source": "docs/CONVREC_SPEC.md §8; ../shared/data/README.md",
         "rows": [
-            {"model": "SASRec (PyTorch port)", "protocol": "sampled_100", "HR@10": 0.5059, "NDCG@10": 0.3384,
-             "source": "S3-Rec repository, issue 11, this Beauty.txt"},
-            {"model": "BSARec (published best log)", "protocol": "full", "HR@10": 0.1008, "NDCG@10": 0.0611,
-             "source": "BSARec's published log on this Beauty.txt (d 64, full softmax, 65 epochs)"},
-            {"model": "ICLRec (published)", "protocol": "full", "HR@10": 0.0744, "NDCG@10": 0.0403,
-             "source": "ICLRec paper (WWW 2022), this Beauty.txt"},
+            {
+                "model": "SASRec (PyTorch port)",
+                "protocol": "sampled_100",
+                "HR@10": 0.5059,
+                "NDCG@10": 0.3384,
+                "source": "S3-Rec repository, issue 11, this Beauty.txt",
+            },
+            {
+                "model": "BSARec (published best log)",
+                "protocol": "full",
+                "HR@10": 0.1008,
+                "NDCG@10": 0.0611,
+                "source": "BSARec's published log on this Beauty.txt (d 64, full softmax, 65 epochs)",
+            },
+            {
+                "model": "ICLRec (published)",
+                "protocol": "full",
+                "HR@10": 0.0744,
+                "NDCG@10": 0.0403,
+                "source": "ICLRec paper (WWW 2022), this Beauty.txt",
+            },
         ],
         "note": "the ConvRec paper's Beauty (52,204 users, CARCA preprocessing) is a different file; no paper "
-                "ConvRec number applies to this one",
+        "ConvRec number applies to this one",
     },
     "magazine": {"source": "none", "rows": [], "note": "no published figures on this dump"},
 }
 # The targets of issue 12 (test split, all users).
 TARGETS = {
-    "video": [("convrec", "sampled_100", "NDCG@10", 0.536), ("sasrec", "sampled_100", "NDCG@10", 0.53),
-              ("sasrec", "sampled_100", "HR@10", 0.73)],
-    "beauty": [("convrec", "full", "NDCG@10", 0.0611), ("convrec", "full", "HR@10", 0.1008),
-               ("convrec", "sampled_100", "NDCG@10", 0.338)],
+    "video": [
+        ("convrec", "sampled_100", "NDCG@10", 0.536),
+        ("sasrec", "sampled_100", "NDCG@10", 0.53),
+        ("sasrec", "sampled_100", "HR@10", 0.73),
+    ],
+    "beauty": [
+        ("convrec", "full", "NDCG@10", 0.0611),
+        ("convrec", "full", "HR@10", 0.1008),
+        ("convrec", "sampled_100", "NDCG@10", 0.338),
+    ],
     "magazine": [],  # the target here: ConvRec at least matches our SASRec (checked for every dataset)
 }
 TRAINING_MINUTES_TARGET = 60.0
-TRAINING_ASSETS = ("popularity_model", "sasrec_model", "convrec_attention_model", "convrec_model")
-MODELS = tuple(a.removesuffix("_model") for a in TRAINING_ASSETS)
+TRAINING_ASSETS = tuple(m.asset_name for m in REGISTRY)
+MODELS = tuple(m.name for m in REGISTRY)
 
 
-def run_config(dataset: str, budget: str, max_epochs: int | None = None, lr: float | None = None,
-               proxy: dict | None = None, threads: int | None = None) -> dict:
+def run_config(
+    dataset: str,
+    budget: str,
+    max_epochs: int | None = None,
+    lr: float | None = None,
+    proxy: dict | None = None,
+    threads: int | None = None,
+) -> dict:
     training: dict = {"budget": budget, "dataset": DATASETS[dataset]["paper_dataset"]}
     for key, value in (("max_epochs", max_epochs), ("lr", lr), ("num_threads", threads)):
         if value is not None:
@@ -109,7 +161,8 @@ def read_metrics(db_path: Path) -> list[dict]:
     with duckdb.connect(str(db_path), read_only=True) as conn:
         cur = conn.execute(
             "SELECT model, protocol, split, metric, k, user_group, value, ci_low, ci_high, run_id "
-            "FROM evaluation_metrics ORDER BY model, protocol, split, metric, k, user_group")
+            "FROM evaluation_metrics ORDER BY model, protocol, split, metric, k, user_group"
+        )
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
@@ -118,12 +171,20 @@ def headline(metrics: list[dict]) -> dict:
     """{model: {protocol: {"HR@10", "NDCG@10", "HR@20", "NDCG@20", ci...}}} on the test split, all users."""
     out: dict = {}
     for r in metrics:
-        if r["split"] != "test" or r["user_group"] != "all" or r["metric"] not in ("HR", "NDCG") or r["k"] not in (10, 20):
+        if (
+            r["split"] != "test"
+            or r["user_group"] != "all"
+            or r["metric"] not in ("HR", "NDCG")
+            or r["k"] not in (10, 20)
+        ):
             continue
         entry = out.setdefault(r["model"], {}).setdefault(r["protocol"], {})
         entry[f"{r['metric']}@{r['k']}"] = round(float(r["value"]), 4)
         if r["ci_low"] is not None:
-            entry[f"{r['metric']}@{r['k']}_ci95"] = [round(float(r["ci_low"]), 4), round(float(r["ci_high"]), 4)]
+            entry[f"{r['metric']}@{r['k']}_ci95"] = [
+                round(float(r["ci_low"]), 4),
+                round(float(r["ci_high"]), 4),
+            ]
     return out
 
 
@@ -133,19 +194,29 @@ def targets(dataset: str, ours: dict, training: dict) -> dict:
     for model, protocol, metric, threshold in TARGETS[dataset]:
         value = ours.get(model, {}).get(protocol, {}).get(metric)
         out[f"{model}_{protocol}_{metric}>={threshold}"] = (
-            {"status": "not measured"} if value is None
-            else {"status": "pass" if value >= threshold else "fail", "value": value, "gap": round(value - threshold, 4)})
+            {"status": "not measured"}
+            if value is None
+            else {
+                "status": "pass" if value >= threshold else "fail",
+                "value": value,
+                "gap": round(value - threshold, 4),
+            }
+        )
     conv, sas = ours.get("convrec", {}), ours.get("sasrec", {})
     for protocol in ("sampled_100", "full"):
         c, s = conv.get(protocol, {}).get("NDCG@10"), sas.get(protocol, {}).get("NDCG@10")
         out[f"convrec_at_least_our_sasrec_{protocol}_NDCG@10"] = (
-            {"status": "not measured"} if c is None or s is None
-            else {"status": "pass" if c >= s else "fail", "convrec": c, "sasrec": s})
+            {"status": "not measured"}
+            if c is None or s is None
+            else {"status": "pass" if c >= s else "fail", "convrec": c, "sasrec": s}
+        )
     for asset, meta in training.items():
         minutes = meta.get("train_minutes")
         if minutes is not None and asset != "popularity_model":
             out[f"{asset}_training_minutes<={TRAINING_MINUTES_TARGET:.0f}"] = {
-                "status": "pass" if minutes <= TRAINING_MINUTES_TARGET else "fail", "minutes": minutes}
+                "status": "pass" if minutes <= TRAINING_MINUTES_TARGET else "fail",
+                "minutes": minutes,
+            }
     return out
 
 
@@ -153,33 +224,56 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.accuracy",
         description="Run the whole Dagster pipeline (dg.materialize of every asset in convrec_dagster.definitions) "
-                    "on a real benchmark set, read HR/NDCG of ConvRec and the baselines under both protocols from "
-                    "the evaluation_metrics table, and write them beside the published numbers and the issue's targets "
-                    "(JSON, a bar chart and learning curves). 'cpu' reaches the targets on 2 CPU cores within an hour "
-                    "per model; 'paper' is the paper's Appendix C (needs a GPU).",
+        "on a real benchmark set, read HR/NDCG of ConvRec and the baselines under both protocols from "
+        "the evaluation_metrics table, and write them beside the published numbers and the issue's targets "
+        "(JSON, a bar chart and learning curves). 'cpu' reaches the targets on 2 CPU cores within an hour "
+        "per model; 'paper' is the paper's Appendix C (needs a GPU).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--budget", default="cpu", choices=["cpu", "paper"])
-    parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated models to train (popularity always comes along)")
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="comma-separated models to train (popularity always comes along)",
+    )
     parser.add_argument("--max-epochs", type=int, default=None, help="override the budget's epoch cap")
     parser.add_argument("--lr", type=float, default=None, help="override the budget's learning rate")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per training (default: the budget's)")
-    parser.add_argument("--proxy-min-count", type=int, default=None,
-                        help="proxy_ids: items with at least this many training rows keep their own id "
-                             "(default: the proxy_ids asset's default)")
-    parser.add_argument("--proxy-top-fraction", type=float, default=None,
-                        help="proxy_ids: share of items (by training frequency) with their own id")
-    parser.add_argument("--home", default="", help="CONVREC_HOME to use and keep (default: a temporary folder)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per training (default: the budget's)"
+    )
+    parser.add_argument(
+        "--proxy-min-count",
+        type=int,
+        default=None,
+        help="proxy_ids: items with at least this many training rows keep their own id "
+        "(default: the proxy_ids asset's default)",
+    )
+    parser.add_argument(
+        "--proxy-top-fraction",
+        type=float,
+        default=None,
+        help="proxy_ids: share of items (by training frequency) with their own id",
+    )
+    parser.add_argument(
+        "--home", default="", help="CONVREC_HOME to use and keep (default: a temporary folder)"
+    )
     parser.add_argument("--data-dir", default="", help="override the dataset folder")
-    parser.add_argument("--out", default="", help="JSON path (default benchmarks/results/accuracy_<dataset>_<budget>.json)")
+    parser.add_argument(
+        "--out", default="", help="JSON path (default benchmarks/results/accuracy_<dataset>_<budget>.json)"
+    )
     args = parser.parse_args(argv)
 
     data_dir = Path(args.data_dir or DATASETS[args.dataset]["dir"]).resolve()
     if not data_dir.is_dir():
-        raise SystemExit(f"dataset folder {data_dir} not found: pass --data-dir (see ../shared/data/README.md)")
-    home = Path(args.home).resolve() if args.home else Path(tempfile.mkdtemp(prefix=f"convrec_acc_{args.dataset}_"))
+        raise SystemExit(
+            f"dataset folder {data_dir} not found: pass --data-dir (see ../shared/data/README.md)"
+        )
+    home = (
+        Path(args.home).resolve()
+        if args.home
+        else Path(tempfile.mkdtemp(prefix=f"convrec_acc_{args.dataset}_"))
+    )
     home.mkdir(parents=True, exist_ok=True)
     # before importing the Definitions: their resources read these at import time
     os.environ["CONVREC_RAW_DIR"], os.environ["CONVREC_HOME"] = str(data_dir), str(home)
@@ -187,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     import dagster as dg
 
     from benchmarks.pipeline import step_durations
-    from convrec_dagster import settings
+    from convrec_dagster.data import settings
     from convrec_dagster.definitions import defs
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -195,8 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown models {unknown}; choose from {MODELS}")
     skipped = {f"{m}_model" for m in MODELS if m not in models and m != "popularity"}
-    proxy = {k: v for k, v in (("min_count", args.proxy_min_count), ("top_fraction", args.proxy_top_fraction))
-             if v is not None}
+    proxy = {
+        k: v
+        for k, v in (("min_count", args.proxy_min_count), ("top_fraction", args.proxy_top_fraction))
+        if v is not None
+    }
     config = run_config(args.dataset, args.budget, args.max_epochs, args.lr, proxy, args.threads)
     for asset in skipped:
         config["ops"].pop(asset)
@@ -204,8 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[accuracy] {args.dataset} ({data_dir}), budget {args.budget}, CONVREC_HOME {home}", flush=True)
     started = time.perf_counter()
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(assets, resources=defs.resources, run_config=config,
-                                instance=instance, raise_on_error=False)
+        result = dg.materialize(
+            assets, resources=defs.resources, run_config=config, instance=instance, raise_on_error=False
+        )
         wall = time.perf_counter() - started
         steps = step_durations(instance, result.run_id)
         training_meta = {}
@@ -213,29 +311,56 @@ def main(argv: list[str] | None = None) -> None:
             key = event.asset_key.to_user_string()
             if key in TRAINING_ASSETS:
                 md = event.materialization.metadata
-                training_meta[key] = {k: getattr(md[k], "value", None) for k in (
-                    "best_epoch", "epochs_run", "best_valid_NDCG@10", "wall_time_s", "mean_epoch_time_s",
-                    "parameters", "device", "peak_memory_mb", "budget", "still_improving_at_end", "hparams",
-                    "train_config") if k in md}
-                history_path = home / "artifacts" / "models" / key.removesuffix("_model") / "history.json"
+                training_meta[key] = {
+                    k: getattr(md[k], "value", None)
+                    for k in (
+                        "best_epoch",
+                        "epochs_run",
+                        "best_valid_NDCG@10",
+                        "wall_time_s",
+                        "mean_epoch_time_s",
+                        "parameters",
+                        "device",
+                        "peak_memory_mb",
+                        "budget",
+                        "still_improving_at_end",
+                        "hparams",
+                        "train_config",
+                    )
+                    if k in md
+                }
+                history_path = settings.model_dir(home, key.removesuffix("_model")) / "history.json"
                 if history_path.exists():
                     history = json.loads(history_path.read_text())
                     training_meta[key]["history"] = history
-                    training_meta[key]["train_minutes"] = round(sum(h["epoch_time_s"] for h in history) / 60, 1)
+                    training_meta[key]["train_minutes"] = round(
+                        sum(h["epoch_time_s"] for h in history) / 60, 1
+                    )
     metrics = read_metrics(settings.duckdb_path(home)) if result.success else []
     ours = headline(metrics)
     res = {
         "benchmark": "accuracy",
         "command": "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info("cuda" if any("cuda" in str(m.get("device", "")) for m in training_meta.values()) else "cpu"),
-        "dataset": args.dataset, "data_dir": str(data_dir), "data": DATASETS[args.dataset]["what"],
+        "machine": machine_info(
+            "cuda" if any("cuda" in str(m.get("device", "")) for m in training_meta.values()) else "cpu"
+        ),
+        "dataset": args.dataset,
+        "data_dir": str(data_dir),
+        "data": DATASETS[args.dataset]["what"],
         "budget": args.budget,
         "models": models,
-        "budget_label": (f"budget {args.budget} (convrec_dagster.budgets), models {','.join(models)}, proxy {proxy or 'default'}"
-                         + (f", max_epochs {args.max_epochs}" if args.max_epochs else "")
-                         + (f", lr {args.lr}" if args.lr else "") + "; test split, 200 bootstrap resamples"),
-        "run_config": config, "success": result.success, "wall_s": round(wall, 1), "convrec_home": str(home),
-        "steps": steps, "training": training_meta,
+        "budget_label": (
+            f"budget {args.budget} (models.budgets), models {','.join(models)}, proxy {proxy or 'default'}"
+            + (f", max_epochs {args.max_epochs}" if args.max_epochs else "")
+            + (f", lr {args.lr}" if args.lr else "")
+            + "; test split, 200 bootstrap resamples"
+        ),
+        "run_config": config,
+        "success": result.success,
+        "wall_s": round(wall, 1),
+        "convrec_home": str(home),
+        "steps": steps,
+        "training": training_meta,
         "ours_test_all_users": ours,
         "published_quoted_not_measured": PUBLISHED[args.dataset],
         "targets": targets(args.dataset, ours, training_meta),
@@ -272,9 +397,18 @@ def plot_curves(res: dict, path: Path) -> None:
     for row in res["published_quoted_not_measured"]["rows"]:
         if row["protocol"] == "sampled_100":
             ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
-            ax.text(0.99, row["NDCG@10"], f"{row['model']} (quoted, test) ", fontsize=6, va="bottom", ha="right",
-                    transform=ax.get_yaxis_transform())
-    ax.set_xlabel("training minutes (2 CPU cores)" if "cuda" not in json.dumps(res["machine"]) else "training minutes")
+            ax.text(
+                0.99,
+                row["NDCG@10"],
+                f"{row['model']} (quoted, test) ",
+                fontsize=6,
+                va="bottom",
+                ha="right",
+                transform=ax.get_yaxis_transform(),
+            )
+    ax.set_xlabel(
+        "training minutes (2 CPU cores)" if "cuda" not in json.dumps(res["machine"]) else "training minutes"
+    )
     ax.set_ylabel("validation NDCG@10 (sampled 100)")
     ax.set_title(f"{res['dataset']}: learning curves, budget {res['budget']}", fontsize=9)
     ax.legend(fontsize=7)

@@ -37,10 +37,12 @@ def _ram_gb() -> float | None:
 
 def git_commit() -> dict:
     """HEAD and whether the working tree differs from it (benchmarks of uncommitted code say so)."""
+
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -64,7 +66,7 @@ def machine_info(device: str = "cpu") -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "device_name": _cpu_model(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": git_commit(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -108,7 +110,7 @@ class PeakRSS:
     def rss() -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def start(self) -> "PeakRSS":
+    def start(self) -> PeakRSS:
         self.baseline = self.rss()
         try:
             Path("/proc/self/clear_refs").write_text("5")

@@ -6,7 +6,7 @@ its test metrics, without the rest of the pipeline (for comparing training schem
 
 The data is prepared once by the pipeline's own ingest, features and splits assets (``dg.materialize``
 into ``--home``, reused when its DuckDB file exists), then loaded with
-``convrec_dagster.dataset.load_rec_data`` and trained with ``models.train.train`` exactly as the
+``convrec_dagster.data.dataset.load_rec_data`` and trained with ``models.train.train`` exactly as the
 training assets do. The JSON holds every epoch (loss, validation HR/NDCG@10, seconds, learning
 rate), the best epoch, minutes to the plateau and the test metrics of both protocols; it is
 rewritten after every epoch, so a run stopped half-way still leaves its curve.
@@ -29,8 +29,16 @@ DATA_DIRS = {
     "sample": None,  # the embedded sample dump, generated under the home
     "magazine": REPO_ROOT.parent / "shared" / "data" / "amazon2018" / "magazine",
 }
-PREP_ASSETS = ("reviews", "items", "interactions", "item_attributes", "item_image_features", "sequences",
-               "eval_negatives", "proxy_ids")
+PREP_ASSETS = (
+    "reviews",
+    "items",
+    "interactions",
+    "item_attributes",
+    "item_image_features",
+    "sequences",
+    "eval_negatives",
+    "proxy_ids",
+)
 
 
 def prepare(dataset: str, home: Path, data_dir: Path | None, proxy: dict) -> None:
@@ -49,10 +57,17 @@ def prepare(dataset: str, home: Path, data_dir: Path | None, proxy: dict) -> Non
     from convrec_dagster.resources import build_resources
 
     selection = [a for a in defs.assets if any(k.to_user_string() in PREP_ASSETS for k in a.keys)]
-    resources = {**defs.resources, **build_resources(home, data_dir or "")}  # this home, even on a second call
+    resources = {
+        **defs.resources,
+        **build_resources(home, data_dir or ""),
+    }  # this home, even on a second call
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(selection, resources=resources, instance=instance,
-                                run_config={"ops": {"proxy_ids": {"config": proxy}}})
+        result = dg.materialize(
+            selection,
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"proxy_ids": {"config": proxy}}},
+        )
     if not result.success:
         raise SystemExit("preparing the data failed")
     marker.write_text(json.dumps({"dataset": dataset, "proxy": proxy}))
@@ -66,13 +81,18 @@ def test_metrics(model, data, device) -> dict:
     for protocol in ("sampled_100", "full"):
         _, greater, equal = rank_eval_users(model, data, "test", protocol, device, 256)
         summary = summarize(per_user_metrics(greater, equal, ks=(10, 20)))
-        out[protocol] = {k: round(float(v), 4) for k, v in summary.items() if k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20")}
+        out[protocol] = {
+            k: round(float(v), 4) for k, v in summary.items() if k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.convergence", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.convergence",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--dataset", required=True, choices=sorted(DATA_DIRS))
     parser.add_argument("--model", required=True, choices=["sasrec", "convrec", "convrec_attention"])
     parser.add_argument("--scheme", default="all_cuts", choices=["one_cut", "all_cuts"])
@@ -93,19 +113,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--augment-prob", type=float, default=0.0)
     parser.add_argument("--features", default="auto")
-    parser.add_argument("--emb-init-std", type=float, default=None, help="ConvRec: std of the id and attribute embeddings init")
-    parser.add_argument("--proxy-min-count", type=int, default=None, help="proxy_ids: own id from this many training rows")
+    parser.add_argument(
+        "--emb-init-std",
+        type=float,
+        default=None,
+        help="ConvRec: std of the id and attribute embeddings init",
+    )
+    parser.add_argument(
+        "--proxy-min-count", type=int, default=None, help="proxy_ids: own id from this many training rows"
+    )
     parser.add_argument("--proxy-top-fraction", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--home", default="", help="CONVREC_HOME of the prepared data (default /tmp/convrec_conv_<dataset>)")
+    parser.add_argument(
+        "--home", default="", help="CONVREC_HOME of the prepared data (default /tmp/convrec_conv_<dataset>)"
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    proxy = {k: v for k, v in (("min_count", args.proxy_min_count), ("top_fraction", args.proxy_top_fraction))
-             if v is not None}
+    proxy = {
+        k: v
+        for k, v in (("min_count", args.proxy_min_count), ("top_fraction", args.proxy_top_fraction))
+        if v is not None
+    }
     tag = "_".join(f"{k}{v}" for k, v in sorted(proxy.items())) or "default"
     home = Path(args.home or f"/tmp/convrec_conv_{args.dataset}_{tag}").resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -113,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import duckdb
 
-    from convrec_dagster import settings
-    from convrec_dagster.dataset import load_rec_data
+    from convrec_dagster.data import settings
+    from convrec_dagster.data.dataset import load_rec_data
     from models.registry import build_model
     from models.train import TrainConfig, train
 
@@ -123,29 +155,65 @@ def main(argv: list[str] | None = None) -> None:
     hparams = {"d": args.d, "max_len": args.max_len, "dropout": args.dropout, "loss": args.loss}
     if args.model != "sasrec":
         hparams.update(features=args.features, hidden=args.hidden or None, emb_init_std=args.emb_init_std)
-    config = TrainConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         max_epochs=args.max_epochs, patience=args.patience, n_negatives=args.n_negatives,
-                         augment_prob=args.augment_prob, scheme=args.scheme, adam_beta2=args.adam_beta2,
-                         warmup_epochs=args.warmup_epochs, lr_schedule=args.lr_schedule,
-                         time_budget_s=args.time_budget_min * 60, resume=False)
+    config = TrainConfig(
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        n_negatives=args.n_negatives,
+        augment_prob=args.augment_prob,
+        scheme=args.scheme,
+        adam_beta2=args.adam_beta2,
+        warmup_epochs=args.warmup_epochs,
+        lr_schedule=args.lr_schedule,
+        time_budget_s=args.time_budget_min * 60,
+        resume=False,
+    )
     torch.manual_seed(config.seed)
     model = build_model(args.model, data, hparams)
-    out = Path(args.out or RESULTS_DIR / "convergence" / f"{args.dataset}_{args.model}_{args.scheme}_{args.loss}.json")
-    res = {"benchmark": "convergence", "command": "python -m benchmarks.convergence " + " ".join(argv or sys.argv[1:]),
-           "machine": machine_info("cpu"), "dataset": args.dataset, "model": args.model, "hparams": hparams,
-           "train_config": config.__dict__, "proxy": proxy, "n_proxy": int(data.n_proxy), "n_items": int(data.n_items),
-           "parameters": model.n_parameters(), "history": []}
+    out = Path(
+        args.out
+        or RESULTS_DIR / "convergence" / f"{args.dataset}_{args.model}_{args.scheme}_{args.loss}.json"
+    )
+    res = {
+        "benchmark": "convergence",
+        "command": "python -m benchmarks.convergence " + " ".join(argv or sys.argv[1:]),
+        "machine": machine_info("cpu"),
+        "dataset": args.dataset,
+        "model": args.model,
+        "hparams": hparams,
+        "train_config": config.__dict__,
+        "proxy": proxy,
+        "n_proxy": int(data.n_proxy),
+        "n_items": int(data.n_items),
+        "parameters": model.n_parameters(),
+        "history": [],
+    }
 
     def on_epoch(record: dict) -> None:
         res["history"].append(record)
         write_json(res, out)
-        print(f"[{args.model}] epoch {record['epoch']}: loss {record['loss']:.4f} valid NDCG@10 "
-              f"{record['valid_NDCG@10']:.4f} HR@10 {record['valid_HR@10']:.4f} ({record['epoch_time_s']:.0f} s, "
-              f"elapsed {record['elapsed_s'] / 60:.1f} min, ETA {record['eta_s'] / 60:.1f} min)", flush=True)
+        print(
+            f"[{args.model}] epoch {record['epoch']}: loss {record['loss']:.4f} valid NDCG@10 "
+            f"{record['valid_NDCG@10']:.4f} HR@10 {record['valid_HR@10']:.4f} ({record['epoch_time_s']:.0f} s, "
+            f"elapsed {record['elapsed_s'] / 60:.1f} min, ETA {record['eta_s'] / 60:.1f} min)",
+            flush=True,
+        )
 
     started = time.perf_counter()
-    result = train(model, data, args.model, hparams, config, "cpu", "fp32", None, on_epoch,
-                   lambda m: print(m, flush=True))
+    result = train(
+        model,
+        data,
+        args.model,
+        hparams,
+        config,
+        "cpu",
+        "fp32",
+        None,
+        on_epoch,
+        lambda m: print(m, flush=True),
+    )
     res["train_wall_s"] = round(time.perf_counter() - started, 1)
     best = result.best_epoch
     res["best_epoch"] = best

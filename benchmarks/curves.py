@@ -49,8 +49,15 @@ def plot(dataset: str, out: Path) -> Path:
     for row in PUBLISHED[dataset]["rows"]:
         if row["protocol"] == "sampled_100":
             ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
-            ax.text(0.99, row["NDCG@10"], f"{row['model']} (published, test) ", fontsize=7, va="bottom", ha="right",
-                    transform=ax.get_yaxis_transform())
+            ax.text(
+                0.99,
+                row["NDCG@10"],
+                f"{row['model']} (published, test) ",
+                fontsize=7,
+                va="bottom",
+                ha="right",
+                transform=ax.get_yaxis_transform(),
+            )
     ax.set_xlabel("training minutes (2-core CPU, 1 torch thread per run)")
     ax.set_ylabel("validation NDCG@10, sampled 100")
     ax.set_title(f"{dataset}: learning curves")

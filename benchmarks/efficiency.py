@@ -24,7 +24,7 @@ resident set size above the baseline taken after building the data, model, optim
 the kernel high-water mark ``VmHWM`` reset through ``/proc/self/clear_refs`` (fallback: a 1 ms
 ``/proc/self/statm`` sampler), see ``benchmarks.common.PeakRSS``.
 
-The authors' reference figures (2 CPU cores, B = 32, issue 8 / CONVREC_SPEC section 7) are stored
+The authors' reference figures (2 CPU cores, B = 32, issue 8 / docs/CONVREC_SPEC.md §7) are stored
 in the JSON and drawn in the plot as *quoted* figures: they were not measured by this script.
 On CUDA, steps run under bf16 autocast; an out-of-memory step is reported as "OOM".
 """
@@ -40,18 +40,27 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, REPO_ROOT, PeakRSS, machine_info, write_json
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, PeakRSS, machine_info, write_json
 
 MODELS = ("convrec", "convrec_attention")
 LABELS = {"convrec": "ConvRec (ours)", "convrec_attention": "attention counterpart (ours)"}
-GAMES_PRESET = {"d": 256, "dropout": 0.35, "lr": 1e-4, "weight_decay": 0.1, "n_layers": 2, "n_heads": 2,
-                "loss": "softmax", "grad_clip": 1.0, "augment_prob": 0.01}
+GAMES_PRESET = {
+    "d": 256,
+    "dropout": 0.35,
+    "lr": 1e-4,
+    "weight_decay": 0.1,
+    "n_layers": 2,
+    "n_heads": 2,
+    "loss": "softmax",
+    "grad_clip": 1.0,
+    "augment_prob": 0.01,
+}
 
 # Quoted, not measured here: the authors' reference code, 2 CPU cores, torch 2.14.1, B = 32,
-# Games-like setting, one training step (issue 8; CONVREC_SPEC.md section 7).
+# Games-like setting, one training step (issue 8; docs/CONVREC_SPEC.md §7).
 REFERENCE = {
-    "source": "issue 8 / CONVREC_SPEC.md section 7: authors' reference code on 2 CPU cores, torch 2.14.1, "
-              "B = 32, Games-like setting, one training step. QUOTED, NOT MEASURED IN THIS RUN.",
+    "source": "issue 8 / docs/CONVREC_SPEC.md §7: authors' reference code on 2 CPU cores, torch 2.14.1, "
+    "B = 32, Games-like setting, one training step. QUOTED, NOT MEASURED IN THIS RUN.",
     "batch_size": 32,
     "device": "cpu",
     "time_s": {
@@ -66,6 +75,7 @@ REFERENCE = {
 
 
 # ----------------------------------------------------------------------------- worker (one process)
+
 
 def run_worker(args: argparse.Namespace) -> dict:
     """Build data, model and batches for one (model, length), time the steps, return a dict."""
@@ -102,8 +112,11 @@ def run_worker(args: argparse.Namespace) -> dict:
     for _ in range(n_steps):
         targets = data.user_ptr[users] + length + rng.integers(0, slack, batch_size)
         cands = np.concatenate([data.items[targets][:, None], sampler.sample(users, 100, rng)], 1)
-        batches.append(make_batch(data, users, targets, length, cands, rng=rng,
-                                  augment_prob=hparams["augment_prob"]).to(device))
+        batches.append(
+            make_batch(data, users, targets, length, cands, rng=rng, augment_prob=hparams["augment_prob"]).to(
+                device
+            )
+        )
     batch_build_s = (time.perf_counter() - t0) / n_steps
     assert int(batches[0].mask.sum(1).min()) == length, "every history must be a full L items"
 
@@ -120,18 +133,29 @@ def run_worker(args: argparse.Namespace) -> dict:
         optimizer.step()
         return float(loss.detach())
 
-    result = {"model": args.model, "length": length, "batch_size": batch_size, "device": str(device),
-              "precision": precision, "threads": torch.get_num_threads(),
-              "parameters": model.n_parameters(), "candidates_per_row": int(batches[0].candidates.shape[1]),
-              "distinct_items_per_batch": int(torch.unique(torch.cat([batches[0].items.flatten(),
-                                                                       batches[0].candidates.flatten()])).numel()),
-              "data_build_s": round(data_s, 3), "batch_build_s": round(batch_build_s, 4)}
+    result = {
+        "model": args.model,
+        "length": length,
+        "batch_size": batch_size,
+        "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "parameters": model.n_parameters(),
+        "candidates_per_row": int(batches[0].candidates.shape[1]),
+        "distinct_items_per_batch": int(
+            torch.unique(torch.cat([batches[0].items.flatten(), batches[0].candidates.flatten()])).numel()
+        ),
+        "data_build_s": round(data_s, 3),
+        "batch_build_s": round(batch_build_s, 4),
+    }
     sync()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
-        result["memory_method"] = "torch.cuda.max_memory_allocated (absolute: parameters, optimizer state, batch, activations)"
+        result["memory_method"] = (
+            "torch.cuda.max_memory_allocated (absolute: parameters, optimizer state, batch, activations)"
+        )
     else:
         tracker = PeakRSS().start()
         result["memory_method"] = "CPU peak RSS above baseline: " + tracker.method
@@ -163,11 +187,21 @@ def run_steps(step, batches, sync, warmup: int) -> dict:
             sync()
             times.append(time.perf_counter() - t0)
     except torch.OutOfMemoryError as exc:  # torch.cuda.OutOfMemoryError is this class
-        return {"status": "OOM", "error": str(exc).splitlines()[0] if str(exc) else "out of memory",
-                "steps_done": len(times)}
+        return {
+            "status": "OOM",
+            "error": str(exc).splitlines()[0] if str(exc) else "out of memory",
+            "steps_done": len(times),
+        }
     measured = times[warmup:] or times
-    out = {"status": "ok", "step_s": statistics.median(measured), "step_s_all": [round(t, 4) for t in times],
-           "step_s_min": min(measured), "step_s_max": max(measured), "loss_first": losses[0], "loss_last": losses[-1]}
+    out = {
+        "status": "ok",
+        "step_s": statistics.median(measured),
+        "step_s_all": [round(t, 4) for t in times],
+        "step_s_min": min(measured),
+        "step_s_max": max(measured),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+    }
     if not all(math.isfinite(v) for v in losses):
         out["status"] = "non-finite loss"
     return out
@@ -175,20 +209,44 @@ def run_steps(step, batches, sync, warmup: int) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
+
 def spawn(args: argparse.Namespace, model: str, length: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.efficiency", "--_worker", "--model", model, "--length", str(length),
-           "--device", args.device, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads), "--precision", args.precision]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.efficiency",
+        "--_worker",
+        "--model",
+        model,
+        "--length",
+        str(length),
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--precision",
+        args.precision,
+    ]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=args.worker_timeout)
     except subprocess.TimeoutExpired:
-        return {"model": model, "length": length, "status": "timeout",
-                "error": f"worker exceeded --worker-timeout {args.worker_timeout} s"}
+        return {
+            "model": model,
+            "length": length,
+            "status": "timeout",
+            "error": f"worker exceeded --worker-timeout {args.worker_timeout} s",
+        }
     wall = time.perf_counter() - t0
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            res = json.loads(line[len("RESULT "):])
+            res = json.loads(line[len("RESULT ") :])
             res["worker_wall_s"] = round(wall, 1)
             return res
     tail = (proc.stderr or proc.stdout)[-1500:]
@@ -211,11 +269,17 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
     per_length = []
     for length in lengths:
         c, a = ok.get(("convrec", length)), ok.get(("convrec_attention", length))
-        row = {"length": length,
-               "convrec_step_s": c and round(c["step_s"], 4), "attention_step_s": a and round(a["step_s"], 4),
-               "convrec_peak_mb": c and c["peak_mem_mb"], "attention_peak_mb": a and a["peak_mem_mb"],
-               "attention_status": next((r["status"] for r in runs if r["model"] == "convrec_attention"
-                                         and r["length"] == length), None)}
+        row = {
+            "length": length,
+            "convrec_step_s": c and round(c["step_s"], 4),
+            "attention_step_s": a and round(a["step_s"], 4),
+            "convrec_peak_mb": c and c["peak_mem_mb"],
+            "attention_peak_mb": a and a["peak_mem_mb"],
+            "attention_status": next(
+                (r["status"] for r in runs if r["model"] == "convrec_attention" and r["length"] == length),
+                None,
+            ),
+        }
         if c and a:
             row["time_ratio_attention_over_convrec"] = round(a["step_s"] / c["step_s"], 3)
             if c["peak_mem_mb"] > 0:
@@ -238,7 +302,10 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
         }
     for name, table in REFERENCE["time_s"].items():
         ls = sorted(table)
-        exponents[name + " (quoted)"] = {"time": fit_exponent(ls, [table[length] for length in ls]), "lengths_used": ls}
+        exponents[name + " (quoted)"] = {
+            "time": fit_exponent(ls, [table[length] for length in ls]),
+            "lengths_used": ls,
+        }
     return {"per_length": per_length, "fitted_exponents": exponents, "targets": targets(per_length, args)}
 
 
@@ -249,17 +316,23 @@ def targets(per_length: list[dict], args: argparse.Namespace) -> dict:
     ref_rows = [row for row in per_length if "speedup_vs_reference_convrec" in row]
     if not comparable:
         out["2x_vs_reference_convrec_every_length"] = {
-            "status": "not comparable", "why": "the reference figures are CPU, B = 32; this run is "
-                                               f"{args.device}, B = {args.batch_size}"}
+            "status": "not comparable",
+            "why": f"the reference figures are CPU, B = 32; this run is {args.device}, B = {args.batch_size}",
+        }
     elif not ref_rows:
-        out["2x_vs_reference_convrec_every_length"] = {"status": "not measured", "why": "no length with a reference figure"}
+        out["2x_vs_reference_convrec_every_length"] = {
+            "status": "not measured",
+            "why": "no length with a reference figure",
+        }
     else:
         speedups = {row["length"]: row["speedup_vs_reference_convrec"] for row in ref_rows}
         missing = sorted(set(REFERENCE["time_s"]["reference_convrec"]) - set(speedups))
         out["2x_vs_reference_convrec_every_length"] = {
             "status": "pass" if all(s >= 2 for s in speedups.values()) else "fail",
-            "speedup_by_length": speedups, "lengths_not_measured": missing,
-            "note": "quoted reference times on the authors' machine vs this run's times on this (shared) machine"}
+            "speedup_by_length": speedups,
+            "lengths_not_measured": missing,
+            "note": "quoted reference times on the authors' machine vs this run's times on this (shared) machine",
+        }
     if args.device == "cpu":
         row = by_len.get(1000)
         key = "3x_time_and_memory_vs_attention_at_L1000"
@@ -267,8 +340,11 @@ def targets(per_length: list[dict], args: argparse.Namespace) -> dict:
             out[key] = {"status": "not measured", "why": "L = 1000 not run or a model failed"}
         else:
             t, m = row["time_ratio_attention_over_convrec"], row.get("memory_ratio_attention_over_convrec")
-            out[key] = {"status": "pass" if t >= 3 and m is not None and m >= 3 else "fail",
-                        "time_ratio": t, "memory_ratio": m}
+            out[key] = {
+                "status": "pass" if t >= 3 and m is not None and m >= 3 else "fail",
+                "time_ratio": t,
+                "memory_ratio": m,
+            }
     else:
         row = by_len.get(500)
         key = "gpu_3x_time_and_memory_vs_attention_at_L500"
@@ -276,15 +352,21 @@ def targets(per_length: list[dict], args: argparse.Namespace) -> dict:
             out[key] = {"status": "not measured"}
         else:
             t, m = row["time_ratio_attention_over_convrec"], row.get("memory_ratio_attention_over_convrec")
-            out[key] = {"status": "pass" if t >= 3 and m is not None and m >= 3 else "fail",
-                        "time_ratio": t, "memory_ratio": m}
+            out[key] = {
+                "status": "pass" if t >= 3 and m is not None and m >= 3 else "fail",
+                "time_ratio": t,
+                "memory_ratio": m,
+            }
         row = by_len.get(2000)
         key = "gpu_L2000_trains_where_attention_fails"
         if row is None:
             out[key] = {"status": "not measured"}
         else:
-            out[key] = {"status": "pass" if row["convrec_step_s"] and row["attention_status"] != "ok" else "fail",
-                        "convrec_step_s": row["convrec_step_s"], "attention_status": row["attention_status"]}
+            out[key] = {
+                "status": "pass" if row["convrec_step_s"] and row["attention_status"] != "ok" else "fail",
+                "convrec_step_s": row["convrec_step_s"],
+                "attention_status": row["attention_status"],
+            }
         if args.batch_size != 128:
             out["note"] = "the GPU targets are stated for B = 128"
     return out
@@ -301,21 +383,36 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), dpi=100)
     colors = {"convrec": "tab:blue", "convrec_attention": "tab:red"}
     quoted = result["args"]["device"] == "cpu"
-    for ax, key, ref_key, ylabel in ((axes[0], "step_s", "time_s", "seconds per training step"),
-                                     (axes[1], "peak_mem_mb", "peak_memory_mb", "peak memory (MB)")):
+    for ax, key, ref_key, ylabel in (
+        (axes[0], "step_s", "time_s", "seconds per training step"),
+        (axes[1], "peak_mem_mb", "peak_memory_mb", "peak memory (MB)"),
+    ):
         for model in MODELS:
             pts = sorted((r["length"], r[key]) for r in runs if r["model"] == model)
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=colors[model], label=f"{LABELS[model]}, measured")
             for r in failed:
                 if r["model"] == model:
-                    ax.annotate(r["status"], (r["length"], ax.get_ylim()[1] if pts else 1), color=colors[model],
-                                fontsize=8, ha="center")
+                    ax.annotate(
+                        r["status"],
+                        (r["length"], ax.get_ylim()[1] if pts else 1),
+                        color=colors[model],
+                        fontsize=8,
+                        ha="center",
+                    )
         if quoted:
             for name, color in (("reference_convrec", "tab:blue"), ("reference_proxyrca", "tab:red")):
                 table = REFERENCE[ref_key][name]
-                ax.plot(list(table), list(table.values()), linestyle="--", marker="s", markerfacecolor="none",
-                        color=color, alpha=0.6, label=f"{name.replace('_', ' ')} (QUOTED, authors' code, not this run)")
+                ax.plot(
+                    list(table),
+                    list(table.values()),
+                    linestyle="--",
+                    marker="s",
+                    markerfacecolor="none",
+                    color=color,
+                    alpha=0.6,
+                    label=f"{name.replace('_', ' ')} (QUOTED, authors' code, not this run)",
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("sequence length L")
@@ -323,9 +420,11 @@ def plot(result: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper left")
     m = result["machine"]
-    fig.suptitle(f"training step, Games-like, B = {result['args']['batch_size']}, {result['args']['device']} "
-                 f"({m['device_name']}, {m['cpu_count']} CPUs, torch {m['torch']}) -- measured {m['date'][:10]}",
-                 fontsize=9)
+    fig.suptitle(
+        f"training step, Games-like, B = {result['args']['batch_size']}, {result['args']['device']} "
+        f"({m['device_name']}, {m['cpu_count']} CPUs, torch {m['torch']}) -- measured {m['date'][:10]}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -335,25 +434,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.efficiency",
         description="Seconds and peak memory per training step of ConvRec vs its attention counterpart as "
-                    "the sequence length grows (Games-like sizes: 23,715 items, 506 attributes, d = 256, "
-                    "101 candidates per row). Each (length, model) runs in a fresh process. Writes JSON with "
-                    "machine info, ratios, fitted exponents and pass/fail vs the issue's targets, and a PNG plot "
-                    "beside it. The authors' reference figures are included as quoted (not measured) anchors.",
+        "the sequence length grows (Games-like sizes: 23,715 items, 506 attributes, d = 256, "
+        "101 candidates per row). Each (length, model) runs in a fresh process. Writes JSON with "
+        "machine info, ratios, fitted exponents and pass/fail vs the issue's targets, and a PNG plot "
+        "beside it. The authors' reference figures are included as quoted (not measured) anchors.",
         epilog="Quick CPU check: python -m benchmarks.efficiency --device cpu --lengths 50,500 --batch-size 32 "
-               "--out benchmarks/results/efficiency_cpu_quick.json",
+        "--out benchmarks/results/efficiency_cpu_quick.json",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda uses bf16 autocast unless --precision)")
-    parser.add_argument("--lengths", default="50,100,200,500,1000,2000", help="comma-separated sequence lengths L")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (cuda uses bf16 autocast unless --precision)"
+    )
+    parser.add_argument(
+        "--lengths", default="50,100,200,500,1000,2000", help="comma-separated sequence lengths L"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="rows per batch B")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
+    )
     parser.add_argument("--steps", type=int, default=5, help="measured steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="steps run before measuring")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--worker-timeout", type=float, default=1800, help="seconds before a worker is killed")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "efficiency.json"), help="JSON path; the PNG goes beside it")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 autocast on CUDA, fp32 on CPU",
+    )
+    parser.add_argument(
+        "--worker-timeout", type=float, default=1800, help="seconds before a worker is killed"
+    )
+    parser.add_argument(
+        "--out", default=str(RESULTS_DIR / "efficiency.json"), help="JSON path; the PNG goes beside it"
+    )
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -382,21 +495,29 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[efficiency] L={length} {model} ...", flush=True)
             res = spawn(args, model, length)
             runs.append(res)
-            shown = (f"{res['step_s']:.3f} s/step, peak {res['peak_mem_mb']:.0f} MB" if res.get("status") == "ok"
-                     else f"{res.get('status')}: {str(res.get('error', ''))[-300:]}")
+            shown = (
+                f"{res['step_s']:.3f} s/step, peak {res['peak_mem_mb']:.0f} MB"
+                if res.get("status") == "ok"
+                else f"{res.get('status')}: {str(res.get('error', ''))[-300:]}"
+            )
             print(f"[efficiency]   {shown}", flush=True)
     result = {
         "benchmark": "efficiency",
         "command": "python -m benchmarks.efficiency " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("model", "length")},
+        "args": {
+            k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("model", "length")
+        },
         "machine": machine_info(args.device),
-        "setting": {"data": "models.synthetic.games_like_data: 23,715 items, 506 attributes ~5 per item, time "
-                            "context + intervals, proxy ids for the top 10 % items; full-length histories",
-                    "hparams": GAMES_PRESET, "candidates_per_row": 101,
-                    "step": "calculate_loss + zero_grad + backward + clip_grad_norm_(1.0) + AdamW.step "
-                            "(as models.train.train_epoch)",
-                    "statistic": f"median of {args.steps} steps after {args.warmup} warm-up steps, fresh process "
-                                 "per (length, model)"},
+        "setting": {
+            "data": "models.synthetic.games_like_data: 23,715 items, 506 attributes ~5 per item, time "
+            "context + intervals, proxy ids for the top 10 % items; full-length histories",
+            "hparams": GAMES_PRESET,
+            "candidates_per_row": 101,
+            "step": "calculate_loss + zero_grad + backward + clip_grad_norm_(1.0) + AdamW.step "
+            "(as models.train.train_epoch)",
+            "statistic": f"median of {args.steps} steps after {args.warmup} warm-up steps, fresh process "
+            "per (length, model)",
+        },
         "runs": runs,
         "reference_quoted_not_measured": REFERENCE,
         "total_wall_s": round(time.perf_counter() - started, 1),
@@ -404,8 +525,16 @@ def main(argv: list[str] | None = None) -> None:
     result.update(summarize(runs, args))
     out = write_json(result, args.out)
     plot(result, out.with_suffix(".png"))
-    print(json.dumps({"per_length": result["per_length"], "fitted_exponents": result["fitted_exponents"],
-                      "targets": result["targets"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "per_length": result["per_length"],
+                "fitted_exponents": result["fitted_exponents"],
+                "targets": result["targets"],
+            },
+            indent=1,
+        )
+    )
     print(f"[efficiency] wrote {out} and {out.with_suffix('.png')}")
 
 

@@ -43,17 +43,31 @@ def environment() -> dict:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         smi = f"nvidia-smi failed: {exc}"
-    return {"nvidia_smi": smi, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(), "device": torch.cuda.get_device_name(0),
-            "machine": machine_info("cuda")}
+    return {
+        "nvidia_smi": smi,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "device": torch.cuda.get_device_name(0),
+        "machine": machine_info("cuda"),
+    }
 
 
 def run_gpu_tests(timeout: float) -> dict:
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=timeout)
-        return {"returncode": proc.returncode, "tail": proc.stdout[-3000:], "seconds": round(time.perf_counter() - started, 1)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return {
+            "returncode": proc.returncode,
+            "tail": proc.stdout[-3000:],
+            "seconds": round(time.perf_counter() - started, 1),
+        }
     except subprocess.TimeoutExpired:
         return {"returncode": None, "tail": f"timed out after {timeout:.0f} s", "seconds": round(timeout, 1)}
 
@@ -67,9 +81,25 @@ def run_efficiency(out: Path, deadline: float, per_run_s: float) -> dict:
             skipped.append(length)
             continue
         path = out / f"efficiency_L{length}.json"
-        cmd = [sys.executable, "-m", "benchmarks.efficiency", "--device", "cuda", "--lengths", str(length),
-               "--batch-size", "128", "--steps", "5", "--warmup", "2", "--worker-timeout", str(int(per_run_s)),
-               "--out", str(path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.efficiency",
+            "--device",
+            "cuda",
+            "--lengths",
+            str(length),
+            "--batch-size",
+            "128",
+            "--steps",
+            "5",
+            "--warmup",
+            "2",
+            "--worker-timeout",
+            str(int(per_run_s)),
+            "--out",
+            str(path),
+        ]
         try:
             subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=2 * per_run_s + 30)
         except subprocess.TimeoutExpired:
@@ -115,8 +145,11 @@ def run_training(seconds_each: float) -> dict:
     out = {}
     for compile_mix in (False, True):
         torch.manual_seed(0)
-        model = build_model("convrec", data, {"d": 128, "max_len": 20, "dropout": 0.2, "loss": "full_softmax",
-                                              "emb_init_std": 0.02}).to(device)
+        model = build_model(
+            "convrec",
+            data,
+            {"d": 128, "max_len": 20, "dropout": 0.2, "loss": "full_softmax", "emb_init_std": 0.02},
+        ).to(device)
         if compile_mix:
             model.mix = torch.compile(model.mix)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -141,10 +174,12 @@ def run_training(seconds_each: float) -> dict:
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - (warm_started or started)
         out["compile" if compile_mix else "eager"] = {
-            "examples_per_s": round(examples / max(elapsed, 1e-9), 1), "steps": steps,
+            "examples_per_s": round(examples / max(elapsed, 1e-9), 1),
+            "steps": steps,
             "first_10_steps_s": round((warm_started or time.perf_counter()) - started, 2),
             "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
-            "loss_last": float(loss.detach())}
+            "loss_last": float(loss.detach()),
+        }
     return out
 
 
@@ -155,25 +190,39 @@ def targets(efficiency: dict) -> dict:
     if conv and att and conv.get("status") == att.get("status") == "ok":
         time_ratio = att["step_s"] / conv["step_s"]
         mem_ratio = att["peak_mem_mb"] / conv["peak_mem_mb"]
-        out["L500_B128_time_ratio>=3"] = {"status": "pass" if time_ratio >= 3 else "fail", "ratio": round(time_ratio, 2)}
-        out["L500_B128_memory_ratio>=3"] = {"status": "pass" if mem_ratio >= 3 else "fail", "ratio": round(mem_ratio, 2)}
+        out["L500_B128_time_ratio>=3"] = {
+            "status": "pass" if time_ratio >= 3 else "fail",
+            "ratio": round(time_ratio, 2),
+        }
+        out["L500_B128_memory_ratio>=3"] = {
+            "status": "pass" if mem_ratio >= 3 else "fail",
+            "ratio": round(mem_ratio, 2),
+        }
     else:
         out["L500_B128"] = {"status": "not measured"}
     conv, att = ok.get(("convrec", 2000)), ok.get(("convrec_attention", 2000))
     if conv and att:
         passed = conv.get("status") == "ok" and att.get("status") == "OOM"
-        out["L2000_convrec_trains_attention_OOM"] = {"status": "pass" if passed else "fail",
-                                                     "convrec": conv.get("status"), "attention": att.get("status")}
+        out["L2000_convrec_trains_attention_OOM"] = {
+            "status": "pass" if passed else "fail",
+            "convrec": conv.get("status"),
+            "attention": att.get("status"),
+        }
     else:
         out["L2000_convrec_trains_attention_OOM"] = {"status": "not measured"}
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_check",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="folder for the JSON files")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="stop starting new parts after this many seconds")
+    parser.add_argument(
+        "--budget-s", type=float, default=450.0, help="stop starting new parts after this many seconds"
+    )
     parser.add_argument("--per-run-s", type=float, default=60.0, help="time cap of one efficiency run")
     args = parser.parse_args(argv)
 
@@ -182,10 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
-        message = ("gpu_check: torch sees no CUDA device (torch.cuda.is_available() is False), so there is nothing "
-                   "to measure here. Run it on a machine with an NVIDIA GPU and a CUDA build of torch.")
-        write_json({"benchmark": "gpu_check", "status": "no_cuda", "message": message,
-                    "machine": machine_info("cpu")}, out / "gpu_check.json")
+        message = (
+            "gpu_check: torch sees no CUDA device (torch.cuda.is_available() is False), so there is nothing "
+            "to measure here. Run it on a machine with an NVIDIA GPU and a CUDA build of torch."
+        )
+        write_json(
+            {
+                "benchmark": "gpu_check",
+                "status": "no_cuda",
+                "message": message,
+                "machine": machine_info("cpu"),
+            },
+            out / "gpu_check.json",
+        )
         print(message, file=sys.stderr)
         return 2
     started = time.time()

@@ -1,4 +1,4 @@
-"""Images/s of the ResNet-50 feature extractor (convrec_dagster.images), end to end and model only.
+"""Images/s of the ResNet-50 feature extractor (convrec_dagster.data.images), end to end and model only.
 
     python -m benchmarks.images --device cpu --n-images 64 --image-size 64 \
         --out benchmarks/results/images.json
@@ -19,7 +19,7 @@ import os
 import platform
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ def machine_info(device: str) -> dict:
         "load_average_1m": round(os.getloadavg()[0], 2),  # shared machines are noisy
         "torch": torch.__version__,
         "device": device,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -59,7 +59,7 @@ def model_only(device: str, precision: str, channels_last: bool, size: int, batc
     """Forward passes on a fixed batch already on the device: images/s of the network alone."""
     import torch
 
-    from convrec_dagster.images import build_feature_model, embed_batch
+    from convrec_dagster.data.images import build_feature_model, embed_batch
 
     model = build_feature_model(None).model.to(device)
     if channels_last:
@@ -78,7 +78,9 @@ def model_only(device: str, precision: str, channels_last: bool, size: int, batc
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--n-images", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=64, help="network input size (px)")
@@ -93,12 +95,17 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(args.threads)
 
-    from convrec_dagster.images import compute_image_features, locate_images
+    from convrec_dagster.data.images import compute_image_features, locate_images
 
     cuda = args.device.startswith("cuda")
     # (precision, channels_last, is the pipeline's own path -> also measured end to end)
     if cuda:
-        variants = [("fp32", False, False), ("fp32", True, True), ("bf16", False, False), ("bf16", True, True)]
+        variants = [
+            ("fp32", False, False),
+            ("fp32", True, True),
+            ("bf16", False, False),
+            ("bf16", True, True),
+        ]
     else:
         variants = [("fp32", False, True), ("fp32", True, False)]
     runs = []
@@ -112,8 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
             if pipeline_path:
                 t0 = time.perf_counter()
                 result = compute_image_features(
-                    locations, image_size=args.image_size, batch_size=args.batch_size,
-                    device=args.device, precision=precision, num_workers=args.num_workers,
+                    locations,
+                    image_size=args.image_size,
+                    batch_size=args.batch_size,
+                    device=args.device,
+                    precision=precision,
+                    num_workers=args.num_workers,
                 )
                 wall = time.perf_counter() - t0
                 end_to_end = {
@@ -121,10 +132,16 @@ def main(argv: list[str] | None = None) -> dict:
                     "model_images_per_s_in_pipeline": round(result.model_images_per_s, 2),
                     "wall_s_including_model_build": round(wall, 2),
                 }
-            per_s = model_only(args.device, precision, channels_last, args.image_size, args.batch_size, args.reps)
-            runs.append({"variant": name, "model_only_images_per_s": round(per_s, 2), "end_to_end": end_to_end})
-            print(f"{name:>22}: model {per_s:8.1f} images/s" + (
-                f", end to end {end_to_end['images_per_s']:8.1f} images/s" if end_to_end else ""))
+            per_s = model_only(
+                args.device, precision, channels_last, args.image_size, args.batch_size, args.reps
+            )
+            runs.append(
+                {"variant": name, "model_only_images_per_s": round(per_s, 2), "end_to_end": end_to_end}
+            )
+            print(
+                f"{name:>22}: model {per_s:8.1f} images/s"
+                + (f", end to end {end_to_end['images_per_s']:8.1f} images/s" if end_to_end else "")
+            )
 
     report = {
         "benchmark": "images",
@@ -159,8 +176,10 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_ylabel("images / s")
     p = report["params"]
     m = report["machine"]
-    ax.set_title(f"ResNet-50 features, {p['image_size']}px, batch {p['batch_size']}, "
-                 f"{m.get('gpu', m['device'])}", fontsize=9)
+    ax.set_title(
+        f"ResNet-50 features, {p['image_size']}px, batch {p['batch_size']}, {m.get('gpu', m['device'])}",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

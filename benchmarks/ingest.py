@@ -3,7 +3,7 @@
     python -m benchmarks.ingest --reviews 1000000 --out benchmarks/results/ingest.json
 
 Writes a generated Amazon-2014-format dump (gzip) to a temporary folder, then times the same
-helpers the `reviews` / `items` assets use (``convrec_dagster.rawdata``) on a DuckDB database:
+helpers the `reviews` / `items` assets use (``convrec_dagster.data.rawdata``) on a DuckDB database:
 
 - ``reviews_fast``: a clean strict-JSON review file (DuckDB's reader + JSON functions);
 - ``reviews_fallback``: the same file with one malformed line, which sends it down the exact
@@ -29,10 +29,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from convrec_dagster import rawdata
+from convrec_dagster.data import rawdata
 
-WORDS = ("great works nice smell value price love broke returning gentle daily fresh skin hair "
-         "soft bottle pump smaller bigger expected quality would buy again recommend").split()
+WORDS = (
+    "great works nice smell value price love broke returning gentle daily fresh skin hair "
+    "soft bottle pump smaller bigger expected quality would buy again recommend"
+).split()
 
 
 def _gzip_write(path: Path, lines, level: int = 1) -> int:
@@ -62,10 +64,12 @@ def review_lines(n: int, n_users: int, n_items: int, seed: int = 0, broken_at: i
     words = rng.integers(0, len(WORDS), size=(n, 12))
     for k in range(n):
         text = " ".join(WORDS[w] for w in words[k])
-        line = (f'{{"reviewerID": "A{users[k]:013d}", "asin": "B{items[k]:09d}", "reviewerName": "Reviewer '
-                f'{users[k] % 997}", "helpful": [0, {k % 5}], "reviewText": "{text}. {text}", "overall": '
-                f'{ratings[k]}.0, "summary": "{WORDS[words[k][0]]} {WORDS[words[k][1]]}", "unixReviewTime": '
-                f'{ts[k]}, "reviewTime": "01 1, 2013"}}')
+        line = (
+            f'{{"reviewerID": "A{users[k]:013d}", "asin": "B{items[k]:09d}", "reviewerName": "Reviewer '
+            f'{users[k] % 997}", "helpful": [0, {k % 5}], "reviewText": "{text}. {text}", "overall": '
+            f'{ratings[k]}.0, "summary": "{WORDS[words[k][0]]} {WORDS[words[k][1]]}", "unixReviewTime": '
+            f'{ts[k]}, "reviewTime": "01 1, 2013"}}'
+        )
         yield line[: len(line) // 2] if k == broken_at else line
 
 
@@ -73,12 +77,18 @@ def meta_lines(n: int, seed: int = 1):
     """2014 metadata lines as Python literals (single quotes)."""
     rng = np.random.default_rng(seed)
     for k in range(n):
-        yield str({"asin": f"B{k:09d}", "title": f"Product {k} {WORDS[k % len(WORDS)]}",
-                   "price": round(float(rng.uniform(1, 80)), 2),
-                   "imUrl": f"http://ecx.images-amazon.com/images/I/{k:010d}.jpg",
-                   "related": {"also_bought": [f"B{(k + j) % n:09d}" for j in range(1, 6)]},
-                   "salesRank": {"Beauty": int(k * 3 + 1)}, "brand": f"Brand {k % 300}",
-                   "categories": [["Beauty", "Hair Care", "Shampoo"], ["Beauty", "Skin"]]})
+        yield str(
+            {
+                "asin": f"B{k:09d}",
+                "title": f"Product {k} {WORDS[k % len(WORDS)]}",
+                "price": round(float(rng.uniform(1, 80)), 2),
+                "imUrl": f"http://ecx.images-amazon.com/images/I/{k:010d}.jpg",
+                "related": {"also_bought": [f"B{(k + j) % n:09d}" for j in range(1, 6)]},
+                "salesRank": {"Beauty": int(k * 3 + 1)},
+                "brand": f"Brand {k % 300}",
+                "categories": [["Beauty", "Hair Care", "Shampoo"], ["Beauty", "Skin"]],
+            }
+        )
 
 
 def _time_load(fn, *args) -> tuple[rawdata.FileStats, float]:
@@ -95,10 +105,15 @@ def machine_info() -> dict:
     except ImportError:  # pragma: no cover
         torch_version = None
     return {
-        "platform": platform.platform(), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "affinity_cpus": len(os.sched_getaffinity(0)),
-        "load_average": os.getloadavg(), "torch": torch_version, "duckdb": duckdb.__version__,
-        "device": "cpu", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)),
+        "load_average": os.getloadavg(),
+        "torch": torch_version,
+        "duckdb": duckdb.__version__,
+        "device": "cpu",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -125,13 +140,21 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reviews", type=int, default=1_000_000, help="review lines to generate (default 1,000,000)")
+    parser.add_argument(
+        "--reviews", type=int, default=1_000_000, help="review lines to generate (default 1,000,000)"
+    )
     parser.add_argument("--meta", type=int, default=0, help="metadata lines (default: reviews / 10)")
-    parser.add_argument("--fallback-reviews", type=int, default=0,
-                        help="review lines for the Python fallback run (default: reviews / 5)")
+    parser.add_argument(
+        "--fallback-reviews",
+        type=int,
+        default=0,
+        help="review lines for the Python fallback run (default: reviews / 5)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (default: all CPUs)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest.json"))
-    parser.add_argument("--workdir", type=Path, default=None, help="where the dump goes (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the dump goes (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     n_meta = args.meta or max(1, args.reviews // 10)
     n_fallback = args.fallback_reviews or max(1, args.reviews // 5)
@@ -141,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         n_users, n_items = max(10, args.reviews // 8), max(10, args.reviews // 20)
         _gzip_write(work / "reviews_Bench.json.gz", review_lines(args.reviews, n_users, n_items))
-        _gzip_write(work / "reviews_Broken.json.gz",
-                    review_lines(n_fallback, n_users, n_items, seed=2, broken_at=n_fallback // 2))
+        _gzip_write(
+            work / "reviews_Broken.json.gz",
+            review_lines(n_fallback, n_users, n_items, seed=2, broken_at=n_fallback // 2),
+        )
         _gzip_write(work / "meta_Bench.json.gz", meta_lines(n_meta))
         gen_s = time.perf_counter() - t0
         print(f"generated in {gen_s:.1f} s: {args.reviews:,} + {n_fallback:,} reviews, {n_meta:,} meta lines")
@@ -153,27 +178,43 @@ def main(argv: list[str] | None = None) -> int:
         threads = conn.execute("SELECT current_setting('threads')").fetchall()[0][0]
         rawdata.create_staging(conn)
         runs = {}
-        for name, file, kind in [("reviews_fast", "reviews_Bench.json.gz", "reviews"),
-                                 ("reviews_fallback", "reviews_Broken.json.gz", "reviews"),
-                                 ("meta_literal", "meta_Bench.json.gz", "meta")]:
+        for name, file, kind in [
+            ("reviews_fast", "reviews_Bench.json.gz", "reviews"),
+            ("reviews_fallback", "reviews_Broken.json.gz", "reviews"),
+            ("meta_literal", "meta_Bench.json.gz", "meta"),
+        ]:
             path = work / file
             ff = rawdata.sniff(path)
             if kind == "reviews":
                 stats, secs = _time_load(rawdata.load_reviews, conn, ff, 0, 0, 2_000_000_000)
             else:
                 stats, secs = _time_load(rawdata.load_meta, conn, ff, 0)
-            runs[name] = {"file": file, "format": ff.format, "lines": stats.lines, "kept": stats.kept,
-                          "quarantined": stats.n_quarantined, "parser": stats.parser,
-                          "bytes_gz": path.stat().st_size, "seconds": round(secs, 3),
-                          "lines_per_s": round(stats.lines / secs, 1)}
-            print(f"{name}: {stats.lines:,} lines in {secs:.2f} s = {stats.lines / secs:,.0f} lines/s "
-                  f"({stats.parser})")
+            runs[name] = {
+                "file": file,
+                "format": ff.format,
+                "lines": stats.lines,
+                "kept": stats.kept,
+                "quarantined": stats.n_quarantined,
+                "parser": stats.parser,
+                "bytes_gz": path.stat().st_size,
+                "seconds": round(secs, 3),
+                "lines_per_s": round(stats.lines / secs, 1),
+            }
+            print(
+                f"{name}: {stats.lines:,} lines in {secs:.2f} s = {stats.lines / secs:,.0f} lines/s "
+                f"({stats.parser})"
+            )
         conn.close()
 
-    results = {"benchmark": "ingest", "target_review_lines_per_s": 200_000,
-               "duckdb_threads": threads, "generation_seconds": round(gen_s, 1),
-               "machine": machine_info(), "runs": runs,
-               "note": "the machine may be shared with other jobs; see load_average"}
+    results = {
+        "benchmark": "ingest",
+        "target_review_lines_per_s": 200_000,
+        "duckdb_threads": threads,
+        "generation_seconds": round(gen_s, 1),
+        "machine": machine_info(),
+        "runs": runs,
+        "note": "the machine may be shared with other jobs; see load_average",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out.with_suffix(".png"))

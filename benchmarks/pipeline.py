@@ -75,22 +75,32 @@ def run_once(executor: str, keep: Path | None) -> dict:
                 result = full_pipeline_job().execute_in_process(instance=instance, raise_on_error=False)
                 run_id, success = result.run_id, result.success
             else:
-                with dg.execute_job(dg.reconstructable(full_pipeline_job), instance=instance,
-                                    raise_on_error=False) as result:
+                with dg.execute_job(
+                    dg.reconstructable(full_pipeline_job), instance=instance, raise_on_error=False
+                ) as result:
                     run_id, success = result.run_id, result.success
             wall = time.perf_counter() - started
             steps = step_durations(instance, run_id)
         import duckdb
 
-        from convrec_dagster import settings
+        from convrec_dagster.data import settings
 
         with duckdb.connect(str(settings.duckdb_path(home)), read_only=True) as conn:
-            sizes = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                     for t in ("reviews", "interactions", "sequences", "evaluation_metrics", "recommendations")}
-        return {"executor": executor, "success": success, "wall_s": round(wall, 2), "run_id": run_id,
-                "within_target": success and wall < TARGET_S, "steps": steps, "n_steps": len(steps),
-                "sum_of_step_durations_s": round(sum(s["duration_s"] or 0 for s in steps.values()), 2),
-                "table_rows": sizes}
+            sizes = {
+                t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("reviews", "interactions", "sequences", "evaluation_metrics", "recommendations")
+            }
+        return {
+            "executor": executor,
+            "success": success,
+            "wall_s": round(wall, 2),
+            "run_id": run_id,
+            "within_target": success and wall < TARGET_S,
+            "steps": steps,
+            "n_steps": len(steps),
+            "sum_of_step_durations_s": round(sum(s["duration_s"] or 0 for s in steps.values()), 2),
+            "table_rows": sizes,
+        }
     finally:
         for k, v in saved.items():
             if v is None:
@@ -118,8 +128,11 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(f"{run['executor']}: wall {run['wall_s']:.1f} s (target < {TARGET_S:.0f} s)", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     m = result["machine"]
-    fig.suptitle(f"full_pipeline on the embedded sample -- {m['cpu_count']} CPUs, load {m['load_average_1_5_15']}, "
-                 f"{m['date'][:10]}", fontsize=9)
+    fig.suptitle(
+        f"full_pipeline on the embedded sample -- {m['cpu_count']} CPUs, load {m['load_average_1_5_15']}, "
+        f"{m['date'][:10]}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -129,14 +142,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.pipeline",
         description="Wall time of the whole full_pipeline job on the embedded sample dump (fresh CONVREC_HOME "
-                    "each time), in process and with the default multiprocess executor, with per-step "
-                    "durations from the Dagster event log. Target: < 60 s on 2 cores. Writes JSON + PNG.",
+        "each time), in process and with the default multiprocess executor, with per-step "
+        "durations from the Dagster event log. Target: < 60 s on 2 cores. Writes JSON + PNG.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--executors", default="in_process,multiprocess",
-                        help="comma-separated: in_process, multiprocess")
-    parser.add_argument("--keep", default="", help="keep each run's CONVREC_HOME / DAGSTER_HOME under this folder")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "pipeline.json"), help="JSON path; the PNG goes beside it")
+    parser.add_argument(
+        "--executors", default="in_process,multiprocess", help="comma-separated: in_process, multiprocess"
+    )
+    parser.add_argument(
+        "--keep", default="", help="keep each run's CONVREC_HOME / DAGSTER_HOME under this folder"
+    )
+    parser.add_argument(
+        "--out", default=str(RESULTS_DIR / "pipeline.json"), help="JSON path; the PNG goes beside it"
+    )
     args = parser.parse_args(argv)
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     bad = set(executors) - {"in_process", "multiprocess"}
@@ -150,11 +168,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[pipeline] full_pipeline, {executor} executor ...", flush=True)
         run = run_once(executor, keep)
         runs.append(run)
-        print(f"[pipeline]   success={run['success']} wall {run['wall_s']} s; slowest steps: "
-              + ", ".join(f"{k} {v['duration_s']} s" for k, v in list(run["steps"].items())[:4]), flush=True)
-    result = {"benchmark": "pipeline", "command": "python -m benchmarks.pipeline " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "machine": machine_info("cpu"), "dataset": "embedded sample dump",
-        "target_s": TARGET_S, "runs": runs}
+        print(
+            f"[pipeline]   success={run['success']} wall {run['wall_s']} s; slowest steps: "
+            + ", ".join(f"{k} {v['duration_s']} s" for k, v in list(run["steps"].items())[:4]),
+            flush=True,
+        )
+    result = {
+        "benchmark": "pipeline",
+        "command": "python -m benchmarks.pipeline " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info("cpu"),
+        "dataset": "embedded sample dump",
+        "target_s": TARGET_S,
+        "runs": runs,
+    }
     out = write_json(result, args.out)
     plot(result, out.with_suffix(".png"))
     print(f"[pipeline] wrote {out} and {out.with_suffix('.png')}")

@@ -33,66 +33,165 @@ VARIANTS = [
     ("ConvRec ids, init .02, L 20", "all", False, "convrec", {"emb_init_std": 0.02}),
     ("ConvRec ids, init .02, L 10", "all", False, "convrec", {"emb_init_std": 0.02, "max_len": 10}),
     ("ConvRec ids, init .02, L 10, K 10 %", "top10", False, "convrec", {"emb_init_std": 0.02, "max_len": 10}),
-    ("ConvRec attributes, init .02, L 10", "all", False, "convrec", {"emb_init_std": 0.02, "max_len": 10, "features": "attributes"}),
-    ("ConvRec attributes, init .02, L 10, K 10 %", "top10", False, "convrec", {"emb_init_std": 0.02, "max_len": 10, "features": "attributes"}),
-    ("ConvRec attributes + untrained-ResNet images, init .02, L 10", "all", False, "convrec",
-     {"emb_init_std": 0.02, "max_len": 10, "features": "both"}),
-    ("ConvRec ids + time context and intervals, init .02, L 10 (sampled softmax 100)", "all", True, "convrec",
-     {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax"}),
-    ("ConvRec ids + time context, no intervals, init .02, L 10 (sampled softmax 100)", "all", True, "convrec",
-     {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax", "intervals": False}),
-    ("ConvRec ids without time, init .02, L 10 (sampled softmax 100)", "all", False, "convrec",
-     {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax"}),
-    ("ConvRec attributes + time context, init .02, L 20 (sampled softmax 100)", "all", True, "convrec",
-     {"emb_init_std": 0.02, "features": "attributes", "loss": "softmax"}),
-    ("ConvRec attributes + time context, unit init, L 20 (sampled softmax 100; the sample budget)", "all", True,
-     "convrec", {"features": "attributes", "loss": "softmax"}),
+    (
+        "ConvRec attributes, init .02, L 10",
+        "all",
+        False,
+        "convrec",
+        {"emb_init_std": 0.02, "max_len": 10, "features": "attributes"},
+    ),
+    (
+        "ConvRec attributes, init .02, L 10, K 10 %",
+        "top10",
+        False,
+        "convrec",
+        {"emb_init_std": 0.02, "max_len": 10, "features": "attributes"},
+    ),
+    (
+        "ConvRec attributes + untrained-ResNet images, init .02, L 10",
+        "all",
+        False,
+        "convrec",
+        {"emb_init_std": 0.02, "max_len": 10, "features": "both"},
+    ),
+    (
+        "ConvRec ids + time context and intervals, init .02, L 10 (sampled softmax 100)",
+        "all",
+        True,
+        "convrec",
+        {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax"},
+    ),
+    (
+        "ConvRec ids + time context, no intervals, init .02, L 10 (sampled softmax 100)",
+        "all",
+        True,
+        "convrec",
+        {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax", "intervals": False},
+    ),
+    (
+        "ConvRec ids without time, init .02, L 10 (sampled softmax 100)",
+        "all",
+        False,
+        "convrec",
+        {"emb_init_std": 0.02, "max_len": 10, "loss": "softmax"},
+    ),
+    (
+        "ConvRec attributes + time context, init .02, L 20 (sampled softmax 100)",
+        "all",
+        True,
+        "convrec",
+        {"emb_init_std": 0.02, "features": "attributes", "loss": "softmax"},
+    ),
+    (
+        "ConvRec attributes + time context, unit init, L 20 (sampled softmax 100; the sample budget)",
+        "all",
+        True,
+        "convrec",
+        {"features": "attributes", "loss": "softmax"},
+    ),
 ]
 
 TIME_BASE = {**BASE, "features": "attributes", "loss": "softmax"}
 TIME_VARIANTS = [
     ("SASRec (ids, L 20)", "all", False, "sasrec", {}),
     ("ConvRec attributes, no time, init .02", "all", False, "convrec", {"emb_init_std": 0.02}),
-    ("ConvRec attributes + time, unit init, raw intervals (the sample budget before)", "all", True, "convrec", {}),
-    ("ConvRec attributes + time, unit init, calendar intervals", "all", True, "convrec", {"interval_scale": "calendar"}),
-    ("ConvRec attributes + time, unit init, calendar intervals, zero-init context", "all", True, "convrec",
-     {"interval_scale": "calendar", "side_init": "zero_time"}),
+    (
+        "ConvRec attributes + time, unit init, raw intervals (the sample budget before)",
+        "all",
+        True,
+        "convrec",
+        {},
+    ),
+    (
+        "ConvRec attributes + time, unit init, calendar intervals",
+        "all",
+        True,
+        "convrec",
+        {"interval_scale": "calendar"},
+    ),
+    (
+        "ConvRec attributes + time, unit init, calendar intervals, zero-init context",
+        "all",
+        True,
+        "convrec",
+        {"interval_scale": "calendar", "side_init": "zero_time"},
+    ),
     ("ConvRec attributes + time, init .02, raw intervals", "all", True, "convrec", {"emb_init_std": 0.02}),
-    ("ConvRec attributes + time, init .02, calendar intervals", "all", True, "convrec",
-     {"emb_init_std": 0.02, "interval_scale": "calendar"}),
-    ("ConvRec attributes + time, init .02, calendar intervals, zero-init context", "all", True, "convrec",
-     {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero_time"}),
-    ("ConvRec attributes + time, init .02, raw intervals, zero-init context", "all", True, "convrec",
-     {"emb_init_std": 0.02, "side_init": "zero_time"}),
-    ("ConvRec attributes, no time, init .02, zero-init side path", "all", False, "convrec",
-     {"emb_init_std": 0.02, "side_init": "zero"}),
-    ("ConvRec attributes + time, init .02, calendar intervals, zero-init side path", "all", True, "convrec",
-     {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero"}),
-    ("ConvRec ids + time, init .02, calendar intervals, zero-init side path", "all", True, "convrec",
-     {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero", "features": "none"}),
+    (
+        "ConvRec attributes + time, init .02, calendar intervals",
+        "all",
+        True,
+        "convrec",
+        {"emb_init_std": 0.02, "interval_scale": "calendar"},
+    ),
+    (
+        "ConvRec attributes + time, init .02, calendar intervals, zero-init context",
+        "all",
+        True,
+        "convrec",
+        {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero_time"},
+    ),
+    (
+        "ConvRec attributes + time, init .02, raw intervals, zero-init context",
+        "all",
+        True,
+        "convrec",
+        {"emb_init_std": 0.02, "side_init": "zero_time"},
+    ),
+    (
+        "ConvRec attributes, no time, init .02, zero-init side path",
+        "all",
+        False,
+        "convrec",
+        {"emb_init_std": 0.02, "side_init": "zero"},
+    ),
+    (
+        "ConvRec attributes + time, init .02, calendar intervals, zero-init side path",
+        "all",
+        True,
+        "convrec",
+        {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero"},
+    ),
+    (
+        "ConvRec ids + time, init .02, calendar intervals, zero-init side path",
+        "all",
+        True,
+        "convrec",
+        {"emb_init_std": 0.02, "interval_scale": "calendar", "side_init": "zero", "features": "none"},
+    ),
     ("ConvRec ids, no time, init .02", "all", False, "convrec", {"emb_init_std": 0.02, "features": "none"}),
 ]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sample_ablation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.sample_ablation", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--set", default="causes", choices=["causes", "time"], help="which list of variants")
     parser.add_argument("--dataset", default="sample", choices=["sample", "magazine"])
-    parser.add_argument("--only", default="", help="comma-separated variant indices (0-based) to run; their results "
-                        "replace those of the same label in an existing --out JSON")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated variant indices (0-based) to run; their results "
+        "replace those of the same label in an existing --out JSON",
+    )
     parser.add_argument("--home", default="", help="default /tmp/convrec_ablation_<dataset>")
-    parser.add_argument("--out", default="", help="default benchmarks/results/sample_ablation[_time][_<dataset>].json")
+    parser.add_argument(
+        "--out", default="", help="default benchmarks/results/sample_ablation[_time][_<dataset>].json"
+    )
     args = parser.parse_args(argv)
-    suffix = ("_time" if args.set == "time" else "") + ("" if args.dataset == "sample" else f"_{args.dataset}")
+    suffix = ("_time" if args.set == "time" else "") + (
+        "" if args.dataset == "sample" else f"_{args.dataset}"
+    )
     out = Path(args.out or RESULTS_DIR / f"sample_ablation{suffix}.json")
     base, variants = (TIME_BASE, TIME_VARIANTS) if args.set == "time" else (BASE, VARIANTS)
 
     import duckdb
     import torch
 
-    from convrec_dagster import settings
-    from convrec_dagster.dataset import load_rec_data
+    from convrec_dagster.data import settings
+    from convrec_dagster.data.dataset import load_rec_data
     from models.registry import build_model
     from models.train import TrainConfig, train
 
@@ -105,20 +204,32 @@ def main(argv: list[str] | None = None) -> None:
     datasets = {}
     for key, home in homes.items():
         home.mkdir(parents=True, exist_ok=True)
-        prepare(args.dataset, home, DATA_DIRS[args.dataset], proxies[key])  # pipeline defaults but for the proxy rule
+        prepare(
+            args.dataset, home, DATA_DIRS[args.dataset], proxies[key]
+        )  # pipeline defaults but for the proxy rule
         with duckdb.connect(str(settings.duckdb_path(home)), read_only=True) as conn:
             datasets[key] = load_rec_data(conn, features="both")
-    res = {"benchmark": "sample_ablation", "set": args.set, "dataset": args.dataset, "machine": machine_info("cpu"),
-           "epochs": args.epochs, "base": base,
-           "train": {"scheme": "all_cuts", "batch_size": 64, "lr": 2e-3, "adam_beta2": 0.98}, "variants": []}
+    res = {
+        "benchmark": "sample_ablation",
+        "set": args.set,
+        "dataset": args.dataset,
+        "machine": machine_info("cpu"),
+        "epochs": args.epochs,
+        "base": base,
+        "train": {"scheme": "all_cuts", "batch_size": 64, "lr": 2e-3, "adam_beta2": 0.98},
+        "variants": [],
+    }
     if args.only:
         keep = {int(i) for i in args.only.split(",")}
         variants = [v for i, v in enumerate(variants) if i in keep]
         if out.exists():  # merge: earlier variants stay, re-run ones are replaced
             import json
 
-            res["variants"] = [v for v in json.loads(out.read_text())["variants"]
-                               if v["label"] not in {label for label, *_ in variants}]
+            res["variants"] = [
+                v
+                for v in json.loads(out.read_text())["variants"]
+                if v["label"] not in {label for label, *_ in variants}
+            ]
     for label, proxy, keep_time, name, overrides in variants:
         data = datasets[proxy]
         saved = (data.context, data.ymd)
@@ -127,18 +238,38 @@ def main(argv: list[str] | None = None) -> None:
         hp = {**base, **overrides}
         if name == "sasrec":
             hp = {k: v for k, v in hp.items() if k in ("d", "dropout", "max_len", "loss")}
-        config = TrainConfig(scheme="all_cuts", batch_size=64, lr=2e-3, weight_decay=0.0, max_epochs=args.epochs,
-                             patience=args.epochs, adam_beta2=0.98, augment_prob=0.0, resume=False)
+        config = TrainConfig(
+            scheme="all_cuts",
+            batch_size=64,
+            lr=2e-3,
+            weight_decay=0.0,
+            max_epochs=args.epochs,
+            patience=args.epochs,
+            adam_beta2=0.98,
+            augment_prob=0.0,
+            resume=False,
+        )
         torch.manual_seed(0)
         started = time.perf_counter()
         result = train(build_model(name, data, hp), data, name, hp, config, log=lambda m: None)
         data.context, data.ymd = saved
         curve = [round(h["valid_NDCG@10"], 4) for h in result.history]
-        res["variants"].append({"label": label, "model": name, "proxy": proxies[proxy], "time_context": keep_time,
-                                "hparams": hp, "valid_NDCG@10_per_epoch": curve,
-                                "best_valid_NDCG@10": round(result.best_metrics["NDCG@10"], 4),
-                                "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - started, 1)})
-        print(f"{label}: best {curve[result.best_epoch - 1]} at epoch {result.best_epoch}; {curve}", flush=True)
+        res["variants"].append(
+            {
+                "label": label,
+                "model": name,
+                "proxy": proxies[proxy],
+                "time_context": keep_time,
+                "hparams": hp,
+                "valid_NDCG@10_per_epoch": curve,
+                "best_valid_NDCG@10": round(result.best_metrics["NDCG@10"], 4),
+                "best_epoch": result.best_epoch,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+        print(
+            f"{label}: best {curve[result.best_epoch - 1]} at epoch {result.best_epoch}; {curve}", flush=True
+        )
         write_json(res, out)
 
 

@@ -24,19 +24,23 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from convrec_dagster import splits
-from convrec_dagster.dataset import load_rec_data
+from convrec_dagster.data import splits
+from convrec_dagster.data.dataset import load_rec_data
 
 MIN_PER_USER = 5
 
 
-def generate_interactions(conn, n_users: int, n_items: int, n_interactions: int, seed: int, zipf_a: float) -> None:
+def generate_interactions(
+    conn, n_users: int, n_items: int, n_interactions: int, seed: int, zipf_a: float
+) -> None:
     """Write a synthetic ``interactions`` table of exactly ``n_interactions`` rows."""
     if n_interactions < MIN_PER_USER * n_users:
         raise SystemExit(f"--interactions must be >= {MIN_PER_USER} x --users")
     rng = np.random.default_rng(seed)
     extra_weights = rng.pareto(2.0, size=n_users) + 1e-3
-    lengths = MIN_PER_USER + rng.multinomial(n_interactions - MIN_PER_USER * n_users, extra_weights / extra_weights.sum())
+    lengths = MIN_PER_USER + rng.multinomial(
+        n_interactions - MIN_PER_USER * n_users, extra_weights / extra_weights.sum()
+    )
     users = np.repeat(np.arange(n_users), lengths)
     popularity = 1.0 / np.arange(1, n_items + 1) ** zipf_a
     items = rng.choice(n_items, size=n_interactions, p=popularity / popularity.sum())
@@ -145,7 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
         timings["load_rec_data"] = time.perf_counter() - t0
         conn.close()
 
-    splits_and_negatives = sum(timings[k] for k in ("indices + splits + time context", "eval negatives", "proxy ids"))
+    splits_and_negatives = sum(
+        timings[k] for k in ("indices + splits + time context", "eval negatives", "proxy ids")
+    )
     result = {
         "benchmark": "splits",
         "machine": machine_info(args.threads),
@@ -170,7 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"DuckDB threads {args.threads}, {os.cpu_count()} CPUs",
         png,
     )
-    print(json.dumps({"timings_s": result["timings_s"], "splits_and_negatives_s": result["splits_and_negatives_s"]}))
+    print(
+        json.dumps(
+            {"timings_s": result["timings_s"], "splits_and_negatives_s": result["splits_and_negatives_s"]}
+        )
+    )
     print(f"wrote {args.out} and {png}")
     return result
 

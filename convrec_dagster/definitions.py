@@ -14,7 +14,6 @@ from convrec_dagster.resources import build_resources
 from convrec_dagster.schedules import build_retrain_schedule
 from convrec_dagster.sensors import raw_dump_sensor
 
-
 # The pipeline's stages in graph order; each module's assets carry the group of the same name and
 # declare their own asset checks (see convrec_dagster/checks.py).
 ASSET_MODULES = [ingest, features, splits, training, evaluation]

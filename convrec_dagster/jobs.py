@@ -18,13 +18,6 @@ from convrec_dagster.resources import DUCKDB_TAGS
 STAGE_GROUPS = ("ingest", "features", "splits", "training", "evaluation")
 RETRAIN_GROUPS = ("training", "evaluation")
 
-# Steps that can fail for reasons that go away on their own: training on a device (CUDA OOM from a
-# neighbour, a lost device, a preempted node) and image feature extraction (a slow disk, a large
-# image batch). Deterministic steps (parsing, SQL) get no retry: bad data fails the same way twice.
-TRANSIENT_RETRY_POLICY = dg.RetryPolicy(
-    max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
-
 _duckdb_tag_key, _duckdb_tag_value = next(iter(DUCKDB_TAGS.items()))
 
 # What every step process needs, imported once per run by the forkserver instead of once per step:
@@ -34,7 +27,7 @@ _duckdb_tag_key, _duckdb_tag_value = next(iter(DUCKDB_TAGS.items()))
 # The forkserver skips a module that fails to import, so a renamed Dagster internal costs only time.
 PRELOAD_MODULES = [
     "dagster", "torch", "torchvision", "matplotlib.pyplot",
-    "convrec_dagster.definitions", "convrec_dagster.dataset", "models.registry", "models.train", "models.evaluate",
+    "convrec_dagster.definitions", "convrec_dagster.data.dataset", "models.registry", "models.train", "models.evaluate",
     "dagster._core.instance.factory", "dagster._core.storage.sqlite_storage", "dagster._core.storage.root",
     "dagster._core.secrets.loader", "dagster._daemon",
 ]  # fmt: skip

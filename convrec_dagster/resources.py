@@ -10,7 +10,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
-from convrec_dagster import settings
+from convrec_dagster.data import settings
 
 # Concurrency. DuckDB allows one writing process per file, and a reader cannot open the file while
 # another process writes it, so every step that touches DuckDB carries DUCKDB_TAGS (limited to one
@@ -56,8 +56,11 @@ class ConvRecDuckDB(DuckDBResource):
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise dg.Failure(f"cannot create the folder of the DuckDB file {database}: {exc}. Point "
-                                 "CONVREC_HOME at a writable folder.", allow_retries=False) from exc
+                raise dg.Failure(
+                    f"cannot create the folder of the DuckDB file {database}: {exc}. Point "
+                    "CONVREC_HOME at a writable folder.",
+                    allow_retries=False,
+                ) from exc
         conn = connect_duckdb(database, self.duckdb_config())
         try:
             yield conn
@@ -82,12 +85,16 @@ def connect_duckdb(database: str, config: dict, lock_wait_s: float = 120.0):
                 waited += delay
                 delay = min(delay * 2, 4.0)
                 continue
-            advice = ("another process holds the file: wait for it (another run on this CONVREC_HOME?), or use "
-                      "another CONVREC_HOME" if locked else
-                      "check that CONVREC_HOME is a writable folder and the file is a DuckDB database; a damaged "
-                      "file can be moved away and rebuilt with `dagster job execute -j full_pipeline`")
-            raise dg.Failure(f"cannot open the DuckDB file {database}: {exc}. What to do: {advice}.",
-                             allow_retries=False) from exc
+            advice = (
+                "another process holds the file: wait for it (another run on this CONVREC_HOME?), or use "
+                "another CONVREC_HOME"
+                if locked
+                else "check that CONVREC_HOME is a writable folder and the file is a DuckDB database; a damaged "
+                "file can be moved away and rebuilt with `dagster job execute -j full_pipeline`"
+            )
+            raise dg.Failure(
+                f"cannot open the DuckDB file {database}: {exc}. What to do: {advice}.", allow_retries=False
+            ) from exc
 
 
 class ConvRecPaths(dg.ConfigurableResource):
@@ -108,6 +115,12 @@ class ConvRecPaths(dg.ConfigurableResource):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def model_path(self, name: str) -> Path:
+        """Model ``name``'s folder (best.pt, resume.pt, history.json), created if absent."""
+        path = settings.model_dir(self.home_path(), name)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def is_embedded_sample(self) -> bool:
         return not self.raw_dir and settings.raw_dir_from_env() is None
 
@@ -118,7 +131,7 @@ class ConvRecPaths(dg.ConfigurableResource):
         from_env = settings.raw_dir_from_env()
         if from_env is not None:
             return from_env
-        from convrec_dagster.sample_dump import ensure_sample_dump
+        from convrec_dagster.data.sample_dump import ensure_sample_dump
 
         return ensure_sample_dump(settings.sample_dump_dir(self.home_path()))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+
 from convrec_dagster.jobs import retrain
 
 RETRAIN_CRON_ENV = "CONVREC_RETRAIN_CRON"

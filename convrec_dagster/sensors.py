@@ -113,9 +113,7 @@ def raw_dump_sensor(context: dg.SensorEvaluationContext, paths: ConvRecPaths) ->
 
     settle = settle_seconds()
     now_ns = time.time_ns()
-    copying = sorted(
-        name for name, stat in current.items() if (now_ns - stat["mtime_ns"]) / 1e9 < settle
-    )
+    copying = sorted(name for name, stat in current.items() if (now_ns - stat["mtime_ns"]) / 1e9 < settle)
     if copying:
         return dg.SensorResult(
             skip_reason=f"Waiting for {_short_list(copying)} in {raw_dir} to settle (modified "

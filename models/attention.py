@@ -37,8 +37,19 @@ class ConvRecAttention(EncodedSequenceModel):
         interval_scale: str = "raw",
         side_init: str = "default",
     ):
-        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, emb_init_std,
-                         interval_scale, side_init)
+        super().__init__(
+            data,
+            max_len,
+            d,
+            dropout,
+            features,
+            intervals,
+            hidden,
+            loss,
+            emb_init_std,
+            interval_scale,
+            side_init,
+        )
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', not {pooling!r}")
         self.pooling = pooling
@@ -46,7 +57,9 @@ class ConvRecAttention(EncodedSequenceModel):
         layer = nn.TransformerEncoderLayer(
             d, n_heads, ffn_mult * d, dropout, activation="gelu", batch_first=True, norm_first=True
         )
-        self.transformer = nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+        self.transformer = nn.TransformerEncoder(
+            layer, n_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
+        )
 
     def mix(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         length = z.shape[1]

@@ -97,8 +97,9 @@ class SequentialRecommender(nn.Module):
             return full_softmax_loss(self.forward(batch), self.item_vectors(), batch.candidates[:, 0])
         return candidate_loss(self.predict(batch), self.loss)
 
-    def calculate_positionwise_loss(self, items: torch.Tensor, targets: torch.Tensor,
-                                    negatives: torch.Tensor | None) -> torch.Tensor:
+    def calculate_positionwise_loss(
+        self, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None
+    ) -> torch.Tensor:
         """Next-item loss at every position: ``items (B, L)`` input, ``targets (B, L)`` the next item
         (0: no target), ``negatives (B, L, n)`` per position (unused by ``full_softmax``)."""
         keep = targets > 0

@@ -27,7 +27,7 @@ class Batch:
     cand_context: torch.Tensor | None = None  # (B, 6) time features of the target interaction
     cand_ymd: torch.Tensor | None = None  # (B, 3) (year, month, day) of the target interaction
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         moved = {
             f.name: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
             for f in fields(self)
@@ -91,7 +91,9 @@ class NegativeSampler:
 
     def __init__(self, data: RecData):
         self.n_items = data.n_items
-        user_of_row = np.repeat(np.arange(data.n_users + 1, dtype=np.int64), np.diff(data.user_ptr[: data.n_users + 2]))
+        user_of_row = np.repeat(
+            np.arange(data.n_users + 1, dtype=np.int64), np.diff(data.user_ptr[: data.n_users + 2])
+        )
         self.keys = np.unique(user_of_row * (data.n_items + 1) + data.items)
         self.n_distinct = np.bincount(self.keys // (data.n_items + 1), minlength=data.n_users + 1)
 

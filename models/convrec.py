@@ -1,6 +1,6 @@
-"""ConvRec: attribute-aware item encoder + convolution down-scaling (CONVREC_SPEC.md, sections 2-3).
+"""ConvRec: attribute-aware item encoder + convolution down-scaling (docs/CONVREC_SPEC.md §2-3).
 
-Efficiency (spec section 7): the item encoder's cost is dominated by per-position work, so
+Efficiency (docs/CONVREC_SPEC.md §7): the item encoder's cost is dominated by per-position work, so
 
 - each *distinct* item of a batch (history + candidates) is encoded once (``torch.unique``) and
   gathered back; attributes are sparse ids in an ``EmbeddingBag(mode="sum")``, which equals a linear
@@ -24,9 +24,8 @@ from torch import nn
 
 from models.base import LossName, SequentialRecommender, dot_scores
 from models.batching import Batch
-from models.data import N_CONTEXT, RecData
+from models.data import FEATURE_CHOICES, N_CONTEXT, RecData
 
-FEATURE_CHOICES = ("auto", "attributes", "image", "both", "none")
 # Δ as (years, months, days), the paper's units, or each part over its calendar range (years, months / 12,
 # days / 31), the units of the 6 context features: raw day differences reach ±30 next to id vectors of
 # size ~.02 and swamp the LayerNorm that follows (BENCHMARKS.md, "the time path").
@@ -45,7 +44,9 @@ def resolve_features(data: RecData, features: str) -> tuple[bool, bool]:
         return data.has_attributes, data.has_images
     want_attr, want_img = features in ("attributes", "both"), features in ("image", "both")
     if want_attr and not data.has_attributes:
-        raise ValueError(f"features={features!r} needs item attributes, but this dataset has none; use 'auto'")
+        raise ValueError(
+            f"features={features!r} needs item attributes, but this dataset has none; use 'auto'"
+        )
     if want_img and not data.has_images:
         raise ValueError(f"features={features!r} needs image features, but this dataset has none; use 'auto'")
     return want_attr, want_img
@@ -74,7 +75,7 @@ def standardized_images(features: np.ndarray) -> torch.Tensor:
 
 
 class ItemEncoder(nn.Module):
-    """Interaction vectors z = GELU(W·LN(Dropout(GELU([X ; Δ])))) (spec section 2).
+    """Interaction vectors z = GELU(W·LN(Dropout(GELU([X ; Δ])))) (docs/CONVREC_SPEC.md §2).
 
     X = Linear([E_proxy ; A]), A = Dropout(Linear([F ; C])), F = item features (attributes and/or
     image), C = Linear(6 time features). Parts the dataset lacks are absent, not faked.
@@ -94,7 +95,9 @@ class ItemEncoder(nn.Module):
     ):
         super().__init__()
         if interval_scale not in INTERVAL_SCALES:
-            raise ValueError(f"interval_scale must be one of {sorted(INTERVAL_SCALES)}, not {interval_scale!r}")
+            raise ValueError(
+                f"interval_scale must be one of {sorted(INTERVAL_SCALES)}, not {interval_scale!r}"
+            )
         if side_init not in SIDE_INITS:
             raise ValueError(f"side_init must be one of {SIDE_INITS}, not {side_init!r}")
         hidden = hidden or 4 * d
@@ -132,7 +135,9 @@ class ItemEncoder(nn.Module):
             if side_init == "zero":
                 nn.init.zeros_(self.x_from_a.weight)
         width = d + 3 if self.use_intervals else d
-        self.register_buffer("interval_scale", torch.tensor(INTERVAL_SCALES[interval_scale]), persistent=False)
+        self.register_buffer(
+            "interval_scale", torch.tensor(INTERVAL_SCALES[interval_scale]), persistent=False
+        )
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, d)
@@ -177,7 +182,9 @@ class ItemEncoder(nn.Module):
             x = torch.cat([x, (delta * self.interval_scale).to(x.dtype)], -1)
         return F.gelu(self.out(self.norm(self.dropout(F.gelu(x)))))
 
-    def forward(self, items: torch.Tensor, context: torch.Tensor | None, delta: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, items: torch.Tensor, context: torch.Tensor | None, delta: torch.Tensor | None
+    ) -> torch.Tensor:
         """Vectors (N, d) of interactions ``items (N,)`` (all > 0) with context (N, 6), Δ (N, 3)."""
         uniq, inv = torch.unique(items, return_inverse=True)
         per_position_dropout = self.training and self.dropout.p > 0
@@ -193,7 +200,9 @@ class ItemEncoder(nn.Module):
             x = x + F.linear(context, self.x_from_a.weight @ weight, self.x_from_a.weight @ bias)
         return self._finish(x, delta)
 
-    def encode_grid(self, items: torch.Tensor, context: torch.Tensor | None, delta: torch.Tensor | None) -> torch.Tensor:
+    def encode_grid(
+        self, items: torch.Tensor, context: torch.Tensor | None, delta: torch.Tensor | None
+    ) -> torch.Tensor:
         """Evaluation: the same items ``(M,)`` under every row's context (B, 6) and Δ (B, 3) -> (B, M, d)."""
         x_item, _ = self._item_x(items, fold_a=True)
         n_rows = len(context) if context is not None else len(delta) if delta is not None else 1
@@ -220,13 +229,25 @@ def history_intervals(ymd: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class EncodedSequenceModel(SequentialRecommender):
     """A model whose history and candidates go through one :class:`ItemEncoder`; subclasses mix."""
 
-    def __init__(self, data: RecData, max_len: int, d: int, dropout: float, features: str,
-                 intervals: bool, hidden: int | None, loss: LossName, emb_init_std: float | None = None,
-                 interval_scale: str = "raw", side_init: str = "default"):
+    def __init__(
+        self,
+        data: RecData,
+        max_len: int,
+        d: int,
+        dropout: float,
+        features: str,
+        intervals: bool,
+        hidden: int | None,
+        loss: LossName,
+        emb_init_std: float | None = None,
+        interval_scale: str = "raw",
+        side_init: str = "default",
+    ):
         super().__init__(data.n_items, max_len, loss)
         self.d = d
-        self.encoder = ItemEncoder(data, d, hidden, dropout, features, intervals, emb_init_std, interval_scale,
-                                   side_init)
+        self.encoder = ItemEncoder(
+            data, d, hidden, dropout, features, intervals, emb_init_std, interval_scale, side_init
+        )
 
     def mix(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """History vectors (B, L, d), zero at padding -> sequence vector (B, d)."""
@@ -244,7 +265,9 @@ class EncodedSequenceModel(SequentialRecommender):
         rows, cols = mask.nonzero(as_tuple=True)
         enc = self.encoder
         hist_ctx = batch.context[:, -self.max_len :][rows, cols] if enc.use_context else None
-        hist_delta = history_intervals(batch.ymd[:, -self.max_len :], mask)[rows, cols] if enc.use_intervals else None
+        hist_delta = (
+            history_intervals(batch.ymd[:, -self.max_len :], mask)[rows, cols] if enc.use_intervals else None
+        )
         parts = [items[rows, cols]]
         ctx_parts, delta_parts = [hist_ctx], [hist_delta]
         n_hist = len(rows)
@@ -278,7 +301,8 @@ class EncodedSequenceModel(SequentialRecommender):
         if self.encoder.row_dependent:
             raise ValueError(
                 "loss='full_softmax' needs candidate vectors that do not depend on the row, but this dataset has "
-                "time context or intervals: use loss='softmax' with more n_negatives, or intervals=False")
+                "time context or intervals: use loss='softmax' with more n_negatives, or intervals=False"
+            )
         items = torch.arange(1, self.n_items + 1, device=self.encoder.proxy_ids.device)
         vectors = self.encoder.encode_grid(items, None, None)[0]
         return torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
@@ -404,8 +428,19 @@ class ConvRec(EncodedSequenceModel):
         interval_scale: str = "raw",
         side_init: str = "default",
     ):
-        super().__init__(data, max_len, d, dropout, features, intervals, hidden, loss, emb_init_std,
-                         interval_scale, side_init)
+        super().__init__(
+            data,
+            max_len,
+            d,
+            dropout,
+            features,
+            intervals,
+            hidden,
+            loss,
+            emb_init_std,
+            interval_scale,
+            side_init,
+        )
         self.avg_pool_only = avg_pool_only
         if single_conv:
             kernels = strides = [max_len]
@@ -418,9 +453,11 @@ class ConvRec(EncodedSequenceModel):
         if not avg_pool_only and math.prod(strides) < max_len and kernels == strides:
             raise ValueError(f"strides {strides} multiply to less than max_len={max_len}")
         self.kernels, self.strides = list(kernels), list(strides)
-        blocks = [] if avg_pool_only else [
-            ConvBlock(d, k, s, heads, dropout, residuals) for k, s in zip(kernels, strides)
-        ]
+        blocks = (
+            []
+            if avg_pool_only
+            else [ConvBlock(d, k, s, heads, dropout, residuals) for k, s in zip(kernels, strides)]
+        )
         self.blocks = nn.ModuleList(blocks)
 
     def mix(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

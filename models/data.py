@@ -1,6 +1,6 @@
 """The in-memory dataset every model trains and is evaluated on (pure NumPy).
 
-Built from DuckDB by ``convrec_dagster.dataset.load_rec_data``; tests build it by hand.
+Built from DuckDB by ``convrec_dagster.data.dataset.load_rec_data``; tests build it by hand.
 
 Indices: users 1..n_users and items 1..n_items (0 = padding everywhere). Each user's interactions
 are one contiguous, time-ordered slice ``items[user_ptr[u]:user_ptr[u + 1]]``. Leave-one-out:
@@ -11,8 +11,13 @@ validation target, and the rest is training; other users only train.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
+
+# Which item features a model reads: ``auto`` (whatever the dataset has), attributes, image, both, none.
+FeatureChoice = Literal["auto", "attributes", "image", "both", "none"]
+FEATURE_CHOICES: tuple[str, ...] = get_args(FeatureChoice)
 
 N_CONTEXT = 6  # year (min-max scaled), month/12, day/31, day-of-week/7, day-of-year/365, week/53
 

@@ -12,6 +12,9 @@ The validation input is the training history; the test input also includes the v
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -20,6 +23,7 @@ import torch
 from models.base import SequentialRecommender
 from models.batching import eval_targets, make_batch
 from models.data import RecData
+from models.metrics import DEFAULT_KS, PROTOCOLS, SPLITS, Ties, grouped_summary
 
 
 def autocast(device: torch.device, precision: str):
@@ -34,7 +38,11 @@ def _history_mask(data: RecData, users: np.ndarray, ends: np.ndarray, device: to
     starts = data.user_ptr[users]
     lengths = ends - starts
     rows = np.repeat(np.arange(len(users)), lengths)
-    flat = np.concatenate([data.items[s:e] for s, e in zip(starts, ends)]) if len(users) else np.zeros(0, np.int64)
+    flat = (
+        np.concatenate([data.items[s:e] for s, e in zip(starts, ends)])
+        if len(users)
+        else np.zeros(0, np.int64)
+    )
     mask = torch.zeros(len(users), data.n_items + 1, dtype=torch.bool, device=device)
     mask[torch.from_numpy(rows).to(device), torch.from_numpy(flat).to(device)] = True
     mask[:, 0] = True
@@ -52,8 +60,8 @@ def rank_eval_users(
     precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, n_greater, n_equal) over every evaluated user; ties are left to the metrics."""
-    if protocol not in ("sampled_100", "full"):
-        raise ValueError(f"protocol must be 'sampled_100' or 'full', not {protocol!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -128,3 +136,66 @@ def recommend_top_k(
     if not out_items:
         return users, np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     return users, torch.cat(out_items).numpy().astype(np.int64), torch.cat(out_scores).numpy()
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How :func:`evaluate_model` scores: protocols and splits, cut-offs, bootstrap, ties, batching."""
+
+    protocols: tuple[str, ...] = PROTOCOLS
+    splits: tuple[str, ...] = SPLITS
+    ks: tuple[int, ...] = DEFAULT_KS
+    batch_size: int = 256
+    precision: str = "fp32"
+    n_boot: int = 1000
+    seed: int = 0
+    ties: Ties = "expected"
+
+
+def evaluate_model(
+    model: SequentialRecommender,
+    data: RecData,
+    settings: EvalSettings,
+    device: torch.device | str,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Metric records (``models.metrics.grouped_summary`` rows plus protocol and split) of one model
+    on every protocol and split of ``settings``."""
+    records = []
+    for protocol in settings.protocols:
+        for split in settings.splits:
+            started = time.perf_counter()
+            users, n_greater, n_equal = rank_eval_users(
+                model,
+                data,
+                split,
+                protocol,
+                device,
+                batch_size=settings.batch_size,
+                precision=settings.precision,
+            )
+            users = np.asarray(users, dtype=np.int64)
+            lengths = data.user_ptr[users + 1] - data.user_ptr[users]
+            found = grouped_summary(
+                np.asarray(n_greater),
+                np.asarray(n_equal),
+                lengths,
+                ks=tuple(settings.ks),
+                ties=settings.ties,
+                n_boot=settings.n_boot,
+                seed=settings.seed,
+            )
+            records += [{"protocol": protocol, "split": split, **r} for r in found]
+            if log is not None:
+                ndcg = float("nan")
+                if 10 in settings.ks:
+                    ndcg = next(
+                        r["value"]
+                        for r in found
+                        if r["metric"] == "NDCG" and r["k"] == 10 and r["user_group"] == "all"
+                    )
+                log(
+                    f"  {protocol}/{split}: {len(users):,} users, NDCG@10 {ndcg:.4f} "
+                    f"({time.perf_counter() - started:.1f} s)"
+                )
+    return records

@@ -19,6 +19,9 @@ from typing import Literal
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20)
+# The evaluation protocols (models.evaluate.rank_eval_users) and the evaluated splits, in report order.
+PROTOCOLS = ("sampled_100", "full")
+SPLITS = ("test", "valid")
 Ties = Literal["expected", "pessimistic"]
 
 
@@ -76,7 +79,9 @@ def per_user_metrics(
 def summarize(per_user: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
     """Mean of every per-user metric, over the users selected by ``mask`` (all when None)."""
     return {
-        name: float(values[mask].mean() if mask is not None else values.mean()) if len(values) else float("nan")
+        name: float(values[mask].mean() if mask is not None else values.mean())
+        if len(values)
+        else float("nan")
         for name, values in per_user.items()
     }
 

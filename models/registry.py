@@ -1,46 +1,109 @@
-"""Model names, construction from a hyper-parameter dict, and checkpoints.
+"""Every model, once: names and properties, construction, and checkpoints.
+
+``MODELS`` is the one list of models. The training assets (``assets/training.py``), the report's
+order, labels and colours (``convrec_dagster/data/report.py``) and the evaluation's model choices
+are generated from it; a new model is one ``ModelSpec`` here (docs/ARCHITECTURE.md).
 
 Checkpoints hold only tensors and plain Python (``torch.load(weights_only=True)`` reads them):
 ``{"model": name, "hparams": {...}, "state_dict": {...}, "extra": {...}}``. Dataset arrays (proxy
 ids, attributes, image features) are rebuilt from the ``RecData`` given to :func:`load_model`.
+Importing this module does not import torch or the model classes (the report reads ``MODELS``).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from models.attention import ConvRecAttention
-from models.base import SequentialRecommender
-from models.convrec import ConvRec
-from models.data import RecData
-from models.popularity import Popularity
-from models.sasrec import SASRec
+    from models.base import SequentialRecommender
+    from models.data import RecData
 
-MODEL_NAMES = ("popularity", "sasrec", "convrec_attention", "convrec")
-_CLASSES = {"popularity": Popularity, "sasrec": SASRec, "convrec_attention": ConvRecAttention, "convrec": ConvRec}
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: what the pipeline, the report and the evaluation need to know about it."""
+
+    name: str  # the checkpoint's "model", the asset is f"{name}_model"
+    label: str  # in the report
+    color: str  # in the report's plots
+    target: str  # "module:Class"
+    item_features: bool  # reads item attributes / image features (and time context) through ConvRec's encoder
+    description: str  # the training asset's description
+    paper_name: str | None = None  # its row in the paper's published tables
+
+    @property
+    def asset_name(self) -> str:
+        return f"{self.name}_model"
+
+    def model_class(self) -> type:
+        module, cls = self.target.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+# In the report's order: baselines first, ConvRec last.
+MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        "popularity", "Popularity", "#9e9e9e", "models.popularity:Popularity", False,
+        "Popularity baseline: items ranked by training interactions. Nothing to learn; evaluated once.",
+    ),
+    ModelSpec(
+        "sasrec", "SASRec", "#4c78a8", "models.sasrec:SASRec", False,
+        "SASRec baseline: causal self-attention over item-ID embeddings, trained like ConvRec.",
+        paper_name="SASRec",
+    ),
+    ModelSpec(
+        "convrec_attention", "ConvRec-Attention", "#72b7b2", "models.attention:ConvRecAttention", True,
+        "ConvRec's attention counterpart: ConvRec's item encoder with a Transformer encoder instead of the "
+        "convolution stack, isolating convolution versus attention.",
+    ),
+    ModelSpec(
+        "convrec", "ConvRec", "#e45756", "models.convrec:ConvRec", True,
+        "ConvRec (IJCAI-ECAI 2026): attribute-aware item encoder and convolution down-scaling, trained with "
+        "early stopping on validation NDCG@10; best and resumable checkpoints under artifacts/models/convrec.",
+        paper_name="ConvRec",
+    ),
+)  # fmt: skip
+SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in MODELS}
+MODEL_NAMES: tuple[str, ...] = tuple(SPECS)
+
+
+def spec(name: str) -> ModelSpec:
+    if name not in SPECS:
+        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+    return SPECS[name]
 
 
 def model_kwargs(name: str, hparams: dict) -> dict:
     """The entries of ``hparams`` that ``name``'s constructor takes (others are ignored)."""
-    if name not in _CLASSES:
-        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
-    accepted = set(inspect.signature(_CLASSES[name].__init__).parameters) - {"self", "data", "n_items"}
+    accepted = set(inspect.signature(spec(name).model_class().__init__).parameters) - {
+        "self",
+        "data",
+        "n_items",
+    }
     return {k: v for k, v in hparams.items() if k in accepted}
 
 
 def build_model(name: str, data: RecData, hparams: dict) -> SequentialRecommender:
     kwargs = model_kwargs(name, hparams)
+    cls = spec(name).model_class()
     if name == "sasrec":
-        return SASRec(data.n_items, **kwargs)
-    return _CLASSES[name](data, **kwargs)
+        return cls(data.n_items, **kwargs)
+    return cls(data, **kwargs)
 
 
-def save_checkpoint(path: str | Path, model: SequentialRecommender, name: str, hparams: dict, extra: dict) -> None:
+def save_checkpoint(
+    path: str | Path, model: SequentialRecommender, name: str, hparams: dict, extra: dict
+) -> None:
     """Write atomically (temporary file + rename), so a killed run never leaves half a checkpoint."""
+    import torch
+
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -48,7 +111,11 @@ def save_checkpoint(path: str | Path, model: SequentialRecommender, name: str, h
     os.replace(tmp, path)
 
 
-def load_model(path: str | Path, data: RecData, map_location: str | torch.device = "cpu") -> tuple[SequentialRecommender, dict]:
+def load_model(
+    path: str | Path, data: RecData, map_location: str | torch.device = "cpu"
+) -> tuple[SequentialRecommender, dict]:
+    import torch
+
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     model = build_model(checkpoint["model"], data, checkpoint["hparams"])
     model.load_state_dict(checkpoint["state_dict"])

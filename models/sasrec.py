@@ -35,15 +35,22 @@ class Block(nn.Module):
         self.n_heads, self.dropout = n_heads, dropout
         self.attn_norm, self.ffn_norm = nn.LayerNorm(d, eps=1e-8), nn.LayerNorm(d, eps=1e-8)
         self.q, self.kv, self.proj = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
-        self.ffn = nn.Sequential(nn.Linear(d, d), nn.Dropout(dropout), nn.ReLU(), nn.Linear(d, d), nn.Dropout(dropout))
+        self.ffn = nn.Sequential(
+            nn.Linear(d, d), nn.Dropout(dropout), nn.ReLU(), nn.Linear(d, d), nn.Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape
         heads = lambda t: t.view(b, length, -1, d // self.n_heads).transpose(1, 2)  # noqa: E731
         q = self.attn_norm(x)
         k, v = self.kv(x).chunk(2, -1)
-        att = F.scaled_dot_product_attention(heads(self.q(q)), heads(k), heads(v), attn_mask=allowed,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        att = F.scaled_dot_product_attention(
+            heads(self.q(q)),
+            heads(k),
+            heads(v),
+            attn_mask=allowed,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         x = self.ffn_norm(q + self.proj(att.transpose(1, 2).reshape(b, length, d)))
         return (x + self.ffn(x)) * keep
 
@@ -52,8 +59,16 @@ class SASRec(SequentialRecommender):
     name = "sasrec"
     positionwise = True  # forward_all: one vector per position (all-positions training)
 
-    def __init__(self, n_items: int, max_len: int = 50, d: int = 50, n_layers: int = 2, n_heads: int = 1,
-                 dropout: float = 0.5, loss: LossName = "bce"):
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int = 50,
+        d: int = 50,
+        n_layers: int = 2,
+        n_heads: int = 1,
+        dropout: float = 0.5,
+        loss: LossName = "bce",
+    ):
         super().__init__(n_items, max_len, loss)
         self.items = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.positions = nn.Embedding(max_len, d)

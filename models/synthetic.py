@@ -21,7 +21,8 @@ def _time_columns(days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dow = (days + 6) % 7  # 2012-01-01 was a Sunday
     span = max(int(years.max() - years.min()), 1)
     context = np.stack(
-        [(years - years.min()) / span, months / 12, day / 31, dow / 7, doy / 365, ((doy - 1) // 7 + 1) / 53], 1
+        [(years - years.min()) / span, months / 12, day / 31, dow / 7, doy / 365, ((doy - 1) // 7 + 1) / 53],
+        1,
     ).astype(np.float32)
     return context, np.stack([years, months, day], 1).astype(np.float32)
 
@@ -42,8 +43,17 @@ def build_rec_data(
     user_ptr = np.concatenate([[0, 0], np.cumsum(lengths)]).astype(np.int64)
     items = np.concatenate(sequences).astype(np.int64)
     is_eval = np.concatenate([[False], lengths >= 3])
-    data = RecData(n_users, n_items, user_ptr, items, is_eval, np.zeros((n_users + 1, 100), np.int64),
-                   np.zeros(n_items + 1, np.int64), 2, info={"fingerprint": "synthetic"})
+    data = RecData(
+        n_users,
+        n_items,
+        user_ptr,
+        items,
+        is_eval,
+        np.zeros((n_users + 1, 100), np.int64),
+        np.zeros(n_items + 1, np.int64),
+        2,
+        info={"fingerprint": "synthetic"},
+    )
     counts = data.train_item_counts()
     order = np.argsort(-counts[1:], kind="stable") + 1
     k = n_items if n_proxy_items is None else n_proxy_items
@@ -90,20 +100,34 @@ def chain_data(
         length = int(rng.integers(min_len, max_len + 1))
         seq = [int(rng.choice(n_items, p=popularity)) + 1]
         for _ in range(length - 1):
-            seq.append(seq[-1] % n_items + 1 if rng.random() < follow else int(rng.choice(n_items, p=popularity)) + 1)
+            seq.append(
+                seq[-1] % n_items + 1 if rng.random() < follow else int(rng.choice(n_items, p=popularity)) + 1
+            )
         sequences.append(np.array(seq))
         days.append(np.cumsum(rng.integers(0, 40, length)) + int(rng.integers(0, 700)))
     attrs = None
     if with_attributes:  # one attribute names the item's block of 5, one its parity: weakly informative
         attrs = [np.array([1 + (i - 1) // 5, 1 + n_items // 5 + 1 + (i % 2)]) for i in range(n_items + 1)]
         attrs[0] = np.array([], dtype=np.int64)
-    return build_rec_data(sequences, n_items, rng, days if with_time else None, attrs,
-                          n_items // 5 + 3 if with_attributes else 0, image_dim)
+    return build_rec_data(
+        sequences,
+        n_items,
+        rng,
+        days if with_time else None,
+        attrs,
+        n_items // 5 + 3 if with_attributes else 0,
+        image_dim,
+    )
 
 
 def games_like_data(
-    n_users: int = 2000, n_items: int = 23715, n_attrs: int = 506, attrs_per_item: int = 5,
-    seq_len: int = 60, seed: int = 0, with_time: bool = True,
+    n_users: int = 2000,
+    n_items: int = 23715,
+    n_attrs: int = 506,
+    attrs_per_item: int = 5,
+    seq_len: int = 60,
+    seed: int = 0,
+    with_time: bool = True,
 ) -> RecData:
     """Games-sized catalogue and attributes, users with ``seq_len`` uniform random interactions."""
     rng = np.random.default_rng(seed)

@@ -113,7 +113,9 @@ def peak_memory(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def validate(model: SequentialRecommender, data: RecData, device: torch.device, precision: str, batch_size: int) -> dict:
+def validate(
+    model: SequentialRecommender, data: RecData, device: torch.device, precision: str, batch_size: int
+) -> dict:
     _, greater, equal = rank_eval_users(model, data, "valid", "sampled_100", device, batch_size, precision)
     summary = summarize(per_user_metrics(greater, equal, ks=(10,)))
     return {"HR@10": summary["HR@10"], "NDCG@10": summary["NDCG@10"]}
@@ -165,7 +167,9 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
             chunk = users[start : start + config.batch_size]
             ends = data.user_ptr[chunk + 1] - 2 * data.is_eval_user[chunk]  # one past the last training row
             dummy = np.zeros((len(chunk), 1), np.int64)
-            seq = make_batch(data, chunk, ends, window, dummy, rng=rng, augment_prob=config.augment_prob).items.numpy()
+            seq = make_batch(
+                data, chunk, ends, window, dummy, rng=rng, augment_prob=config.augment_prob
+            ).items.numpy()
             targets = make_batch(data, chunk, ends, model.max_len, dummy).items.numpy()  # never augmented
             items = seq[:, :-1]
             targets = np.where(items > 0, targets, 0)
@@ -173,7 +177,10 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
             if not full:
                 negatives = sampler.sample(np.repeat(chunk, model.max_len), config.n_negatives, rng)
                 negatives = torch.from_numpy(negatives.reshape(len(chunk), model.max_len, -1))
-            yield len(chunk), (torch.from_numpy(np.ascontiguousarray(items)), torch.from_numpy(targets), negatives)
+            yield (
+                len(chunk),
+                (torch.from_numpy(np.ascontiguousarray(items)), torch.from_numpy(targets), negatives),
+            )
         return
     if config.scheme == "all_cuts":
         users, targets = all_cuts(data, users)
@@ -186,12 +193,26 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
         cands = data.items[targets[sl]][:, None]
         if not full:
             cands = np.concatenate([cands, sampler.sample(users[sl], config.n_negatives, rng)], 1)
-        yield len(cands), make_batch(data, users[sl], targets[sl], model.max_len, cands, rng=rng,
-                                     augment_prob=config.augment_prob)
+        yield (
+            len(cands),
+            make_batch(
+                data, users[sl], targets[sl], model.max_len, cands, rng=rng, augment_prob=config.augment_prob
+            ),
+        )
 
 
-def train_epoch(model, optimizer, data, sampler, rng, config: TrainConfig, device, precision,
-                scheduler=None, on_batch: Callable[[int, int], None] | None = None) -> tuple[float, int]:
+def train_epoch(
+    model,
+    optimizer,
+    data,
+    sampler,
+    rng,
+    config: TrainConfig,
+    device,
+    precision,
+    scheduler=None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[float, int]:
     """One pass over the epoch's examples; returns (mean loss, examples).
 
     ``on_batch(done, total)`` is called after each optimizer step (progress and time estimates).
@@ -247,19 +268,35 @@ def train(
 
     if not model.trainable:  # nothing to fit: evaluate once and keep the model
         metrics = validate(model, data, device, precision, config.eval_batch_size)
-        history = [{"epoch": 0, "loss": None, "valid_HR@10": metrics["HR@10"], "valid_NDCG@10": metrics["NDCG@10"],
-                    "epoch_time_s": 0.0, "examples_per_s": None, "best": True}]
+        history = [
+            {
+                "epoch": 0,
+                "loss": None,
+                "valid_HR@10": metrics["HR@10"],
+                "valid_NDCG@10": metrics["NDCG@10"],
+                "epoch_time_s": 0.0,
+                "examples_per_s": None,
+                "best": True,
+            }
+        ]
         if out is not None:
-            save_checkpoint(out / "best.pt", model, name, hparams, {"epoch": 0, "valid": metrics, **ckpt_meta})
+            save_checkpoint(
+                out / "best.pt", model, name, hparams, {"epoch": 0, "valid": metrics, **ckpt_meta}
+            )
             (out / "history.json").write_text(json.dumps(history, indent=1))
         if on_epoch:
             on_epoch(history[0])
-        return TrainResult(history, 0, metrics, 0, None, time.perf_counter() - started, peak_memory(device), False)
+        return TrainResult(
+            history, 0, metrics, 0, None, time.perf_counter() - started, peak_memory(device), False
+        )
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=(0.9, config.adam_beta2))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2)
+    )
     steps_per_epoch = math.ceil(epoch_examples(model, data, config) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, config)
+    )
     sampler = NegativeSampler(data)
     history: list[dict] = []
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
@@ -270,8 +307,10 @@ def train(
         if not config.resume:
             log(f"resume disabled: starting over (ignoring {resume_path})")
         elif state.get("config_hash") != chash or state.get("fingerprint") != fingerprint:
-            log(f"not resuming {resume_path}: it was written for config {state.get('config_hash')} / data "
-                f"{state.get('fingerprint')!r}, this run is config {chash} / data {fingerprint!r}; starting over")
+            log(
+                f"not resuming {resume_path}: it was written for config {state.get('config_hash')} / data "
+                f"{state.get('fingerprint')!r}, this run is config {chash} / data {fingerprint!r}; starting over"
+            )
         else:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -281,9 +320,15 @@ def train(
             history, best, finished = list(state["history"]), dict(state["best"]), bool(state["finished"])
             resumed_from = int(state["epoch"])
             start_epoch = resumed_from + 1
-            log(f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']})"
-                + (": that run had finished, so nothing is trained and its best model is reused "
-                   "(same config and data; set resume: false to train again from scratch)" if finished else ""))
+            log(
+                f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']})"
+                + (
+                    ": that run had finished, so nothing is trained and its best model is reused "
+                    "(same config and data; set resume: false to train again from scratch)"
+                    if finished
+                    else ""
+                )
+            )
 
     epochs_run = 0
     best_state = None
@@ -299,18 +344,25 @@ def train(
         epochs_left = config.max_epochs - start_epoch + 1
         expected = per_epoch * epochs_left
         budget = f"; time budget {config.time_budget_s / 60:.0f} min" if config.time_budget_s else ""
-        log(f"{name}: expected ~{per_epoch:.0f} s per epoch ({total} batches, validation not counted); "
+        log(
+            f"{name}: expected ~{per_epoch:.0f} s per epoch ({total} batches, validation not counted); "
             f"at most {epochs_left} more epochs = {expected / 60:.1f} min"
-            + (f", capped at {max(config.time_budget_s - spent, 0) / 60:.1f} min by the time budget" if config.time_budget_s
-               and expected > config.time_budget_s - spent else "") + budget
-            + f"; early stopping after {config.patience} epochs without gain")
+            + (
+                f", capped at {max(config.time_budget_s - spent, 0) / 60:.1f} min by the time budget"
+                if config.time_budget_s and expected > config.time_budget_s - spent
+                else ""
+            )
+            + budget
+            + f"; early stopping after {config.patience} epochs without gain"
+        )
 
     for epoch in range(start_epoch, config.max_epochs + 1):
         if finished:
             break
         t0 = time.perf_counter()
-        loss, n_examples = train_epoch(model, optimizer, data, sampler, rng, config, device, precision,
-                                       scheduler, estimate)
+        loss, n_examples = train_epoch(
+            model, optimizer, data, sampler, rng, config, device, precision, scheduler, estimate
+        )
         train_time = time.perf_counter() - t0
         metrics = validate(model, data, device, precision, config.eval_batch_size)
         improved = metrics["NDCG@10"] > best["metrics"]["NDCG@10"]
@@ -318,7 +370,9 @@ def train(
             best = {"epoch": epoch, "metrics": metrics, "bad_epochs": 0}
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if out is not None:
-                save_checkpoint(out / "best.pt", model, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta})
+                save_checkpoint(
+                    out / "best.pt", model, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta}
+                )
         else:
             best["bad_epochs"] += 1
         epoch_time = time.perf_counter() - t0
@@ -329,18 +383,44 @@ def train(
         eta = 0.0 if finished else mean_epoch * (config.max_epochs - epoch)
         if config.time_budget_s and not finished:
             eta = min(eta, config.time_budget_s - spent)
-        record = {"epoch": epoch, "loss": loss, "valid_HR@10": metrics["HR@10"], "valid_NDCG@10": metrics["NDCG@10"],
-                  "epoch_time_s": epoch_time, "examples_per_s": n_examples / max(train_time, 1e-9),
-                  "best": improved, "lr": optimizer.param_groups[0]["lr"], "elapsed_s": spent, "eta_s": eta,
-                  "stop": ("patience" if best["bad_epochs"] >= config.patience else "max_epochs"
-                           if epoch == config.max_epochs else "time_budget" if out_of_time else None)}
+        record = {
+            "epoch": epoch,
+            "loss": loss,
+            "valid_HR@10": metrics["HR@10"],
+            "valid_NDCG@10": metrics["NDCG@10"],
+            "epoch_time_s": epoch_time,
+            "examples_per_s": n_examples / max(train_time, 1e-9),
+            "best": improved,
+            "lr": optimizer.param_groups[0]["lr"],
+            "elapsed_s": spent,
+            "eta_s": eta,
+            "stop": (
+                "patience"
+                if best["bad_epochs"] >= config.patience
+                else "max_epochs"
+                if epoch == config.max_epochs
+                else "time_budget"
+                if out_of_time
+                else None
+            ),
+        }
         history.append(record)
         epochs_run += 1
         if out is not None:
-            torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(rng, device),
-                        "history": history, "best": best, "finished": finished, **ckpt_meta},
-                       out / "resume.pt.tmp")
+            torch.save(
+                {
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "rng": _rng_state(rng, device),
+                    "history": history,
+                    "best": best,
+                    "finished": finished,
+                    **ckpt_meta,
+                },
+                out / "resume.pt.tmp",
+            )
             os.replace(out / "resume.pt.tmp", out / "resume.pt")
             (out / "history.json").write_text(json.dumps(history, indent=1))
         if on_epoch:
@@ -351,7 +431,17 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     elif out is not None and (out / "best.pt").exists():  # resumed: the best epoch may predate this call
-        model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["state_dict"])
+        model.load_state_dict(
+            torch.load(out / "best.pt", map_location=device, weights_only=True)["state_dict"]
+        )
     stopped_early = bool(history) and best["bad_epochs"] >= config.patience
-    return TrainResult(history, int(best["epoch"]), dict(best["metrics"]), epochs_run, resumed_from,
-                       time.perf_counter() - started, peak_memory(device), stopped_early)
+    return TrainResult(
+        history,
+        int(best["epoch"]),
+        dict(best["metrics"]),
+        epochs_run,
+        resumed_from,
+        time.perf_counter() - started,
+        peak_memory(device),
+        stopped_early,
+    )

@@ -128,7 +128,10 @@ def wait_run(url: str, run_id: str, timeout: float) -> str:
         run = gql(url, STATUS, {"id": run_id})["runOrError"]
         status = run.get("status") or f"{run['__typename']}: {run.get('message')}"
         if status != last:
-            print(f"[ui_graphql] run {run_id}: {status} after {time.monotonic() - started:.0f} s", file=sys.stderr)
+            print(
+                f"[ui_graphql] run {run_id}: {status} after {time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
             last = status
         if status == "SUCCESS":
             return f"run {run_id} succeeded in {time.monotonic() - started:.0f} s"
@@ -150,7 +153,9 @@ def graph_url(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("location").add_argument("url")
     commands.add_parser("dismiss-nux").add_argument("url")

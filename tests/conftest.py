@@ -59,6 +59,6 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def sample_dump(tmp_path_factory) -> Path:
     """The embedded sample dump (default config), generated once per session; do not modify it."""
-    from convrec_dagster.sample_dump import ensure_sample_dump
+    from convrec_dagster.data.sample_dump import ensure_sample_dump
 
     return ensure_sample_dump(tmp_path_factory.mktemp("sample") / "sample_dump")

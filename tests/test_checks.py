@@ -6,13 +6,14 @@ import dagster as dg
 import duckdb
 
 from convrec_dagster.checks import blocking_checks, run_checks
+from convrec_dagster.data.outcome import CheckOutcome, Markdown
 from convrec_dagster.definitions import build_defs
 
 
-def no_negative_values(conn) -> dg.AssetCheckResult:
+def no_negative_values(conn) -> CheckOutcome:
     """`numbers` holds no negative value."""
     bad = conn.execute("SELECT count(*) FROM numbers WHERE x < 0").fetchone()[0]
-    return dg.AssetCheckResult(passed=bad == 0, metadata={"negative_values": bad})
+    return CheckOutcome(passed=bad == 0, metadata={"negative_values": bad, "examples": Markdown("| x |")})
 
 
 def _pipeline(values: list[int], db: str):
@@ -28,7 +29,9 @@ def _pipeline(values: list[int], db: str):
     @dg.asset(deps=[numbers])
     def total() -> dg.MaterializeResult:
         with duckdb.connect(db) as conn:
-            return dg.MaterializeResult(metadata={"sum": conn.execute("SELECT sum(x) FROM numbers").fetchone()[0]})
+            return dg.MaterializeResult(
+                metadata={"sum": conn.execute("SELECT sum(x) FROM numbers").fetchone()[0]}
+            )
 
     return dg.materialize([numbers, total], raise_on_error=False)
 
@@ -36,7 +39,9 @@ def _pipeline(values: list[int], db: str):
 def test_spec_is_named_after_the_function_and_blocking():
     (spec,) = blocking_checks("numbers", no_negative_values)
     assert spec.name == "no_negative_values" and spec.blocking
-    assert spec.asset_key == dg.AssetKey("numbers") and spec.description == "`numbers` holds no negative value."
+    assert (
+        spec.asset_key == dg.AssetKey("numbers") and spec.description == "`numbers` holds no negative value."
+    )
 
 
 def test_a_passing_check_lets_downstream_run(tmp_path):
@@ -52,6 +57,7 @@ def test_a_failing_check_keeps_the_materialization_but_blocks_downstream(tmp_pat
     assert not result.success
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["negative_values"].value == 1
+    assert isinstance(evaluation.metadata["examples"], dg.MarkdownMetadataValue)  # the adapter keeps markdown
     assert len(result.asset_materializations_for_node("numbers")) == 1  # the table is there to inspect
     assert result.asset_materializations_for_node("total") == []
 
@@ -63,5 +69,6 @@ def test_every_check_runs_in_its_assets_step():
     graph = defs.resolve_asset_graph()
     assert len(graph.asset_check_keys) == 14
     assert len(job.graph.nodes) == len(graph.get_all_asset_keys()) - len(
-        [k for k in graph.get_all_asset_keys() if not graph.get(k).is_materializable])
+        [k for k in graph.get_all_asset_keys() if not graph.get(k).is_materializable]
+    )
     assert {key.name for key in graph.asset_check_keys} >= {"reviews_have_ids", "recommendations_k_per_user"}

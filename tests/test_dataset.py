@@ -8,8 +8,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from convrec_dagster import settings, splits
-from convrec_dagster.dataset import load_rec_data
+from convrec_dagster.data import settings, splits
+from convrec_dagster.data.dataset import load_rec_data
 from tests.conftest import shared_data
 
 # (user_id, item_id, ts, position): u1 and u3 are evaluated, u2 only trains.
@@ -35,7 +35,8 @@ def build(conn, rows=ROWS, with_ts: bool = True, n_negatives: int = 2, seed: int
         "CREATE OR REPLACE TABLE interactions (user_id VARCHAR, item_id VARCHAR, ts BIGINT, rating DOUBLE, position INTEGER)"
     )
     conn.executemany(
-        "INSERT INTO interactions VALUES (?, ?, ?, 4.0, ?)", [(u, i, t if with_ts else None, p) for u, i, t, p in rows]
+        "INSERT INTO interactions VALUES (?, ?, ?, 4.0, ?)",
+        [(u, i, t if with_ts else None, p) for u, i, t, p in rows],
     )
     splits.build_sequences(conn)
     splits.build_eval_negatives(conn, n_negatives=n_negatives, seed=seed)
@@ -107,7 +108,9 @@ def test_round_trip_with_attributes_and_images(conn):
 
     # attributes by item_idx (CSR, sorted ids)
     assert data.has_attributes and data.n_attrs == 4
-    attrs = {data.item_names[k]: data.attr_ids[data.attr_ptr[k] : data.attr_ptr[k + 1]].tolist() for k in range(7)}
+    attrs = {
+        data.item_names[k]: data.attr_ids[data.attr_ptr[k] : data.attr_ptr[k + 1]].tolist() for k in range(7)
+    }
     assert attrs == {"": [], "i1": [1, 2], "i2": [2], "i5": [4], "i3": [1, 2, 3], "i4": [4], "i6": [4]}
     assert len(data.attr_ptr) == data.n_items + 2
 
@@ -204,13 +207,15 @@ def test_video_benchmark_splits(conn):
 def test_parquet_handoff_loads_the_same_dataset_without_the_duckdb_file(conn, tmp_path):
     """export_parquet writes every table load_rec_data reads; loading from the Parquet folder gives
     the same arrays (same fingerprint) as loading from DuckDB, with no DuckDB file involved."""
-    from convrec_dagster.dataset import export_parquet, load_rec_data_from_parquet
+    from convrec_dagster.data.dataset import export_parquet, load_rec_data_from_parquet
 
     build(conn)
     write_features(conn)
     from_duckdb = load_rec_data(conn, features="both")
     written = export_parquet(conn, tmp_path / "export")
-    assert {"sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"} <= set(written)
+    assert {"sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"} <= set(
+        written
+    )
     assert written["sequences"] == conn.execute("SELECT count(*) FROM sequences").fetchone()[0]
     conn.close()
     from_parquet = load_rec_data_from_parquet(tmp_path / "export", features="both")

@@ -103,9 +103,7 @@ def test_every_job_and_the_ui_materialize_use_the_convrec_executor(defs):
 def test_every_step_that_opens_duckdb_is_tagged_and_pooled(defs):
     job = defs.resolve_job_def("full_pipeline")
     duckdb_steps = [
-        node.definition
-        for node in job.graph.nodes
-        if "duckdb" in node.definition.required_resource_keys
+        node.definition for node in job.graph.nodes if "duckdb" in node.definition.required_resource_keys
     ]
     assert len(duckdb_steps) >= 10, [op.name for op in duckdb_steps]
     for op in duckdb_steps:

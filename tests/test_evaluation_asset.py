@@ -15,7 +15,8 @@ import duckdb
 import pytest
 
 from assets import evaluation as ev
-from convrec_dagster import settings
+from convrec_dagster.data import settings
+from convrec_dagster.data.evaluation import METRICS_DDL
 from convrec_dagster.definitions import ASSET_MODULES
 from convrec_dagster.resources import build_resources
 
@@ -151,7 +152,9 @@ def test_recommendations_table(run):
         seen = conn.execute(  # by raw ids, against the de-duplicated interactions
             "SELECT count(*) FROM recommendations r JOIN interactions x ON x.user_id = r.user_id AND x.item_id = r.item_id"
         ).fetchone()[0]
-    report = json.loads((settings.artifacts_dir(run["home"]) / "reports" / "evaluation_report.json").read_text())
+    report = json.loads(
+        (settings.artifacts_dir(run["home"]) / "reports" / "evaluation_report.json").read_text()
+    )
     assert len(rec) == 10 * users and rec.user_id.nunique() == users
     assert (rec.groupby("user_id")["rank"].apply(sorted).apply(lambda r: r == list(range(1, 11)))).all()
     assert (rec.user_id == rec.reviewer_id).all() and (rec.item_id == rec.asin).all()
@@ -165,12 +168,23 @@ def test_recommendations_table(run):
 def test_reevaluating_one_model_replaces_only_its_rows(run):
     result = dg.materialize(
         [a for a in ASSETS if dg.AssetKey("evaluation_metrics") in a.keys],
-        resources=run["resources"], instance=run["instance"],
-        run_config={"ops": {"evaluation_metrics": {"config": {"models": ["popularity"], "protocols": ["sampled_100"], "splits": ["test"]}}}},
+        resources=run["resources"],
+        instance=run["instance"],
+        run_config={
+            "ops": {
+                "evaluation_metrics": {
+                    "config": {"models": ["popularity"], "protocols": ["sampled_100"], "splits": ["test"]}
+                }
+            }
+        },
     )
     with _db(run["home"]) as conn:
-        runs = dict(conn.execute("SELECT model, any_value(run_id) FROM evaluation_metrics GROUP BY model").fetchall())
-        n_popularity = conn.execute("SELECT count(*) FROM evaluation_metrics WHERE model = 'popularity'").fetchone()[0]
+        runs = dict(
+            conn.execute("SELECT model, any_value(run_id) FROM evaluation_metrics GROUP BY model").fetchall()
+        )
+        n_popularity = conn.execute(
+            "SELECT count(*) FROM evaluation_metrics WHERE model = 'popularity'"
+        ).fetchone()[0]
     assert runs["popularity"] == result.run_id
     assert runs["convrec"] == run["result"].run_id
     assert n_popularity == 3 * 9
@@ -179,7 +193,8 @@ def test_reevaluating_one_model_replaces_only_its_rows(run):
 def test_recommendations_with_a_named_model_and_k(run):
     result = dg.materialize(
         [a for a in ASSETS if dg.AssetKey("recommendations") in a.keys],
-        resources=run["resources"], instance=run["instance"],
+        resources=run["resources"],
+        instance=run["instance"],
         run_config={"ops": {"recommendations": {"config": {"model": "popularity", "k": 5}}}},
     )
     with _db(run["home"]) as conn:
@@ -197,7 +212,7 @@ def test_recommendations_with_a_named_model_and_k(run):
 
 def _bad_metrics_db(value: float, ci: tuple) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect()
-    conn.execute(ev.METRICS_DDL)
+    conn.execute(METRICS_DDL)
     conn.execute(
         "INSERT INTO evaluation_metrics VALUES ('convrec', 'full', 'test', 'HR', 10, 'all', ?, ?, ?, 'r', now()::TIMESTAMP, 5)",
         [value, *ci],
@@ -207,7 +222,13 @@ def _bad_metrics_db(value: float, ci: tuple) -> duckdb.DuckDBPyConnection:
 
 @pytest.mark.parametrize(
     "value, ci, passed",
-    [(0.5, (0.4, 0.6), True), (1.2, (None, None), False), (0.5, (0.55, 0.6), False), (0.5, (0.4, 1.1), False), (float("nan"), (None, None), False)],
+    [
+        (0.5, (0.4, 0.6), True),
+        (1.2, (None, None), False),
+        (0.5, (0.55, 0.6), False),
+        (0.5, (0.4, 1.1), False),
+        (float("nan"), (None, None), False),
+    ],
 )
 def test_unit_interval_check(value, ci, passed):
     assert ev.evaluation_metrics_in_unit_interval(_bad_metrics_db(value, ci)).passed is passed
@@ -216,14 +237,18 @@ def test_unit_interval_check(value, ci, passed):
 def test_coverage_check_wants_both_protocols():
     conn = _bad_metrics_db(0.5, (0.4, 0.6))  # convrec has 'full' rows only
     result = ev.evaluation_metrics_cover_trained_models(conn, ["convrec"])
-    assert not result.passed and result.metadata["missing"].value == ["convrec/sampled_100/test"]
+    assert not result.passed and result.metadata["missing"] == ["convrec/sampled_100/test"]
     assert ev.evaluation_metrics_cover_trained_models(conn, ["convrec"], protocols=["full"]).passed
-    assert not ev.evaluation_metrics_cover_trained_models(conn, []).passed  # nothing trained: nothing to trust
+    assert not ev.evaluation_metrics_cover_trained_models(
+        conn, []
+    ).passed  # nothing trained: nothing to trust
 
 
 def test_evaluation_without_trained_models_fails_clearly(make_resources):
     result = dg.materialize(
-        [a for a in ASSETS if dg.AssetKey("evaluation_metrics") in a.keys], resources=make_resources(), raise_on_error=False
+        [a for a in ASSETS if dg.AssetKey("evaluation_metrics") in a.keys],
+        resources=make_resources(),
+        raise_on_error=False,
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

@@ -29,7 +29,9 @@ def data():
 def test_bf16_training_runs_on_cpu_through_autocast(data):
     config = TrainConfig(max_epochs=2, patience=2, batch_size=32, lr=3e-3, seed=0)
     torch.manual_seed(0)
-    result = train(build_model("convrec", data, HP), data, "convrec", HP, config, "cpu", "bf16", log=lambda m: None)
+    result = train(
+        build_model("convrec", data, HP), data, "convrec", HP, config, "cpu", "bf16", log=lambda m: None
+    )
     assert len(result.history) == 2
     assert all(math.isfinite(h["loss"]) for h in result.history)
     assert result.best_metrics["NDCG@10"] > 0
@@ -68,8 +70,13 @@ def test_an_out_of_memory_step_is_recorded_not_raised():
 def test_gpu_check_exits_at_once_without_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the check would run for minutes")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "no CUDA device" in proc.stderr
     assert '"status": "no_cuda"' in (tmp_path / "gpu_check.json").read_text()

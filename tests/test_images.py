@@ -17,8 +17,8 @@ import torchvision
 from PIL import Image
 
 from assets.features import item_image_features, item_image_features_cover_items
-from convrec_dagster import settings
-from convrec_dagster.images import (
+from convrec_dagster.data import settings
+from convrec_dagster.data.images import (
     FEATURE_DIM,
     build_feature_model,
     compute_image_features,
@@ -57,10 +57,9 @@ def dump(tmp_path):
 
 def write_inputs(home, item_ids=ITEM_IDS) -> str:
     refs = {"REMOTE": "https://images.example.com/x.jpg", "LOCALREF": "other/local.jpg"}
-    items = pd.DataFrame(
-        {"item_id": item_ids, "image_ref": [refs.get(i) for i in item_ids]}
-    )
-    inter = pd.DataFrame({"user_id": "u1", "item_id": item_ids, "position": range(len(item_ids))})
+    # read by name from the SQL below (DuckDB's replacement scan)
+    items = pd.DataFrame({"item_id": item_ids, "image_ref": [refs.get(i) for i in item_ids]})  # noqa: F841
+    inter = pd.DataFrame({"user_id": "u1", "item_id": item_ids, "position": range(len(item_ids))})  # noqa: F841
     home.mkdir(parents=True, exist_ok=True)
     db = str(settings.duckdb_path(home))
     with duckdb.connect(db) as conn:
@@ -141,7 +140,9 @@ def test_asset_handles_missing_corrupt_remote_on_cpu_random_weights(convrec_home
     assert df.at["NOIMG", "image_path"] is None or pd.isna(df.at["NOIMG", "image_path"])
 
     with duckdb.connect(db, read_only=True) as conn:
-        rows = conn.execute("SELECT stage, source_file, reason, raw FROM quarantine ORDER BY stage").fetchall()
+        rows = conn.execute(
+            "SELECT stage, source_file, reason, raw FROM quarantine ORDER BY stage"
+        ).fetchall()
     assert rows[0][0] == "ingest"  # other stages' rows are left alone, our stale row replaced
     assert len(rows) == 2
     stage, source_file, reason, raw = rows[1]
@@ -231,8 +232,8 @@ def test_dump_without_images_materializes_with_all_flags_false(convrec_home, mak
         conn.execute("DELETE FROM item_image_features WHERE item_id = 'X2'")
         evaluation = item_image_features_cover_items(conn)
     assert not evaluation.passed
-    assert evaluation.metadata["rows_with_inconsistent_vector"].value == 1
-    assert evaluation.metadata["items_without_row"].value == 1
+    assert evaluation.metadata["rows_with_inconsistent_vector"] == 1
+    assert evaluation.metadata["items_without_row"] == 1
 
 
 def test_image_references_outside_the_dump_are_never_read(convrec_home, make_resources, dump, tmp_path):
@@ -242,11 +243,24 @@ def test_image_references_outside_the_dump_are_never_read(convrec_home, make_res
     _image(20).save(outside)
     (dump / "images" / "LINK.png").symlink_to(outside)  # a symlink in images/ pointing out
     (dump / "other" / "link.png").symlink_to(outside)
-    refs = {"PASSWD": "/etc/passwd", "DOTDOT": "../../outside.png", "FILEURL": "file:///etc/hostname",
-            "HOME": "~/.bashrc", "REFLINK": "other/link.png", "INSIDE": "other/local.jpg"}
+    refs = {
+        "PASSWD": "/etc/passwd",
+        "DOTDOT": "../../outside.png",
+        "FILEURL": "file:///etc/hostname",
+        "HOME": "~/.bashrc",
+        "REFLINK": "other/link.png",
+        "INSIDE": "other/local.jpg",
+    }
     item_ids = ["G1", "LINK", *refs]
     locs = {loc.item_id: loc for loc in locate_images(item_ids, dump, refs)}
-    assert {i for i, loc in locs.items() if loc.status == "outside"} == {"LINK", "PASSWD", "DOTDOT", "FILEURL", "HOME", "REFLINK"}
+    assert {i for i, loc in locs.items() if loc.status == "outside"} == {
+        "LINK",
+        "PASSWD",
+        "DOTDOT",
+        "FILEURL",
+        "HOME",
+        "REFLINK",
+    }
     assert locs["INSIDE"].status == "found" and locs["G1"].status == "found"
 
     db = write_inputs(convrec_home, item_ids)
@@ -261,9 +275,14 @@ def test_image_references_outside_the_dump_are_never_read(convrec_home, make_res
         assert df.at[item, "content_hash"] is None or pd.isna(df.at[item, "content_hash"])
         assert df.at[item, "image_path"] is None or pd.isna(df.at[item, "image_path"])
     with duckdb.connect(db, read_only=True) as conn:
-        reasons = conn.execute("SELECT json_extract_string(raw, '$.item_id'), reason FROM quarantine "
-                               "WHERE stage = 'item_image_features'").fetchall()
-    assert {item for item, reason in reasons if reason == "image_path_outside_dump"} == set(df.index) - {"G1", "INSIDE"}
+        reasons = conn.execute(
+            "SELECT json_extract_string(raw, '$.item_id'), reason FROM quarantine "
+            "WHERE stage = 'item_image_features'"
+        ).fetchall()
+    assert {item for item, reason in reasons if reason == "image_path_outside_dump"} == set(df.index) - {
+        "G1",
+        "INSIDE",
+    }
 
 
 def test_an_image_over_the_size_limit_is_quarantined_unread_and_unhashed(convrec_home, make_resources, dump):
@@ -273,14 +292,23 @@ def test_an_image_over_the_size_limit_is_quarantined_unread_and_unhashed(convrec
     df = read_features(db)
     assert df["content_hash"].isna().all() and not df["has_image"].any()
     with duckdb.connect(db, read_only=True) as conn:
-        reasons = [r[0] for r in conn.execute("SELECT reason FROM quarantine WHERE stage = 'item_image_features'").fetchall()]
+        reasons = [
+            r[0]
+            for r in conn.execute(
+                "SELECT reason FROM quarantine WHERE stage = 'item_image_features'"
+            ).fetchall()
+        ]
     assert len(reasons) == 2 and all(r.startswith("image_too_large") for r in reasons)
 
 
 def test_a_weights_path_that_does_not_exist_fails_at_once_with_advice(convrec_home, make_resources, dump):
     write_inputs(convrec_home)
-    result = dg.materialize([item_image_features], resources=make_resources(dump), raise_on_error=False,
-                            run_config={"ops": {"item_image_features": {"config": {"weights_path": "/nowhere/r50.pth"}}}})
+    result = dg.materialize(
+        [item_image_features],
+        resources=make_resources(dump),
+        raise_on_error=False,
+        run_config={"ops": {"item_image_features": {"config": {"weights_path": "/nowhere/r50.pth"}}}},
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data.error)

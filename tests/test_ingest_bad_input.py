@@ -17,8 +17,17 @@ GOOD = 20
 
 
 def review(user: str, asin: str, ts: int = 1_300_000_000) -> str:
-    return json.dumps({"reviewerID": user, "asin": asin, "overall": 4.0, "unixReviewTime": ts,
-                       "reviewTime": "03 13, 2011", "helpful": [0, 0], "reviewText": "fine"})
+    return json.dumps(
+        {
+            "reviewerID": user,
+            "asin": asin,
+            "overall": 4.0,
+            "unixReviewTime": ts,
+            "reviewTime": "03 13, 2011",
+            "helpful": [0, 0],
+            "reviewText": "fine",
+        }
+    )
 
 
 def good_lines(n: int = GOOD) -> list[str]:
@@ -46,8 +55,9 @@ def metadata(result, key: str = "reviews") -> dict:
 
 def quarantine(db: str) -> list[tuple]:
     with duckdb.connect(db, read_only=True) as conn:
-        return conn.execute("SELECT stage, source_file, line_no, reason, raw FROM quarantine "
-                            "ORDER BY source_file, line_no").fetchall()
+        return conn.execute(
+            "SELECT stage, source_file, line_no, reason, raw FROM quarantine ORDER BY source_file, line_no"
+        ).fetchall()
 
 
 def test_truncated_gzip_fails_naming_file_and_fix(make_resources, tmp_path):
@@ -124,7 +134,9 @@ def test_review_without_reviewer_or_asin_is_quarantined(make_resources, tmp_path
     result, db = run(make_resources, tmp_path / "raw")
     assert metadata(result)["quarantined_by_reason"] == {"missing_item_id": 1, "missing_user_id": 1}
     assert [(r[2], r[3], r[4]) for r in quarantine(db)] == [
-        (GOOD + 1, "missing_user_id", no_user), (GOOD + 2, "missing_item_id", no_item)]
+        (GOOD + 1, "missing_user_id", no_user),
+        (GOOD + 2, "missing_item_id", no_item),
+    ]
 
 
 def test_timestamp_out_of_range_is_quarantined(make_resources, tmp_path):
@@ -133,9 +145,11 @@ def test_timestamp_out_of_range_is_quarantined(make_resources, tmp_path):
     result, db = run(make_resources, tmp_path / "raw")
     assert metadata(result)["quarantined_by_reason"] == {"timestamp_out_of_range": 2}
     # the bounds are config: widening them keeps both
-    result, db = run(make_resources, tmp_path / "raw",
-                     config={"reviews": {"config": {"min_review_date": "1960-01-01",
-                                                    "max_review_date": "2200-01-01"}}})
+    result, db = run(
+        make_resources,
+        tmp_path / "raw",
+        config={"reviews": {"config": {"min_review_date": "1960-01-01", "max_review_date": "2200-01-01"}}},
+    )
     assert metadata(result)["records_kept"] == GOOD + 2
 
 
@@ -177,7 +191,9 @@ def test_quarantine_share_over_threshold_fails_loudly(make_resources, tmp_path):
     assert "SELECT * FROM quarantine" in msg
     db = make_resources(tmp_path / "raw")["duckdb"].database
     assert len(quarantine(db)) == 4  # the bad lines are kept for inspection
-    result, _ = run(make_resources, tmp_path / "raw", config={"reviews": {"config": {"max_quarantine_share": 0.5}}})
+    result, _ = run(
+        make_resources, tmp_path / "raw", config={"reviews": {"config": {"max_quarantine_share": 0.5}}}
+    )
     assert metadata(result)["records_kept"] == 10
 
 
@@ -200,4 +216,7 @@ def test_deeply_nested_lines_are_quarantined_and_the_rest_kept(make_resources, t
     assert metadata(result, "items")["items"] == GOOD
     rows = quarantine(db)
     meta_rows = [r for r in rows if r[0] == "items"]
-    assert [(r[2], r[4]) for r in meta_rows] == [(at + 1, deep_meta)] and meta_rows[0][3] in ("nested_too_deep", "malformed_literal")
+    assert [(r[2], r[4]) for r in meta_rows] == [(at + 1, deep_meta)] and meta_rows[0][3] in (
+        "nested_too_deep",
+        "malformed_literal",
+    )

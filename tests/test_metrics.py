@@ -108,7 +108,11 @@ def test_metrics_lie_in_unit_interval_and_grow_with_k():
     m = per_user_metrics(rng.integers(0, 200, 500), rng.integers(0, 30, 500))
     for values in m.values():
         assert values.min() >= 0.0 and values.max() <= 1.0
-    assert np.all(m["HR@1"] <= m["HR@5"]) and np.all(m["HR@5"] <= m["HR@10"]) and np.all(m["HR@10"] <= m["HR@20"])
+    assert (
+        np.all(m["HR@1"] <= m["HR@5"])
+        and np.all(m["HR@5"] <= m["HR@10"])
+        and np.all(m["HR@10"] <= m["HR@20"])
+    )
     assert np.all(m["NDCG@10"] <= m["HR@10"] + 1e-12)
 
 

@@ -118,14 +118,20 @@ def test_each_ablation_switch_changes_the_computation(data, switch):
     full = ConvRec(data, **HP).eval()
     torch.manual_seed(0)
     ablated = ConvRec(data, **HP, **ABLATIONS[switch]).eval()
-    shared = {k: v for k, v in full.state_dict().items() if k in ablated.state_dict() and v.shape == ablated.state_dict()[k].shape}
+    shared = {
+        k: v
+        for k, v in full.state_dict().items()
+        if k in ablated.state_dict() and v.shape == ablated.state_dict()[k].shape
+    }
     ablated.load_state_dict(shared, strict=False)
     batch = eval_batch(data, [1, 2, 3], HP["max_len"])
     with torch.no_grad():
         assert not torch.allclose(full.predict(batch), ablated.predict(batch))
     names = set(dict(ablated.named_parameters()))
     if switch == "intervals":
-        assert ablated.encoder.norm.normalized_shape == (HP["d"],) and full.encoder.norm.normalized_shape == (HP["d"] + 3,)
+        assert ablated.encoder.norm.normalized_shape == (HP["d"],) and full.encoder.norm.normalized_shape == (
+            HP["d"] + 3,
+        )
     elif switch == "residuals":
         assert not any("alpha" in n or "beta" in n for n in names)
     elif switch == "single_conv":
@@ -143,7 +149,9 @@ def test_absent_dataset_parts_are_absent_from_the_model():
     bare = chain_data(n_users=10, n_items=12, with_time=False, with_attributes=False, seed=3)
     model = ConvRec(bare, **HP)
     names = set(dict(model.named_parameters()))
-    assert not any(n.startswith(("encoder.context", "encoder.attr", "encoder.a_from", "encoder.x_from")) for n in names)
+    assert not any(
+        n.startswith(("encoder.context", "encoder.attr", "encoder.a_from", "encoder.x_from")) for n in names
+    )
     with pytest.raises(ValueError, match="attributes"):
         ConvRec(bare, **HP, features="attributes")
     images = chain_data(n_users=10, n_items=12, with_attributes=False, image_dim=24, seed=3)
@@ -203,7 +211,9 @@ def test_checkpoint_round_trip_with_weights_only(data, tmp_path, name):
     batch = eval_batch(data, [1, 2, 3], HP["max_len"])
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval().predict(batch), model.predict(batch))
-    assert not any(k.endswith(("proxy_ids", "item_attrs")) for k in raw["state_dict"]), "data arrays in checkpoint"
+    assert not any(k.endswith(("proxy_ids", "item_attrs")) for k in raw["state_dict"]), (
+        "data arrays in checkpoint"
+    )
 
 
 def test_zero_side_init_starts_as_the_id_model_and_then_learns_the_side_path(data):

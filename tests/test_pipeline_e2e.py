@@ -14,7 +14,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from convrec_dagster import settings
+from convrec_dagster.data import settings
 from convrec_dagster.resources import DUCKDB_TAGS
 
 pytestmark = pytest.mark.slow
@@ -112,19 +112,13 @@ def test_full_pipeline_multiprocess(instance, convrec_home, monkeypatch):
         reconstructor_working_directory=str(Path(__file__).parent),
     )
     with dg.execute_job(job, instance=instance) as result:
-        assert result.success, [
-            event.message for event in result.all_events if event.is_failure
-        ]
+        assert result.success, [event.message for event in result.all_events if event.is_failure]
         run_id = result.run_id
     _assert_pipeline_outputs(convrec_home, instance, run_id)
 
     # one DuckDB step at a time: no two tagged steps overlap
     job = full_pipeline_job()
-    tagged = {
-        node.name
-        for node in job.graph.nodes
-        if DUCKDB_TAGS.items() <= node.definition.tags.items()
-    }
+    tagged = {node.name for node in job.graph.nodes if DUCKDB_TAGS.items() <= node.definition.tags.items()}
     intervals = sorted(
         interval for step, interval in _step_intervals(instance, run_id).items() if step in tagged
     )

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from convrec_dagster import report as R
+from convrec_dagster.data import report as R
 from models.metrics import grouped_summary
 
 GAMES_SIZE = {"users": 31_013, "items": 23_715, "interactions": 287_107}
@@ -27,7 +27,9 @@ def _rows(ranks: dict[str, dict[str, int]]) -> list[dict]:
                 n_greater = np.full(20, rank)
                 n_greater[:5] += 1  # not every user alike, so intervals have width
                 for record in grouped_summary(n_greater, None, lengths, n_boot=100):
-                    rows.append({"model": model, "protocol": protocol, "split": split, "run_id": "r1", **record})
+                    rows.append(
+                        {"model": model, "protocol": protocol, "split": split, "run_id": "r1", **record}
+                    )
     return rows
 
 
@@ -38,19 +40,35 @@ RANKS = {
     "convrec": {"sampled_100": 1, "full": 5},
 }
 HISTORIES = {
-    "sasrec": [{"epoch": e, "loss": 1.0 / e, "valid_HR@10": 0.1 * e, "valid_NDCG@10": 0.05 * e} for e in range(1, 6)],
-    "convrec": [{"epoch": e, "loss": 0.8 / e, "valid_HR@10": 0.12 * e, "valid_NDCG@10": 0.06 * e} for e in range(1, 6)],
+    "sasrec": [
+        {"epoch": e, "loss": 1.0 / e, "valid_HR@10": 0.1 * e, "valid_NDCG@10": 0.05 * e} for e in range(1, 6)
+    ],
+    "convrec": [
+        {"epoch": e, "loss": 0.8 / e, "valid_HR@10": 0.12 * e, "valid_NDCG@10": 0.06 * e} for e in range(1, 6)
+    ],
 }
 
 
 def _summary(size: dict, **extra) -> dict:
-    return {"dataset": "test dump", "eval_users": 20, "time_context": True, "fingerprint": "abc123", **size, **extra}
+    return {
+        "dataset": "test dump",
+        "eval_users": 20,
+        "time_context": True,
+        "fingerprint": "abc123",
+        **size,
+        **extra,
+    }
 
 
 def _build(size=GAMES_SIZE, **kwargs) -> dict:
     return R.build_report(
-        _rows(RANKS), data_summary=_summary(size), histories=HISTORIES, config={"convrec": {"d": 64}},
-        run_id="r1", generated_at="2026-01-01T00:00:00", **kwargs,
+        _rows(RANKS),
+        data_summary=_summary(size),
+        histories=HISTORIES,
+        config={"convrec": {"d": 64}},
+        run_id="r1",
+        generated_at="2026-01-01T00:00:00",
+        **kwargs,
     )
 
 
@@ -90,9 +108,18 @@ def test_markdown_labels_both_protocols_and_bolds_the_best():
     assert f"**{conv_full:.4f}**" not in md  # ConvRec is not the best on full ranking here
     assert f"| Popularity | {0:.4f} |" in md  # a column where every model scores 0 has no best
     headline = report["tables"]["headline"]
-    best = {(row["model"], j) for row in headline["rows"] for j, c in enumerate(row["cells"]) if c and c["best"]}
+    best = {
+        (row["model"], j) for row in headline["rows"] for j, c in enumerate(row["cells"]) if c and c["best"]
+    }
     # HR@10 ties at 1.0 (ranks below 10) bold both models; NDCG@10 has one best per protocol
-    assert best == {("convrec", 0), ("sasrec", 0), ("convrec", 1), ("sasrec", 2), ("convrec", 2), ("sasrec", 3)}
+    assert best == {
+        ("convrec", 0),
+        ("sasrec", 0),
+        ("convrec", 1),
+        ("sasrec", 2),
+        ("convrec", 2),
+        ("sasrec", 3),
+    }
     assert report["best_model"] == "convrec"
     assert any("order the models differently" in line for line in report["findings"])
     assert any("ConvRec beats popularity" in line for line in report["findings"])
@@ -170,7 +197,9 @@ def test_data_summary_says_unknown_rather_than_guessing():
     assert "**time context**: yes" in md
     report = R.build_report(
         _rows(RANKS),
-        data_summary=_summary(OTHER_SIZE, image_weights_pretrained=False, feature_kinds={"brand": 7, "category": 31}),
+        data_summary=_summary(
+            OTHER_SIZE, image_weights_pretrained=False, feature_kinds={"brand": 7, "category": 31}
+        ),
     )
     md = R.render_markdown(report)
     assert "**image weights pretrained**: no (random initialisation)" in md
@@ -187,7 +216,10 @@ def test_plots_embedded_in_markdown_and_left_out_without_data():
 
 
 def test_history_keys_are_found_by_name():
-    history = [{"epoch": 1, "train_loss": 2.0, "valid": 0}, {"epoch": 2, "train_loss": 1.5, "valid_ndcg@10": 0.2}]
+    history = [
+        {"epoch": 1, "train_loss": 2.0, "valid": 0},
+        {"epoch": 2, "train_loss": 1.5, "valid_ndcg@10": 0.2},
+    ]
     assert R._series(history, ("loss",)) == [(1.0, 2.0), (2.0, 1.5)]
     assert R._series(history, ("ndcg@10",)) == [(2.0, 0.2)]
 
@@ -195,7 +227,9 @@ def test_history_keys_are_found_by_name():
 def test_ties_note_follows_the_evaluation_setting():
     expected = _build()
     assert any("10/101" in note for note in expected["notes"])
-    pessimistic = R.build_report(_rows(RANKS), data_summary=_summary(OTHER_SIZE), config={"evaluation": {"ties": "pessimistic"}})
+    pessimistic = R.build_report(
+        _rows(RANKS), data_summary=_summary(OTHER_SIZE), config={"evaluation": {"ties": "pessimistic"}}
+    )
     assert any("HR@10 = 0" in note for note in pessimistic["notes"])
     assert not any("10/101" in note for note in pessimistic["notes"])
 

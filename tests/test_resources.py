@@ -13,8 +13,12 @@ from convrec_dagster.resources import ConvRecDuckDB, connect_duckdb
 
 
 def test_memory_threads_and_spill_folder_come_from_config(tmp_path):
-    resource = ConvRecDuckDB(database=str(tmp_path / "db.duckdb"), memory_limit="256MB", threads=1,
-                             temp_directory=str(tmp_path / "spill"))
+    resource = ConvRecDuckDB(
+        database=str(tmp_path / "db.duckdb"),
+        memory_limit="256MB",
+        threads=1,
+        temp_directory=str(tmp_path / "spill"),
+    )
     with resource.get_connection() as conn:
         limit = conn.execute("SELECT current_setting('memory_limit')").fetchone()[0]
         threads = conn.execute("SELECT current_setting('threads')").fetchone()[0]
@@ -37,8 +41,16 @@ def test_a_database_path_that_cannot_be_opened_fails_at_once_with_advice(tmp_pat
 def test_a_locked_file_is_waited_for_then_explained(tmp_path):
     """A real lock: another process holds the file open for writing."""
     db = tmp_path / "held.duckdb"
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(db)!r}); "
-                               "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(db)!r}); "
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.perf_counter()

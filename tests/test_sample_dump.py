@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from convrec_dagster.sample_dump import (
+from convrec_dagster.data.sample_dump import (
     MARKER_FILENAME,
     SampleDumpConfig,
     build_catalog,
@@ -98,7 +98,9 @@ def test_defects_are_present_and_few(sample_dump):
     asins = Counter(m["asin"] for m in metas)
     assert sum(n - 1 for n in asins.values()) == 4  # duplicate lines
     reviewed = {r["asin"] for r in rows}
-    assert reviewed - set(asins) == set(marker["items_without_meta"]) and len(marker["items_without_meta"]) == 7
+    assert (
+        reviewed - set(asins) == set(marker["items_without_meta"]) and len(marker["items_without_meta"]) == 7
+    )
     images = sorted((sample_dump / "images").glob("*.jpg"))
     assert len(images) == 238 and not {p.stem for p in images} & set(marker["missing_images"])
     broken = []

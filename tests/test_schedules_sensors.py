@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -46,7 +46,7 @@ def test_invalid_cron_names_the_environment_variable(monkeypatch):
 
 def test_schedule_requests_retrain_once_data_is_prepared():
     schedule = build_retrain_schedule()
-    tick_time = datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc)
+    tick_time = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
     with dg.instance_for_test() as instance:
         before = schedule.evaluate_tick(
             dg.build_schedule_context(instance=instance, scheduled_execution_time=tick_time)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from assets.splits import SPLITS_CHECKS, eval_negatives, proxy_ids, sequences
-from convrec_dagster import settings, splits
+from convrec_dagster.data import settings, splits
 
 
 def _ts(y: int, m: int, d: int) -> int:
@@ -199,7 +199,9 @@ def test_negatives_are_uniform_over_unseen_items():
     n_items, n_users, n_neg = 50, 2000, 5
     history = np.arange(1, 11)  # every user saw items 1..10
     users = np.repeat(np.arange(1, n_users + 1), len(history))
-    negs = splits.sample_negatives(users, np.tile(history, n_users), np.arange(1, n_users + 1), n_items, n_neg, 3)
+    negs = splits.sample_negatives(
+        users, np.tile(history, n_users), np.arange(1, n_users + 1), n_items, n_neg, 3
+    )
     assert negs.shape == (n_users, n_neg)
     assert negs.min() >= 11 and negs.max() <= n_items
     assert all(len(set(row)) == n_neg for row in negs.tolist())
@@ -241,7 +243,12 @@ def test_proxy_ids_count_training_rows_only(conn):
     assert splits.build_proxy_ids(conn, 0.5)["proxy_k"] == 2  # half of the 4 items with training rows
     assert splits.build_proxy_ids(conn, 100)["proxy_k"] == 4  # never items without training rows
     assert conn.execute("SELECT proxy_id FROM proxy_ids ORDER BY item_idx").fetchall() == [
-        (1,), (2,), (3,), (4,), (5,), (5,)
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+        (5,),
+        (5,),
     ]
 
     # counting every row (valid/test included) is caught
@@ -259,7 +266,9 @@ def test_assets_materialize_with_checks(make_resources, convrec_home):
     result = dg.materialize(
         [sequences, eval_negatives, proxy_ids],
         resources=make_resources(),
-        run_config={"ops": {"eval_negatives": {"config": {"n_negatives": 20}}, "proxy_ids": {"config": {"top_k": 5}}}},
+        run_config={
+            "ops": {"eval_negatives": {"config": {"n_negatives": 20}}, "proxy_ids": {"config": {"top_k": 5}}}
+        },
     )
     assert result.success
     checks = result.get_asset_check_evaluations()
@@ -271,6 +280,9 @@ def test_assets_materialize_with_checks(make_resources, convrec_home):
     assert meta["users"].value == 30
     assert meta["time_context_available"].value is True
     assert "data:image/png;base64," in meta["sequence_length_histogram"].value
-    assert meta["train_rows"].value + meta["valid_rows"].value + meta["test_rows"].value == meta["interactions"].value
+    assert (
+        meta["train_rows"].value + meta["valid_rows"].value + meta["test_rows"].value
+        == meta["interactions"].value
+    )
     proxy_meta = result.asset_materializations_for_node("proxy_ids")[0].metadata
     assert proxy_meta["proxy_k"].value == 5 and 0 < proxy_meta["share_train_interactions_covered"].value <= 1

@@ -50,7 +50,10 @@ def test_convrec_beats_popularity_on_sequential_data(data):
     pop = train(Popularity(data), data, "popularity", {}, config)
     torch.manual_seed(0)
     convrec = train(build_model("convrec", data, HP), data, "convrec", HP, config, log=lambda m: None)
-    assert convrec.best_metrics["NDCG@10"] > pop.best_metrics["NDCG@10"] + 0.15, (convrec.best_metrics, pop.best_metrics)
+    assert convrec.best_metrics["NDCG@10"] > pop.best_metrics["NDCG@10"] + 0.15, (
+        convrec.best_metrics,
+        pop.best_metrics,
+    )
     losses = [h["loss"] for h in convrec.history]
     assert losses[-1] < losses[0]
 
@@ -65,8 +68,16 @@ def test_killed_run_resumes_from_the_saved_epoch_and_matches_an_uninterrupted_on
     def run(out, on_epoch=None, messages=None):
         torch.manual_seed(0)
         model = build_model("convrec", data, HP)
-        return train(model, data, "convrec", HP, config, out_dir=out, on_epoch=on_epoch,
-                     log=(messages.append if messages is not None else lambda m: None))
+        return train(
+            model,
+            data,
+            "convrec",
+            HP,
+            config,
+            out_dir=out,
+            on_epoch=on_epoch,
+            log=(messages.append if messages is not None else lambda m: None),
+        )
 
     def kill_after_two(record):
         if record["epoch"] == 2:
@@ -80,7 +91,9 @@ def test_killed_run_resumes_from_the_saved_epoch_and_matches_an_uninterrupted_on
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert any("resuming from epoch 2" in m for m in messages)
     straight = run(tmp_path / "b")
-    np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in straight.history], rtol=1e-5)
+    np.testing.assert_allclose(
+        [h["loss"] for h in resumed.history], [h["loss"] for h in straight.history], rtol=1e-5
+    )
     assert json.loads((tmp_path / "a" / "history.json").read_text())[-1]["epoch"] == 4
     assert torch.load(tmp_path / "a" / "resume.pt", weights_only=True)["epoch"] == 4
 
@@ -90,7 +103,15 @@ def test_a_checkpoint_for_other_data_or_config_is_not_resumed(data, tmp_path):
     train(build_model("convrec", data, HP), data, "convrec", HP, config, out_dir=tmp_path, log=lambda m: None)
     messages: list[str] = []
     other = {**HP, "dropout": 0.2}
-    result = train(build_model("convrec", data, other), data, "convrec", other, config, out_dir=tmp_path, log=messages.append)
+    result = train(
+        build_model("convrec", data, other),
+        data,
+        "convrec",
+        other,
+        config,
+        out_dir=tmp_path,
+        log=messages.append,
+    )
     assert result.resumed_from is None and result.epochs_run == 1
     assert any("not resuming" in m and "starting over" in m for m in messages)
 

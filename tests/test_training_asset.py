@@ -5,20 +5,27 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import pytest
-import torch
-
 import duckdb
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from assets import features, ingest, splits, training
-from convrec_dagster import settings
+from convrec_dagster.data import settings
 from models.synthetic import chain_data
 
 UPSTREAM = dg.load_assets_from_modules([ingest, features, splits])
 MODELS = ("popularity", "sasrec", "convrec_attention", "convrec")
-TINY = {"d": 16, "hidden": 32, "max_len": 8, "max_epochs": 2, "batch_size": 32, "lr": 3e-3, "budget": "sample"}
+TINY = {
+    "d": 16,
+    "hidden": 32,
+    "max_len": 8,
+    "max_epochs": 2,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "budget": "sample",
+}
 
 
 def _materialize(resources, names, overrides, instance=None):
@@ -39,23 +46,57 @@ def write_split_tables(db_path, data) -> None:
         "ts": 1_300_000_000 + position * 86_400, "year": ymd[:, 0], "month": ymd[:, 1], "day": ymd[:, 2],
         **{c: data.context[:, i] for i, c in enumerate(["t_year", "t_month", "t_day", "t_dow", "t_doy", "t_week"])},
     })  # fmt: skip
-    user_index = pd.DataFrame({"user_idx": np.arange(1, data.n_users + 1), "user_id": [f"U{u}" for u in range(1, data.n_users + 1)],
-                               "n_interactions": np.diff(data.user_ptr[1:]), "is_eval": data.is_eval_user[1:]})
+    user_index = pd.DataFrame(
+        {
+            "user_idx": np.arange(1, data.n_users + 1),
+            "user_id": [f"U{u}" for u in range(1, data.n_users + 1)],
+            "n_interactions": np.diff(data.user_ptr[1:]),
+            "is_eval": data.is_eval_user[1:],
+        }
+    )
     counts = data.train_item_counts()
-    item_index = pd.DataFrame({"item_idx": np.arange(1, data.n_items + 1), "item_id": [f"I{i}" for i in range(1, data.n_items + 1)],
-                               "train_count": counts[1:]})
+    item_index = pd.DataFrame(
+        {
+            "item_idx": np.arange(1, data.n_items + 1),
+            "item_id": [f"I{i}" for i in range(1, data.n_items + 1)],
+            "train_count": counts[1:],
+        }
+    )
     eval_users = data.eval_users()
-    negatives = pd.DataFrame({"user_idx": np.repeat(eval_users, 100), "neg_no": np.tile(np.arange(100), len(eval_users)),
-                              "item_idx": data.eval_negatives[eval_users].ravel()})
-    proxy = pd.DataFrame({"item_idx": np.arange(1, data.n_items + 1), "proxy_id": data.proxy_ids[1:], "train_count": counts[1:]})
+    negatives = pd.DataFrame(
+        {
+            "user_idx": np.repeat(eval_users, 100),
+            "neg_no": np.tile(np.arange(100), len(eval_users)),
+            "item_idx": data.eval_negatives[eval_users].ravel(),
+        }
+    )
+    proxy = pd.DataFrame(
+        {
+            "item_idx": np.arange(1, data.n_items + 1),
+            "proxy_id": data.proxy_ids[1:],
+            "train_count": counts[1:],
+        }
+    )
     attr_item = np.repeat(np.arange(data.n_items + 1), np.diff(data.attr_ptr))
     item_attributes = pd.DataFrame({"item_id": [f"I{i}" for i in attr_item], "attribute_id": data.attr_ids})
-    vocab = pd.DataFrame({"attribute_id": np.arange(1, data.n_attrs + 1), "kind": "category",
-                          "name": [f"a{a}" for a in range(1, data.n_attrs + 1)], "item_count": 1})
+    vocab = pd.DataFrame(
+        {
+            "attribute_id": np.arange(1, data.n_attrs + 1),
+            "kind": "category",
+            "name": [f"a{a}" for a in range(1, data.n_attrs + 1)],
+            "item_count": 1,
+        }
+    )
     with duckdb.connect(str(db_path)) as conn:
-        for name, frame in [("sequences", sequences), ("user_index", user_index), ("item_index", item_index),
-                            ("eval_negatives", negatives), ("proxy_ids", proxy), ("item_attributes", item_attributes),
-                            ("attribute_vocab", vocab)]:
+        for name, frame in [
+            ("sequences", sequences),
+            ("user_index", user_index),
+            ("item_index", item_index),
+            ("eval_negatives", negatives),
+            ("proxy_ids", proxy),
+            ("item_attributes", item_attributes),
+            ("attribute_vocab", vocab),
+        ]:
             conn.register("frame", frame)
             conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM frame")
             conn.unregister("frame")
@@ -65,7 +106,9 @@ def write_split_tables(db_path, data) -> None:
 def prepared(make_resources, convrec_home, tmp_path):
     (tmp_path / "dump").mkdir()  # a configured raw dir: not the embedded sample
     resources = make_resources(tmp_path / "dump")
-    write_split_tables(settings.duckdb_path(convrec_home), chain_data(n_users=60, n_items=40, max_len=14, seed=2))
+    write_split_tables(
+        settings.duckdb_path(convrec_home), chain_data(n_users=60, n_items=40, max_len=14, seed=2)
+    )
     return resources
 
 
@@ -75,10 +118,18 @@ def test_training_assets_write_checkpoints_and_metadata_then_resume(prepared):
     paths = prepared["paths"]
     for name in MODELS:
         meta = result.asset_materializations_for_node(f"{name}_model")[0].metadata
-        for key in ("best_epoch", "best_valid_NDCG@10", "parameters", "device", "peak_memory_mb", "wall_time_s", "curves"):
+        for key in (
+            "best_epoch",
+            "best_valid_NDCG@10",
+            "parameters",
+            "device",
+            "peak_memory_mb",
+            "wall_time_s",
+            "curves",
+        ):
             assert key in meta, (name, key)
         assert "data:image/png;base64," in meta["curves"].value
-        folder = paths.artifacts_path("models", name)
+        folder = paths.model_path(name)
         checkpoint = torch.load(folder / "best.pt", weights_only=True)
         assert checkpoint["model"] == name and checkpoint["extra"]["fingerprint"]
         history = json.loads((folder / "history.json").read_text())
@@ -89,7 +140,9 @@ def test_training_assets_write_checkpoints_and_metadata_then_resume(prepared):
     # same config and data: the finished run is picked up, not retrained; a longer one continues
     again = _materialize(prepared, ["convrec"], {**TINY, "max_epochs": 3})
     meta = again.asset_materializations_for_node("convrec_model")[0].metadata
-    assert meta["resumed_from_epoch"].value == "no" and meta["epochs_run"].value == 3  # max_epochs is in the config hash
+    assert (
+        meta["resumed_from_epoch"].value == "no" and meta["epochs_run"].value == 3
+    )  # max_epochs is in the config hash
     rerun = _materialize(prepared, ["convrec"], {**TINY, "max_epochs": 3})
     meta = rerun.asset_materializations_for_node("convrec_model")[0].metadata
     assert meta["resumed_from_epoch"].value == 3 and meta["epochs_run"].value == 0
@@ -113,7 +166,9 @@ def test_cpu_budget_trains_every_cut_over_all_items_with_a_window_from_the_data(
     assert conv["hparams"].value["max_len"] == 20 and conv["hparams"].value["emb_init_std"] is None
     assert conv["train_config"].value["time_budget_s"] == 3600
     text = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
-    assert "convrec: expected ~" in text and "ETA" in text and "max_len 20 from the data" in text  # histories of 4-12 training rows
+    assert (
+        "convrec: expected ~" in text and "ETA" in text and "max_len 20 from the data" in text
+    )  # histories of 4-12 training rows
 
 
 @pytest.mark.slow
@@ -123,6 +178,8 @@ def test_convrec_beats_popularity_on_the_embedded_sample(make_resources):
     assert resources["paths"].is_embedded_sample()
     assert dg.materialize(UPSTREAM, resources=resources).success
     result = _materialize(resources, ["popularity", "convrec"], {})
-    ndcg = {n: result.asset_materializations_for_node(f"{n}_model")[0].metadata["best_valid_NDCG@10"].value
-            for n in ("popularity", "convrec")}
+    ndcg = {
+        n: result.asset_materializations_for_node(f"{n}_model")[0].metadata["best_valid_NDCG@10"].value
+        for n in ("popularity", "convrec")
+    }
     assert ndcg["convrec"] > ndcg["popularity"] + 0.1, ndcg

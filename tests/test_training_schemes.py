@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from convrec_dagster.budgets import budget_settings, resolve_budget, resolve_loss
 from models.batching import NegativeSampler, all_cuts, training_users
+from models.budgets import budget_settings, resolve_budget, resolve_loss
 from models.popularity import Popularity
 from models.registry import build_model
 from models.synthetic import chain_data
@@ -23,7 +23,9 @@ QUIET = {"log": lambda m: None}
 @pytest.fixture(scope="module")
 def ids_only():
     """Item ids only (no time, no attributes): candidate vectors do not depend on the row."""
-    data = chain_data(n_users=240, n_items=50, min_len=6, max_len=18, seed=0, with_time=False, with_attributes=False)
+    data = chain_data(
+        n_users=240, n_items=50, min_len=6, max_len=18, seed=0, with_time=False, with_attributes=False
+    )
     data.proxy_ids = np.arange(data.n_items + 1)  # every item its own id
     data.n_proxy = data.n_items + 2
     return data
@@ -44,7 +46,9 @@ def test_sasrec_positionwise_batches_shift_targets_by_one(ids_only):
     data = ids_only
     model = build_model("sasrec", data, {"d": 16, "max_len": 8, "loss": "bce"})
     config = TrainConfig(scheme="all_cuts", batch_size=400, n_negatives=1, augment_prob=0.0)
-    size, (items, targets, negatives) = next(_epoch_batches(model, data, NegativeSampler(data), np.random.default_rng(0), config))
+    size, (items, targets, negatives) = next(
+        _epoch_batches(model, data, NegativeSampler(data), np.random.default_rng(0), config)
+    )
     assert size == len(training_users(data)) and negatives.shape == (*items.shape, 1)
     users = training_users(data)
     order = np.random.default_rng(0).permutation(len(users))
@@ -52,7 +56,7 @@ def test_sasrec_positionwise_batches_shift_targets_by_one(ids_only):
     train_items = data.items[data.user_ptr[u] : data.user_ptr[u] + data.n_train(u)]
     row_items, row_targets = items[0].numpy(), targets[0].numpy()
     real = row_items > 0
-    np.testing.assert_array_equal(row_targets[real], train_items[-real.sum():])
+    np.testing.assert_array_equal(row_targets[real], train_items[-real.sum() :])
     np.testing.assert_array_equal(row_items[real], train_items[-real.sum() - 1 : -1])
     assert (row_targets[~real] == 0).all()
 
@@ -60,13 +64,26 @@ def test_sasrec_positionwise_batches_shift_targets_by_one(ids_only):
 @pytest.mark.parametrize("loss", ["bce", "full_softmax"])
 def test_sasrec_trained_its_own_way_beats_popularity(ids_only, loss):
     data = ids_only
-    config = TrainConfig(scheme="all_cuts", batch_size=32, lr=3e-3, weight_decay=0.0, max_epochs=12, patience=4,
-                         n_negatives=1, adam_beta2=0.98, augment_prob=0.0, seed=0)
+    config = TrainConfig(
+        scheme="all_cuts",
+        batch_size=32,
+        lr=3e-3,
+        weight_decay=0.0,
+        max_epochs=12,
+        patience=4,
+        n_negatives=1,
+        adam_beta2=0.98,
+        augment_prob=0.0,
+        seed=0,
+    )
     pop = train(Popularity(data), data, "popularity", {}, config, **QUIET)
     torch.manual_seed(0)
     hp = {"d": 32, "max_len": 16, "dropout": 0.2, "loss": loss}
     result = train(build_model("sasrec", data, hp), data, "sasrec", hp, config, **QUIET)
-    assert result.best_metrics["NDCG@10"] > pop.best_metrics["NDCG@10"] + 0.15, (result.best_metrics, pop.best_metrics)
+    assert result.best_metrics["NDCG@10"] > pop.best_metrics["NDCG@10"] + 0.15, (
+        result.best_metrics,
+        pop.best_metrics,
+    )
     assert result.history[-1]["loss"] < result.history[0]["loss"]
 
 
@@ -77,12 +94,22 @@ def test_convrec_all_cuts_with_full_softmax_learns_faster_than_one_cut(ids_only)
     scores = {}
     for scheme, loss in (("one_cut", "softmax"), ("all_cuts", "full_softmax")):
         torch.manual_seed(0)
-        config = TrainConfig(scheme=scheme, batch_size=64, lr=3e-3, weight_decay=0.0, max_epochs=3, patience=3, seed=0)
-        result = train(build_model("convrec", data, {**hp, "loss": loss}), data, "convrec", {**hp, "loss": loss},
-                       config, **QUIET)
+        config = TrainConfig(
+            scheme=scheme, batch_size=64, lr=3e-3, weight_decay=0.0, max_epochs=3, patience=3, seed=0
+        )
+        result = train(
+            build_model("convrec", data, {**hp, "loss": loss}),
+            data,
+            "convrec",
+            {**hp, "loss": loss},
+            config,
+            **QUIET,
+        )
         scores[scheme] = result.best_metrics["NDCG@10"]
         assert result.history[0]["examples_per_s"] > 0
-    assert epoch_examples(build_model("convrec", data, hp), data, TrainConfig(scheme="all_cuts")) > len(training_users(data))
+    assert epoch_examples(build_model("convrec", data, hp), data, TrainConfig(scheme="all_cuts")) > len(
+        training_users(data)
+    )
     assert scores["all_cuts"] > scores["one_cut"] + 0.1, scores
 
 
@@ -108,7 +135,9 @@ def test_lr_warmup_then_cosine_decay():
 
 
 def test_time_budget_stops_training_and_says_so(ids_only):
-    config = TrainConfig(scheme="all_cuts", batch_size=64, lr=1e-3, max_epochs=50, patience=50, time_budget_s=1e-6)
+    config = TrainConfig(
+        scheme="all_cuts", batch_size=64, lr=1e-3, max_epochs=50, patience=50, time_budget_s=1e-6
+    )
     hp = {"d": 16, "max_len": 8, "loss": "full_softmax"}
     result = train(build_model("sasrec", ids_only, hp), ids_only, "sasrec", hp, config, **QUIET)
     assert len(result.history) == 1 and result.history[0]["stop"] == "time_budget"
@@ -136,11 +165,14 @@ def test_budgets_auto_and_per_model_settings():
     paper = budget_settings("paper", "convrec", "beauty")
     assert (paper["scheme"], paper["lr"], paper["max_len"]) == ("one_cut", 4e-5, 70)
     assert budget_settings("paper", "sasrec", "beauty")["loss"] == "bce"
-    assert math.isclose(budget_settings("cpu", "convrec", "games")["lr"], 1e-3) and budget_settings("cpu", "convrec", "games")["max_len"] == 0
+    assert (
+        math.isclose(budget_settings("cpu", "convrec", "games")["lr"], 1e-3)
+        and budget_settings("cpu", "convrec", "games")["max_len"] == 0
+    )
 
 
 def test_the_id_init_depends_on_whether_the_encoder_has_a_time_path():
-    from convrec_dagster.budgets import CPU_ENCODER, resolve_emb_init
+    from models.budgets import CPU_ENCODER, resolve_emb_init
 
     budget, with_time = CPU_ENCODER["emb_init_std"], CPU_ENCODER["emb_init_std_with_time"]
     assert resolve_emb_init(None, budget, with_time, has_time=False) == 0.02

@@ -20,7 +20,7 @@ sub-category on a fixed category transition matrix (shampoo -> conditioner -> st
 Realistic defects: a few items without metadata, duplicate metadata lines (the first one wins), one
 malformed review line, one malformed metadata line, one corrupt JPEG and two items without a picture.
 
-CLI: ``python -m convrec_dagster.sample_dump OUT_DIR [--users N --items N --seed S]``.
+CLI: ``python -m convrec_dagster.data.sample_dump OUT_DIR [--users N --items N --seed S]``.
 """
 
 from __future__ import annotations
@@ -71,14 +71,51 @@ CATEGORY_NEXT: dict[int, list[tuple[int, float]]] = {
     7: [(5, 0.5), (2, 0.3)],
 }
 BRAND_NAMES = [
-    "Aurelle", "Bellamy", "Cordova", "Dunmore", "Elvira", "Fenwick", "Galloway", "Hartley",
-    "Isolde", "Juniper & Co", "Kestrel", "Laurel's", "Marchetti", "Nordby", "Orsay", "Pemberton",
-    "Quill", "Rosewater", "Saffron Lane", "Thistle",
+    "Aurelle",
+    "Bellamy",
+    "Cordova",
+    "Dunmore",
+    "Elvira",
+    "Fenwick",
+    "Galloway",
+    "Hartley",
+    "Isolde",
+    "Juniper & Co",
+    "Kestrel",
+    "Laurel's",
+    "Marchetti",
+    "Nordby",
+    "Orsay",
+    "Pemberton",
+    "Quill",
+    "Rosewater",
+    "Saffron Lane",
+    "Thistle",
 ]
 ADJECTIVES = ["Gentle", "Daily", "Intense", "Classic", "Fresh", "Pure", "Silk", "Radiant", "Velvet"]
 SIZES = ["1 oz", "2 oz", "3.4 oz", "8 oz", "12 oz", "16 oz", "Travel Size", "Value Pack"]
-FIRST_NAMES = ["Anna", "Ben", "Carla", "Dev", "Elena", "Femi", "Grace", "Hiro", "Ines", "Jon",
-               "Kira", "Luis", "Maya", "Nils", "Olu", "Priya", "Quinn", "Rosa", "Sam", "Tess"]
+FIRST_NAMES = [
+    "Anna",
+    "Ben",
+    "Carla",
+    "Dev",
+    "Elena",
+    "Femi",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jon",
+    "Kira",
+    "Luis",
+    "Maya",
+    "Nils",
+    "Olu",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tess",
+]
 OPINIONS = {
     5: ["Love it, will buy again.", "Exactly what I wanted.", "Best one I have tried."],
     4: ["Works well, nice smell.", "Good value for the price.", "Does the job."],
@@ -88,8 +125,8 @@ OPINIONS = {
 }
 SUMMARIES = {5: "Five Stars", 4: "Four Stars", 3: "Three Stars", 2: "Two Stars", 1: "One Star"}
 
-START = int(dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc).timestamp())
-END = int(dt.datetime(2014, 7, 20, tzinfo=dt.timezone.utc).timestamp())
+START = int(dt.datetime(2012, 1, 1, tzinfo=dt.UTC).timestamp())
+END = int(dt.datetime(2014, 7, 20, tzinfo=dt.UTC).timestamp())
 DAY = 86_400
 
 
@@ -167,8 +204,9 @@ def build_catalog(config: SampleDumpConfig, rng: np.random.Generator | None = No
         raise ValueError(f"n_items must be at least {2 * n_sub} (two per sub-category)")
     asins = _ids(rng, config.n_items, "B00", 10, set())
     # Each brand serves two or three categories; each category gets the brands that serve it.
-    brand_cats = {b: set(rng.choice(n_cat, size=2 + (b % 2), replace=False).tolist())
-                  for b in range(len(BRAND_NAMES))}
+    brand_cats = {
+        b: set(rng.choice(n_cat, size=2 + (b % 2), replace=False).tolist()) for b in range(len(BRAND_NAMES))
+    }
     for c in range(n_cat):  # every category needs at least two brands
         serving = [b for b, cats in brand_cats.items() if c in cats]
         for b in rng.choice(len(BRAND_NAMES), size=max(0, 2 - len(serving)), replace=False):
@@ -205,8 +243,9 @@ def _next_subcat(rng: np.random.Generator, cfg: SampleDumpConfig, c: int, s: int
     return c2, 0 if rng.random() < 0.7 else int(rng.integers(3))
 
 
-def simulate_histories(config: SampleDumpConfig, catalog: Catalog,
-                       rng: np.random.Generator) -> list[list[tuple[int, int]]]:
+def simulate_histories(
+    config: SampleDumpConfig, catalog: Catalog, rng: np.random.Generator
+) -> list[list[tuple[int, int]]]:
     """Per user, a list of (item index, unix day timestamp) in true order."""
     items = catalog.items
     pop = np.array([it.popularity for it in items])
@@ -215,24 +254,27 @@ def simulate_histories(config: SampleDumpConfig, catalog: Catalog,
     sub_pop = {key: pop[idx].sum() for key, idx in catalog.by_subcat.items()}
     sub_keys = sorted(sub_pop)
     for _ in range(config.n_users):
-        length = min(config.max_history,
-                     config.min_history + int(rng.geometric(1.0 / (1.0 + config.mean_extra_history))) - 1)
+        length = min(
+            config.max_history,
+            config.min_history + int(rng.geometric(1.0 / (1.0 + config.mean_extra_history))) - 1,
+        )
         liked = set(rng.choice(n_brands, size=int(rng.integers(1, 4)), replace=False).tolist())
         boost = np.array([4.0 if it.brand in liked else 1.0 for it in items])
         seen: set[int] = set()
         seq: list[int] = []
         last_in_sub: dict[tuple[int, int], int] = {}
 
+        # the two helpers read this user's `seen` and `boost`; they are called only in this iteration
         def fresh_pick(key: tuple[int, int]) -> int | None:
-            cands = [i for i in catalog.by_subcat[key] if i not in seen]
+            cands = [i for i in catalog.by_subcat[key] if i not in seen]  # noqa: B023
             if not cands:
                 return None
-            return cands[_pick(rng, pop[cands] * boost[cands])]
+            return cands[_pick(rng, pop[cands] * boost[cands])]  # noqa: B023
 
         def successor_of(i: int) -> int | None:
             j = items[i].successor
             for _ in range(len(catalog.by_subcat[(items[i].category, items[i].subcategory)])):
-                if j not in seen:
+                if j not in seen:  # noqa: B023
                     return j
                 j = items[j].successor
             return None
@@ -278,7 +320,7 @@ def simulate_histories(config: SampleDumpConfig, catalog: Catalog,
 
 
 def _review_time(ts: int) -> str:
-    d = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    d = dt.datetime.fromtimestamp(ts, dt.UTC)
     return f"{d.month:02d} {d.day}, {d.year}"
 
 
@@ -291,14 +333,16 @@ def _gzip_bytes(lines: list[str]) -> bytes:
 
 def _title(it: CatalogItem) -> str:
     cat, subs = CATEGORY_TREE[it.category]
-    return f"{BRAND_NAMES[it.brand]} {ADJECTIVES[it.index % len(ADJECTIVES)]} {subs[it.subcategory]}, " \
-           f"{SIZES[it.index % len(SIZES)]}"
+    return (
+        f"{BRAND_NAMES[it.brand]} {ADJECTIVES[it.index % len(ADJECTIVES)]} {subs[it.subcategory]}, "
+        f"{SIZES[it.index % len(SIZES)]}"
+    )
 
 
 def _draw_image(it: CatalogItem, size: int, rng: np.random.Generator) -> bytes:
-    from PIL import Image, ImageDraw
-
     import colorsys
+
+    from PIL import Image, ImageDraw
 
     def rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
         return tuple(int(255 * x) for x in colorsys.hsv_to_rgb(h % 1.0, s, v))  # type: ignore
@@ -350,18 +394,22 @@ def generate_sample_dump(out_dir: Path, config: SampleDumpConfig | None = None) 
         it, rating = items[i], int(ratings[k])
         sub = CATEGORY_TREE[it.category][1][it.subcategory].lower()
         opinions = OPINIONS[rating]
-        review_lines.append(json.dumps({
-            "reviewerID": user_ids[u],
-            "asin": asin,
-            "reviewerName": f"{FIRST_NAMES[u % len(FIRST_NAMES)]} {string.ascii_uppercase[u % 26]}.",
-            "helpful": [int(helpful_a[k]), int(helpful_b[k])],
-            "reviewText": f"This {sub} from {BRAND_NAMES[it.brand]}: {opinions[(u + i) % len(opinions)]}",
-            "overall": float(rating),
-            "summary": SUMMARIES[rating],
-            "unixReviewTime": ts,
-            "reviewTime": _review_time(ts),
-        }))
-    for k in range(config.malformed_review_lines):  # a write cut short in the middle of a line
+        review_lines.append(
+            json.dumps(
+                {
+                    "reviewerID": user_ids[u],
+                    "asin": asin,
+                    "reviewerName": f"{FIRST_NAMES[u % len(FIRST_NAMES)]} {string.ascii_uppercase[u % 26]}.",
+                    "helpful": [int(helpful_a[k]), int(helpful_b[k])],
+                    "reviewText": f"This {sub} from {BRAND_NAMES[it.brand]}: {opinions[(u + i) % len(opinions)]}",
+                    "overall": float(rating),
+                    "summary": SUMMARIES[rating],
+                    "unixReviewTime": ts,
+                    "reviewTime": _review_time(ts),
+                }
+            )
+        )
+    for _ in range(config.malformed_review_lines):  # a write cut short in the middle of a line
         pos = int(rng.integers(1, len(review_lines)))
         broken = review_lines[pos - 1][: len(review_lines[pos - 1]) // 2]
         review_lines.insert(pos, broken)
@@ -369,7 +417,7 @@ def generate_sample_dump(out_dir: Path, config: SampleDumpConfig | None = None) 
     # Metadata as Python literals (str(dict) writes single quotes, like the 2014 dumps).
     n_no_meta = int(round(config.items_without_meta * len(items)))
     by_pop = sorted(range(len(items)), key=lambda j: -items[j].popularity)
-    middle = by_pop[len(items) // 4: 3 * len(items) // 4]
+    middle = by_pop[len(items) // 4 : 3 * len(items) // 4]
     no_meta = set(int(j) for j in rng.choice(middle, size=n_no_meta, replace=False))
     meta_lines = []
     for j in rng.permutation(len(items)):
@@ -381,11 +429,13 @@ def generate_sample_dump(out_dir: Path, config: SampleDumpConfig | None = None) 
         meta: dict = {
             "asin": it.asin,
             "description": f"{ADJECTIVES[it.index % len(ADJECTIVES)]} {subs[it.subcategory].lower()} "
-                           f"by {BRAND_NAMES[it.brand]}.",
+            f"by {BRAND_NAMES[it.brand]}.",
             "title": _title(it),
             "imUrl": f"http://ecx.images-amazon.com/images/I/{it.asin[3:]}L.jpg",
-            "related": {"also_bought": [succ.asin, items[succ.successor].asin],
-                        "bought_together": [succ.asin]},
+            "related": {
+                "also_bought": [succ.asin, items[succ.successor].asin],
+                "bought_together": [succ.asin],
+            },
             "salesRank": {TOP_CATEGORY: int(by_pop.index(it.index) * 37 + 11)},
             "categories": [[TOP_CATEGORY, cat, subs[it.subcategory]]],
         }
@@ -402,7 +452,7 @@ def generate_sample_dump(out_dir: Path, config: SampleDumpConfig | None = None) 
         if k == 0:  # one duplicate disagrees on the price; the first line wins
             line = line.replace("'price': ", "'price': 1", 1)
         meta_lines.insert(int(rng.integers(src + 1, len(meta_lines) + 1)), line)
-    for k in range(config.malformed_meta_lines):
+    for _ in range(config.malformed_meta_lines):
         pos = int(rng.integers(1, len(meta_lines)))
         meta_lines.insert(pos, meta_lines[pos - 1][: len(meta_lines[pos - 1]) // 2])
 
@@ -416,7 +466,7 @@ def generate_sample_dump(out_dir: Path, config: SampleDumpConfig | None = None) 
     img_rng = np.random.default_rng([config.seed, 1])
     order = img_rng.permutation(len(items))
     missing = {int(j) for j in order[: config.missing_images]}
-    corrupt = {int(j) for j in order[config.missing_images: config.missing_images + config.corrupt_images]}
+    corrupt = {int(j) for j in order[config.missing_images : config.missing_images + config.corrupt_images]}
     for it in items:
         data = _draw_image(it, config.image_size, img_rng)
         if it.index in missing:
@@ -449,9 +499,13 @@ def read_marker(out_dir: Path) -> dict | None:
 
 def _is_current(out_dir: Path, config: SampleDumpConfig) -> bool:
     marker = read_marker(out_dir)
-    return (marker is not None and marker.get("config_hash") == config.config_hash()
-            and (out_dir / REVIEWS_FILENAME).is_file() and (out_dir / META_FILENAME).is_file()
-            and (out_dir / IMAGES_DIRNAME).is_dir())
+    return (
+        marker is not None
+        and marker.get("config_hash") == config.config_hash()
+        and (out_dir / REVIEWS_FILENAME).is_file()
+        and (out_dir / META_FILENAME).is_file()
+        and (out_dir / IMAGES_DIRNAME).is_dir()
+    )
 
 
 @contextlib.contextmanager
@@ -498,17 +552,24 @@ def ensure_sample_dump(out_dir: Path, config: SampleDumpConfig | None = None) ->
 def main(argv: list[str] | None = None) -> int:
     defaults = SampleDumpConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m convrec_dagster.sample_dump",
+        prog="python -m convrec_dagster.data.sample_dump",
         description="Write the embedded Amazon-2014-format sample dump (reviews_Sample.json.gz, "
-                    "meta_Sample.json.gz, images/<ASIN>.jpg). Deterministic: the same sizes and "
-                    "seed give byte-identical files. Point CONVREC_RAW_DIR at OUT_DIR to ingest it.",
+        "meta_Sample.json.gz, images/<ASIN>.jpg). Deterministic: the same sizes and "
+        "seed give byte-identical files. Point CONVREC_RAW_DIR at OUT_DIR to ingest it.",
     )
     parser.add_argument("out_dir", type=Path, help="folder to write (created)")
-    parser.add_argument("--users", type=int, default=defaults.n_users,
-                        help=f"number of users (default {defaults.n_users})")
-    parser.add_argument("--items", type=int, default=defaults.n_items,
-                        help=f"number of items, at least 48 (default {defaults.n_items})")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
+    parser.add_argument(
+        "--users", type=int, default=defaults.n_users, help=f"number of users (default {defaults.n_users})"
+    )
+    parser.add_argument(
+        "--items",
+        type=int,
+        default=defaults.n_items,
+        help=f"number of items, at least 48 (default {defaults.n_items})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})"
+    )
     parser.add_argument("--force", action="store_true", help="regenerate even if the marker matches")
     args = parser.parse_args(argv)
     config = dataclasses.replace(defaults, n_users=args.users, n_items=args.items, seed=args.seed)
@@ -517,8 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ensure_sample_dump(args.out_dir, config)
     marker = read_marker(args.out_dir) or {}
-    print(f"sample dump in {args.out_dir.resolve()}: {marker.get('reviews')} reviews, "
-          f"{config.n_users} users, {config.n_items} items (config {config.config_hash()})")
+    print(
+        f"sample dump in {args.out_dir.resolve()}: {marker.get('reviews')} reviews, "
+        f"{config.n_users} users, {config.n_items} items (config {config.config_hash()})"
+    )
     return 0
 
 

@@ -20,10 +20,14 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.preprocessing import KBinsDiscretizer, MultiLabelBinarizer, OneHotEncoder
+
+from convrec_dagster.data.outcome import CheckOutcome
+from convrec_dagster.data.store import item_coverage
 
 KIND_ORDER = ("brand", "category", "price", "attribute", "other", "missing")
 NO_METADATA = "no_metadata"
@@ -145,9 +149,7 @@ def encode_price(prices: Sequence[object], n_buckets: int) -> tuple[sp.csr_matri
         codes = discretizer.fit_transform(values[rows].reshape(-1, 1)).astype(np.int64).ravel()
     edges = discretizer.bin_edges_[0]
     labels = [("price", f"[{edges[k]:.2f}, {edges[k + 1]:.2f}]") for k in range(len(edges) - 1)]
-    matrix = sp.csr_matrix(
-        (np.ones(rows.size, dtype=np.int8), (rows, codes)), shape=(n, len(labels))
-    )
+    matrix = sp.csr_matrix((np.ones(rows.size, dtype=np.int8), (rows, codes)), shape=(n, len(labels)))
     return matrix, labels
 
 
@@ -255,3 +257,39 @@ def _order_columns(
     rank = {k: i for i, k in enumerate(KIND_ORDER)}
     order = sorted(range(len(labels)), key=lambda j: (rank[labels[j][0]], j))
     return matrix[:, order], [labels[j] for j in order]
+
+
+def item_attributes_consistent(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    """Every item in `interactions` has at least one attribute row, only those items have rows,
+    every attribute id exists in `attribute_vocab` (ids 1..V, unique) and vocab counts match."""
+    uncovered, extra = item_coverage(conn, "item_attributes")
+    unknown_ids = conn.execute(
+        "SELECT count(*) FROM item_attributes a ANTI JOIN attribute_vocab v USING (attribute_id)"
+    ).fetchone()[0]
+    n_vocab, n_distinct, lo, hi = conn.execute(
+        "SELECT count(*), count(DISTINCT attribute_id), min(attribute_id), max(attribute_id) "
+        "FROM attribute_vocab"
+    ).fetchone()
+    count_mismatch = conn.execute(
+        "SELECT count(*) FROM attribute_vocab v LEFT JOIN (SELECT attribute_id, count(*) AS n "
+        "FROM item_attributes GROUP BY ALL) c USING (attribute_id) "
+        "WHERE coalesce(c.n, 0) <> v.item_count"
+    ).fetchone()[0]
+    duplicates = conn.execute(
+        "SELECT count(*) FROM (SELECT item_id, attribute_id FROM item_attributes GROUP BY ALL "
+        "HAVING count(*) > 1)"
+    ).fetchone()[0]
+    ids_ok = n_vocab == n_distinct and (n_vocab == 0 or (lo == 1 and hi == n_vocab))
+    passed = uncovered == 0 and extra == 0 and unknown_ids == 0 and ids_ok and count_mismatch == 0
+    passed = passed and duplicates == 0
+    return CheckOutcome(
+        passed=bool(passed),
+        metadata={
+            "items_without_attributes": int(uncovered),
+            "items_not_in_interactions": int(extra),
+            "rows_with_unknown_attribute_id": int(unknown_ids),
+            "vocab_ids_are_1_to_V": bool(ids_ok),
+            "vocab_count_mismatches": int(count_mismatch),
+            "duplicate_rows": int(duplicates),
+        },
+    )

@@ -12,35 +12,27 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-MODEL_ORDER = ("popularity", "sasrec", "convrec_attention", "convrec")
-MODEL_LABELS = {
-    "popularity": "Popularity",
-    "sasrec": "SASRec",
-    "convrec_attention": "ConvRec-Attention",
-    "convrec": "ConvRec",
-}
-PROTOCOLS = ("sampled_100", "full")
+from convrec_dagster.data import plots
+from models.metrics import PROTOCOLS
+from models.registry import MODELS
+
+MODEL_ORDER = tuple(m.name for m in MODELS)
+MODEL_LABELS = {m.name: m.label for m in MODELS}
+MODEL_COLORS = {m.name: m.color for m in MODELS}
 PROTOCOL_TITLES = {
     "sampled_100": "sampled_100: the positive against its 100 stored negatives (the paper's protocol)",
     "full": "full: the positive against every item, the user's history masked",
 }
-SPLITS = ("test", "valid")
 USER_GROUPS = ("all", "top20_longest", "bottom80")
 GROUP_LABELS = {"all": "all users", "top20_longest": "top 20 % longest histories", "bottom80": "other 80 %"}
 METRIC_COLUMNS = ("HR@1", "HR@5", "HR@10", "HR@20", "NDCG@1", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
 HEADLINE = (("sampled_100", "HR@10"), ("sampled_100", "NDCG@10"), ("full", "HR@10"), ("full", "NDCG@10"))
-MODEL_COLORS = {
-    "popularity": "#9e9e9e",
-    "sasrec": "#4c78a8",
-    "convrec_attention": "#72b7b2",
-    "convrec": "#e45756",
-}
 NOTES = (
     "Leave-one-out: each user's last interaction is the test target, the one before it the validation "
     "target. Users with fewer than 3 interactions only train.",
@@ -72,9 +64,24 @@ _ICLREC = "ICLRec (WWW 2022), full ranking on S3-Rec Beauty.txt"
 
 def _published() -> list[dict[str, Any]]:
     table2 = {  # model: (dataset: (HR@10, NDCG@10))
-        "SASRec": {"Beauty": (0.485, 0.322), "Games": (0.742, 0.541), "Fashion": (0.381, 0.245), "Men": (0.397, 0.259)},
-        "ProxyRCA": {"Beauty": (0.609, 0.430), "Games": (0.805, 0.601), "Fashion": (0.661, 0.435), "Men": (0.613, 0.399)},
-        "ConvRec": {"Beauty": (0.629, 0.439), "Games": (0.819, 0.617), "Fashion": (0.688, 0.469), "Men": (0.618, 0.406)},
+        "SASRec": {
+            "Beauty": (0.485, 0.322),
+            "Games": (0.742, 0.541),
+            "Fashion": (0.381, 0.245),
+            "Men": (0.397, 0.259),
+        },
+        "ProxyRCA": {
+            "Beauty": (0.609, 0.430),
+            "Games": (0.805, 0.601),
+            "Fashion": (0.661, 0.435),
+            "Men": (0.613, 0.399),
+        },
+        "ConvRec": {
+            "Beauty": (0.629, 0.439),
+            "Games": (0.819, 0.617),
+            "Fashion": (0.688, 0.469),
+            "Men": (0.618, 0.406),
+        },
     }
     table3 = {
         "SASRec": {"Beauty": (0.008, 0.004), "Games": (0.026, 0.014)},
@@ -86,14 +93,32 @@ def _published() -> list[dict[str, Any]]:
         for model, by_dataset in table.items():
             for dataset, (hr, ndcg) in by_dataset.items():
                 for metric, value in (("HR@10", hr), ("NDCG@10", ndcg)):
-                    out.append(dict(dataset=dataset, protocol=protocol, model=model, metric=metric, value=value, source=source))
+                    out.append(
+                        dict(
+                            dataset=dataset,
+                            protocol=protocol,
+                            model=model,
+                            metric=metric,
+                            value=value,
+                            source=source,
+                        )
+                    )
     for metric, value in (("HR@10", 0.0744), ("NDCG@10", 0.0403), ("HR@20", 0.1058), ("NDCG@20", 0.0483)):
-        out.append(dict(dataset="S3-Rec Beauty", protocol="full", model="ICLRec", metric=metric, value=value, source=_ICLREC))
+        out.append(
+            dict(
+                dataset="S3-Rec Beauty",
+                protocol="full",
+                model="ICLRec",
+                metric=metric,
+                value=value,
+                source=_ICLREC,
+            )
+        )
     return out
 
 
 PUBLISHED = _published()
-PAPER_MODEL_FOR = {"sasrec": "SASRec", "convrec": "ConvRec"}  # our model -> the paper's row of it
+PAPER_MODEL_FOR = {m.name: m.paper_name for m in MODELS if m.paper_name}  # our model -> the paper's row of it
 
 
 def match_paper_dataset(
@@ -111,7 +136,10 @@ def match_paper_dataset(
         gaps = {key: abs(ours[key] - size[key]) / size[key] for key in size}
         if max(gaps.values()) <= tolerance:
             if max(gaps.values()) == 0:
-                return name, f"size equals {name} exactly ({users:,} users, {items:,} items, {interactions:,} interactions)"
+                return (
+                    name,
+                    f"size equals {name} exactly ({users:,} users, {items:,} items, {interactions:,} interactions)",
+                )
             worst = max(gaps, key=gaps.get)
             return name, f"size within {100 * gaps[worst]:.1f} % of {name} ({worst})"
     return None, "size matches none of the paper's datasets"
@@ -165,7 +193,12 @@ def comparison_table(
             cells.append(
                 None
                 if row is None or row["value"] is None
-                else {"value": row["value"], "ci_low": row.get("ci_low"), "ci_high": row.get("ci_high"), "best": False}
+                else {
+                    "value": row["value"],
+                    "ci_low": row.get("ci_low"),
+                    "ci_high": row.get("ci_high"),
+                    "best": False,
+                }
             )
         table_rows.append({"model": model, "label": model_label(model), "cells": cells})
     for j in range(len(columns)):
@@ -186,7 +219,11 @@ def paper_rows(dataset: str | None, columns: list[list[str]]) -> list[dict[str, 
     for model in models:
         cells = []
         for protocol, metric in columns:
-            hit = [p for p in published if p["model"] == model and p["protocol"] == protocol and p["metric"] == metric]
+            hit = [
+                p
+                for p in published
+                if p["model"] == model and p["protocol"] == protocol and p["metric"] == metric
+            ]
             cells.append({"value": hit[0]["value"], "source": hit[0]["source"]} if hit else None)
         if any(cells):
             out.append({"model": model, "label": f"{model} (published)", "cells": cells})
@@ -198,8 +235,12 @@ def best_model(
 ) -> str | None:
     """The model with the highest ``metric`` (all users); ties go to the later model in MODEL_ORDER."""
     candidates = [
-        r for r in rows
-        if r["protocol"] == protocol and r["split"] == split and r["user_group"] == "all" and metric_name(r) == metric
+        r
+        for r in rows
+        if r["protocol"] == protocol
+        and r["split"] == split
+        and r["user_group"] == "all"
+        and metric_name(r) == metric
         and r["value"] is not None
     ]
     if not candidates:
@@ -214,8 +255,11 @@ def findings(rows: list[dict]) -> list[str]:
     order = {}
     for protocol in PROTOCOLS:
         index = lookup(rows, "test", "all")
-        scored = [(index[(m, protocol, "NDCG@10")]["value"], m) for m in ordered_models(r["model"] for r in rows)
-                  if (m, protocol, "NDCG@10") in index]
+        scored = [
+            (index[(m, protocol, "NDCG@10")]["value"], m)
+            for m in ordered_models(r["model"] for r in rows)
+            if (m, protocol, "NDCG@10") in index
+        ]
         if not scored:
             continue
         scored.sort(reverse=True)
@@ -235,7 +279,11 @@ def findings(rows: list[dict]) -> list[str]:
             if not (conv and other):
                 continue
             verb = "beats" if conv["value"] > other["value"] else "does not beat"
-            ratio = f", {other['value'] / conv['value']:.1f}x lower" if conv["value"] > 0 and other["value"] > 1.5 * conv["value"] else ""
+            ratio = (
+                f", {other['value'] / conv['value']:.1f}x lower"
+                if conv["value"] > 0 and other["value"] > 1.5 * conv["value"]
+                else ""
+            )
             out.append(
                 f"{protocol}: ConvRec {verb} {'popularity' if baseline == 'popularity' else 'SASRec'} on test NDCG@10 "
                 f"({conv['value']:.4f} vs {other['value']:.4f}{ratio})."
@@ -250,12 +298,16 @@ def training_findings(histories: dict[str, list[dict]], data_summary: dict[str, 
     for name, history in histories.items():
         trained = [h for h in history if h.get("loss") is not None]
         if len(trained) > 1 and max(trained, key=lambda h: h.get("valid_NDCG@10") or 0) is trained[-1]:
-            out.append(f"{model_label(name)} was still improving at its last epoch ({trained[-1]['epoch']}): "
-                       "more epochs (or a larger time budget) would likely raise its numbers.")
+            out.append(
+                f"{model_label(name)} was still improving at its last epoch ({trained[-1]['epoch']}): "
+                "more epochs (or a larger time budget) would likely raise its numbers."
+            )
     items = data_summary.get("items")
     if isinstance(items, int) and 0 < items <= 1000:
-        out.append(f"The catalogue has only {items} items, so the 100 sampled negatives cover "
-                   f"{min(100 / max(items - 1, 1), 1):.0%} of it: sampled and full ranking nearly coincide here.")
+        out.append(
+            f"The catalogue has only {items} items, so the 100 sampled negatives cover "
+            f"{min(100 / max(items - 1, 1), 1):.0%} of it: sampled and full ranking nearly coincide here."
+        )
     return out
 
 
@@ -343,7 +395,9 @@ def _notes(config: dict | None) -> list[str]:
         return list(NOTES)
     return [
         "Ties count fully against a model: the positive ranks after every candidate scored like it, so a "
-        "model that scores every item equal gets HR@10 = 0." if note.startswith("Ties") else note
+        "model that scores every item equal gets HR@10 = 0."
+        if note.startswith("Ties")
+        else note
         for note in NOTES
     ]
 
@@ -362,19 +416,10 @@ def _group_table(rows: list[dict], columns: list[list[str]]) -> dict[str, Any]:
 
 
 def _figure(width: float, height: float, ncols: int, nrows: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
-    return fig, axes
+    return plots.figure(width, height, ncols, nrows, dpi=100, layout="constrained")
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+_png = plots.png
 
 
 def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
@@ -396,7 +441,14 @@ def _legend(fig, axes) -> None:
     order = [model_label(m) for m in MODEL_ORDER]
     labels = sorted(found, key=lambda label: order.index(label) if label in order else len(order))
     if labels:
-        fig.legend([found[label] for label in labels], labels, loc="outside upper center", ncols=len(labels), fontsize=9, frameon=False)
+        fig.legend(
+            [found[label] for label in labels],
+            labels,
+            loc="outside upper center",
+            ncols=len(labels),
+            fontsize=9,
+            frameon=False,
+        )
 
 
 def plot_metric_by_k(rows: list[dict], split: str = "test") -> bytes | None:
@@ -404,19 +456,34 @@ def plot_metric_by_k(rows: list[dict], split: str = "test") -> bytes | None:
     index = lookup(rows, split, "all")
     models = ordered_models(r["model"] for r in rows)
     ks = sorted({int(r["k"]) for r in rows if r.get("k") is not None})
-    panels = [(p, m) for p in PROTOCOLS for m in ("HR", "NDCG") if any((x, p, f"{m}@{k}") in index for x in models for k in ks)]
+    panels = [
+        (p, m)
+        for p in PROTOCOLS
+        for m in ("HR", "NDCG")
+        if any((x, p, f"{m}@{k}") in index for x in models for k in ks)
+    ]
     if not panels or not ks:
         return None
     ncols = 2 if len(panels) > 2 else len(panels)  # protocols in rows, HR and NDCG in columns
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = _figure(4.2 * ncols, 0.4 + 2.7 * nrows, ncols, nrows)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for ax, (protocol, metric) in zip(axes, panels):
         for model in models:
-            points = [(k, index[(model, protocol, f"{metric}@{k}")]["value"]) for k in ks if (model, protocol, f"{metric}@{k}") in index]
+            points = [
+                (k, index[(model, protocol, f"{metric}@{k}")]["value"])
+                for k in ks
+                if (model, protocol, f"{metric}@{k}") in index
+            ]
             if points:
-                ax.plot(*zip(*points), marker="o", label=model_label(model), color=MODEL_COLORS.get(model), linewidth=2 if model == "convrec" else 1.4)
+                ax.plot(
+                    *zip(*points),
+                    marker="o",
+                    label=model_label(model),
+                    color=MODEL_COLORS.get(model),
+                    linewidth=2 if model == "convrec" else 1.4,
+                )
         ax.set_xticks(ks)
         _style(ax, f"{metric}@k — {protocol}", "k", f"{metric}@k ({split})")
     _legend(fig, axes)
@@ -426,7 +493,11 @@ def plot_metric_by_k(rows: list[dict], split: str = "test") -> bytes | None:
 def plot_user_groups(rows: list[dict], metric: str = "NDCG@10", split: str = "test") -> bytes | None:
     """``metric`` per user group and model, with the bootstrap intervals as error bars."""
     models = ordered_models(r["model"] for r in rows)
-    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p and r["split"] == split and metric_name(r) == metric for r in rows)]
+    protocols = [
+        p
+        for p in PROTOCOLS
+        if any(r["protocol"] == p and r["split"] == split and metric_name(r) == metric for r in rows)
+    ]
     if not protocols:
         return None
     fig, axes = _figure(5.0 * len(protocols), 3.2, len(protocols))
@@ -445,7 +516,16 @@ def plot_user_groups(rows: list[dict], metric: str = "NDCG@10", split: str = "te
                 errs[0].append(max(row["value"] - low, 0.0))
                 errs[1].append(max(high - row["value"], 0.0))
             if xs:
-                ax.bar(xs, ys, width=width * 0.92, yerr=errs, capsize=2, label=model_label(model), color=MODEL_COLORS.get(model), error_kw={"linewidth": 0.8})
+                ax.bar(
+                    xs,
+                    ys,
+                    width=width * 0.92,
+                    yerr=errs,
+                    capsize=2,
+                    label=model_label(model),
+                    color=MODEL_COLORS.get(model),
+                    error_kw={"linewidth": 0.8},
+                )
         ax.set_xticks(range(len(USER_GROUPS)))
         ax.set_xticklabels([GROUP_LABELS[g] for g in USER_GROUPS])
         _style(ax, f"{metric} by user group — {protocol}", "", f"{metric} ({split}, 95 % CI)")
@@ -459,7 +539,12 @@ def _series(history: list[dict], wanted: tuple[str, ...]) -> list[tuple[float, f
     for i, entry in enumerate(history):
         for key, value in entry.items():
             name = key.lower().replace("_", "").replace(" ", "")
-            if all(w in name for w in wanted) and isinstance(value, (int, float)) and value is not None and math.isfinite(value):
+            if (
+                all(w in name for w in wanted)
+                and isinstance(value, (int, float))
+                and value is not None
+                and math.isfinite(value)
+            ):
                 points.append((float(entry.get("epoch", i + 1)), float(value)))
                 break
     return points
@@ -467,7 +552,11 @@ def _series(history: list[dict], wanted: tuple[str, ...]) -> list[tuple[float, f
 
 def plot_training_curves(histories: dict[str, list[dict]]) -> bytes | None:
     """Training loss and validation NDCG@10 per epoch, one line per model."""
-    panels = (("loss",), "training loss"), (("ndcg@10",), "validation NDCG@10"), (("hr@10",), "validation HR@10")
+    panels = (
+        (("loss",), "training loss"),
+        (("ndcg@10",), "validation NDCG@10"),
+        (("hr@10",), "validation HR@10"),
+    )
     series = {
         title: {m: _series(histories[m], wanted) for m in ordered_models(histories) if histories.get(m)}
         for wanted, title in panels
@@ -480,9 +569,20 @@ def plot_training_curves(histories: dict[str, list[dict]]) -> bytes | None:
     for ax, (title, by_model) in zip(axes, series.items()):
         for model, points in by_model.items():
             if len(points) == 1:  # nothing trained (popularity): a reference level, not a curve
-                ax.axhline(points[0][1], linestyle="--", linewidth=1.2, label=model_label(model), color=MODEL_COLORS.get(model))
+                ax.axhline(
+                    points[0][1],
+                    linestyle="--",
+                    linewidth=1.2,
+                    label=model_label(model),
+                    color=MODEL_COLORS.get(model),
+                )
                 continue
-            ax.plot(*zip(*points), marker="." if len(points) < 40 else None, label=model_label(model), color=MODEL_COLORS.get(model))
+            ax.plot(
+                *zip(*points),
+                marker="." if len(points) < 40 else None,
+                label=model_label(model),
+                color=MODEL_COLORS.get(model),
+            )
         _style(ax, title, "epoch", title)
     _legend(fig, axes)
     return _png(fig)
@@ -528,7 +628,9 @@ def _md_cell(cell: dict | None, with_ci: bool) -> str:
     return text
 
 
-def _md_table(table: dict, header: list[str], extra_rows: list[dict] | None = None, with_ci: bool = False) -> str:
+def _md_table(
+    table: dict, header: list[str], extra_rows: list[dict] | None = None, with_ci: bool = False
+) -> str:
     lines = ["| model | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     for row in table["rows"]:
         lines.append(f"| {row['label']} | " + " | ".join(_md_cell(c, with_ci) for c in row["cells"]) + " |")
@@ -559,9 +661,13 @@ def _data_items(report: dict[str, Any]) -> list[tuple[str, str]]:
     if kinds is None:
         kinds_text = "unknown"
     pretrained = data.get("image_weights_pretrained")
-    pretrained_text = {True: "yes (local ResNet-50 weights)", False: "no (random initialisation)"}.get(pretrained, "unknown")
+    pretrained_text = {True: "yes (local ResNet-50 weights)", False: "no (random initialisation)"}.get(
+        pretrained, "unknown"
+    )
     time_context = data.get("time_context")
-    time_text = {True: "yes (review timestamps)", False: "no (the dump has no timestamps)"}.get(time_context, "unknown")
+    time_text = {True: "yes (review timestamps)", False: "no (the dump has no timestamps)"}.get(
+        time_context, "unknown"
+    )
     paper = report["paper"]
     return [
         ("dataset", str(data.get("dataset") or "unknown")),
@@ -592,7 +698,9 @@ def render_markdown(report: dict[str, Any], plots: dict[str, bytes] | None = Non
     out.append("## Test split, all users — both protocols")
     out.append("")
     extra = report["paper_rows"]
-    out.append(_md_table(tables["headline"], _headline_header(tables["headline"]["columns"]), extra, with_ci=True))
+    out.append(
+        _md_table(tables["headline"], _headline_header(tables["headline"]["columns"]), extra, with_ci=True)
+    )
     if extra:
         out.append("")
         sources = sorted({c["source"] for r in extra for c in r["cells"] if c})
@@ -605,7 +713,13 @@ def render_markdown(report: dict[str, Any], plots: dict[str, bytes] | None = Non
     out += ["", "## Validation split, all users", ""]
     out.append(_md_table(tables["headline_valid"], _headline_header(tables["headline_valid"]["columns"])))
     out += ["", "## NDCG@10 by user group (test)", ""]
-    out.append(_md_table(tables["user_groups"], [f"{m.split(' ')[1]} {p}" for p, m in tables["user_groups"]["columns"]], with_ci=False))
+    out.append(
+        _md_table(
+            tables["user_groups"],
+            [f"{m.split(' ')[1]} {p}" for p, m in tables["user_groups"]["columns"]],
+            with_ci=False,
+        )
+    )
     for name, png in plots.items():
         out += ["", f"## {PLOT_TITLES.get(name, name)}", "", f"![{name}]({_data_uri(png)})"]
     out += ["", "## Data", ""]
@@ -657,8 +771,13 @@ def _html_cell(cell: dict | None, with_ci: bool, css: str = "") -> str:
     return f"<td{css}>{text}</td>"
 
 
-def _html_table(table: dict, header: list[str], groups: list[tuple[str, int]] | None = None,
-                extra_rows: list[dict] | None = None, with_ci: bool = False) -> str:
+def _html_table(
+    table: dict,
+    header: list[str],
+    groups: list[tuple[str, int]] | None = None,
+    extra_rows: list[dict] | None = None,
+    with_ci: bool = False,
+) -> str:
     starts, at = set(), 0  # first column of every group gets a divider
     for _, n in groups or []:
         starts.add(at)
@@ -666,9 +785,19 @@ def _html_table(table: dict, header: list[str], groups: list[tuple[str, int]] | 
     css = [' class="start"' if j in starts and j else "" for j in range(len(header))]
     parts = ["<table>", "<thead>"]
     if groups:
-        parts.append('<tr><th class="model"></th>' + "".join(
-            f'<th class="group{" start" if i else ""}" colspan="{n}">{html.escape(g)}</th>' for i, (g, n) in enumerate(groups)) + "</tr>")
-    parts.append('<tr><th class="model">model</th>' + "".join(f"<th{c}>{html.escape(h)}</th>" for h, c in zip(header, css)) + "</tr>")
+        parts.append(
+            '<tr><th class="model"></th>'
+            + "".join(
+                f'<th class="group{" start" if i else ""}" colspan="{n}">{html.escape(g)}</th>'
+                for i, (g, n) in enumerate(groups)
+            )
+            + "</tr>"
+        )
+    parts.append(
+        '<tr><th class="model">model</th>'
+        + "".join(f"<th{c}>{html.escape(h)}</th>" for h, c in zip(header, css))
+        + "</tr>"
+    )
     parts += ["</thead>", "<tbody>"]
     for row in table["rows"]:
         cells = "".join(_html_cell(cell, with_ci, c) for cell, c in zip(row["cells"], css))
@@ -676,7 +805,10 @@ def _html_table(table: dict, header: list[str], groups: list[tuple[str, int]] | 
     if extra_rows:
         parts.append(f'<tr class="sep"><td colspan="{len(header) + 1}"></td></tr>')
         for row in extra_rows:
-            cells = "".join(f"<td{c}>–</td>" if cell is None else f"<td{c}>{cell['value']:.3f}</td>" for cell, c in zip(row["cells"], css))
+            cells = "".join(
+                f"<td{c}>–</td>" if cell is None else f"<td{c}>{cell['value']:.3f}</td>"
+                for cell, c in zip(row["cells"], css)
+            )
             parts.append(f'<tr class="paper"><td class="model">{html.escape(row["label"])}</td>{cells}</tr>')
     parts += ["</tbody>", "</table>"]
     return "\n".join(parts)
@@ -701,20 +833,35 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes] | None = None) -
     body = [f"<h1>{esc(report['title'])}</h1>"]
     data = report["data"]
     body.append(
-        f'<div class="meta">dataset <b>{esc(str(data.get("dataset") or "unknown"))}</b> · run <code>{esc(str(report.get("run_id") or "-"))}</code>'
-        f' · {esc(str(report.get("generated_at") or ""))} · data fingerprint <code>{esc(str(data.get("fingerprint") or "unknown"))}</code></div>'
+        f'<div class="meta">dataset <b>{esc(str(data.get("dataset") or "unknown"))}</b>'
+        f' · run <code>{esc(str(report.get("run_id") or "-"))}</code>'
+        f' · {esc(str(report.get("generated_at") or ""))}'
+        f' · data fingerprint <code>{esc(str(data.get("fingerprint") or "unknown"))}</code></div>'
     )
     if report["findings"]:
-        body.append('<ul class="findings">' + "".join(f"<li>{esc(s)}</li>" for s in report["findings"]) + "</ul>")
+        body.append(
+            '<ul class="findings">' + "".join(f"<li>{esc(s)}</li>" for s in report["findings"]) + "</ul>"
+        )
 
     body.append("<h2>Test split, all users — both protocols</h2>")
     headline = tables["headline"]
-    body.append(_html_table(headline, [m for _, m in headline["columns"]], _protocol_groups(headline["columns"]),
-                            report["paper_rows"], with_ci=True))
+    body.append(
+        _html_table(
+            headline,
+            [m for _, m in headline["columns"]],
+            _protocol_groups(headline["columns"]),
+            report["paper_rows"],
+            with_ci=True,
+        )
+    )
     caption = "Bold: best of our models. Small print: 95 % bootstrap interval over users."
     if report["paper_rows"]:
         sources = sorted({c["source"] for r in report["paper_rows"] for c in r["cells"] if c})
-        caption += f" Italic rows: published numbers for {esc(paper['dataset'])} ({esc(paper['match'])}): " + esc("; ".join(sources)) + "."
+        caption += (
+            f" Italic rows: published numbers for {esc(paper['dataset'])} ({esc(paper['match'])}): "
+            + esc("; ".join(sources))
+            + "."
+        )
     else:
         caption += f" No published numbers shown: {esc(paper['match'])}."
     body.append(f'<p class="caption">{caption}</p>')
@@ -729,7 +876,13 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes] | None = None) -
     body.append(_html_table(valid, [m for _, m in valid["columns"]], _protocol_groups(valid["columns"])))
     body.append('<p class="caption">Validation split, all users.</p></div><div>')
     groups = tables["user_groups"]
-    body.append(_html_table(groups, [GROUP_LABELS[m.split(" ")[1]] for _, m in groups["columns"]], _protocol_groups(groups["columns"])))
+    body.append(
+        _html_table(
+            groups,
+            [GROUP_LABELS[m.split(" ")[1]] for _, m in groups["columns"]],
+            _protocol_groups(groups["columns"]),
+        )
+    )
     body.append('<p class="caption">Test NDCG@10 by user group (paper, Appendix B).</p></div></div>')
 
     for name, png in plots.items():
@@ -740,9 +893,13 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes] | None = None) -
     for key, value in _data_items(report):
         body.append(f"<dt>{esc(key)}</dt><dd>{esc(value.strip('`'))}</dd>")
     body.append("</dl>")
-    body.append("<h2>How to read this</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in report["notes"]) + "</ul>")
+    body.append(
+        "<h2>How to read this</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in report["notes"]) + "</ul>"
+    )
     if report.get("config"):
-        body.append("<h2>Config</h2><details><summary>hyper-parameters and settings of every model and of the evaluation</summary>")
+        body.append(
+            "<h2>Config</h2><details><summary>hyper-parameters and settings of every model and of the evaluation</summary>"
+        )
         body.append(f"<pre>{esc(json.dumps(report['config'], indent=1, sort_keys=True))}</pre></details>")
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -753,8 +910,12 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes] | None = None) -
     )
 
 
-def write_report(report: dict[str, Any], out_dir: Path, plots: dict[str, bytes] | None = None,
-                 stem: str = "evaluation_report") -> dict[str, Path]:
+def write_report(
+    report: dict[str, Any],
+    out_dir: Path,
+    plots: dict[str, bytes] | None = None,
+    stem: str = "evaluation_report",
+) -> dict[str, Path]:
     """Write ``<stem>.html`` and ``<stem>.json`` into ``out_dir`` (atomically: temp file + rename)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -36,3 +36,13 @@ def raw_dir_from_env() -> Path | None:
     """The folder named by ``CONVREC_RAW_DIR``, or None when the embedded sample is meant."""
     value = os.environ.get("CONVREC_RAW_DIR")
     return Path(value).expanduser().resolve() if value else None
+
+
+def models_dir(home: Path | None = None) -> Path:
+    """The folder of every model's folder."""
+    return artifacts_dir(home) / "models"
+
+
+def model_dir(home: Path | None, name: str) -> Path:
+    """Where model ``name`` keeps best.pt, resume.pt and history.json (the one definition of it)."""
+    return models_dir(home) / name

@@ -104,11 +104,17 @@ class FileStats:
 
     def as_dict(self) -> dict:
         return {
-            "file": self.file, "kind": self.kind, "format": self.format,
-            "compression": self.compression, "lines": self.lines, "blank_lines": self.blank_lines,
-            "kept": self.kept, "quarantined": self.n_quarantined,
+            "file": self.file,
+            "kind": self.kind,
+            "format": self.format,
+            "compression": self.compression,
+            "lines": self.lines,
+            "blank_lines": self.blank_lines,
+            "kept": self.kept,
+            "quarantined": self.n_quarantined,
             "quarantined_by_reason": dict(sorted(self.quarantined.items())),
-            "parser": self.parser, "seconds": round(self.seconds, 3),
+            "parser": self.parser,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -147,8 +153,11 @@ def local_images(raw_dir: Path) -> dict[str, Path]:
     folder = Path(raw_dir) / IMAGE_DIRNAME
     if not folder.is_dir():
         return {}
-    return {p.stem: p.resolve() for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    return {
+        p.stem: p.resolve()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    }
 
 
 def _head_lines(path: Path) -> tuple[list[bytes], bool]:
@@ -167,9 +176,12 @@ def _head_lines(path: Path) -> tuple[list[bytes], bool]:
                     break
     except (EOFError, OSError, zlib.error) as exc:
         if not lines:
-            raise RawDataError(path, f"cannot be read ({type(exc).__name__}: {exc})",
-                               "check that the file is complete (`gzip -t FILE` for .gz files); "
-                               "re-download it or remove it from the raw folder") from exc
+            raise RawDataError(
+                path,
+                f"cannot be read ({type(exc).__name__}: {exc})",
+                "check that the file is complete (`gzip -t FILE` for .gz files); "
+                "re-download it or remove it from the raw folder",
+            ) from exc
     return lines, not any_bytes
 
 
@@ -186,8 +198,19 @@ def _parse_record(text: str) -> tuple[object, str]:
 
 
 REVIEW_2018_KEYS = {"verified", "vote", "style"}
-META_2018_KEYS = {"category", "main_cat", "also_buy", "also_view", "imageURL", "imageURLHighRes",
-                  "image", "rank", "feature", "tech1", "date"}
+META_2018_KEYS = {
+    "category",
+    "main_cat",
+    "also_buy",
+    "also_view",
+    "imageURL",
+    "imageURLHighRes",
+    "image",
+    "rank",
+    "feature",
+    "tech1",
+    "date",
+}
 REVIEW_HINT_KEYS = {"overall", "unixReviewTime", "reviewText", "reviewTime"}
 
 
@@ -208,9 +231,14 @@ def _classify_keys(keys: set[str], syntax: str) -> tuple[str, str]:
 
 
 def _is_item_attributes(obj: object) -> bool:
-    return (isinstance(obj, dict) and len(obj) > 0
-            and all(isinstance(v, list) and all(isinstance(a, (int, str)) for a in v)
-                    for v in list(obj.values())[:1000]))
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(
+            isinstance(v, list) and all(isinstance(a, (int, str)) for a in v)
+            for v in list(obj.values())[:1000]
+        )
+    )
 
 
 def sniff(path: Path) -> FileFormat:
@@ -219,8 +247,14 @@ def sniff(path: Path) -> FileFormat:
     compression = "gzip" if is_gzip(path) else "none"
     lines, empty = _head_lines(path)
     if empty or not lines:
-        return FileFormat(path, "empty", "empty", "", compression,
-                          "the file is empty" if empty else "the file holds only blank lines")
+        return FileFormat(
+            path,
+            "empty",
+            "empty",
+            "",
+            compression,
+            "the file is empty" if empty else "the file holds only blank lines",
+        )
     if any(b"\x00" in line for line in lines[:3]):
         return FileFormat(path, "unknown", "unknown", "", compression, "binary content (NUL bytes)")
     texts = [line.decode("utf-8", errors="replace").strip() for line in lines]
@@ -230,18 +264,34 @@ def sniff(path: Path) -> FileFormat:
             with open_binary(path) as fh:
                 doc = json.load(fh)
         except (ValueError, OSError, EOFError) as exc:
-            return FileFormat(path, "unknown", "unknown", "", compression,
-                              f"starts like a JSON document but does not parse ({exc})")
+            return FileFormat(
+                path,
+                "unknown",
+                "unknown",
+                "",
+                compression,
+                f"starts like a JSON document but does not parse ({exc})",
+            )
         if _is_item_attributes(doc):
             return FileFormat(path, "item_attributes", "s3rec_item2attributes", "json_object", compression)
-        return FileFormat(path, "unknown", "unknown", "json_object", compression,
-                          "a JSON document that is not an {item: [attributes]} map")
+        return FileFormat(
+            path,
+            "unknown",
+            "unknown",
+            "json_object",
+            compression,
+            "a JSON document that is not an {item: [attributes]} map",
+        )
 
     parsed = [_parse_record(t) if t[:1] == "{" else (None, "") for t in texts]
     dicts = [(v, s) for v, s in parsed if isinstance(v, dict)]
     if dicts:
-        if len(dicts) == 1 and len(texts) == 1 and _is_item_attributes(dicts[0][0]) \
-                and not _classify_keys(set(dicts[0][0]), dicts[0][1])[0] in ("reviews", "meta"):
+        if (
+            len(dicts) == 1
+            and len(texts) == 1
+            and _is_item_attributes(dicts[0][0])
+            and _classify_keys(set(dicts[0][0]), dicts[0][1])[0] not in ("reviews", "meta")
+        ):
             return FileFormat(path, "item_attributes", "s3rec_item2attributes", "json_object", compression)
         syntax = "literal" if any(s == "literal" for _, s in dicts) else "json"
         keys: set[str] = set()
@@ -249,20 +299,44 @@ def sniff(path: Path) -> FileFormat:
             keys.update(str(k) for k in v)
         kind, fmt = _classify_keys(keys, syntax)
         if kind == "unknown":
-            return FileFormat(path, "unknown", "unknown", syntax, compression,
-                              f"JSON lines whose keys ({', '.join(sorted(keys)[:12])}) are neither "
-                              "Amazon reviews nor Amazon metadata")
+            return FileFormat(
+                path,
+                "unknown",
+                "unknown",
+                syntax,
+                compression,
+                f"JSON lines whose keys ({', '.join(sorted(keys)[:12])}) are neither "
+                "Amazon reviews nor Amazon metadata",
+            )
         return FileFormat(path, kind, fmt, syntax, compression)
 
     if all(_TOKEN_LINE.match(t) for t in texts):
         n_tokens = [len(t.split()) for t in texts]
         if all(n == 2 for n in n_tokens):
-            return FileFormat(path, "reviews", "sasrec_pairs", "tokens", compression,
-                              "no timestamps: file order is the time order")
-        return FileFormat(path, "reviews", "s3rec_sequences", "tokens", compression,
-                          "no timestamps: file order is the time order")
-    return FileFormat(path, "unknown", "unknown", "", compression,
-                      "neither JSON/Python-literal records nor whitespace-separated id lines")
+            return FileFormat(
+                path,
+                "reviews",
+                "sasrec_pairs",
+                "tokens",
+                compression,
+                "no timestamps: file order is the time order",
+            )
+        return FileFormat(
+            path,
+            "reviews",
+            "s3rec_sequences",
+            "tokens",
+            compression,
+            "no timestamps: file order is the time order",
+        )
+    return FileFormat(
+        path,
+        "unknown",
+        "unknown",
+        "",
+        compression,
+        "neither JSON/Python-literal records nor whitespace-separated id lines",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,13 +377,19 @@ def iter_lines(path: Path, batch: int = BATCH_LINES) -> Iterator[list[tuple[int,
                     yield out
                     out = []
     except EOFError as exc:
-        raise RawDataError(path, f"the gzip stream ends early after line {line_no} (truncated file)",
-                           "re-download the file (`gzip -t FILE` shows the damage) or remove it "
-                           "from the raw folder; nothing from it was loaded") from exc
+        raise RawDataError(
+            path,
+            f"the gzip stream ends early after line {line_no} (truncated file)",
+            "re-download the file (`gzip -t FILE` shows the damage) or remove it "
+            "from the raw folder; nothing from it was loaded",
+        ) from exc
     except (OSError, zlib.error) as exc:
-        raise RawDataError(path, f"cannot be read after line {line_no} ({type(exc).__name__}: {exc})",
-                           "check that the file is a complete gzip or plain-text dump; re-download "
-                           "it or remove it from the raw folder") from exc
+        raise RawDataError(
+            path,
+            f"cannot be read after line {line_no} ({type(exc).__name__}: {exc})",
+            "check that the file is a complete gzip or plain-text dump; re-download "
+            "it or remove it from the raw folder",
+        ) from exc
     if out:
         yield out
 
@@ -351,14 +431,21 @@ def _python_source(batch: list[tuple[int, bytes]], literal: bool) -> tuple[pa.Ta
             blank += 1
             continue
         text, ok = _decode(data)
-        j, reason = (None, "invalid_utf8") if not ok else (
-            _literal_to_json(text) if literal else (text, None))
+        j, reason = (
+            (None, "invalid_utf8") if not ok else (_literal_to_json(text) if literal else (text, None))
+        )
         line_nos.append(line_no)
         raws.append(text)
         js.append(j)
         reasons.append(reason)
-    table = pa.table({"line_no": pa.array(line_nos, pa.int64()), "raw": pa.array(raws, pa.string()),
-                      "j": pa.array(js, pa.string()), "pre_reason": pa.array(reasons, pa.string())})
+    table = pa.table(
+        {
+            "line_no": pa.array(line_nos, pa.int64()),
+            "raw": pa.array(raws, pa.string()),
+            "j": pa.array(js, pa.string()),
+            "pre_reason": pa.array(reasons, pa.string()),
+        }
+    )
     return table, blank
 
 
@@ -387,7 +474,7 @@ def _review_fields(fmt: str) -> dict[str, str]:
         "rating_txt": "f[3]",
         "ts_txt": "coalesce(f[4], f[5])",
         "ts": "coalesce(CAST(TRY_CAST(f[4] AS DOUBLE) AS BIGINT), "
-              "CAST(epoch(try_strptime(f[5], '%m %d, %Y')) AS BIGINT))",
+        "CAST(epoch(try_strptime(f[5], '%m %d, %Y')) AS BIGINT))",
         "paths": "['$.reviewerID', '$.asin', '$.overall', '$.unixReviewTime', '$.reviewTime']",
     }
 
@@ -439,36 +526,49 @@ def _parse_reviews_sql(source: str, fmt: str, min_ts: int, max_ts: int, validate
 
 def _fast_source(path: Path, compression: str) -> str:
     reader = _READ_LINES.format(path=_sql_str(str(path)), compression=compression)
-    return (f"(SELECT ordinality AS line_no, raw, raw AS j, NULL::VARCHAR AS pre_reason "
-            f"FROM {reader} WITH ORDINALITY)")
+    return (
+        f"(SELECT ordinality AS line_no, raw, raw AS j, NULL::VARCHAR AS pre_reason "
+        f"FROM {reader} WITH ORDINALITY)"
+    )
 
 
 def _count_parsed(conn, stats: FileStats) -> None:
     """Add the lines, blank lines and quarantine reasons of ``_parsed`` to ``stats``."""
     blank, lines, max_line = conn.execute(
         "SELECT count(*) FILTER (WHERE blank), count(*) FILTER (WHERE NOT blank), "
-        "coalesce(max(line_no), 0) FROM _parsed").fetchall()[0]
+        "coalesce(max(line_no), 0) FROM _parsed"
+    ).fetchall()[0]
     stats.blank_lines += blank
     stats.lines += lines
     stats.max_line_no = max(stats.max_line_no, max_line)
     for reason, n in conn.execute(
-            "SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall():
+        "SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1"
+    ).fetchall():
         stats.quarantined[reason] += n
 
 
 def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
     _count_parsed(conn, stats)
-    conn.execute(f"""
+    conn.execute(
+        f"""
         INSERT INTO _stage_reviews
         SELECT trim(user_id), trim(item_id), rating, ts, {int(seq_offset)} + line_no, ?, line_no, ?
-        FROM _parsed WHERE NOT blank AND reason IS NULL""", [name, fmt])
-    stats.kept += conn.execute("SELECT count(*) FROM _parsed WHERE NOT blank AND reason IS NULL").fetchall()[0][0]
-    conn.execute("INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
-                 "WHERE reason IS NOT NULL ORDER BY line_no", [name])
+        FROM _parsed WHERE NOT blank AND reason IS NULL""",
+        [name, fmt],
+    )
+    stats.kept += conn.execute("SELECT count(*) FROM _parsed WHERE NOT blank AND reason IS NULL").fetchall()[
+        0
+    ][0]
+    conn.execute(
+        "INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
+        "WHERE reason IS NOT NULL ORDER BY line_no",
+        [name],
+    )
 
 
-def load_reviews(conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: int,
-                 min_ts: int, max_ts: int) -> FileStats:
+def load_reviews(
+    conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: int, min_ts: int, max_ts: int
+) -> FileStats:
     """Append one review file to ``_stage_reviews`` (+ ``_stage_quarantine``); returns its stats.
 
     ``seq_no`` is ``seq_offset + line_no`` (file order); the caller advances ``seq_offset`` by the
@@ -481,10 +581,14 @@ def load_reviews(conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: in
     stats = FileStats(name, ff.kind, ff.format, ff.compression)
     if ff.syntax == "json":
         try:
-            conn.execute(_parse_reviews_sql(_fast_source(ff.path, ff.compression), ff.format, min_ts, max_ts,
-                                            validate=False))
+            conn.execute(
+                _parse_reviews_sql(
+                    _fast_source(ff.path, ff.compression), ff.format, min_ts, max_ts, validate=False
+                )
+            )
             unsure = conn.execute(
-                "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'").fetchall()[0][0]
+                "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'"
+            ).fetchall()[0][0]
         except duckdb.Error:
             unsure = -1
         if unsure == 0:
@@ -511,10 +615,14 @@ def _with_blanks(table: pa.Table, batch: list[tuple[int, bytes]]) -> pa.Table:
     blanks = [n for n, data in batch if not data.strip()]
     if not blanks:
         return table
-    extra = pa.table({"line_no": pa.array(blanks, pa.int64()),
-                      "raw": pa.nulls(len(blanks), pa.string()),
-                      "j": pa.nulls(len(blanks), pa.string()),
-                      "pre_reason": pa.nulls(len(blanks), pa.string())})
+    extra = pa.table(
+        {
+            "line_no": pa.array(blanks, pa.int64()),
+            "raw": pa.nulls(len(blanks), pa.string()),
+            "j": pa.nulls(len(blanks), pa.string()),
+            "pre_reason": pa.nulls(len(blanks), pa.string()),
+        }
+    )
     return pa.concat_tables([table, extra])
 
 
@@ -558,17 +666,28 @@ def load_sequences(conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: 
                 seqs.append(seq)
                 line_nos.append(line_no)
         stats.kept += len(users)
-        rows = pa.table({"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string()),
-                         "seq_no": pa.array(seqs, pa.int64()), "line_no": pa.array(line_nos, pa.int64())})
+        rows = pa.table(
+            {
+                "user_id": pa.array(users, pa.string()),
+                "item_id": pa.array(items, pa.string()),
+                "seq_no": pa.array(seqs, pa.int64()),
+                "line_no": pa.array(line_nos, pa.int64()),
+            }
+        )
         conn.register("_py_rows", rows)
         try:
-            conn.execute("INSERT INTO _stage_reviews SELECT user_id, item_id, NULL, NULL, seq_no, ?, "
-                         "line_no, ? FROM _py_rows ORDER BY seq_no", [name, ff.format])
+            conn.execute(
+                "INSERT INTO _stage_reviews SELECT user_id, item_id, NULL, NULL, seq_no, ?, "
+                "line_no, ? FROM _py_rows ORDER BY seq_no",
+                [name, ff.format],
+            )
         finally:
             conn.unregister("_py_rows")
         if q_lines:
-            conn.executemany("INSERT INTO _stage_quarantine VALUES (?, ?, ?, ?)",
-                             [(name, n, r, t) for n, r, t in zip(q_lines, q_reasons, q_raw)])
+            conn.executemany(
+                "INSERT INTO _stage_quarantine VALUES (?, ?, ?, ?)",
+                [(name, n, r, t) for n, r, t in zip(q_lines, q_reasons, q_raw)],
+            )
     stats.max_line_no = max(stats.max_line_no, seq - seq_offset)  # seq_no stays unique across files
     stats.seconds = time.perf_counter() - t0
     return stats
@@ -618,7 +737,8 @@ def _parse_meta_sql(source: str) -> str:
             FROM x)
         -- raw is kept only for lines that go to quarantine
         SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN raw END AS raw) FROM (
-        SELECT line_no, blank, item_id, title, brand, list_filter(categories, lambda c, i: list_position(categories, c) = i) AS categories,
+        SELECT line_no, blank, item_id, title, brand,
+               list_filter(categories, lambda c, i: list_position(categories, c) = i) AS categories,
                price, image_ref,
                CASE WHEN blank THEN NULL
                     WHEN pre_reason IS NOT NULL THEN pre_reason
@@ -633,13 +753,21 @@ def _parse_meta_sql(source: str) -> str:
 
 def _commit_meta(conn, stats: FileStats, name: str, file_no: int) -> None:
     _count_parsed(conn, stats)
-    conn.execute("""
+    conn.execute(
+        """
         INSERT INTO _stage_items
         SELECT item_id, title, brand, categories, price, image_ref, ?, line_no, ?
-        FROM _parsed WHERE NOT blank AND reason IS NULL ORDER BY line_no""", [name, file_no])
-    stats.kept += conn.execute("SELECT count(*) FROM _parsed WHERE NOT blank AND reason IS NULL").fetchall()[0][0]
-    conn.execute("INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
-                 "WHERE reason IS NOT NULL ORDER BY line_no", [name])
+        FROM _parsed WHERE NOT blank AND reason IS NULL ORDER BY line_no""",
+        [name, file_no],
+    )
+    stats.kept += conn.execute("SELECT count(*) FROM _parsed WHERE NOT blank AND reason IS NULL").fetchall()[
+        0
+    ][0]
+    conn.execute(
+        "INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
+        "WHERE reason IS NOT NULL ORDER BY line_no",
+        [name],
+    )
 
 
 def load_meta(conn: duckdb.DuckDBPyConnection, ff: FileFormat, file_no: int) -> FileStats:
@@ -651,7 +779,8 @@ def load_meta(conn: duckdb.DuckDBPyConnection, ff: FileFormat, file_no: int) -> 
         try:
             conn.execute(_parse_meta_sql(_fast_source(ff.path, ff.compression)))
             unsure = conn.execute(
-                "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'").fetchall()[0][0]
+                "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'"
+            ).fetchall()[0][0]
         except duckdb.Error:
             unsure = -1
         if unsure == 0:
@@ -681,22 +810,34 @@ def load_item_attributes(conn: duckdb.DuckDBPyConnection, ff: FileFormat) -> Fil
         with open_binary(ff.path) as fh:
             doc = json.load(fh)
     except (ValueError, OSError, EOFError, zlib.error) as exc:
-        raise RawDataError(ff.path, f"is not a readable JSON object ({type(exc).__name__}: {exc})",
-                           "re-create the *_item2attributes.json file or remove it from the raw folder") from exc
+        raise RawDataError(
+            ff.path,
+            f"is not a readable JSON object ({type(exc).__name__}: {exc})",
+            "re-create the *_item2attributes.json file or remove it from the raw folder",
+        ) from exc
     if not isinstance(doc, dict):
-        raise RawDataError(ff.path, "holds JSON that is not an {item: [attributes]} object",
-                           "remove it from the raw folder")
+        raise RawDataError(
+            ff.path, "holds JSON that is not an {item: [attributes]} object", "remove it from the raw folder"
+        )
     rows, bad = [], []
     for item, attrs in doc.items():
         stats.lines += 1
-        if not isinstance(attrs, list) or not all(isinstance(a, (int, str)) for a in attrs) or not str(item).strip():
+        if (
+            not isinstance(attrs, list)
+            or not all(isinstance(a, (int, str)) for a in attrs)
+            or not str(item).strip()
+        ):
             bad.append((name, None, "not_a_list_of_attributes", json.dumps({item: attrs})[:100_000]))
             stats.quarantined["not_a_list_of_attributes"] += 1
             continue
         rows.extend((str(item), str(a)) for a in attrs)
     stats.kept = len(rows)
-    table = pa.table({"item_id": pa.array([r[0] for r in rows], pa.string()),
-                      "attribute": pa.array([r[1] for r in rows], pa.string())})
+    table = pa.table(
+        {
+            "item_id": pa.array([r[0] for r in rows], pa.string()),
+            "attribute": pa.array([r[1] for r in rows], pa.string()),
+        }
+    )
     conn.register("_py_attrs", table)
     try:
         conn.execute("INSERT INTO _stage_item_attributes SELECT item_id, attribute, ? FROM _py_attrs", [name])
@@ -722,13 +863,18 @@ class CoreCounts:
     rounds: int = 1
 
     def as_dict(self) -> dict:
-        return {"users": self.users, "items": self.items, "interactions": self.interactions,
-                "rounds": self.rounds}
+        return {
+            "users": self.users,
+            "items": self.items,
+            "interactions": self.interactions,
+            "rounds": self.rounds,
+        }
 
 
 def table_counts(conn, table: str, rounds: int = 1) -> CoreCounts:
     u, i, n = conn.execute(
-        f"SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*) FROM {table}").fetchall()[0]
+        f"SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*) FROM {table}"
+    ).fetchall()[0]
     return CoreCounts(u, i, n, rounds)
 
 
@@ -756,8 +902,9 @@ def one_pass_filter(conn: duckdb.DuckDBPyConnection, source: str, target: str, k
     return table_counts(conn, target)
 
 
-def iterative_kcore(conn: duckdb.DuckDBPyConnection, source: str, target: str, k: int,
-                    max_rounds: int = 1000) -> CoreCounts:
+def iterative_kcore(
+    conn: duckdb.DuckDBPyConnection, source: str, target: str, k: int, max_rounds: int = 1000
+) -> CoreCounts:
     """The k-core: repeat the one-pass filter until every user and item has at least ``k`` rows."""
     conn.execute(f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT * FROM {source}")
     rounds = 0

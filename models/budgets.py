@@ -80,15 +80,26 @@ def budget_settings(budget: str, model: str, dataset: str) -> dict:
         return {**SAMPLE, **(SAMPLE_SASREC if model == "sasrec" else {})}
     if budget == "paper":
         base = {**PAPER_DEFAULTS, **PAPER_PRESETS[dataset]}
-        return {**base, **SASREC_PAPER, "loss": "bce", "n_negatives": 1, "scheme": "all_cuts",
-                "max_epochs": 1000} if model == "sasrec" else base
+        return (
+            {
+                **base,
+                **SASREC_PAPER,
+                "loss": "bce",
+                "n_negatives": 1,
+                "scheme": "all_cuts",
+                "max_epochs": 1000,
+            }
+            if model == "sasrec"
+            else base
+        )
     if budget == "cpu":
         return {**CPU_COMMON, **(SASREC_PAPER if model == "sasrec" else CPU_ENCODER)}
     raise ValueError(f"unknown budget {budget!r}")
 
 
-def resolve_emb_init(user_value: float | None, budget_value: float | None, with_time_value: float | None,
-                     has_time: bool) -> float | None:
+def resolve_emb_init(
+    user_value: float | None, budget_value: float | None, with_time_value: float | None, has_time: bool
+) -> float | None:
     """The id embeddings' init std: the user's if set (0: PyTorch's N(0, 1)), else the budget's for the
     data (its ``emb_init_std_with_time`` where the encoder has a time path). None means PyTorch's."""
     if user_value is not None:

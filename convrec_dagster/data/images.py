@@ -34,7 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
+
+from convrec_dagster.data.outcome import CheckOutcome
+from convrec_dagster.data.store import item_coverage
 
 FEATURE_DIM = 2048
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -98,7 +102,7 @@ def locate_images(
             out.append(ImageLocation(item_id, "remote", ref))
             continue
         if ref:
-            local = Path(ref[len("file://"):] if ref.lower().startswith("file://") else ref)
+            local = Path(ref[len("file://") :] if ref.lower().startswith("file://") else ref)
             if ref.startswith("~") or local.is_absolute() or not _inside(raw_dir / local, raw_dir):
                 out.append(ImageLocation(item_id, "outside", ref))
                 continue
@@ -139,7 +143,9 @@ def weights_identity(weights_path: str | Path | None) -> str:
     return f"random-seed{RANDOM_INIT_SEED}-torch{torch.__version__}"
 
 
-def build_feature_model(weights_path: str | Path | None = None, weights_id: str | None = None) -> FeatureModel:
+def build_feature_model(
+    weights_path: str | Path | None = None, weights_id: str | None = None
+) -> FeatureModel:
     """torchvision ResNet-50 with ``fc = Identity`` (2,048-d output), in eval mode on CPU.
 
     ``weights_id``: the file's identity when the caller has already hashed it."""
@@ -310,8 +316,9 @@ def embed_batch(model, batch: np.ndarray, device, precision: str = "fp32") -> np
     cuda = torch.device(device).type == "cuda"
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(
-        device_type="cuda", dtype=torch.bfloat16, enabled=cuda and precision == "bf16"
+    with (
+        torch.inference_mode(),
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda and precision == "bf16"),
     ):
         out = model(x)
     return out.float().cpu().numpy()
@@ -388,14 +395,24 @@ def compute_image_features(
         except OSError as exc:
             return i, None, None, f"unreadable file: {exc}"
         if len(data) > max_image_bytes:
-            return i, None, None, f"image_too_large: over max_image_bytes = {max_image_bytes:,}; not read further"
+            return (
+                i,
+                None,
+                None,
+                f"image_too_large: over max_image_bytes = {max_image_bytes:,}; not read further",
+            )
         digest = hashlib.sha256(data).hexdigest()
         if cache is not None and cache.get(digest) is not None:
             return i, digest, None, None
         try:
             return i, digest, decode_image(data, image_size), None
         except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, ValueError, ...
-            return i, None, None, f"cannot decode image: {type(exc).__name__}: {exc}"  # no hash of a non-image
+            return (
+                i,
+                None,
+                None,
+                f"cannot decode image: {type(exc).__name__}: {exc}",
+            )  # no hash of a non-image
 
     workers = max(1, num_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without holding the GIL
@@ -434,3 +451,27 @@ def compute_image_features(
     if cache is not None:
         cache.save()
     return result
+
+
+def item_image_features_cover_items(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    """One row per item in `interactions` (no gaps, no duplicates, no strangers); rows without an
+    image hold the zero vector and rows with one hold a non-zero vector."""
+    uncovered, extra = item_coverage(conn, "item_image_features")
+    duplicates = conn.execute(
+        "SELECT count(*) - count(DISTINCT item_id) FROM item_image_features"
+    ).fetchone()[0]
+    bad_vectors = conn.execute(
+        "SELECT count(*) FROM (SELECT has_image, "
+        "list_max(list_transform(feature::FLOAT[], lambda x: abs(x))) AS m FROM item_image_features) "
+        "WHERE (has_image AND (m IS NULL OR m = 0)) OR (NOT has_image AND m <> 0)"
+    ).fetchone()[0]
+    passed = uncovered == 0 and extra == 0 and duplicates == 0 and bad_vectors == 0
+    return CheckOutcome(
+        passed=bool(passed),
+        metadata={
+            "items_without_row": int(uncovered),
+            "rows_not_in_interactions": int(extra),
+            "duplicate_rows": int(duplicates),
+            "rows_with_inconsistent_vector": int(bad_vectors),
+        },
+    )

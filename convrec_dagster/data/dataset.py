@@ -1,7 +1,7 @@
 """DuckDB tables -> ``models.data.RecData`` (pure, no Dagster; vectorised NumPy / Arrow).
 
 Reads ``user_index``, ``item_index``, ``sequences``, ``eval_negatives`` and ``proxy_ids`` (from
-``convrec_dagster.splits``) and, when asked for and present, ``attribute_vocab`` /
+``convrec_dagster.data.splits``) and, when asked for and present, ``attribute_vocab`` /
 ``item_attributes`` and ``item_image_features``. Item features are indexed by ``item_idx`` (row 0 is
 padding). ``features``:
 
@@ -17,16 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Literal
 
 import duckdb
 import numpy as np
 
-from convrec_dagster.splits import table_exists
-from models.data import N_CONTEXT, RecData
+from convrec_dagster.data.store import require_tables, table_exists
+from models.data import FEATURE_CHOICES, N_CONTEXT, FeatureChoice, RecData
 
-Features = Literal["auto", "attributes", "image", "both", "none"]
-FEATURE_CHOICES = ("auto", "attributes", "image", "both", "none")
+Features = FeatureChoice
 _CONTEXT_COLS = ("t_year", "t_month", "t_day", "t_dow", "t_doy", "t_week")
 
 
@@ -35,10 +33,7 @@ def _one(conn: duckdb.DuckDBPyConnection, sql: str):
 
 
 def _require(conn: duckdb.DuckDBPyConnection, name: str, producer: str) -> None:
-    if not table_exists(conn, name):
-        raise ValueError(
-            f"DuckDB table `{name}` is missing: materialize the `{producer}` asset before loading the dataset."
-        )
+    require_tables(conn, name, hint=f"materialize the `{producer}` asset before loading the dataset.")
 
 
 def fingerprint(arrays: dict[str, np.ndarray | None]) -> str:
@@ -78,9 +73,14 @@ def _images_available(conn: duckdb.DuckDBPyConnection) -> bool:
     ``auto`` leaves them out; ``image`` / ``both`` still use them."""
     if not table_exists(conn, "item_image_features"):
         return False
-    if table_exists(conn, "image_encoder") and not _one(conn, "SELECT bool_and(pretrained) FROM image_encoder")[0]:
+    if (
+        table_exists(conn, "image_encoder")
+        and not _one(conn, "SELECT bool_and(pretrained) FROM image_encoder")[0]
+    ):
         return False
-    return _one(conn, "SELECT count(*) FROM item_image_features WHERE has_image AND feature IS NOT NULL")[0] > 0
+    return (
+        _one(conn, "SELECT count(*) FROM item_image_features WHERE has_image AND feature IS NOT NULL")[0] > 0
+    )
 
 
 def _load_attributes(conn: duckdb.DuckDBPyConnection, n_items: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -145,7 +145,9 @@ def load_rec_data(conn: duckdb.DuckDBPyConnection, features: Features = "auto") 
     seq = conn.execute(f"SELECT {cols} FROM sequences ORDER BY user_idx, position").fetchnumpy()
     seq_users = seq["user_idx"].astype(np.int64)
     items = seq["item_idx"].astype(np.int64)
-    user_ptr = np.concatenate([[0], np.cumsum(np.bincount(seq_users, minlength=n_users + 1))]).astype(np.int64)
+    user_ptr = np.concatenate([[0], np.cumsum(np.bincount(seq_users, minlength=n_users + 1))]).astype(
+        np.int64
+    )
 
     is_eval_user = np.zeros(n_users + 1, dtype=bool)
     is_eval_user[1:] = users["is_eval"].astype(bool)
@@ -234,7 +236,8 @@ def load_rec_data(conn: duckdb.DuckDBPyConnection, features: Features = "auto") 
         "has_timestamps": bool(has_timestamps),
         "rows_with_timestamp": int(n_ts),
         "features_requested": features,
-        "features": "+".join(f for f, on in (("attributes", use_attrs), ("image", use_images)) if on) or "none",
+        "features": "+".join(f for f, on in (("attributes", use_attrs), ("image", use_images)) if on)
+        or "none",
         "n_attrs": int(n_attrs),
         "n_items_with_image": int(n_items_with_image),
         "image_dim": int(image_features.shape[1]) if image_features is not None else 0,
@@ -245,8 +248,17 @@ def load_rec_data(conn: duckdb.DuckDBPyConnection, features: Features = "auto") 
 # ---------------------------------------------------------------------------- Parquet handoff
 
 # Everything load_rec_data reads: a training job elsewhere needs these files, not the DuckDB file.
-EXPORT_TABLES = ("user_index", "item_index", "sequences", "eval_negatives", "proxy_ids", "attribute_vocab",
-                 "item_attributes", "item_image_features", "image_encoder")
+EXPORT_TABLES = (
+    "user_index",
+    "item_index",
+    "sequences",
+    "eval_negatives",
+    "proxy_ids",
+    "attribute_vocab",
+    "item_attributes",
+    "item_image_features",
+    "image_encoder",
+)
 
 
 def export_parquet(conn: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, int]:
@@ -276,8 +288,10 @@ def parquet_connection(folder: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection whose tables are views over ``folder/*.parquet``."""
     folder = Path(folder)
     if not (folder / "sequences.parquet").exists():
-        raise ValueError(f"{folder} holds no sequences.parquet: materialize the `training_data_parquet` asset "
-                         "(or copy its folder here) first.")
+        raise ValueError(
+            f"{folder} holds no sequences.parquet: materialize the `training_data_parquet` asset "
+            "(or copy its folder here) first."
+        )
     conn = duckdb.connect()
     for name in EXPORT_TABLES:
         path = folder / f"{name}.parquet"
@@ -292,5 +306,12 @@ def load_rec_data_from_parquet(folder: Path, features: Features = "auto") -> Rec
         return load_rec_data(conn, features)
 
 
-__all__ = ["EXPORT_TABLES", "FEATURE_CHOICES", "export_parquet", "fingerprint", "load_rec_data",
-           "load_rec_data_from_parquet", "parquet_connection"]
+__all__ = [
+    "EXPORT_TABLES",
+    "FEATURE_CHOICES",
+    "export_parquet",
+    "fingerprint",
+    "load_rec_data",
+    "load_rec_data_from_parquet",
+    "parquet_connection",
+]

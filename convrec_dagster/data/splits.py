@@ -24,13 +24,12 @@ tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from convrec_dagster.duckdb_utils import table_exists
+from convrec_dagster.data.outcome import CheckOutcome
+from convrec_dagster.data.store import require_tables
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 MIN_EVAL_INTERACTIONS = 3  # fewer: the user only trains
@@ -41,19 +40,8 @@ DEFAULT_SEED = 42
 _ID_ORDER = "TRY_CAST({col} AS BIGINT) NULLS LAST, {col}"
 
 
-@dataclass
-class CheckOutcome:
-    """Result of one data check: the asset checks turn it into ``dg.AssetCheckResult``."""
-
-    passed: bool
-    description: str
-    metadata: dict = field(default_factory=dict)
-
-
-
 def _require(conn: duckdb.DuckDBPyConnection, name: str, producer: str) -> None:
-    if not table_exists(conn, name):
-        raise ValueError(f"DuckDB table `{name}` is missing: materialize the `{producer}` asset first.")
+    require_tables(conn, name, hint=f"materialize the `{producer}` asset first.")
 
 
 def _validate_interactions(conn: duckdb.DuckDBPyConnection) -> None:
@@ -174,9 +162,11 @@ def sequences_summary(conn: duckdb.DuckDBPyConnection) -> dict:
 
 def sequence_lengths(conn: duckdb.DuckDBPyConnection) -> np.ndarray:
     """Interactions per user (int64, ordered by user_idx)."""
-    return conn.execute("SELECT n_interactions FROM user_index ORDER BY user_idx").fetchnumpy()[
-        "n_interactions"
-    ].astype(np.int64)
+    return (
+        conn.execute("SELECT n_interactions FROM user_index ORDER BY user_idx")
+        .fetchnumpy()["n_interactions"]
+        .astype(np.int64)
+    )
 
 
 # --------------------------------------------------------------------------------------- negatives
@@ -301,7 +291,9 @@ def resolve_proxy_k(n_trained_items: int, k: int | float) -> int:
     return min(int(k), n_trained_items)
 
 
-def build_proxy_ids(conn: duckdb.DuckDBPyConnection, k: int | float = 0.1, min_count: int | None = None) -> dict:
+def build_proxy_ids(
+    conn: duckdb.DuckDBPyConnection, k: int | float = 0.1, min_count: int | None = None
+) -> dict:
     """Write ``proxy_ids``: items 1..K (most frequent on training rows) keep their id, others K + 1.
 
     ``min_count``: when set, K is the number of items with at least that many training rows (an
@@ -326,7 +318,11 @@ def build_proxy_ids(conn: duckdb.DuckDBPyConnection, k: int | float = 0.1, min_c
     if min_count is not None:
         if min_count < 1:
             raise ValueError(f"proxy min_count must be >= 1, got {min_count}")
-        top_k = int(conn.execute(f"SELECT count(*) FROM _train_counts WHERE train_count >= {int(min_count)}").fetchall()[0][0])
+        top_k = int(
+            conn.execute(
+                f"SELECT count(*) FROM _train_counts WHERE train_count >= {int(min_count)}"
+            ).fetchall()[0][0]
+        )
     else:
         top_k = resolve_proxy_k(int(n_trained), k)
     conn.execute(
@@ -351,7 +347,9 @@ def build_proxy_ids(conn: duckdb.DuckDBPyConnection, k: int | float = 0.1, min_c
         "items": int(n_items),
         "items_with_training_rows": int(n_trained),
         "share_items_own_id": round(top_k / n_items, 4) if n_items else 0.0,
-        "share_train_interactions_covered": round(int(covered) / int(n_train_rows), 4) if n_train_rows else 0.0,
+        "share_train_interactions_covered": round(int(covered) / int(n_train_rows), 4)
+        if n_train_rows
+        else 0.0,
     }
 
 
@@ -396,7 +394,9 @@ def check_no_leakage(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
             {"bad_users": len(bad), "first_bad_user_idx": int(u)},
         )
     n_users = conn.execute("SELECT count(DISTINCT user_idx) FROM sequences").fetchall()[0][0]
-    return CheckOutcome(True, f"All {n_users} users: valid/test are the last two positions.", {"users": n_users})
+    return CheckOutcome(
+        True, f"All {n_users} users: valid/test are the last two positions.", {"users": n_users}
+    )
 
 
 def check_split_sizes(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
@@ -448,7 +448,9 @@ def check_negatives_disjoint(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
     return CheckOutcome(True, "Negatives are disjoint from every user's history.", {"in_history": 0})
 
 
-def check_negative_counts(conn: duckdb.DuckDBPyConnection, n_negatives: int = DEFAULT_N_NEGATIVES) -> CheckOutcome:
+def check_negative_counts(
+    conn: duckdb.DuckDBPyConnection, n_negatives: int = DEFAULT_N_NEGATIVES
+) -> CheckOutcome:
     """Every evaluated user has exactly ``n_negatives`` distinct negatives; train-only users none."""
     bad = conn.execute(
         """
@@ -472,7 +474,9 @@ def check_negative_counts(conn: duckdb.DuckDBPyConnection, n_negatives: int = DE
         )
     n_eval = conn.execute("SELECT count(*) FROM user_index WHERE is_eval").fetchall()[0][0]
     return CheckOutcome(
-        True, f"All {n_eval} evaluated users have {n_negatives} distinct negatives.", {"evaluated_users": n_eval}
+        True,
+        f"All {n_eval} evaluated users have {n_negatives} distinct negatives.",
+        {"evaluated_users": n_eval},
     )
 
 
@@ -511,7 +515,9 @@ def check_proxy_counts(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
     if n_items_idx != n_proxy_rows:
         problems.append(f"proxy_ids has {n_proxy_rows} rows for {n_items_idx} items")
     if own_min is not None and shared_max is not None and own_min < shared_max:
-        problems.append(f"an item with {shared_max} training rows shares the rare id while one with {own_min} has its own")
+        problems.append(
+            f"an item with {shared_max} training rows shares the rare id while one with {own_min} has its own"
+        )
     if not own_ids_ok:
         problems.append(f"own ids are not exactly 1..{k}")
     if own_untrained:

@@ -1,0 +1,379 @@
+"""The evaluation stage's data work (no Dagster): trained checkpoints, the `evaluation_metrics` and
+`recommendations` tables, the report's inputs, and the checks of both tables.
+
+The assets in ``assets/evaluation.py`` read their config, call these, and return the metadata.
+Ranking and metrics are in ``models.evaluate`` / ``models.metrics``; report rendering in ``report.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from convrec_dagster.data import settings
+from convrec_dagster.data.outcome import CheckOutcome, Markdown, examples_markdown
+from convrec_dagster.data.store import DataError, require_tables, table_exists, transaction
+from models.data import FEATURE_CHOICES, RecData
+from models.metrics import PROTOCOLS
+from models.registry import MODEL_NAMES
+
+if TYPE_CHECKING:
+    from models.evaluate import EvalSettings
+
+SPLIT_TABLES = ["sequences", "eval_negatives", "proxy_ids", "user_index", "item_index"]
+METRICS_DDL = """
+CREATE TABLE IF NOT EXISTS evaluation_metrics (
+    model VARCHAR, protocol VARCHAR, split VARCHAR, metric VARCHAR, k INTEGER, user_group VARCHAR,
+    value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, run_id VARCHAR, evaluated_at TIMESTAMP,
+    n_users INTEGER
+)"""
+METRIC_COLUMNS = [
+    "model", "protocol", "split", "metric", "k", "user_group", "value", "ci_low", "ci_high",
+    "run_id", "evaluated_at", "n_users",
+]  # fmt: skip
+RECOMMENDATIONS_DDL = """
+CREATE OR REPLACE TABLE recommendations (
+    user_id VARCHAR, rank INTEGER, item_id VARCHAR, score DOUBLE, model VARCHAR, run_id VARCHAR,
+    reviewer_id VARCHAR, asin VARCHAR, user_idx INTEGER, item_idx INTEGER, generated_at TIMESTAMP
+)"""
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+
+def trained_models(home: Path) -> dict[str, Path]:
+    """name -> best.pt of every model in MODEL_NAMES whose checkpoint exists."""
+    found = {}
+    for name in MODEL_NAMES:
+        checkpoint = settings.model_dir(home, name) / "best.pt"
+        if checkpoint.exists():
+            found[name] = checkpoint
+    return found
+
+
+def _trained_on(checkpoint: dict) -> str | None:
+    extra = checkpoint.get("extra") or {}
+    return extra.get("fingerprint") or checkpoint.get("fingerprint") or None
+
+
+class DataCache:
+    """RecData per feature choice, loaded once: a checkpoint names the data it was trained on by
+    fingerprint, and the fingerprint covers the item features loaded (attributes, images).
+    ``connect`` opens a DuckDB connection (a context manager)."""
+
+    def __init__(self, connect):
+        self.connect = connect
+        self.loaded: dict[str, RecData] = {}
+
+    def get(self, features: str) -> RecData:
+        from convrec_dagster.data.dataset import load_rec_data
+
+        if features not in self.loaded:
+            with self.connect() as conn:
+                require_tables(conn, *SPLIT_TABLES, hint="Materialize the splits assets first.")
+                self.loaded[features] = load_rec_data(conn, features=features)
+        return self.loaded[features]
+
+    def for_checkpoint(self, name: str, path: Path) -> RecData:
+        """The RecData whose fingerprint the checkpoint was trained on (DataError when none matches)."""
+        import torch
+
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        wanted = _trained_on(checkpoint)
+        # models without item features (popularity, SASRec) train on features="none"
+        first = str((checkpoint.get("hparams") or {}).get("features") or "none")
+        choices = list(dict.fromkeys([first, *FEATURE_CHOICES]))
+        data = self.get("auto")
+        if wanted is None:
+            return data
+        for features in choices:
+            try:
+                candidate = self.get(features)
+            except ValueError:  # e.g. images asked for, none stored
+                continue
+            if candidate.info.get("fingerprint") == wanted:
+                return candidate
+        raise DataError(
+            f"model `{name}` ({path}) was trained on data with fingerprint {wanted}, but the prepared data "
+            f"in DuckDB has fingerprint {data.info.get('fingerprint')} (with any feature choice): its item "
+            f"indices no longer match. Re-materialize `{name}_model` (or run the `retrain` job) first."
+        )
+
+
+def histories(home: Path, models: list[str]) -> dict[str, list[dict]]:
+    """Each model's training history (history.json), where there is one."""
+    out = {}
+    for name in models:
+        path = settings.model_dir(home, name) / "history.json"
+        if path.exists():
+            try:
+                history = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: not valid JSON ({err}); re-materialize `{name}_model`") from err
+            out[name] = history if isinstance(history, list) else history.get("epochs", [])
+    return out
+
+
+def model_configs(home: Path, models: list[str]) -> dict[str, dict]:
+    """Hyper-parameters and provenance (best epoch, validation metrics, data fingerprint) per model."""
+    import torch
+
+    configs = {}
+    for name in models:
+        path = settings.model_dir(home, name) / "best.pt"
+        if path.exists():
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            extra = checkpoint.get("extra") or {}
+            configs[name] = {
+                "hparams": checkpoint.get("hparams") or {},
+                **{k: v for k, v in extra.items() if k != "state_dict"},
+            }
+    return configs
+
+
+# --- evaluation_metrics ----------------------------------------------------------------------------
+
+
+def write_metrics(conn: duckdb.DuckDBPyConnection, rows: list[dict], models: Sequence[str]) -> int:
+    """Replace the rows of ``models`` in `evaluation_metrics` with ``rows``; returns the table's size."""
+    frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    frame["k"] = frame["k"].astype("Int32")
+    with transaction(conn):
+        conn.execute(METRICS_DDL)
+        conn.execute(
+            f"DELETE FROM evaluation_metrics WHERE model IN ({', '.join('?' for _ in models)})", list(models)
+        )
+        conn.register("metric_rows", frame)
+        columns = ", ".join(METRIC_COLUMNS)
+        conn.execute(f"INSERT INTO evaluation_metrics ({columns}) SELECT {columns} FROM metric_rows")
+        conn.unregister("metric_rows")
+    return int(conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0])
+
+
+def read_metric_rows(conn: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Every row of `evaluation_metrics` as plain Python (timestamps as text), [] without the table."""
+    if not table_exists(conn, "evaluation_metrics"):
+        return []
+    frame = conn.execute(
+        "SELECT * FROM evaluation_metrics ORDER BY model, protocol, split, user_group, metric, k"
+    ).df()
+    frame["evaluated_at"] = frame["evaluated_at"].astype(str)
+    frame = frame.astype(object).where(frame.notna(), None)
+    rows = frame.to_dict("records")
+    for row in rows:
+        if row["k"] is not None:
+            row["k"] = int(row["k"])
+        if row.get("n_users") is not None:
+            row["n_users"] = int(row["n_users"])
+    return rows
+
+
+def evaluation_metrics_in_unit_interval(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    """Every metric value and interval bound lies in [0, 1], and every interval holds its value."""
+    bad = conn.execute(
+        "SELECT model, protocol, split, metric, k, user_group, value, ci_low, ci_high FROM evaluation_metrics "
+        "WHERE value IS NULL OR isnan(value) OR value < 0 OR value > 1 OR (ci_low IS NOT NULL AND "
+        "(ci_low < 0 OR ci_high > 1 OR ci_low > value + 1e-12 OR ci_high < value - 1e-12))"
+    ).df()
+    total = conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0]
+    return CheckOutcome(
+        bad.empty, metadata={"rows": int(total), "bad_rows": len(bad), "examples": examples_markdown(bad)}
+    )
+
+
+def evaluation_metrics_cover_trained_models(
+    conn: duckdb.DuckDBPyConnection,
+    trained: list[str],
+    protocols: Sequence[str] = PROTOCOLS,
+    splits: Sequence[str] = ("test",),
+) -> CheckOutcome:
+    """Every model with a best.pt has rows under each evaluated protocol and split (by default both
+    protocols, sampled_100 and full, on the test split)."""
+    present = set(conn.execute("SELECT DISTINCT model, protocol, split FROM evaluation_metrics").fetchall())
+    missing = [f"{m}/{p}/{s}" for m in trained for p in protocols for s in splits if (m, p, s) not in present]
+    return CheckOutcome(
+        bool(trained) and not missing, metadata={"trained_models": list(trained), "missing": missing}
+    )
+
+
+# --- evaluation_report -----------------------------------------------------------------------------
+
+
+def data_summary(
+    conn: duckdb.DuckDBPyConnection, image_metadata: dict, metrics_metadata: dict, dataset_name: str
+) -> dict:
+    """Sizes, features and provenance of the prepared data, from DuckDB (None where unknown)."""
+    summary: dict = {"dataset": dataset_name}
+    if table_exists(conn, "user_index"):
+        users, eval_users, avg_len, max_len = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE is_eval), avg(n_interactions), max(n_interactions) "
+            "FROM user_index"
+        ).fetchone()
+        summary.update(
+            users=int(users),
+            eval_users=int(eval_users),
+            avg_seq_len=float(avg_len or 0),
+            max_seq_len=int(max_len or 0),
+        )
+    if table_exists(conn, "item_index"):
+        summary["items"] = int(conn.execute("SELECT count(*) FROM item_index").fetchone()[0])
+    if table_exists(conn, "sequences"):
+        n, with_ts = conn.execute("SELECT count(*), count(ts) FROM sequences").fetchone()
+        summary["interactions"] = int(n)
+        summary["time_context"] = bool(with_ts)
+    if table_exists(conn, "attribute_vocab"):
+        summary["feature_kinds"] = dict(
+            conn.execute("SELECT kind, count(*) FROM attribute_vocab GROUP BY kind ORDER BY kind").fetchall()
+        )
+    if table_exists(conn, "item_image_features"):
+        summary["items_with_image"] = int(
+            conn.execute("SELECT count(*) FILTER (WHERE has_image) FROM item_image_features").fetchone()[0]
+        )
+    pretrained = image_metadata.get("pretrained")
+    summary["image_weights_pretrained"] = pretrained if isinstance(pretrained, bool) else None
+    per_model = metrics_metadata.get("data_features_per_model")
+    if isinstance(per_model, dict) and per_model:
+        kinds = sorted(set(per_model.values()))
+        summary["model_inputs"] = (
+            kinds[0] if len(kinds) == 1 else ", ".join(f"{m}: {f}" for m, f in per_model.items())
+        )
+    summary["fingerprint"] = metrics_metadata.get("data_fingerprint")
+    summary["device"] = metrics_metadata.get("device")
+    return summary
+
+
+# --- recommendations -------------------------------------------------------------------------------
+
+
+def top_k_frame(users, items, scores) -> tuple[pd.DataFrame, int]:
+    """(user_idx, rank, item_idx, score) rows of ``models.evaluate.recommend_top_k``'s output, and how
+    many slots were dropped: -inf marks a seen item, left when a user has fewer than k unseen items."""
+    users, items, scores = np.asarray(users), np.asarray(items), np.asarray(scores, dtype=np.float64)
+    frame = pd.DataFrame(
+        {
+            "user_idx": np.repeat(users, items.shape[1]).astype(np.int32),
+            "rank": np.tile(np.arange(1, items.shape[1] + 1), len(users)).astype(np.int32),
+            "item_idx": items.reshape(-1).astype(np.int32),
+            "score": scores.reshape(-1),
+        }
+    )
+    masked = ~np.isfinite(frame["score"].to_numpy()) & (frame["score"].to_numpy() < 0)
+    return frame[~masked] if masked.any() else frame, int(masked.sum())
+
+
+def write_recommendations(
+    conn: duckdb.DuckDBPyConnection, frame: pd.DataFrame, model: str, run_id: str, generated_at: datetime
+) -> int:
+    """Replace `recommendations` with ``frame`` joined to the raw ids; returns the rows written."""
+    with transaction(conn):
+        conn.execute(RECOMMENDATIONS_DDL)
+        conn.register("top_k", frame)
+        conn.execute(
+            "INSERT INTO recommendations SELECT u.user_id, t.rank, i.item_id, t.score, ?, ?, u.user_id, i.item_id, "
+            "t.user_idx, t.item_idx, ? FROM top_k t JOIN user_index u USING (user_idx) "
+            "JOIN item_index i USING (item_idx) ORDER BY t.user_idx, t.rank",
+            [model, run_id, generated_at],
+        )
+        conn.unregister("top_k")
+        written = conn.execute("SELECT count(*) FROM recommendations").fetchone()[0]
+        if written != len(frame):  # raising rolls the transaction back
+            raise DataError(
+                f"{len(frame) - written} recommendation rows name a user_idx or item_idx absent from "
+                "user_index/item_index: the model and the prepared data disagree; retrain the model"
+            )
+    return int(written)
+
+
+def recommendations_sample(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The first user's list, for the asset's metadata."""
+    return conn.execute(
+        "SELECT user_id, rank, item_id, round(score, 4) AS score FROM recommendations "
+        "WHERE user_idx = (SELECT min(user_idx) FROM recommendations) ORDER BY rank"
+    ).df()
+
+
+def recommendations_exclude_seen_items(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    """No recommended item is one the user already interacted with (training, validation or test)."""
+    seen = conn.execute(
+        "SELECT r.user_id, r.rank, r.item_id FROM recommendations r "
+        "JOIN sequences s ON s.user_idx = r.user_idx AND s.item_idx = r.item_idx LIMIT 20"
+    ).df()
+    total = conn.execute("SELECT count(*) FROM recommendations").fetchone()[0]
+    return CheckOutcome(
+        seen.empty and total > 0,
+        metadata={
+            "rows": int(total),
+            "seen_items_recommended": len(seen),
+            "examples": Markdown(seen.to_markdown(index=False) if len(seen) else "none"),
+        },
+    )
+
+
+def recommendations_k_per_user(conn: duckdb.DuckDBPyConnection, k: int) -> CheckOutcome:
+    """Every user in `user_index` has exactly K rows, ranks 1..K, K distinct items, scores not increasing."""
+    per_user = conn.execute(
+        """
+        SELECT user_idx, count(*) AS n, count(DISTINCT item_idx) AS n_items, min(rank) AS lo, max(rank) AS hi,
+               bool_and(score_ok) AS sorted
+        FROM (SELECT *, coalesce(score <= lag(score) OVER (PARTITION BY user_idx ORDER BY rank), true) AS score_ok
+              FROM recommendations)
+        GROUP BY user_idx
+        """
+    ).df()
+    users = conn.execute("SELECT count(*) FROM user_index").fetchone()[0]
+    wrong = per_user[
+        (per_user.n != k)
+        | (per_user.n_items != k)
+        | (per_user.lo != 1)
+        | (per_user.hi != k)
+        | ~per_user.sorted.astype(bool)
+    ]
+    return CheckOutcome(
+        wrong.empty and len(per_user) == users,
+        metadata={
+            "k": int(k),
+            "users_with_recommendations": len(per_user),
+            "users": int(users),
+            "users_with_wrong_lists": len(wrong),
+        },
+    )
+
+
+def evaluate_checkpoints(
+    cache: DataCache,
+    checkpoints: dict[str, Path],
+    settings_: EvalSettings,
+    device,
+    run_id: str,
+    evaluated_at: datetime,
+    log=None,
+) -> tuple[list[dict], dict, dict]:
+    """Every checkpoint scored on the data it was trained on: (metric rows, seconds per model, data
+    info per model)."""
+    import time
+
+    from models.evaluate import evaluate_model
+    from models.registry import load_model
+
+    rows: list[dict] = []
+    timings: dict[str, float] = {}
+    data_info: dict[str, dict] = {}
+    for name, path in checkpoints.items():
+        started = time.perf_counter()
+        model_data = cache.for_checkpoint(name, path)
+        model, _ = load_model(path, model_data, map_location=device)
+        if log is not None:
+            log(f"{name}: {path} (data features {model_data.info.get('features')})")
+        records = evaluate_model(model, model_data, settings_, device, log=log)
+        rows += [{"model": name, **r, "run_id": run_id, "evaluated_at": evaluated_at} for r in records]
+        timings[name] = round(time.perf_counter() - started, 2)
+        data_info[name] = model_data.info
+        del model
+    return rows, timings, data_info
