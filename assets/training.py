@@ -14,10 +14,9 @@ import time
 from typing import Literal
 
 import dagster as dg
-import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster.budgets import MAX_LEN_CHOICES, auto_max_len, budget_settings, resolve_budget, resolve_loss
+from convrec_dagster.budgets import budget_settings, resolve_budget
 from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 
@@ -43,7 +42,11 @@ class TrainingConfig(dg.Config):
     or ``full_softmax`` over all items (falls back to ``softmax`` when candidate vectors depend on
     the row's time). ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
-    killed run with the same config and data. ``num_threads``: torch CPU threads (0: torch's default).
+    killed run with the same config and data. ``num_threads``: torch CPU threads (0: torch's default;
+    per rank under torchrun). ``nproc_per_node`` > 1: data-parallel training on that many processes
+    (one per GPU; CPU ranks for tests) started by ``torchrun`` as a Dagster Pipes subprocess
+    (``convrec_dagster.pipes_training``); ``nnodes`` > 1 with ``rdzv_endpoint`` (host:port of node 0)
+    spreads it over nodes, each node running the command this step logs. See README "Scaling out".
     """
 
     budget: Literal["auto", "cpu", "paper", "sample"] = "auto"
@@ -70,6 +73,10 @@ class TrainingConfig(dg.Config):
     grad_clip: float = 1.0
     seed: int = 42
     resume: bool = True
+    # distributed (torchrun behind Dagster Pipes); 1 x 1: the one-process path
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str = ""
     # ConvRec
     kernels: list[int] = []
     strides: list[int] = []
@@ -141,44 +148,33 @@ def train_model_asset(
     duckdb: DuckDBResource,
     paths: ConvRecPaths,
     torch_device: TorchDevice,
+    pipes_client: dg.PipesSubprocessClient | None = None,
 ) -> dg.MaterializeResult:
     import torch
 
     from convrec_dagster.dataset import load_rec_data
-    from models.registry import build_model, model_kwargs
+    from convrec_dagster.training_setup import data_features, prepare_training
+    from models.registry import build_model
     from models.train import TrainConfig, train
 
     started = time.perf_counter()
     budget, dataset, s = resolve_settings(config, paths, name, torch_device.torch_device.type == "cuda")
+    if s["nproc_per_node"] > 1 or s["nnodes"] > 1:
+        if name != "popularity" and pipes_client is not None:
+            return _distributed(name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started)
+        context.log.info(f"{name}: nothing to train, so one process despite nproc_per_node {s['nproc_per_node']}")
     threads_before = torch.get_num_threads()
     if s["num_threads"] and torch_device.torch_device.type == "cpu":
         torch.set_num_threads(int(s["num_threads"]))
     try:
         with duckdb.get_connection() as conn:
-            data = load_rec_data(conn, features=s["features"] if name in ("convrec", "convrec_attention") else "none")
+            data = load_rec_data(conn, features=data_features(name, s))
         context.log.info(
             f"{name}: {data.n_users} users, {data.n_items} items, {len(data.items)} interactions, "
             f"features {data.info.get('features')}, time context {data.has_context}; budget {budget}"
             + (f" ({dataset} preset)" if budget == "paper" else "")
         )
-        if not s["max_len"]:
-            lengths = np.diff(data.user_ptr[1 : data.n_users + 2]) - 2 * data.is_eval_user[1:]
-            s["max_len"] = auto_max_len(lengths)
-            context.log.info(f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
-                             f"histories fit; choices {MAX_LEN_CHOICES})")
-        row_dependent = name in ("convrec", "convrec_attention") and data.has_context
-        loss, s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
-        if loss != s["loss"]:
-            context.log.info(f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "
-                             f"{s['n_negatives']} sampled negatives instead of full_softmax")
-        s["loss"] = loss
-        context.log.info(f"{name}: scheme {s['scheme']}, loss {loss}, lr {s['lr']}, batch {s['batch_size']}, "
-                         f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
-                         + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else ""))
-        hparams = model_kwargs(name, s)
-        if name in ("convrec", "convrec_attention"):
-            hparams["features"] = s["features"]
-        train_config = TrainConfig(**{k: s[k] for k in TrainConfig.__dataclass_fields__ if k in s and k != "eval_batch_size"})
+        hparams, train_config = prepare_training(name, s, data, context.log.info)
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         torch.manual_seed(train_config.seed)
         model = build_model(name, data, hparams)
@@ -238,6 +234,24 @@ def train_model_asset(
     return dg.MaterializeResult(metadata=metadata)
 
 
+def _distributed(name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started) -> dg.MaterializeResult:
+    """The torchrun path (``convrec_dagster.pipes_training``); same metadata as the one-process path."""
+    from convrec_dagster.pipes_training import run_distributed_training
+
+    metadata, history, streamed = run_distributed_training(name, context, pipes_client, duckdb, paths, torch_device, s)
+    wall = time.perf_counter() - started
+    metadata.update({
+        "budget": budget,
+        "wall_time_s": round(wall, 2),
+        "epochs_streamed": streamed,
+        "curves": dg.MetadataValue.md(curve_markdown(history, f"{name}: training curves ({metadata['world_size'].value} ranks)")),
+    })
+    context.log.info(f"{name}: best epoch {metadata['best_epoch'].value}, valid NDCG@10 "
+                     f"{metadata['best_valid_NDCG@10'].value:.4f}, {metadata['epochs_run'].value} epochs on "
+                     f"{metadata['world_size'].value} ranks in {wall:.1f} s")
+    return dg.MaterializeResult(metadata=metadata)
+
+
 def _training_asset(name: str, deps: list[str], description: str):
     @dg.asset(
         name=f"{name}_model",
@@ -255,8 +269,9 @@ def _training_asset(name: str, deps: list[str], description: str):
         duckdb: DuckDBResource,
         paths: ConvRecPaths,
         torch_device: TorchDevice,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
-        return train_model_asset(name, context, config, duckdb, paths, torch_device)
+        return train_model_asset(name, context, config, duckdb, paths, torch_device, pipes_subprocess_client)
 
     return _asset
 
