@@ -18,6 +18,7 @@ from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.budgets import budget_settings, resolve_budget
 from convrec_dagster.jobs import TRANSIENT_RETRY_POLICY
+from convrec_dagster.k8s import training_op_tags
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 
 GROUP = "training"
@@ -259,7 +260,7 @@ def _training_asset(name: str, deps: list[str], description: str):
         kinds={"pytorch"},
         deps=deps,
         pool=GPU_POOL,
-        op_tags=DUCKDB_TAGS,
+        op_tags={**DUCKDB_TAGS, **training_op_tags()},  # + GPUs on Kubernetes (CONVREC_K8S_TRAINING_GPUS)
         retry_policy=TRANSIENT_RETRY_POLICY,  # e.g. CUDA OOM while another process holds the device; resumes
         description=description,
     )
