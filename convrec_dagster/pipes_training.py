@@ -61,6 +61,15 @@ def check_layout(settings: dict, device_type: str) -> None:
                              "use at most one process per GPU.", allow_retries=False)
 
 
+def training_job(name: str, settings: dict, paths: ConvRecPaths, device: str, precision: str,
+                 compile: bool = False) -> dict:
+    """What ``convrec_dagster.torchrun_entry`` trains: the model, its resolved settings
+    (``assets.training.resolve_settings``), the Parquet handoff to read, where checkpoints go."""
+    return {"model": name, "settings": settings, "parquet_dir": str(paths.home_path() / "export"),
+            "out_dir": str(paths.artifacts_path("models", name)), "device": device, "precision": precision,
+            "compile": compile}
+
+
 def write_job(path: Path, job: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -89,8 +98,7 @@ def run_distributed_training(
         written = export_parquet(conn, export_dir)
     context.log.info(f"{name}: refreshed the Parquet handoff {export_dir} ({', '.join(written)}); the ranks read it")
     out_dir = paths.artifacts_path("models", name)
-    job = {"model": name, "settings": settings, "parquet_dir": str(export_dir), "out_dir": str(out_dir),
-           "device": device_type, "precision": torch_device.effective_precision(), "compile": torch_device.compile}
+    job = training_job(name, settings, paths, device_type, torch_device.effective_precision(), torch_device.compile)
     job_path = write_job(out_dir / "torchrun_job.json", job)
     nproc, nnodes = int(settings["nproc_per_node"]), int(settings["nnodes"])
     command = torchrun_command(job_path, nproc, nnodes, settings.get("rdzv_endpoint", ""), context.run_id)

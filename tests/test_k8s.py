@@ -88,13 +88,19 @@ def test_pipes_training_pod_spec_runs_torchrun_on_the_gpus_with_the_home_mounted
 
 @needs_dagster_k8s
 def test_dagster_k8s_builds_the_training_step_job_from_our_config():
-    import dagster as dg
     from dagster_k8s import k8s_job_executor
     from dagster_k8s.container_context import K8sContainerContext
     from dagster_k8s.job import UserDefinedDagsterK8sConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
+    from convrec_dagster.definitions import build_defs
+
+    from dagster._config import process_config
+
     config = executor_config(DEPLOY)
-    assert isinstance(k8s_job_executor.configured(config, name="convrec_k8s"), dg.ExecutorDefinition)
+    checked = process_config(k8s_job_executor.config_schema.config_type, config)
+    assert checked.success, checked.errors  # the executor's own config schema accepts it
+    executor = k8s_job_executor.configured(config, name="convrec_k8s")
+    assert build_defs(executor=executor).get_job_def("full_pipeline").executor_def.name == "convrec_k8s"
     # what K8sStepHandler does for a step: executor context, merged with the step's op tags
     context = K8sContainerContext(
         image_pull_policy=config["image_pull_policy"], env_vars=config["env_vars"], volumes=config["volumes"],
