@@ -12,7 +12,7 @@ A training setting ``nproc_per_node`` above 1 (or ``nnodes`` above 1) makes the 
 4. hand that metadata back, with the history for the asset's learning curves.
 
 A failed or killed run fails the step (the retry policy retries it); the next attempt resumes from
-``resume.pt``. With ``nnodes`` > 1 this step runs node 0 and logs the command every other node runs.
+``resume.pt``. With ``nnodes`` > 1 this step runs node 0 and logs the command each other node runs.
 """
 
 from __future__ import annotations
@@ -32,14 +32,16 @@ ENTRY_MODULE = "convrec_dagster.torchrun_entry"
 
 
 def torchrun_command(job_path: str | Path, nproc_per_node: int, nnodes: int = 1, rdzv_endpoint: str = "",
-                     rdzv_id: str = "convrec", python: str = sys.executable) -> list[str]:
+                     node_rank: int = 0, python: str = sys.executable) -> list[str]:
     """``torchrun`` (as ``python -m torch.distributed.run``) starting ``nproc_per_node`` ranks of
-    the entry point: ``--standalone`` on one node, a c10d rendezvous at ``rdzv_endpoint`` across
-    ``nnodes`` nodes (each node runs the same command)."""
+    the entry point: ``--standalone`` on one node; across ``nnodes`` nodes a static rendezvous at
+    ``rdzv_endpoint`` (host:port of node 0), so that global rank 0, the one that reports to
+    Dagster, is on node 0 (each node runs the command with its own ``node_rank``)."""
     command = [python, "-m", "torch.distributed.run", f"--nproc_per_node={int(nproc_per_node)}"]
     if nnodes > 1:
-        command += [f"--nnodes={int(nnodes)}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}",
-                    f"--rdzv_id={rdzv_id}"]
+        host, _, port = rdzv_endpoint.rpartition(":")
+        command += [f"--nnodes={int(nnodes)}", f"--node_rank={int(node_rank)}", f"--master_addr={host}",
+                    f"--master_port={port}"]
     else:
         command += ["--standalone", "--nnodes=1"]
     return command + ["-m", ENTRY_MODULE, "--job", str(job_path)]
@@ -50,9 +52,11 @@ def check_layout(settings: dict, device_type: str) -> None:
     nproc, nnodes = int(settings["nproc_per_node"]), int(settings["nnodes"])
     if nproc < 1 or nnodes < 1:
         raise dg.Failure(f"nproc_per_node ({nproc}) and nnodes ({nnodes}) must be at least 1.", allow_retries=False)
-    if nnodes > 1 and not settings.get("rdzv_endpoint"):
-        raise dg.Failure(f"nnodes={nnodes} needs rdzv_endpoint (host:port of node 0, reachable from every node), "
-                         "and the other nodes must start the logged command.", allow_retries=False)
+    endpoint = str(settings.get("rdzv_endpoint") or "")
+    if nnodes > 1 and not (endpoint.rpartition(":")[0] and endpoint.rpartition(":")[2].isdigit()):
+        raise dg.Failure(f"nnodes={nnodes} needs rdzv_endpoint as host:port of node 0 (this machine, reachable from "
+                         f"every node), not {endpoint!r}; the other nodes start the logged commands.",
+                         allow_retries=False)
     if device_type == "cuda":
         import torch
 
@@ -101,12 +105,12 @@ def run_distributed_training(
     job = training_job(name, settings, paths, device_type, torch_device.effective_precision(), torch_device.compile)
     job_path = write_job(out_dir / "torchrun_job.json", job)
     nproc, nnodes = int(settings["nproc_per_node"]), int(settings["nnodes"])
-    command = torchrun_command(job_path, nproc, nnodes, settings.get("rdzv_endpoint", ""), context.run_id)
+    command = torchrun_command(job_path, nproc, nnodes, settings.get("rdzv_endpoint", ""))
     context.log.info(f"{name}: {nnodes} node(s) x {nproc} process(es), backend "
                      f"{'nccl' if device_type == 'cuda' else 'gloo'}: {' '.join(command)}")
-    if nnodes > 1:
-        context.log.info(f"{name}: start the same command on each of the other {nnodes - 1} node(s), with "
-                         f"CONVREC_HOME on the shared volume: {' '.join(command[1:])}")
+    for rank in range(1, nnodes):
+        other = torchrun_command(job_path, nproc, nnodes, settings["rdzv_endpoint"], node_rank=rank, python="python")
+        context.log.info(f"{name}: on node {rank} (CONVREC_HOME on the shared file system), run: {' '.join(other)}")
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     invocation = pipes_client.run(command=command, context=context, env={"PYTHONPATH": python_path})
     reported = invocation.get_materialize_result()

@@ -103,10 +103,13 @@ def test_torchrun_command_and_layout_checks(tmp_path):
     one_node = torchrun_command(tmp_path / "job.json", 8)
     assert one_node[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=8"] and "--standalone" in one_node
     assert one_node[-4:] == ["-m", "convrec_dagster.torchrun_entry", "--job", str(tmp_path / "job.json")]
-    nodes = torchrun_command("job.json", 8, nnodes=4, rdzv_endpoint="node0:29400", rdzv_id="run1")
-    assert "--nnodes=4" in nodes and "--rdzv_endpoint=node0:29400" in nodes and "--standalone" not in nodes
-    with pytest.raises(dg.Failure, match="rdzv_endpoint"):
-        check_layout({"nproc_per_node": 2, "nnodes": 2, "rdzv_endpoint": ""}, "cpu")
+    nodes = torchrun_command("job.json", 8, nnodes=4, rdzv_endpoint="node0:29400", node_rank=3)
+    assert {"--nnodes=4", "--node_rank=3", "--master_addr=node0", "--master_port=29400"} <= set(nodes)
+    assert "--standalone" not in nodes
+    for endpoint in ("", "node0", "node0:port"):
+        with pytest.raises(dg.Failure, match="rdzv_endpoint"):
+            check_layout({"nproc_per_node": 2, "nnodes": 2, "rdzv_endpoint": endpoint}, "cpu")
+    check_layout({"nproc_per_node": 2, "nnodes": 2, "rdzv_endpoint": "10.0.0.1:29400"}, "cpu")
 
 
 def test_torchrun_under_pipes_trains_like_the_one_process_asset(make_resources, convrec_home, tmp_path):
