@@ -56,21 +56,16 @@ def test_training_op_tags_request_gpus_only_when_asked(monkeypatch):
 
 
 def test_the_training_assets_carry_the_gpu_tag_when_set(monkeypatch):
-    import importlib
-
-    import assets.training as training
+    from assets.training import _training_asset
 
     monkeypatch.setenv("CONVREC_K8S_TRAINING_GPUS", "2")
-    try:
-        tagged = importlib.reload(training)
-        tags = tagged.convrec_model.op.tags
-        assert tags["convrec/duckdb"] == "true"
-        k8s_config = tags["dagster-k8s/config"]
-        k8s_config = json.loads(k8s_config) if isinstance(k8s_config, str) else k8s_config
-        assert _gpu_limit(k8s_config["container_config"]["resources"]) == "2"
-    finally:
-        monkeypatch.delenv("CONVREC_K8S_TRAINING_GPUS")
-        assert "dagster-k8s/config" not in importlib.reload(training).convrec_model.op.tags
+    tags = _training_asset("convrec", [], "tagged").op.tags  # what the module builds at import time
+    assert tags["convrec/duckdb"] == "true"
+    k8s_config = tags["dagster-k8s/config"]
+    k8s_config = json.loads(k8s_config) if isinstance(k8s_config, str) else k8s_config
+    assert _gpu_limit(k8s_config["container_config"]["resources"]) == "2"
+    monkeypatch.delenv("CONVREC_K8S_TRAINING_GPUS")
+    assert "dagster-k8s/config" not in _training_asset("convrec", [], "plain").op.tags
 
 
 def test_pipes_training_pod_spec_runs_torchrun_on_the_gpus_with_the_home_mounted():
