@@ -213,6 +213,7 @@ def plot(results: dict, path: Path) -> None:
     right.set_title(f"wall time per stage; ingest {' / '.join(rates)} lines/s (target {TARGET_LINES_PER_S:,})",
                     fontsize=9)
     right.set_ylabel("seconds")
+    right.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
