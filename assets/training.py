@@ -11,22 +11,15 @@ import time
 from typing import Literal
 
 import dagster as dg
-import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.data.plots import training_curves_markdown
+from convrec_dagster.k8s import training_op_tags
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
-from models.budgets import (
-    MAX_LEN_CHOICES,
-    auto_max_len,
-    budget_settings,
-    resolve_budget,
-    resolve_emb_init,
-    resolve_loss,
-)
+from models.budgets import budget_settings, resolve_budget
 from models.data import FeatureChoice
-from models.registry import MODELS, ModelSpec, spec
+from models.registry import MODELS, ModelSpec
 
 GROUP = "training"
 ENCODER_DEPS = ["sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"]
@@ -50,7 +43,11 @@ class TrainingConfig(dg.Config):
     or ``full_softmax`` over all items (falls back to ``softmax`` when candidate vectors depend on
     the row's time). ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
-    killed run with the same config and data. ``num_threads``: torch CPU threads (0: torch's default).
+    killed run with the same config and data. ``num_threads``: torch CPU threads (0: torch's default;
+    per rank under torchrun). ``nproc_per_node`` > 1: data-parallel training on that many processes
+    (one per GPU; CPU ranks for tests) started by ``torchrun`` as a Dagster Pipes subprocess
+    (``convrec_dagster.pipes_training``); ``nnodes`` > 1 with ``rdzv_endpoint`` (host:port of node 0)
+    spreads it over nodes, each node running the command this step logs. See README "Scaling out".
     """
 
     budget: Literal["auto", "cpu", "paper", "sample"] = "auto"
@@ -77,6 +74,10 @@ class TrainingConfig(dg.Config):
     grad_clip: float = 1.0
     seed: int = 42
     resume: bool = True
+    # distributed (torchrun behind Dagster Pipes); 1 x 1: the one-process path
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str = ""
     # ConvRec
     kernels: list[int] = []
     strides: list[int] = []
@@ -116,7 +117,8 @@ def resolve_settings(
     settings["kernels"] = settings["kernels"] or None
     settings["strides"] = settings["strides"] or None
     settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
-    settings["emb_init_std_budget"] = base.get("emb_init_std")  # resolved with the data (resolve_emb_init)
+    settings["emb_init_std_user"] = config.emb_init_std  # resolved with the data (resolve_emb_init)
+    settings["emb_init_std_budget"] = base.get("emb_init_std")
     return budget, dataset, settings
 
 
@@ -127,58 +129,37 @@ def train_model_asset(
     duckdb: DuckDBResource,
     paths: ConvRecPaths,
     torch_device: TorchDevice,
+    pipes_client: dg.PipesSubprocessClient | None = None,
 ) -> dg.MaterializeResult:
     import torch
 
     from convrec_dagster.data.dataset import load_rec_data
-    from models.registry import build_model, model_kwargs
+    from convrec_dagster.data.training_setup import data_features, prepare_training
+    from models.registry import build_model
     from models.train import TrainConfig, train
 
     started = time.perf_counter()
     budget, dataset, s = resolve_settings(config, paths, name, torch_device.torch_device.type == "cuda")
+    if s["nproc_per_node"] > 1 or s["nnodes"] > 1:
+        if name != "popularity" and pipes_client is not None:
+            return _distributed(
+                name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started
+            )
+        context.log.info(
+            f"{name}: nothing to train, so one process despite nproc_per_node {s['nproc_per_node']}"
+        )
     threads_before = torch.get_num_threads()
     if s["num_threads"] and torch_device.torch_device.type == "cpu":
         torch.set_num_threads(int(s["num_threads"]))
     try:
         with duckdb.get_connection() as conn:
-            data = load_rec_data(conn, features=s["features"] if spec(name).item_features else "none")
+            data = load_rec_data(conn, features=data_features(name, s))
         context.log.info(
             f"{name}: {data.n_users} users, {data.n_items} items, {len(data.items)} interactions, "
             f"features {data.info.get('features')}, time context {data.has_context}; budget {budget}"
             + (f" ({dataset} preset)" if budget == "paper" else "")
         )
-        if not s["max_len"]:
-            lengths = np.diff(data.user_ptr[1 : data.n_users + 2]) - 2 * data.is_eval_user[1:]
-            s["max_len"] = auto_max_len(lengths)
-            context.log.info(
-                f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
-                f"histories fit; choices {MAX_LEN_CHOICES})"
-            )
-        row_dependent = spec(name).item_features and data.has_context
-        s["emb_init_std"] = resolve_emb_init(
-            config.emb_init_std,
-            s.pop("emb_init_std_budget"),
-            s.pop("emb_init_std_with_time", None),
-            row_dependent,
-        )
-        loss, s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
-        if loss != s["loss"]:
-            context.log.info(
-                f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "
-                f"{s['n_negatives']} sampled negatives instead of full_softmax"
-            )
-        s["loss"] = loss
-        context.log.info(
-            f"{name}: scheme {s['scheme']}, loss {loss}, lr {s['lr']}, batch {s['batch_size']}, "
-            f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
-            + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else "")
-        )
-        hparams = model_kwargs(name, s)
-        if spec(name).item_features:
-            hparams["features"] = s["features"]
-        train_config = TrainConfig(
-            **{k: s[k] for k in TrainConfig.__dataclass_fields__ if k in s and k != "eval_batch_size"}
-        )
+        hparams, train_config = prepare_training(name, s, data, context.log.info)
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         torch.manual_seed(train_config.seed)
         model = build_model(name, data, hparams)
@@ -246,6 +227,36 @@ def train_model_asset(
     return dg.MaterializeResult(metadata=metadata)
 
 
+def _distributed(
+    name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started
+) -> dg.MaterializeResult:
+    """The torchrun path (``convrec_dagster.pipes_training``); same metadata as the one-process path."""
+    from convrec_dagster.pipes_training import run_distributed_training
+
+    metadata, history, streamed = run_distributed_training(
+        name, context, pipes_client, duckdb, paths, torch_device, s
+    )
+    wall = time.perf_counter() - started
+    metadata.update(
+        {
+            "budget": budget,
+            "wall_time_s": round(wall, 2),
+            "epochs_streamed": streamed,
+            "curves": dg.MetadataValue.md(
+                training_curves_markdown(
+                    history, f"{name}: training curves ({metadata['world_size'].value} ranks)"
+                )
+            ),
+        }
+    )
+    context.log.info(
+        f"{name}: best epoch {metadata['best_epoch'].value}, valid NDCG@10 "
+        f"{metadata['best_valid_NDCG@10'].value:.4f}, {metadata['epochs_run'].value} epochs on "
+        f"{metadata['world_size'].value} ranks in {wall:.1f} s"
+    )
+    return dg.MaterializeResult(metadata=metadata)
+
+
 def _training_asset(model: ModelSpec) -> dg.AssetsDefinition:
     name = model.name
 
@@ -255,7 +266,7 @@ def _training_asset(model: ModelSpec) -> dg.AssetsDefinition:
         kinds={"pytorch"},
         deps=ENCODER_DEPS if model.item_features else SPLIT_DEPS,
         pool=GPU_POOL,
-        op_tags=DUCKDB_TAGS,
+        op_tags={**DUCKDB_TAGS, **training_op_tags()},  # + GPUs on Kubernetes (CONVREC_K8S_TRAINING_GPUS)
         retry_policy=TRANSIENT_RETRY_POLICY,  # e.g. CUDA OOM while another process holds the device; resumes
         description=model.description,
     )
@@ -265,8 +276,9 @@ def _training_asset(model: ModelSpec) -> dg.AssetsDefinition:
         duckdb: DuckDBResource,
         paths: ConvRecPaths,
         torch_device: TorchDevice,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
-        return train_model_asset(name, context, config, duckdb, paths, torch_device)
+        return train_model_asset(name, context, config, duckdb, paths, torch_device, pipes_subprocess_client)
 
     return _asset
 

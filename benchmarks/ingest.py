@@ -151,11 +151,36 @@ def main(argv: list[str] | None = None) -> int:
         help="review lines for the Python fallback run (default: reviews / 5)",
     )
     parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (default: all CPUs)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest.json"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/ingest.json, ingest_scale.json with --scale)",
+    )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the dump goes (default: a temp dir)"
     )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        metavar="LINES",
+        help="instead: a 2018-format dump of LINES review lines through reviews, interactions, "
+        "sequences and eval_negatives with bounded DuckDB memory (benchmarks.ingest_scale)",
+    )
+    parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory_limit for --scale (default 1GB)")
     args = parser.parse_args(argv)
+    if args.scale:
+        from benchmarks.ingest_scale import scale_main
+
+        return scale_main(
+            args.scale,
+            args.memory_limit,
+            args.threads or 2,
+            args.out or Path("benchmarks/results/ingest_scale.json"),
+            args.workdir,
+        )
+    args.out = args.out or Path("benchmarks/results/ingest.json")
     n_meta = args.meta or max(1, args.reviews // 10)
     n_fallback = args.fallback_reviews or max(1, args.reviews // 5)
 

@@ -19,16 +19,19 @@ from convrec_dagster.sensors import raw_dump_sensor
 ASSET_MODULES = [ingest, features, splits, training, evaluation]
 
 
-def build_defs(resources: dict | None = None) -> dg.Definitions:
+def build_defs(
+    resources: dict | None = None, executor: dg.ExecutorDefinition | None = None
+) -> dg.Definitions:
     """The Definitions; resources default to ``build_resources()`` (CONVREC_HOME, CONVREC_RAW_DIR
-    from the environment). Tests pass their own on a temporary home."""
+    from the environment). Tests pass their own on a temporary home; a cluster passes
+    ``k8s_job_executor.configured(convrec_dagster.k8s.executor_config(...))`` (docs/deploy/kubernetes.md)."""
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         resources=resources if resources is not None else build_resources(),
         jobs=ALL_JOBS,
         schedules=[build_retrain_schedule()],
         sensors=[raw_dump_sensor],
-        executor=convrec_executor,
+        executor=executor or convrec_executor,
     )
 
 

@@ -190,10 +190,15 @@ class TorchDevice(dg.ConfigurableResource):
 
 
 def build_resources(home: str | Path = "", raw_dir: str | Path = "", device: str = "auto") -> dict:
-    """The resource dict of the Definitions; tests call it with a temporary home and dump."""
+    """The resource dict of the Definitions; tests call it with a temporary home and dump.
+
+    ``pipes_subprocess_client`` starts ``torchrun`` for trainings with ``nproc_per_node`` > 1
+    (``convrec_dagster.pipes_training``); on Kubernetes, see docs/deploy/kubernetes.md.
+    """
     paths = ConvRecPaths(home=str(home), raw_dir=str(raw_dir))
     return {
         "paths": paths,
         "duckdb": ConvRecDuckDB(database=str(settings.duckdb_path(paths.home_path()))),
         "torch_device": TorchDevice(device=device),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

@@ -52,7 +52,7 @@ def test_definitions_load(defs):
     assert {job.name for job in defs.resolve_all_job_defs()} >= {"full_pipeline", "retrain"}
     assert defs.resolve_schedule_def("weekly_retrain").job_name == "retrain"
     assert defs.resolve_sensor_def("raw_dump_sensor").job_name == "full_pipeline"
-    assert set(defs.resources) == {"paths", "duckdb", "torch_device"}
+    assert set(defs.resources) == {"paths", "duckdb", "torch_device", "pipes_subprocess_client"}
 
 
 def test_every_asset_sits_in_a_stage_group_with_description_and_kinds(defs, specs):

@@ -1,0 +1,64 @@
+"""From a model's resolved settings and its loaded data to what the training loop takes (no Dagster).
+
+One function for both ways a training asset trains: in its own process (``assets/training.py``)
+and on the ranks that ``torchrun`` starts (``convrec_dagster/torchrun_entry.py``), so that both
+build the same model with the same ``TrainConfig``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from models.budgets import MAX_LEN_CHOICES, auto_max_len, resolve_emb_init, resolve_loss
+from models.data import RecData
+from models.registry import model_kwargs, spec
+from models.train import TrainConfig
+
+
+def data_features(name: str, settings: dict) -> str:
+    """The item features to load for ``name`` (only ConvRec and its attention counterpart use any)."""
+    return settings["features"] if spec(name).item_features else "none"
+
+
+def prepare_training(
+    name: str, settings: dict, data: RecData, log: Callable[[str], None]
+) -> tuple[dict, TrainConfig]:
+    """Fill in what depends on the data (``max_len`` 0: from the histories; a ``full_softmax``
+    that the model cannot take: a sampled softmax; the id init: ``resolve_emb_init``), log the choices, and return (the model's
+    hyper-parameters, the loop's ``TrainConfig``). ``settings`` is updated in place."""
+    s = settings
+    if not s["max_len"]:
+        lengths = np.diff(data.user_ptr[1 : data.n_users + 2]) - 2 * data.is_eval_user[1:]
+        s["max_len"] = auto_max_len(lengths)
+        log(
+            f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
+            f"histories fit; choices {MAX_LEN_CHOICES})"
+        )
+    row_dependent = spec(name).item_features and data.has_context
+    s["emb_init_std"] = resolve_emb_init(
+        s.pop("emb_init_std_user", None),
+        s.pop("emb_init_std_budget", None),
+        s.pop("emb_init_std_with_time", None),
+        row_dependent,
+    )
+    loss, s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
+    if loss != s["loss"]:
+        log(
+            f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "
+            f"{s['n_negatives']} sampled negatives instead of full_softmax"
+        )
+    s["loss"] = loss
+    log(
+        f"{name}: scheme {s['scheme']}, loss {loss}, lr {s['lr']}, batch {s['batch_size']}, "
+        f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
+        + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else "")
+    )
+    hparams = model_kwargs(name, s)
+    if spec(name).item_features:
+        hparams["features"] = s["features"]
+    train_config = TrainConfig(
+        **{k: s[k] for k in TrainConfig.__dataclass_fields__ if k in s and k != "eval_batch_size"}
+    )
+    return hparams, train_config
