@@ -44,10 +44,22 @@ METRIC_COLUMNS = [
     "model", "protocol", "split", "metric", "k", "user_group", "value", "ci_low", "ci_high",
     "run_id", "evaluated_at", "n_users",
 ]
+USER_METRICS_DDL = """
+CREATE TABLE IF NOT EXISTS evaluation_user_metrics (
+    model VARCHAR, protocol VARCHAR, split VARCHAR, user_idx INTEGER, hr10 DOUBLE, ndcg10 DOUBLE
+)"""
+COMPARISONS_DDL = """
+CREATE OR REPLACE TABLE evaluation_comparisons (
+    model VARCHAR, baseline VARCHAR, protocol VARCHAR, split VARCHAR, metric VARCHAR, n_users INTEGER,
+    value_model DOUBLE, value_baseline DOUBLE, diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE, p_value DOUBLE,
+    n_perm INTEGER, verdict VARCHAR, run_id VARCHAR, evaluated_at TIMESTAMP
+)"""
+COMPARISON_COLUMNS = ["model", "baseline", "protocol", "split", "metric", "n_users", "value_model", "value_baseline",
+                      "diff", "ci_low", "ci_high", "p_value", "n_perm", "verdict", "run_id", "evaluated_at"]
 RECOMMENDATIONS_DDL = """
 CREATE OR REPLACE TABLE recommendations (
     user_id VARCHAR, rank INTEGER, item_id VARCHAR, score DOUBLE, model VARCHAR, run_id VARCHAR,
-    reviewer_id VARCHAR, asin VARCHAR, user_idx INTEGER, item_idx INTEGER, generated_at TIMESTAMP
+    user_idx INTEGER, item_idx INTEGER, generated_at TIMESTAMP
 )"""
 
 
@@ -125,25 +137,16 @@ class DataCache:
         """The RecData whose fingerprint the checkpoint was trained on (Failure when none matches)."""
         import torch
 
+        from convrec_dagster.recommend import checkpoint_fingerprint, data_for_checkpoint
+
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        wanted = _trained_on(checkpoint)
-        # models without item features (popularity, SASRec) train on features="none"
-        first = str((checkpoint.get("hparams") or {}).get("features") or "none")
-        choices = list(dict.fromkeys([first, "auto", "attributes", "image", "both", "none"]))
-        data = self.get("auto")
-        if wanted is None:
-            return data
-        for features in choices:
-            try:
-                candidate = self.get(features)
-            except ValueError:  # e.g. images asked for, none stored
-                continue
-            if candidate.info.get("fingerprint") == wanted:
-                return candidate
+        found = data_for_checkpoint(self.get, checkpoint)
+        if found is not None:
+            return found
         raise dg.Failure(
-            f"model `{name}` ({path}) was trained on data with fingerprint {wanted}, but the prepared data "
-            f"in DuckDB has fingerprint {data.info.get('fingerprint')} (with any feature choice): its item "
-            f"indices no longer match. Re-materialize `{name}_model` (or run the `retrain` job) first."
+            f"model `{name}` ({path}) was trained on data with fingerprint {checkpoint_fingerprint(checkpoint)}, but the "
+            f"prepared data in DuckDB has fingerprint {self.get('auto').info.get('fingerprint')} (with any feature "
+            f"choice): its item indices no longer match. Re-materialize `{name}_model` (or run the `retrain` job) first."
         )
 
 
@@ -156,7 +159,8 @@ class EvaluationConfig(dg.Config):
     ``models``: names to evaluate (empty: every model with a ``best.pt``). ``precision``: ``fp32``
     scores in full precision, so that bf16 rounding cannot create ties between candidates (ties cost
     a model rank); ``auto`` follows the torch_device resource. ``n_boot``: bootstrap resamples for
-    the 95 % intervals of HR@10 and NDCG@10. ``ties``: ``expected`` spreads the positive's rank
+    the 95 % intervals of HR@10 and NDCG@10. ``n_perm``: sign flips of the paired permutation test
+    that compares ConvRec with every other model on the same users (test NDCG@10). ``ties``: ``expected`` spreads the positive's rank
     uniformly over the candidates scored like it (a constant model gets HR@10 = 10/101 on
     sampled_100); ``pessimistic`` ranks it after all of them (HR@10 = 0 for that model).
     """
@@ -166,15 +170,21 @@ class EvaluationConfig(dg.Config):
     splits: list[str] = list(SPLITS)
     ks: list[int] = list(DEFAULT_KS)
     n_boot: int = 1000
+    n_perm: int = 10_000
     seed: int = 0
     batch_size: int = 256
     precision: Literal["fp32", "auto"] = "fp32"
     ties: Literal["expected", "pessimistic"] = "expected"
 
 
-def evaluate_model(model, data, protocols, splits, ks, device, batch_size, precision, n_boot, seed, ties="expected", log=None) -> list[dict]:
-    """Metric records (without model/run columns) of one model on every protocol and split."""
+def evaluate_model(model, data, protocols, splits, ks, device, batch_size, precision, n_boot, seed, ties="expected", log=None,
+                   per_user: dict | None = None) -> list[dict]:
+    """Metric records (without model/run columns) of one model on every protocol and split.
+
+    ``per_user``, when given, receives ``{(protocol, split): (users, HR@10, NDCG@10)}`` per user, for
+    the paired tests between models."""
     from models.evaluate import rank_eval_users
+    from models.metrics import per_user_metrics
 
     records = []
     for protocol in protocols:
@@ -189,6 +199,9 @@ def evaluate_model(model, data, protocols, splits, ks, device, batch_size, preci
                 np.asarray(n_greater), np.asarray(n_equal), lengths, ks=tuple(ks), ties=ties, n_boot=n_boot, seed=seed
             )
             records += [{"protocol": protocol, "split": split, **r} for r in found]
+            if per_user is not None:
+                values = per_user_metrics(np.asarray(n_greater), np.asarray(n_equal), ks=(10,), ties=ties)
+                per_user[(protocol, split)] = (users, values["HR@10"], values["NDCG@10"])
             if log is not None:
                 ndcg = next(r["value"] for r in found if r["metric"] == "NDCG" and r["k"] == 10 and r["user_group"] == "all") if 10 in ks else float("nan")
                 log(f"  {protocol}/{split}: {len(users):,} users, NDCG@10 {ndcg:.4f} ({time.perf_counter() - started:.1f} s)")
@@ -222,6 +235,34 @@ def evaluation_metrics_cover_trained_models(
     )
 
 
+def paired_comparisons(per_user: pd.DataFrame, reference: str = "convrec", split: str = "test",
+                       n_perm: int = 10_000, seed: int = 0) -> list[dict]:
+    """``reference`` against every other model under each protocol: a paired permutation test of
+    per-user NDCG@10 over the users both were evaluated on (rows of `evaluation_user_metrics`)."""
+    from models.significance import paired_permutation_test, verdict
+
+    out = []
+    if per_user.empty:
+        return out
+    frame = per_user[per_user["split"] == split]
+    for protocol in [p for p in PROTOCOLS if p in set(frame["protocol"])]:
+        wide = frame[frame["protocol"] == protocol].pivot_table(index="user_idx", columns="model", values="ndcg10")
+        if reference not in wide.columns:
+            continue
+        for other in report_lib.ordered_models(wide.columns):
+            if other == reference:
+                continue
+            pair = wide[[reference, other]].dropna()
+            if pair.empty:
+                continue
+            r = paired_permutation_test(pair[reference].to_numpy(), pair[other].to_numpy(), n_perm=n_perm, seed=seed)
+            out.append({"model": reference, "baseline": other, "protocol": protocol, "split": split, "metric": "NDCG@10",
+                        "n_users": r["n_users"], "value_model": r["mean_a"], "value_baseline": r["mean_b"],
+                        "diff": r["diff"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p_value": r["p_value"],
+                        "n_perm": r["n_perm"], "verdict": verdict(r["p_value"], r["diff"])})
+    return out
+
+
 @dg.asset(
     group_name="evaluation",
     kinds={"duckdb", "pytorch"},
@@ -244,7 +285,10 @@ def evaluation_metrics(
     20 % with the longest histories and the other 80 %; 95 % bootstrap intervals over users for
     HR@10 and NDCG@10. Long format, one row per number: `evaluation_metrics(model, protocol, split,
     metric, k, user_group, value, ci_low, ci_high, run_id, evaluated_at, n_users)`. Rows of the
-    models evaluated are replaced; rows of other models stay."""
+    models evaluated are replaced; rows of other models stay. Per-user test HR@10 / NDCG@10 go to
+    `evaluation_user_metrics`, and `evaluation_comparisons` holds ConvRec against every other model:
+    the difference in test NDCG@10 on the same users, its 95 % interval and the p-value of a paired
+    permutation test (a claim of "better" needs p < 0.05)."""
     from models.registry import MODEL_NAMES, load_model
 
     bad = [p for p in config.protocols if p not in PROTOCOLS] + [s for s in config.splits if s not in SPLITS]
@@ -279,16 +323,21 @@ def evaluation_metrics(
     rows: list[dict] = []
     timings: dict[str, float] = {}
     data_info: dict[str, dict] = {}
+    user_frames: list[pd.DataFrame] = []
     for name, path in checkpoints.items():
         started = time.perf_counter()
         model_data = cache.for_checkpoint(name, path)
         model, _ = load_model(path, model_data, map_location=device)
         context.log.info(f"{name}: {path} (data features {model_data.info.get('features')})")
+        per_user: dict = {}
         records = evaluate_model(
             model, model_data, config.protocols, config.splits, config.ks, device, config.batch_size,
-            precision, config.n_boot, config.seed, config.ties, log=context.log.info,
+            precision, config.n_boot, config.seed, config.ties, log=context.log.info, per_user=per_user,
         )
         rows += [{"model": name, **r, "run_id": context.run_id, "evaluated_at": evaluated_at} for r in records]
+        user_frames += [pd.DataFrame({"model": name, "protocol": protocol, "split": split, "user_idx": users.astype(np.int32),
+                                      "hr10": hr, "ndcg10": ndcg})
+                        for (protocol, split), (users, hr, ndcg) in per_user.items() if split == "test"]
         timings[name] = round(time.perf_counter() - started, 2)
         data_info[name] = model_data.info
         del model
@@ -305,8 +354,28 @@ def evaluation_metrics(
         conn.register("metric_rows", frame)
         conn.execute(f"INSERT INTO evaluation_metrics ({', '.join(METRIC_COLUMNS)}) SELECT {', '.join(METRIC_COLUMNS)} FROM metric_rows")
         conn.unregister("metric_rows")
+        conn.execute(USER_METRICS_DDL)
+        conn.execute(f"DELETE FROM evaluation_user_metrics WHERE model IN ({', '.join('?' for _ in checkpoints)})",
+                     list(checkpoints))
+        if user_frames:
+            conn.register("user_rows", pd.concat(user_frames, ignore_index=True))
+            conn.execute("INSERT INTO evaluation_user_metrics SELECT model, protocol, split, user_idx, hr10, ndcg10 FROM user_rows")
+            conn.unregister("user_rows")
         conn.execute("COMMIT")
         total = conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0]
+        # ConvRec against every other model on the same users, this run's models and earlier ones alike
+        trained_now = sorted(trained_models(paths))
+        stored = conn.execute("SELECT * FROM evaluation_user_metrics WHERE model IN "
+                              f"({', '.join('?' for _ in trained_now)})", trained_now).df() if trained_now else pd.DataFrame()
+        comparisons = [{**c, "run_id": context.run_id, "evaluated_at": evaluated_at}
+                       for c in paired_comparisons(stored, n_perm=config.n_perm, seed=config.seed)]
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute(COMPARISONS_DDL)
+        if comparisons:
+            conn.register("comparison_rows", pd.DataFrame(comparisons, columns=COMPARISON_COLUMNS))
+            conn.execute(f"INSERT INTO evaluation_comparisons SELECT {', '.join(COMPARISON_COLUMNS)} FROM comparison_rows")
+            conn.unregister("comparison_rows")
+        conn.execute("COMMIT")
         check_results = (run_checks([evaluation_metrics_in_unit_interval], conn)
                          + run_checks([evaluation_metrics_cover_trained_models], conn, sorted(trained_models(paths)),
                                       config.protocols, config.splits))
@@ -331,6 +400,9 @@ def evaluation_metrics(
             ),
             "seconds_per_model": dg.MetadataValue.json(timings),
             "test_headline": dg.MetadataValue.md(report_lib.headline_markdown(headline)),
+            "test_metrics": dg.MetadataValue.json(report_lib.headline_values(clean)),
+            "comparisons": dg.MetadataValue.json(_json_ready([{k: v for k, v in c.items() if k not in ("run_id", "evaluated_at")}
+                                                              for c in comparisons])),
         },
         check_results=check_results,
     )
@@ -353,6 +425,30 @@ def _latest_metadata(context: dg.AssetExecutionContext, key: str) -> dict:
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
 
 
+def ingest_counts(conn) -> dict:
+    """Rows kept by each ingest table and the quarantined records by stage and reason."""
+    counts: dict = {}
+    for key, table in (("reviews_kept", "reviews"), ("items_with_metadata", "items"), ("interactions_after_filter", "interactions")):
+        if _table_exists(conn, table):
+            counts[key] = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    if _table_exists(conn, "quarantine"):
+        rows = conn.execute("SELECT stage, reason, count(*) FROM quarantine GROUP BY stage, reason ORDER BY stage, 3 DESC").fetchall()
+        counts["quarantined"] = int(sum(n for _, _, n in rows))
+        counts["quarantine"] = [{"stage": stage, "reason": reason, "rows": int(n)} for stage, reason, n in rows]
+    return counts
+
+
+def run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
+    """Every warning (or worse) a step of the run logged, in order, as ``{"step", "message"}``."""
+    import logging
+
+    out = []
+    for entry in instance.all_logs(run_id):
+        if entry.level >= logging.WARNING and entry.dagster_event is None and entry.user_message:
+            out.append({"step": entry.step_key, "message": entry.user_message})
+    return out
+
+
 def data_summary(conn, image_metadata: dict, metrics_metadata: dict, dataset_name: str) -> dict:
     """Sizes, features and provenance of the prepared data, from DuckDB (None where unknown)."""
     summary: dict = {"dataset": dataset_name}
@@ -371,6 +467,7 @@ def data_summary(conn, image_metadata: dict, metrics_metadata: dict, dataset_nam
         summary["feature_kinds"] = dict(conn.execute("SELECT kind, count(*) FROM attribute_vocab GROUP BY kind ORDER BY kind").fetchall())
     if _table_exists(conn, "item_image_features"):
         summary["items_with_image"] = int(conn.execute("SELECT count(*) FILTER (WHERE has_image) FROM item_image_features").fetchone()[0])
+    summary["ingest"] = ingest_counts(conn)
     pretrained = image_metadata.get("pretrained")
     summary["image_weights_pretrained"] = pretrained if isinstance(pretrained, bool) else None
     per_model = metrics_metadata.get("data_features_per_model")
@@ -425,7 +522,9 @@ def evaluation_report(
     """The evaluation report users read and cite: models x metrics under both protocols (best in
     bold, 95 % intervals), the paper's published numbers when the dataset is one of the paper's,
     plots (metric by k, metric by user group, training curves), the data summary and the config.
-    Shown here as markdown; written to `artifacts/reports/evaluation_report.html` (standalone) and
+    Also: paired tests of ConvRec against every other model, a training table (parameters, best
+    epoch, training time), ingest and quarantine counts, and every warning of the run. Shown here as
+    markdown; written to `artifacts/reports/evaluation_report.html` (standalone) and
     `evaluation_report.json` (the same content as data)."""
     metrics_metadata = _latest_metadata(context, "evaluation_metrics")
     image_metadata = _latest_metadata(context, "item_image_features")
@@ -434,17 +533,26 @@ def evaluation_report(
         _require_tables(conn, "evaluation_metrics", hint="Materialize `evaluation_metrics` first.")
         rows = _read_metric_rows(conn)
         summary = data_summary(conn, image_metadata, metrics_metadata, dataset_name)
+        comparisons = []
+        if _table_exists(conn, "evaluation_comparisons"):
+            comparisons = [{k: v for k, v in c.items() if k != "evaluated_at"}
+                           for c in conn.execute("SELECT * FROM evaluation_comparisons").df().to_dict("records")]
     if not rows:
         raise dg.Failure("`evaluation_metrics` is empty: materialize it (with at least one trained model) first")
     models = report_lib.ordered_models(r["model"] for r in rows)
     if not image_metadata:
         context.log.warning("no materialization of item_image_features recorded: the report says the image weights are 'unknown'")
+    model_configs = _model_configs(paths, models)
+    warnings = run_warnings(context.instance, context.run_id)
     report = report_lib.build_report(
         rows,
         data_summary=summary,
         histories=_histories(paths, models),
+        comparisons=comparisons,
+        model_configs=model_configs,
+        warnings=warnings,
         config={
-            "models": _model_configs(paths, models),
+            "models": model_configs,
             "evaluation": metrics_metadata.get("settings") or "unknown (no materialization of evaluation_metrics recorded)",
             "report": {"paper_dataset": config.paper_dataset},
         },
@@ -464,6 +572,7 @@ def evaluation_report(
             "best_model": str(report["best_model"]),
             "paper_dataset": str(report["paper"]["dataset"]),
             "findings": dg.MetadataValue.md("\n".join(f"- {line}" for line in report["findings"])),
+            "warnings_in_run": len(warnings),
         }
     )
 
@@ -531,10 +640,12 @@ def recommendations(
     paths: ConvRecPaths,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    """Top-K items per user from the best model, never an item the user already has, ready for a
-    serving system: `recommendations(user_id, rank, item_id, score, model, run_id, reviewer_id,
-    asin, user_idx, item_idx, generated_at)`; `user_id` / `reviewer_id` hold the raw reviewer id,
-    `item_id` / `asin` the raw ASIN, `rank` counts from 1. The table is replaced on every run."""
+    """Top-K items per user from the model with the best *validation* NDCG@10 (never chosen on
+    test), never an item the user already has, ready for a serving system: `recommendations(user_id,
+    rank, item_id, score, model, run_id, user_idx, item_idx, generated_at)`; `user_id` is the raw
+    reviewer id, `item_id` the raw ASIN (`user_idx` / `item_idx`: the pipeline's indices), `rank`
+    counts from 1. The table is replaced on every run. For a history that is not in the data, use
+    `convrec_dagster.recommend` (Python API and CLI)."""
     from models.evaluate import recommend_top_k
     from models.registry import load_model
 
@@ -547,16 +658,11 @@ def recommendations(
         name, why = config.model, "named in config"
     else:
         # chosen on validation, never on test: picking by test NDCG@10 would leak the test split
-        trained_rows = [r for r in rows if r["model"] in checkpoints]
-        name = report_lib.best_model(trained_rows, protocol=config.selection_protocol, split="valid")
-        why = f"best validation NDCG@10 under {config.selection_protocol} in evaluation_metrics"
-        if name is None:  # the run evaluated the test split only: the validation score each checkpoint kept
-            evaluated = {r["model"] for r in trained_rows}
-            configs = _model_configs(paths, sorted(evaluated))
-            valid = {m: (c.get("valid") or {}).get("NDCG@10") for m, c in configs.items()}
-            valid = {m: v for m, v in valid.items() if v is not None}
-            name = max(valid, key=valid.get) if valid else None
-            why = "best validation NDCG@10 (sampled_100) recorded in its checkpoint"
+        from convrec_dagster.recommend import choose_model
+
+        evaluated = sorted({r["model"] for r in rows if r["model"] in checkpoints})
+        valid = {m: (c.get("valid") or {}).get("NDCG@10") for m, c in _model_configs(paths, evaluated).items()}
+        name, why = choose_model(rows, evaluated, valid, config.selection_protocol)
     if name is None:
         raise dg.Failure("no model to recommend with: `evaluation_metrics` has no row of a trained model; materialize it first")
     if name not in checkpoints:
@@ -566,7 +672,7 @@ def recommendations(
         raise dg.Failure(f"k = {config.k} but the catalogue has only {data.n_items} items; lower k")
     device = torch_device.torch_device
     model, _ = load_model(checkpoints[name], data, map_location=device)
-    context.log.info(f"recommending top {config.k} with {name} ({why}) on {torch_device.describe()}")
+    context.log.info(f"recommending top {config.k} with {name}: {why}")
     started = time.perf_counter()
     users, items, scores = recommend_top_k(model, data, config.k, device, batch_size=config.batch_size)
     users, items, scores = np.asarray(users), np.asarray(items), np.asarray(scores, dtype=np.float64)
@@ -589,7 +695,7 @@ def recommendations(
         conn.execute(RECOMMENDATIONS_DDL)
         conn.register("top_k", frame)
         conn.execute(
-            "INSERT INTO recommendations SELECT u.user_id, t.rank, i.item_id, t.score, ?, ?, u.user_id, i.item_id, "
+            "INSERT INTO recommendations SELECT u.user_id, t.rank, i.item_id, t.score, ?, ?, "
             "t.user_idx, t.item_idx, ? FROM top_k t JOIN user_index u USING (user_idx) JOIN item_index i USING (item_idx) "
             "ORDER BY t.user_idx, t.rank",
             [name, context.run_id, generated_at],
