@@ -43,7 +43,9 @@ class TrainingConfig(dg.Config):
     or ``full_softmax`` over all items (falls back to ``softmax`` when candidate vectors depend on
     the row's time). ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
-    killed run with the same config and data. ``num_threads``: torch CPU threads (0: torch's default).
+    killed run with the same config and data. ``retrain``: train again from scratch even when a
+    finished model with the same config and data exists (by default it is reused, and the log says
+    so). ``num_threads``: torch CPU threads (0: torch's default).
     """
 
     budget: Literal["auto", "cpu", "paper", "sample"] = "auto"
@@ -70,6 +72,7 @@ class TrainingConfig(dg.Config):
     grad_clip: float = 1.0
     seed: int = 42
     resume: bool = True
+    retrain: bool = False
     # ConvRec
     kernels: list[int] = []
     strides: list[int] = []
@@ -179,6 +182,8 @@ def train_model_asset(
         if name in ("convrec", "convrec_attention"):
             hparams["features"] = s["features"]
         train_config = TrainConfig(**{k: s[k] for k in TrainConfig.__dataclass_fields__ if k in s and k != "eval_batch_size"})
+        if config.retrain:
+            train_config.resume = False
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         torch.manual_seed(train_config.seed)
         model = build_model(name, data, hparams)
@@ -199,7 +204,14 @@ def train_model_asset(
                 f"{record['epoch_time_s']:.2f} s{speed}{timing}"
             )
 
-        result = train(model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, context.log.info)
+        result = train(model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, context.log.info,
+                       run_id=context.run_id)
+        reused = result.extra.get("reused")
+        if reused:
+            context.log.info(
+                f"{name}: unchanged config and data, reusing the model trained in run {reused['run_id'] or '(unknown)'} "
+                f"(valid NDCG@10 {reused['valid_NDCG@10']:.4f}, best epoch {reused['best_epoch']} of {reused['epochs']}). "
+                "Set `retrain: true` to train again.")
         device_description = torch_device.describe()  # before the thread count is restored
     finally:
         torch.set_num_threads(threads_before)
@@ -214,6 +226,8 @@ def train_model_asset(
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": dg.MetadataValue.int(result.resumed_from) if result.resumed_from is not None else "no",
+        "reused_from_run": str((result.extra.get("reused") or {}).get("run_id") or "") if result.extra.get("reused") else "no",
+        "train_time_s": round(sum(float(h.get("epoch_time_s") or 0) for h in result.history), 1),
         "parameters": model.n_parameters(),
         "device": device_description,
         "precision": precision,

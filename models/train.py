@@ -19,6 +19,8 @@ without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
 ``out_dir`` receives ``best.pt`` (the best model), ``resume.pt`` (model, optimizer, epoch, RNG
 states, history, best so far) and ``history.json``. A run that finds a ``resume.pt`` with the same
 config hash and data fingerprint continues after its last epoch; otherwise it starts over and says so.
+If that run had finished, nothing is trained: the result's ``extra["reused"]`` names the run that
+trained the model (``run_id``), so the caller can say it is reused. ``resume=False`` starts over.
 """
 
 from __future__ import annotations
@@ -231,8 +233,12 @@ def train(
     out_dir: str | Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     log: Callable[[str], None] = print,
+    run_id: str | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place (it ends holding the best epoch's weights) and return the history."""
+    """Train ``model`` in place (it ends holding the best epoch's weights) and return the history.
+
+    ``run_id`` (e.g. the Dagster run's) is stored in the checkpoints, so that a later call that
+    reuses a finished model can say which run trained it (``result.extra["reused"]``)."""
     device = torch.device(device)
     started = time.perf_counter()
     if device.type == "cuda":
@@ -243,7 +249,8 @@ def train(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     chash, fingerprint = config_hash(name, hparams, config), str(data.info.get("fingerprint", ""))
-    ckpt_meta = {"config_hash": chash, "fingerprint": fingerprint}
+    ckpt_meta = {"config_hash": chash, "fingerprint": fingerprint, "n_parameters": model.n_parameters(),
+                 "run_id": run_id}
 
     if not model.trainable:  # nothing to fit: evaluate once and keep the model
         metrics = validate(model, data, device, precision, config.eval_batch_size)
@@ -263,7 +270,7 @@ def train(
     sampler = NegativeSampler(data)
     history: list[dict] = []
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
-    start_epoch, resumed_from, finished = 1, None, False
+    start_epoch, resumed_from, finished, reused = 1, None, False, None
     resume_path = out / "resume.pt" if out is not None else None
     if resume_path is not None and resume_path.exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -281,9 +288,12 @@ def train(
             history, best, finished = list(state["history"]), dict(state["best"]), bool(state["finished"])
             resumed_from = int(state["epoch"])
             start_epoch = resumed_from + 1
-            log(f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']})"
-                + (": that run had finished, so nothing is trained and its best model is reused "
-                   "(same config and data; set resume: false to train again from scratch)" if finished else ""))
+            if finished:  # the caller says so to the user; it knows the setting that trains again
+                reused = {"run_id": state.get("run_id"), "epochs": resumed_from, "best_epoch": int(best["epoch"]),
+                          "valid_NDCG@10": float(best["metrics"]["NDCG@10"])}
+            else:
+                log(f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']}): same config "
+                    "and data as the run that was stopped")
 
     epochs_run = 0
     best_state = None
@@ -354,4 +364,5 @@ def train(
         model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["state_dict"])
     stopped_early = bool(history) and best["bad_epochs"] >= config.patience
     return TrainResult(history, int(best["epoch"]), dict(best["metrics"]), epochs_run, resumed_from,
-                       time.perf_counter() - started, peak_memory(device), stopped_early)
+                       time.perf_counter() - started, peak_memory(device), stopped_early,
+                       extra={"reused": reused} if reused else {})
