@@ -203,7 +203,7 @@ def interactions_ordered_histories(conn) -> dg.AssetCheckResult:
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "python"}, pool=DUCKDB_POOL, op_tags=DUCKDB_TAGS,
-          check_specs=blocking_checks("reviews", reviews_have_ids))
+          deps=["preflight"], check_specs=blocking_checks("reviews", reviews_have_ids))
 def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: DuckDBResource,
             paths: ConvRecPaths) -> dg.MaterializeResult:
     """Every usable review line of the raw folder: `reviews(user_id, item_id, rating, ts, seq_no,
