@@ -153,7 +153,7 @@ class TorchDevice(dg.ConfigurableResource):
                 )
         self._device = resolved
         if context.log is not None:
-            context.log.info(f"torch device: {resolved} (precision {self.effective_precision()})")
+            context.log.debug(f"torch device: {resolved} (precision {self.effective_precision()})")  # preflight says it once
 
     @property
     def torch_device(self):
