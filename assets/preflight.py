@@ -8,7 +8,12 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import preflight as pf
-from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
+from convrec_dagster.resources import (
+    DUCKDB_POOL,
+    DUCKDB_TAGS,
+    ConvRecPaths,
+    TorchDevice,
+)
 
 TRAINED_MODELS = ("sasrec", "convrec_attention", "convrec")  # popularity has nothing to train
 

@@ -26,7 +26,7 @@ import dagster as dg
 from convrec_dagster import run_summary
 
 LOG_LEVEL_ENV = "CONVREC_LOG_LEVEL"
-_SKIPPED = re.compile(r"Dependencies for step \S+ (failed|were not executed): .*Not executing\.$", re.S)
+_SKIPPED = re.compile(r"Dependencies for step \S+ (failed|were not executed): .*Not executing\.$", re.DOTALL)
 # metadata worth keeping for the summary: numbers, short text, paths, small JSON (not markdown/plots)
 _KEEP_JSON_CHARS = 20_000
 # dagster's wrappers around the exception a step raised; the message the user needs is their cause

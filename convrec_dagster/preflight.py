@@ -80,7 +80,7 @@ def check_home(home: Path) -> Findings:
         return out
     database = home / "convrec.duckdb"
     if database.exists() and not database.is_file():
-        out.problems.append(Problem(f"{database} is not a file", f"move it away; the pipeline creates the DuckDB file there"))
+        out.problems.append(Problem(f"{database} is not a file", "move it away; the pipeline creates the DuckDB file there"))
     free = shutil.disk_usage(home).free
     out.facts["home"] = str(home)
     out.facts["home_free_gb"] = round(free / 2**30, 1)

@@ -150,7 +150,7 @@ class Recommender:
         if data is None:
             raise RecommenderError(
                 f"model {name!r} ({trained[name]}) was trained on other data than the data prepared in {home}",
-                f"retrain it (`dagster job execute -j retrain`), or use the home it was trained in")
+                "retrain it (`dagster job execute -j retrain`), or use the home it was trained in")
         net = build_model(checkpoint["model"], data, checkpoint["hparams"])
         net.load_state_dict(checkpoint["state_dict"])
         net.to(device).eval()
