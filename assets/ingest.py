@@ -230,6 +230,7 @@ def reviews(context: dg.AssetExecutionContext, config: ReviewsConfig, duckdb: Du
         rawdata.create_staging(conn)
         seq_offset = 0
         for ff in review_files:
+            context.log.info(f"{ff.path.name}: reading ({ff.path.stat().st_size / 2**20:,.1f} MB on disk)")
             try:
                 s = rawdata.load_reviews(conn, ff, seq_offset, min_ts, max_ts)
             except RawDataError as err:

@@ -75,6 +75,7 @@ class TrainConfig:
 
 
 SCHEMES = ("one_cut", "all_cuts")
+PROGRESS_EVERY_S = 60.0  # a progress line inside an epoch at most this often
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -301,10 +302,20 @@ def train(
     probe = {"done": False}
 
     def estimate(done: int, total: int) -> None:
-        """Once, early in this call's first epoch: the expected time, from the batches measured so far."""
-        if probe["done"] or (done < min(20, total) and done < total):
+        """Once, early in this call's first epoch: the expected time, from the batches measured so far;
+        then, in epochs long enough to need it, progress every PROGRESS_EVERY_S seconds."""
+        now = time.perf_counter()
+        if probe["done"]:
+            if done < total and now - probe.get("last", t0) >= PROGRESS_EVERY_S and now - t0 >= PROGRESS_EVERY_S:
+                probe["last"] = now
+                left = (now - t0) / done * (total - done)
+                log(f"{name}: epoch {epoch}, batch {done:,}/{total:,} ({done / total:.0%}), "
+                    f"~{left / 60:.1f} min left in this epoch")
+            return
+        if done < min(20, total) and done < total:
             return
         probe["done"] = True
+        probe["last"] = now
         per_epoch = (time.perf_counter() - t0) / done * total
         epochs_left = config.max_epochs - start_epoch + 1
         expected = per_epoch * epochs_left

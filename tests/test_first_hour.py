@@ -119,6 +119,21 @@ def test_a_finished_model_is_reused_and_names_the_run_that_trained_it(tmp_path, 
     assert retrained.epochs_run == 2 and "reused" not in retrained.extra
 
 
+def test_long_epochs_report_progress(monkeypatch, one_torch_thread):
+    import models.train as T
+    from models.registry import build_model
+    from models.synthetic import chain_data
+
+    monkeypatch.setattr(T, "PROGRESS_EVERY_S", 0.0)  # every batch after the estimate, instead of every minute
+    data = chain_data(n_users=60, n_items=20, seed=1)
+    lines: list[str] = []
+    model = build_model("sasrec", data, {"d": 8, "max_len": 6, "n_layers": 1, "n_heads": 1})
+    T.train(model, data, "sasrec", {}, T.TrainConfig(batch_size=2, max_epochs=1, n_negatives=3), log=lines.append)
+    assert any("expected ~" in line for line in lines)
+    progress = [line for line in lines if "batch " in line and "min left in this epoch" in line]
+    assert progress and progress[0].startswith("sasrec: epoch 1, batch 21/30 (70%)")
+
+
 # --- the model behind the recommendations ----------------------------------------------------------
 
 
