@@ -111,11 +111,6 @@ def _read_metric_rows(conn) -> list[dict]:
     return rows
 
 
-def _trained_on(checkpoint: dict) -> str | None:
-    extra = checkpoint.get("extra") or {}
-    return extra.get("fingerprint") or checkpoint.get("fingerprint") or None
-
-
 class DataCache:
     """RecData per feature choice, loaded once: a checkpoint names the data it was trained on by
     fingerprint, and the fingerprint covers the item features loaded (attributes, images)."""
@@ -160,9 +155,10 @@ class EvaluationConfig(dg.Config):
     scores in full precision, so that bf16 rounding cannot create ties between candidates (ties cost
     a model rank); ``auto`` follows the torch_device resource. ``n_boot``: bootstrap resamples for
     the 95 % intervals of HR@10 and NDCG@10. ``n_perm``: sign flips of the paired permutation test
-    that compares ConvRec with every other model on the same users (test NDCG@10). ``ties``: ``expected`` spreads the positive's rank
-    uniformly over the candidates scored like it (a constant model gets HR@10 = 10/101 on
-    sampled_100); ``pessimistic`` ranks it after all of them (HR@10 = 0 for that model).
+    that compares ConvRec with every other model on the same users (test NDCG@10). ``ties``:
+    ``expected`` spreads the positive's rank uniformly over the candidates scored like it (a
+    constant model gets HR@10 = 10/101 on sampled_100); ``pessimistic`` ranks it after all of them
+    (HR@10 = 0 for that model).
     """
 
     models: list[str] = []
