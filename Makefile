@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export CONVREC_HOME ?= $(CURDIR)/.convrec
 export DAGSTER_HOME ?= $(CONVREC_HOME)/dagster_home
+export CONVREC_LOG_LEVEL
 
 .PHONY: help setup run test lint fmt dev ui-check clean
 
@@ -24,8 +25,10 @@ $(DAGSTER_HOME)/dagster.yaml: convrec_dagster/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp convrec_dagster/dagster.yaml $@
 
-run: setup  ## run full_pipeline (embedded sample unless CONVREC_RAW_DIR is set)
-	$(BIN)/dagster job execute -m convrec_dagster.definitions -j full_pipeline $(if $(CONFIG),-c $(CONFIG))
+# The console logs at INFO and ends with a summary; `make run CONVREC_LOG_LEVEL=DEBUG` prints every
+# event. PYTHONWARNINGS hides the CLI's FutureWarning that `dagster job execute` is superseded.
+run: setup  ## run full_pipeline (embedded sample unless CONVREC_RAW_DIR is set; CONFIG=file.yaml)
+	PYTHONWARNINGS=ignore::FutureWarning $(BIN)/dagster job execute -m convrec_dagster.definitions -j full_pipeline $(if $(CONFIG),-c $(CONFIG))
 
 test: setup lint  ## lint (ruff), then run the test suite
 	$(BIN)/python -m pytest -q
@@ -41,7 +44,7 @@ fmt: setup  ## ruff: fix what can be fixed and format the code
 dev: setup  ## start the Dagster UI on http://127.0.0.1:3000
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
-ui-check: setup  ## end-to-end UI check: dagster dev, launch a run over GraphQL, screenshot
+ui-check: setup  ## end-to-end UI check: dagster dev, a run over GraphQL, a screenshot (needs chromium)
 	bash scripts/ui_check.sh
 
 clean:  ## remove the database, artifacts and run history (keeps .venv)

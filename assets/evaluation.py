@@ -56,9 +56,11 @@ class EvaluationConfig(dg.Config):
     ``models``: names to evaluate (empty: every model with a ``best.pt``). ``precision``: ``fp32``
     scores in full precision, so that bf16 rounding cannot create ties between candidates (ties cost
     a model rank); ``auto`` follows the torch_device resource. ``n_boot``: bootstrap resamples for
-    the 95 % intervals of HR@10 and NDCG@10. ``ties``: ``expected`` spreads the positive's rank
-    uniformly over the candidates scored like it (a constant model gets HR@10 = 10/101 on
-    sampled_100); ``pessimistic`` ranks it after all of them (HR@10 = 0 for that model).
+    the 95 % intervals of HR@10 and NDCG@10. ``n_perm``: sign flips of the paired permutation test
+    that compares ConvRec with every other model on the same users (test NDCG@10). ``ties``:
+    ``expected`` spreads the positive's rank uniformly over the candidates scored like it (a
+    constant model gets HR@10 = 10/101 on sampled_100); ``pessimistic`` ranks it after all of them
+    (HR@10 = 0 for that model).
     """
 
     models: list[str] = []
@@ -66,6 +68,7 @@ class EvaluationConfig(dg.Config):
     splits: list[str] = list(SPLITS)
     ks: list[int] = list(DEFAULT_KS)
     n_boot: int = 1000
+    n_perm: int = 10_000
     seed: int = 0
     batch_size: int = 256
     precision: Literal["fp32", "auto"] = "fp32"
@@ -118,7 +121,10 @@ def evaluation_metrics(
     20 % with the longest histories and the other 80 %; 95 % bootstrap intervals over users for
     HR@10 and NDCG@10. Long format, one row per number: `evaluation_metrics(model, protocol, split,
     metric, k, user_group, value, ci_low, ci_high, run_id, evaluated_at, n_users)`. Rows of the
-    models evaluated are replaced; rows of other models stay."""
+    models evaluated are replaced; rows of other models stay. Per-user test HR@10 / NDCG@10 go to
+    `evaluation_user_metrics`, and `evaluation_comparisons` holds ConvRec against every other model:
+    the difference in test NDCG@10 on the same users, its 95 % interval and the p-value of a paired
+    permutation test (a claim of "better" needs p < 0.05)."""
     from models.evaluate import EvalSettings
 
     checkpoints = _checkpoints(config, paths)
@@ -141,11 +147,29 @@ def evaluation_metrics(
             f"evaluating {list(checkpoints)} on {int(data.is_eval_user.sum()):,} users x {data.n_items:,} items "
             f"({torch_device.describe()}, {precision}); data fingerprint {data.info.get('fingerprint')}"
         )
+        evaluated_at = _now()
+        user_frames: list = []
         rows, timings, data_info = ev.evaluate_checkpoints(
-            cache, checkpoints, eval_settings, device, context.run_id, _now(), log=context.log.info
+            cache,
+            checkpoints,
+            eval_settings,
+            device,
+            context.run_id,
+            evaluated_at,
+            context.log.info,
+            user_frames,
         )
     with duckdb.get_connection() as conn:
         total = ev.write_metrics(conn, rows, list(checkpoints))
+        ev.write_user_metrics(conn, user_frames, list(checkpoints))
+        comparisons = ev.write_comparisons(
+            conn,
+            list(trained_models(paths.home_path())),
+            context.run_id,
+            evaluated_at,
+            config.n_perm,
+            config.seed,
+        )
         check_results = run_checks([evaluation_metrics_in_unit_interval], conn) + run_checks(
             [evaluation_metrics_cover_trained_models],
             conn,
@@ -182,6 +206,12 @@ def evaluation_metrics(
             ),
             "seconds_per_model": dg.MetadataValue.json(timings),
             "test_headline": dg.MetadataValue.md(report_lib.headline_markdown(headline)),
+            "test_metrics": dg.MetadataValue.json(report_lib.headline_values(clean)),
+            "comparisons": dg.MetadataValue.json(
+                _json_ready(
+                    [{k: v for k, v in c.items() if k not in ("run_id", "evaluated_at")} for c in comparisons]
+                )
+            ),
         },
         check_results=check_results,
     )
@@ -204,6 +234,17 @@ def _latest_metadata(context: dg.AssetExecutionContext, key: str) -> dict:
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
 
 
+def run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
+    """Every warning (or worse) a step of the run logged, in order, as ``{"step", "message"}``."""
+    import logging
+
+    out = []
+    for entry in instance.all_logs(run_id):
+        if entry.level >= logging.WARNING and entry.dagster_event is None and entry.user_message:
+            out.append({"step": entry.step_key, "message": entry.user_message})
+    return out
+
+
 @dg.asset(
     group_name="evaluation",
     kinds={"duckdb", "python"},
@@ -220,7 +261,9 @@ def evaluation_report(
     """The evaluation report users read and cite: models x metrics under both protocols (best in
     bold, 95 % intervals), the paper's published numbers when the dataset is one of the paper's,
     plots (metric by k, metric by user group, training curves), the data summary and the config.
-    Shown here as markdown; written to `artifacts/reports/evaluation_report.html` (standalone) and
+    Also: paired tests of ConvRec against every other model, a training table (parameters, best
+    epoch, training time), ingest and quarantine counts, and every warning of the run. Shown here as
+    markdown; written to `artifacts/reports/evaluation_report.html` (standalone) and
     `evaluation_report.json` (the same content as data)."""
     metrics_metadata = _latest_metadata(context, "evaluation_metrics")
     image_metadata = _latest_metadata(context, "item_image_features")
@@ -230,6 +273,7 @@ def evaluation_report(
         require_tables(conn, "evaluation_metrics", hint="Materialize `evaluation_metrics` first.")
         rows = ev.read_metric_rows(conn)
         summary = ev.data_summary(conn, image_metadata, metrics_metadata, dataset_name)
+        comparisons = ev.read_comparisons(conn)
     if not rows:
         raise dg.Failure(
             "`evaluation_metrics` is empty: materialize it (with at least one trained model) first"
@@ -242,12 +286,17 @@ def evaluation_report(
         )
     with failures():
         histories = ev.histories(home, models)
+    model_configs = ev.model_configs(home, models)
+    warnings = run_warnings(context.instance, context.run_id)
     report = report_lib.build_report(
         rows,
         data_summary=summary,
         histories=histories,
+        comparisons=comparisons,
+        model_configs=model_configs,
+        warnings=warnings,
         config={
-            "models": ev.model_configs(home, models),
+            "models": model_configs,
             "evaluation": metrics_metadata.get("settings")
             or "unknown (no materialization of evaluation_metrics recorded)",
             "report": {"paper_dataset": config.paper_dataset},
@@ -268,6 +317,7 @@ def evaluation_report(
             "best_model": str(report["best_model"]),
             "paper_dataset": str(report["paper"]["dataset"]),
             "findings": dg.MetadataValue.md("\n".join(f"- {line}" for line in report["findings"])),
+            "warnings_in_run": len(warnings),
         }
     )
 
@@ -289,20 +339,16 @@ class RecommendationsConfig(dg.Config):
 def _recommending_model(
     config: RecommendationsConfig, paths: ConvRecPaths, rows: list[dict], checkpoints: dict
 ) -> tuple[str, str]:
-    """(model name, why): named in config, else the best on validation (never on test)."""
+    """(model name, why): named in config, else the best on validation (never on test: picking by
+    test NDCG@10 would leak the test split); the same rule as ``convrec_dagster.recommend``."""
+    from convrec_dagster.recommend import choose_model
+
     if config.model:
         return config.model, "named in config"
-    # chosen on validation, never on test: picking by test NDCG@10 would leak the test split
-    trained_rows = [r for r in rows if r["model"] in checkpoints]
-    name = report_lib.best_model(trained_rows, protocol=config.selection_protocol, split="valid")
-    why = f"best validation NDCG@10 under {config.selection_protocol} in evaluation_metrics"
-    if name is None:  # the run evaluated the test split only: the validation score each checkpoint kept
-        evaluated = {r["model"] for r in trained_rows}
-        configs = ev.model_configs(paths.home_path(), sorted(evaluated))
-        valid = {m: (c.get("valid") or {}).get("NDCG@10") for m, c in configs.items()}
-        valid = {m: v for m, v in valid.items() if v is not None}
-        name = max(valid, key=valid.get) if valid else None
-        why = "best validation NDCG@10 (sampled_100) recorded in its checkpoint"
+    evaluated = sorted({r["model"] for r in rows if r["model"] in checkpoints})
+    configs = ev.model_configs(paths.home_path(), evaluated)
+    valid = {m: (c.get("valid") or {}).get("NDCG@10") for m, c in configs.items()}
+    name, why = choose_model(rows, evaluated, valid, config.selection_protocol)
     if name is None:
         raise dg.Failure(
             "no model to recommend with: `evaluation_metrics` has no row of a trained model; "
@@ -328,10 +374,12 @@ def recommendations(
     paths: ConvRecPaths,
     torch_device: TorchDevice,
 ) -> dg.MaterializeResult:
-    """Top-K items per user from the best model, never an item the user already has, ready for a
-    serving system: `recommendations(user_id, rank, item_id, score, model, run_id, reviewer_id,
-    asin, user_idx, item_idx, generated_at)`; `user_id` / `reviewer_id` hold the raw reviewer id,
-    `item_id` / `asin` the raw ASIN, `rank` counts from 1. The table is replaced on every run."""
+    """Top-K items per user from the model with the best *validation* NDCG@10 (never chosen on
+    test), never an item the user already has, ready for a serving system: `recommendations(user_id,
+    rank, item_id, score, model, run_id, user_idx, item_idx, generated_at)`; `user_id` is the raw
+    reviewer id, `item_id` the raw ASIN (`user_idx` / `item_idx`: the pipeline's indices), `rank`
+    counts from 1. The table is replaced on every run. For a history that is not in the data, use
+    `convrec_dagster.recommend` (Python API and CLI)."""
     from models.evaluate import recommend_top_k
     from models.registry import load_model
 
@@ -351,7 +399,7 @@ def recommendations(
         raise dg.Failure(f"k = {config.k} but the catalogue has only {data.n_items} items; lower k")
     device = torch_device.torch_device
     model, _ = load_model(checkpoints[name], data, map_location=device)
-    context.log.info(f"recommending top {config.k} with {name} ({why}) on {torch_device.describe()}")
+    context.log.info(f"recommending top {config.k} with {name}: {why} ({torch_device.describe()})")
     started = time.perf_counter()
     users, items, scores = recommend_top_k(model, data, config.k, device, batch_size=config.batch_size)
     seconds = time.perf_counter() - started

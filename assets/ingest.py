@@ -185,6 +185,7 @@ def _quarantine_reasons(stats: list[FileStats]) -> dict[str, int]:
     kinds={"duckdb", "python"},
     pool=DUCKDB_POOL,
     op_tags=DUCKDB_TAGS,
+    deps=["preflight"],
     check_specs=blocking_checks("reviews", reviews_have_ids),
 )
 def reviews(
@@ -216,6 +217,7 @@ def reviews(
         rawdata.create_staging(conn)
         seq_offset = 0
         for ff in review_files:
+            context.log.info(f"{ff.path.name}: reading ({ff.path.stat().st_size / 2**20:,.1f} MB on disk)")
             try:
                 s = rawdata.load_reviews(conn, ff, seq_offset, min_ts, max_ts)
             except RawDataError as err:

@@ -43,7 +43,9 @@ class TrainingConfig(dg.Config):
     or ``full_softmax`` over all items (falls back to ``softmax`` when candidate vectors depend on
     the row's time). ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
-    killed run with the same config and data. ``num_threads``: torch CPU threads (0: torch's default;
+    killed run with the same config and data. ``retrain``: train again from scratch even when a
+    finished model with the same config and data exists (by default it is reused, and the log says
+    so). ``num_threads``: torch CPU threads (0: torch's default;
     per rank under torchrun). ``nproc_per_node`` > 1: data-parallel training on that many processes
     (one per GPU; CPU ranks for tests) started by ``torchrun`` as a Dagster Pipes subprocess
     (``convrec_dagster.pipes_training``); ``nnodes`` > 1 with ``rdzv_endpoint`` (host:port of node 0)
@@ -74,6 +76,7 @@ class TrainingConfig(dg.Config):
     grad_clip: float = 1.0
     seed: int = 42
     resume: bool = True
+    retrain: bool = False
     # distributed (torchrun behind Dagster Pipes); 1 x 1: the one-process path
     nproc_per_node: int = 1
     nnodes: int = 1
@@ -160,6 +163,8 @@ def train_model_asset(
             + (f" ({dataset} preset)" if budget == "paper" else "")
         )
         hparams, train_config = prepare_training(name, s, data, context.log.info)
+        if config.retrain:
+            train_config.resume = False
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         torch.manual_seed(train_config.seed)
         model = build_model(name, data, hparams)
@@ -181,8 +186,25 @@ def train_model_asset(
             )
 
         result = train(
-            model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, context.log.info
+            model,
+            data,
+            name,
+            hparams,
+            train_config,
+            device,
+            precision,
+            out_dir,
+            on_epoch,
+            context.log.info,
+            run_id=context.run_id,
         )
+        reused = result.extra.get("reused")
+        if reused:
+            context.log.info(
+                f"{name}: unchanged config and data, reusing the model trained in run {reused['run_id'] or '(unknown)'} "
+                f"(valid NDCG@10 {reused['valid_NDCG@10']:.4f}, best epoch {reused['best_epoch']} of {reused['epochs']}). "
+                "Set `retrain: true` to train again."
+            )
         device_description = torch_device.describe()  # before the thread count is restored
     finally:
         torch.set_num_threads(threads_before)
@@ -199,6 +221,10 @@ def train_model_asset(
         "resumed_from_epoch": dg.MetadataValue.int(result.resumed_from)
         if result.resumed_from is not None
         else "no",
+        "reused_from_run": str((result.extra.get("reused") or {}).get("run_id") or "")
+        if result.extra.get("reused")
+        else "no",
+        "train_time_s": round(sum(float(h.get("epoch_time_s") or 0) for h in result.history), 1),
         "parameters": model.n_parameters(),
         "device": device_description,
         "precision": precision,

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import evaluation, features, ingest, splits, training
+from assets import evaluation, features, ingest, preflight, splits, training
+from convrec_dagster.console import convrec_console
 from convrec_dagster.jobs import ALL_JOBS, convrec_executor
 from convrec_dagster.resources import build_resources
 from convrec_dagster.schedules import build_retrain_schedule
 from convrec_dagster.sensors import raw_dump_sensor
 
 # The pipeline's stages in graph order; each module's assets carry the group of the same name and
-# declare their own asset checks (see convrec_dagster/checks.py).
-ASSET_MODULES = [ingest, features, splits, training, evaluation]
+# declare their own asset checks (see convrec_dagster/checks.py). `preflight` sits in the ingest
+# group, at the root: `reviews` depends on it, so a run checks its inputs before it does work.
+ASSET_MODULES = [preflight, ingest, features, splits, training, evaluation]
 
 
 def build_defs(
@@ -32,6 +34,7 @@ def build_defs(
         schedules=[build_retrain_schedule()],
         sensors=[raw_dump_sensor],
         executor=executor or convrec_executor,
+        loggers={"console": convrec_console},  # readable INFO lines and a summary block (console.py)
     )
 
 

@@ -46,6 +46,11 @@ convrec_executor = dg.multiprocess_executor.configured(
     name="convrec_multiprocess",
 )
 
+# Every job names the console logger in its default run config: Dagster builds the Definitions'
+# loggers only when the run config names them (else it prints its own DEBUG console). A run config
+# given with `-c` or in the Launchpad is merged with this default, so the logger stays.
+CONSOLE_LOGGER_CONFIG = {"loggers": {"console": {"config": {"log_level": ""}}}}
+
 full_pipeline = dg.define_asset_job(
     name="full_pipeline",
     selection=dg.AssetSelection.groups(*STAGE_GROUPS),
@@ -54,6 +59,7 @@ full_pipeline = dg.define_asset_job(
         "evaluation report and the recommendations: ingest, features, splits, training, evaluation."
     ),
     tags={"convrec/job": "full_pipeline"},
+    config=CONSOLE_LOGGER_CONFIG,
 )
 
 retrain = dg.define_asset_job(
@@ -64,6 +70,7 @@ retrain = dg.define_asset_job(
         "IDs, item features), then re-evaluates and rewrites the report and the recommendations."
     ),
     tags={"convrec/job": "retrain"},
+    config=CONSOLE_LOGGER_CONFIG,
 )
 
 ALL_JOBS = [full_pipeline, retrain]

@@ -162,11 +162,14 @@ class TorchDevice(dg.ConfigurableResource):
             if resolved.type == "cuda" and not torch.cuda.is_available():
                 raise dg.Failure(
                     f"TorchDevice is configured with device={self.device!r} but torch sees no CUDA "
-                    "device. Set resources.torch_device.config.device to 'auto' or 'cpu'."
+                    "device. What to do: set resources.torch_device.config.device to 'auto' or 'cpu', or run "
+                    "on a machine whose GPU torch can see (`python -c 'import torch; print(torch.cuda.is_available())'`)."
                 )
         self._device = resolved
         if context.log is not None:
-            context.log.info(f"torch device: {resolved} (precision {self.effective_precision()})")
+            context.log.debug(
+                f"torch device: {resolved} (precision {self.effective_precision()})"
+            )  # preflight says it once
 
     @property
     def torch_device(self):

@@ -158,9 +158,13 @@ def evaluate_model(
     settings: EvalSettings,
     device: torch.device | str,
     log: Callable[[str], None] | None = None,
+    per_user: dict | None = None,
 ) -> list[dict]:
     """Metric records (``models.metrics.grouped_summary`` rows plus protocol and split) of one model
-    on every protocol and split of ``settings``."""
+    on every protocol and split of ``settings``. ``per_user``, when given, receives
+    ``{(protocol, split): (users, HR@10, NDCG@10)}`` per user, for paired tests between models."""
+    from models.metrics import per_user_metrics
+
     records = []
     for protocol in settings.protocols:
         for split in settings.splits:
@@ -186,6 +190,11 @@ def evaluate_model(
                 seed=settings.seed,
             )
             records += [{"protocol": protocol, "split": split, **r} for r in found]
+            if per_user is not None:
+                values = per_user_metrics(
+                    np.asarray(n_greater), np.asarray(n_equal), ks=(10,), ties=settings.ties
+                )
+                per_user[(protocol, split)] = (users, values["HR@10"], values["NDCG@10"])
             if log is not None:
                 ndcg = float("nan")
                 if 10 in settings.ks:

@@ -19,6 +19,8 @@ without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
 ``out_dir`` receives ``best.pt`` (the best model), ``resume.pt`` (model, optimizer, epoch, RNG
 states, history, best so far) and ``history.json``. A run that finds a ``resume.pt`` with the same
 config hash and data fingerprint continues after its last epoch; otherwise it starts over and says so.
+If that run had finished, nothing is trained: the result's ``extra["reused"]`` names the run that
+trained the model (``run_id``), so the caller can say it is reused. ``resume=False`` starts over.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class TrainConfig:
 
 
 SCHEMES = ("one_cut", "all_cuts")
+PROGRESS_EVERY_S = 60.0  # a progress line inside an epoch at most this often
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -252,8 +255,12 @@ def train(
     out_dir: str | Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     log: Callable[[str], None] = print,
+    run_id: str | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place (it ends holding the best epoch's weights) and return the history."""
+    """Train ``model`` in place (it ends holding the best epoch's weights) and return the history.
+
+    ``run_id`` (e.g. the Dagster run's) is stored in the checkpoints, so that a later call that
+    reuses a finished model can say which run trained it (``result.extra["reused"]``)."""
     device = torch.device(device)
     started = time.perf_counter()
     if device.type == "cuda":
@@ -264,7 +271,12 @@ def train(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     chash, fingerprint = config_hash(name, hparams, config), str(data.info.get("fingerprint", ""))
-    ckpt_meta = {"config_hash": chash, "fingerprint": fingerprint}
+    ckpt_meta = {
+        "config_hash": chash,
+        "fingerprint": fingerprint,
+        "n_parameters": model.n_parameters(),
+        "run_id": run_id,
+    }
 
     if not model.trainable:  # nothing to fit: evaluate once and keep the model
         metrics = validate(model, data, device, precision, config.eval_batch_size)
@@ -300,7 +312,7 @@ def train(
     sampler = NegativeSampler(data)
     history: list[dict] = []
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
-    start_epoch, resumed_from, finished = 1, None, False
+    start_epoch, resumed_from, finished, reused = 1, None, False, None
     resume_path = out / "resume.pt" if out is not None else None
     if resume_path is not None and resume_path.exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -320,15 +332,18 @@ def train(
             history, best, finished = list(state["history"]), dict(state["best"]), bool(state["finished"])
             resumed_from = int(state["epoch"])
             start_epoch = resumed_from + 1
-            log(
-                f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']})"
-                + (
-                    ": that run had finished, so nothing is trained and its best model is reused "
-                    "(same config and data; set resume: false to train again from scratch)"
-                    if finished
-                    else ""
+            if finished:  # the caller says so to the user; it knows the setting that trains again
+                reused = {
+                    "run_id": state.get("run_id"),
+                    "epochs": resumed_from,
+                    "best_epoch": int(best["epoch"]),
+                    "valid_NDCG@10": float(best["metrics"]["NDCG@10"]),
+                }
+            else:
+                log(
+                    f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']}): same config "
+                    "and data as the run that was stopped"
                 )
-            )
 
     epochs_run = 0
     best_state = None
@@ -336,10 +351,26 @@ def train(
     probe = {"done": False}
 
     def estimate(done: int, total: int) -> None:
-        """Once, early in this call's first epoch: the expected time, from the batches measured so far."""
-        if probe["done"] or (done < min(20, total) and done < total):
+        """Once, early in this call's first epoch: the expected time, from the batches measured so far;
+        then, in epochs long enough to need it, progress every PROGRESS_EVERY_S seconds."""
+        now = time.perf_counter()
+        if probe["done"]:
+            if (
+                done < total
+                and now - probe.get("last", t0) >= PROGRESS_EVERY_S
+                and now - t0 >= PROGRESS_EVERY_S
+            ):
+                probe["last"] = now
+                left = (now - t0) / done * (total - done)
+                log(
+                    f"{name}: epoch {epoch}, batch {done:,}/{total:,} ({done / total:.0%}), "
+                    f"~{left / 60:.1f} min left in this epoch"
+                )
+            return
+        if done < min(20, total) and done < total:
             return
         probe["done"] = True
+        probe["last"] = now
         per_epoch = (time.perf_counter() - t0) / done * total
         epochs_left = config.max_epochs - start_epoch + 1
         expected = per_epoch * epochs_left
@@ -444,4 +475,5 @@ def train(
         time.perf_counter() - started,
         peak_memory(device),
         stopped_early,
+        extra={"reused": reused} if reused else {},
     )

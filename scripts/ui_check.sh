@@ -11,7 +11,10 @@
 #
 # Environment: UI_CHECK_PORT (default: a free port), UI_CHECK_TIMEOUT (seconds for the run,
 # default 1800), UI_CHECK_SCREENSHOT (default docs/asset_graph.png), UI_CHECK_RAW_DIR,
-# UI_CHECK_KEEP=1 keeps the temporary folder (logs) for inspection.
+# UI_CHECK_KEEP=1 keeps the temporary folder (logs) for inspection, UI_CHECK_WINDOW (browser window,
+# default 2400,1500: wide enough that the graph's names are not truncated and no group is clipped).
+# Chromium must be installed; the script installs Debian's package (apt-get, with sudo when not
+# root) only when UI_CHECK_INSTALL_CHROMIUM=1 says so: `UI_CHECK_INSTALL_CHROMIUM=1 make ui-check`.
 set -euo pipefail
 set -m  # job control: `dagster dev` gets its own process group, stopped as a whole with SIGTERM
 
@@ -77,20 +80,27 @@ cleanup() {
     ((rc == 0)) && log "PASSED (screenshot: $SCREENSHOT)"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-GQL=("$PY" "$REPO/scripts/ui_graphql.py")  # the GraphQL calls, in Python (stdlib only)
-
+# Chromium first: without it (and without the opt-in to install it) nothing is started.
 # --- Chromium ------------------------------------------------------------------------------------
-CHROMIUM=$(command -v chromium || true)
+CHROMIUM=$(command -v chromium || command -v chromium-browser || true)
 if [[ -z $CHROMIUM ]]; then
-    log "chromium is missing: installing Debian's chromium package"
+    if [[ ${UI_CHECK_INSTALL_CHROMIUM:-0} != 1 ]]; then
+        log "chromium is missing. Install it yourself (Debian/Ubuntu: sudo apt-get install chromium fonts-liberation),"
+        log "or let this script run apt-get for you: UI_CHECK_INSTALL_CHROMIUM=1 make ui-check"
+        rm -rf "$WORK"
+        exit 2
+    fi
+    log "chromium is missing: installing Debian's chromium package with apt-get (UI_CHECK_INSTALL_CHROMIUM=1)"
     SUDO=; ((EUID == 0)) || SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation
     CHROMIUM=$(command -v chromium) || fail "installing chromium did not put it on PATH"
 fi
+
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+GQL=("$PY" "$REPO/scripts/ui_graphql.py")  # the GraphQL calls, in Python (stdlib only)
 
 # --- dagster dev ---------------------------------------------------------------------------------
 mkdir -p "$DAGSTER_HOME_DIR" "$WORK/convrec_home" "$(dirname "$SCREENSHOT")"
@@ -127,7 +137,7 @@ rm -f "$SCREENSHOT"
 timeout 180 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
     --disable-dev-shm-usage --hide-scrollbars --user-data-dir="$PROFILE" \
-    --virtual-time-budget="${UI_CHECK_VIRTUAL_TIME_MS:-30000}" --window-size=1600,1000 \
+    --virtual-time-budget="${UI_CHECK_VIRTUAL_TIME_MS:-30000}" --window-size="${UI_CHECK_WINDOW:-2400,1500}" \
     --screenshot="$SCREENSHOT" "$GRAPH_URL" >"$WORK/chromium.log" 2>&1 \
     || { tail -n 20 "$WORK/chromium.log" >&2; fail "chromium failed"; }
 [[ -s $SCREENSHOT ]] || fail "chromium wrote no screenshot"

@@ -138,12 +138,23 @@ def test_run_config_example_is_valid_for_full_pipeline(defs):
     run_config = yaml.safe_load(example.read_text())
     assert {"resources", "ops"} <= set(run_config)
     validated = dg.validate_run_config(defs.resolve_job_def("full_pipeline"), run_config)
-    assert validated["ops"]["convrec_model"]["config"]["strides"] == [2, 5, 7]
+    assert validated["ops"]["convrec_model"]["config"]["budget"] == "auto"
+    assert validated["loggers"]["console"]["config"]["log_level"] == "INFO"
     with pytest.raises(dg.DagsterInvalidConfigError):  # a typo is caught, not ignored
         dg.validate_run_config(
             defs.resolve_job_def("full_pipeline"),
             {"ops": {"convrec_model": {"config": {"learning_rate": 0.1}}}},
         )
+
+
+def test_jobs_log_through_the_convrec_console_by_default(defs):
+    """Dagster builds a job's loggers only when the run config names them: the jobs' default config
+    does, also when a run config with only `ops` is given (it is merged with the default)."""
+    for name in ("full_pipeline", "retrain"):
+        job = defs.resolve_job_def(name)
+        assert job.loggers["console"].description.startswith("convrec's console")
+        validated = dg.validate_run_config(job, {"ops": {"convrec_model": {"config": {"seed": 1}}}})
+        assert "console" in validated["loggers"], name
 
 
 def test_every_forkserver_preload_module_imports():

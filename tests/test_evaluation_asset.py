@@ -16,8 +16,9 @@ import pytest
 
 from assets import evaluation as ev
 from convrec_dagster.data import settings
-from convrec_dagster.data.evaluation import METRICS_DDL
+from convrec_dagster.data.evaluation import METRICS_DDL, read_metric_rows
 from convrec_dagster.definitions import ASSET_MODULES
+from convrec_dagster.recommend import choose_model
 from convrec_dagster.resources import build_resources
 
 pytestmark = pytest.mark.slow
@@ -141,6 +142,34 @@ def test_report_files_and_metadata(run):
     assert "data:image/png;base64," in markdown and "sampled_100" in markdown
 
 
+def test_paired_comparisons_and_report_tables(run):
+    with _db(run["home"]) as conn:
+        comparisons = conn.execute("SELECT * FROM evaluation_comparisons").df()
+        per_user = conn.execute(
+            "SELECT model, protocol, count(*) AS n FROM evaluation_user_metrics "
+            "WHERE split = 'test' GROUP BY ALL"
+        ).df()
+        eval_users = conn.execute("SELECT count(*) FROM user_index WHERE is_eval").fetchone()[0]
+    # ConvRec against each of the three others under both protocols, on every evaluated user
+    assert set(zip(comparisons.baseline, comparisons.protocol)) == {
+        (b, p) for b in ("popularity", "sasrec", "convrec_attention") for p in ("sampled_100", "full")
+    }
+    assert (comparisons.n_users == eval_users).all() and (per_user.n == eval_users).all()
+    assert ((comparisons.p_value > 0) & (comparisons.p_value <= 1)).all()
+    report = json.loads(
+        (settings.artifacts_dir(run["home"]) / "reports" / "evaluation_report.json").read_text()
+    )
+    sasrec_lines = [f for f in report["findings"] if "SASRec" in f and f.startswith("sampled_100: ConvRec")]
+    assert len(sasrec_lines) == 1 and ("p = " in sasrec_lines[0] or "p < " in sasrec_lines[0])
+    training = {t["model"]: t for t in report["training"]}
+    assert set(training) == MODELS
+    assert training["convrec"]["parameters"] > 0 and training["convrec"]["best_epoch"] >= 1
+    assert training["convrec"]["trained_in_run"] == run["result"].run_id
+    assert report["data"]["ingest"]["reviews_kept"] > 0 and "quarantined" in report["data"]["ingest"]
+    # the sample run logs the untrained-ResNet warning; the report lists it
+    assert any("RANDOMLY INITIALISED" in w["message"] for w in report["warnings"])
+
+
 def test_recommendations_table(run):
     with _db(run["home"]) as conn:
         rec = conn.execute("SELECT * FROM recommendations").df()
@@ -157,11 +186,14 @@ def test_recommendations_table(run):
     )
     assert len(rec) == 10 * users and rec.user_id.nunique() == users
     assert (rec.groupby("user_id")["rank"].apply(sorted).apply(lambda r: r == list(range(1, 11)))).all()
-    assert (rec.user_id == rec.reviewer_id).all() and (rec.item_id == rec.asin).all()
+    assert not {"reviewer_id", "asin"} & set(rec.columns)  # user_id / item_id are the raw ids, no copies
     assert mapped == len(rec)
     assert seen == 0
     assert (rec.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
-    assert set(rec.model) == {report["best_model"]}
+    with _db(run["home"]) as conn:
+        rows = read_metric_rows(conn)
+    assert set(rec.model) == {choose_model(rows, MODELS)[0]}  # on validation
+    assert report["best_model"] in MODELS
     assert (rec.run_id == run["result"].run_id).all()
 
 
@@ -205,6 +237,37 @@ def test_recommendations_with_a_named_model_and_k(run):
     assert set(evaluations) == {"recommendations_exclude_seen_items", "recommendations_k_per_user"}
     assert all(e.passed for e in evaluations.values())
     assert evaluations["recommendations_k_per_user"].metadata["k"].value == 5  # K from this run's config
+
+
+def test_recommendation_model_is_chosen_on_validation_when_test_disagrees(run):
+    """Validation says SASRec, test says ConvRec: `recommendations` must follow validation."""
+    home = run["home"]
+    with duckdb.connect(str(settings.duckdb_path(home))) as conn:
+        saved = conn.execute("SELECT * FROM evaluation_metrics").df()
+        conn.execute(
+            "UPDATE evaluation_metrics SET value = CASE WHEN model = 'sasrec' THEN 0.9 ELSE 0.1 END "
+            "WHERE split = 'valid' AND metric = 'NDCG' AND k = 10 AND user_group = 'all'"
+        )
+        conn.execute(
+            "UPDATE evaluation_metrics SET value = CASE WHEN model = 'convrec' THEN 0.9 ELSE 0.1 END "
+            "WHERE split = 'test' AND metric = 'NDCG' AND k = 10 AND user_group = 'all'"
+        )
+    try:
+        result = dg.materialize(
+            [a for a in ASSETS if dg.AssetKey("recommendations") in a.keys],
+            resources=run["resources"],
+            instance=run["instance"],
+        )
+        with _db(home) as conn:
+            models = {r[0] for r in conn.execute("SELECT DISTINCT model FROM recommendations").fetchall()}
+    finally:
+        with duckdb.connect(str(settings.duckdb_path(home))) as conn:
+            conn.execute("DELETE FROM evaluation_metrics")
+            conn.register("saved", saved)
+            conn.execute("INSERT INTO evaluation_metrics SELECT * FROM saved")
+    assert models == {"sasrec"}
+    selected_by = result.asset_materializations_for_node("recommendations")[0].metadata["selected_by"].value
+    assert "validation" in selected_by and "0.9000" in selected_by
 
 
 # --- failures and checks on hand-written tables (no pipeline run) ----------------------------------

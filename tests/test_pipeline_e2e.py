@@ -1,8 +1,8 @@
-"""`full_pipeline` end to end on the embedded sample dump, on a real Dagster instance.
+"""`full_pipeline` end to end on the embedded sample dump, on a real Dagster instance, in process.
 
-Runs twice: in process, and with the Definitions' multiprocess executor (one process per step,
-forked from a forkserver, at most one DuckDB step at a time), which is what `dagster job execute`
-and the UI use.
+The run with the Definitions' multiprocess executor (one process per step, forked from a
+forkserver, at most one DuckDB step at a time) is `dagster job execute` itself, in a subprocess:
+tests/test_cli_run.py, which reuses the helpers below.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import duckdb
 import pytest
 
 from convrec_dagster.data import settings
-from convrec_dagster.resources import DUCKDB_TAGS
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +34,6 @@ def build_defs(resources: dict | None = None) -> dg.Definitions:
     from convrec_dagster.definitions import build_defs
 
     return build_defs(resources)
-
-
-def full_pipeline_job() -> dg.JobDefinition:
-    """Module-level, so each step process can rebuild the job (resources from CONVREC_HOME)."""
-    return build_defs().resolve_job_def("full_pipeline")
 
 
 @pytest.fixture
@@ -100,28 +94,3 @@ def test_full_pipeline_in_process(instance, convrec_home, make_resources):
     result = job.execute_in_process(instance=instance)
     assert result.success
     _assert_pipeline_outputs(convrec_home, instance, result.run_id)
-
-
-def test_full_pipeline_multiprocess(instance, convrec_home, monkeypatch):
-    # Step processes build their resources from the environment, as under `dagster job execute`.
-    monkeypatch.setenv("CONVREC_HOME", str(convrec_home))
-    # Step processes rebuild the job from this file's `full_pipeline_job`, found by module name.
-    job = dg.build_reconstructable_job(
-        "test_pipeline_e2e",
-        "full_pipeline_job",
-        reconstructor_working_directory=str(Path(__file__).parent),
-    )
-    with dg.execute_job(job, instance=instance) as result:
-        assert result.success, [event.message for event in result.all_events if event.is_failure]
-        run_id = result.run_id
-    _assert_pipeline_outputs(convrec_home, instance, run_id)
-
-    # one DuckDB step at a time: no two tagged steps overlap
-    job = full_pipeline_job()
-    tagged = {node.name for node in job.graph.nodes if DUCKDB_TAGS.items() <= node.definition.tags.items()}
-    intervals = sorted(
-        interval for step, interval in _step_intervals(instance, run_id).items() if step in tagged
-    )
-    assert len(intervals) >= 10
-    for (_, end), (start, _) in zip(intervals, intervals[1:]):
-        assert start >= end, "two DuckDB steps ran at the same time"

@@ -122,8 +122,113 @@ def test_markdown_labels_both_protocols_and_bolds_the_best():
     }
     assert report["best_model"] == "convrec"
     assert any("order the models differently" in line for line in report["findings"])
-    assert any("ConvRec beats popularity" in line for line in report["findings"])
-    assert any(line.startswith("full: ConvRec does not beat SASRec") for line in report["findings"])
+    # without a paired test the numbers are given, but no model is called better
+    assert any(
+        line.startswith("sampled_100: ConvRec scores higher than Popularity") and "no paired test" in line
+        for line in report["findings"]
+    )
+    assert any(line.startswith("full: ConvRec scores lower than SASRec") for line in report["findings"])
+    assert not any(" is better than " in line or " beats " in line for line in report["findings"])
+
+
+def _comparison(baseline: str, protocol: str, a: float, b: float, p: float) -> dict:
+    from models.significance import verdict
+
+    return {
+        "model": "convrec",
+        "baseline": baseline,
+        "protocol": protocol,
+        "split": "test",
+        "metric": "NDCG@10",
+        "n_users": 20,
+        "value_model": a,
+        "value_baseline": b,
+        "diff": a - b,
+        "ci_low": a - b - 0.01,
+        "ci_high": a - b + 0.01,
+        "p_value": p,
+        "n_perm": 10_000,
+        "verdict": verdict(p, a - b),
+    }
+
+
+def test_findings_say_better_or_worse_only_with_a_paired_test():
+    comparisons = [
+        _comparison("popularity", "sampled_100", 0.40, 0.10, 0.00009999),
+        _comparison("sasrec", "sampled_100", 0.20, 0.41, 0.0004),  # ConvRec loses, by about 2x
+        _comparison("sasrec", "full", 0.050, 0.048, 0.31),  # a small gap, not significant
+    ]
+    report = R.build_report(_rows(RANKS), data_summary=_summary(OTHER_SIZE), comparisons=comparisons)
+    lines = report["findings"]
+    assert any(
+        line.startswith("sampled_100: ConvRec is better than Popularity") and "p < 0.0001" in line
+        for line in lines
+    )
+    worse = [line for line in lines if line.startswith("sampled_100: ConvRec is worse than SASRec")]
+    assert len(worse) == 1 and "2.0x higher" in worse[0] and "p = 0.0004" in worse[0]
+    assert any(
+        line.startswith("full: ConvRec and SASRec do not differ significantly") and "p = 0.310" in line
+        for line in lines
+    )
+    md = R.render_markdown(report)
+    assert "## Paired tests" in md and "| sampled_100 | ConvRec | SASRec |" in md
+
+
+def test_training_ingest_and_warning_tables():
+    configs = {"convrec": {"epoch": 4, "n_parameters": 12_345, "run_id": "run-a"}, "sasrec": {"epoch": 2}}
+    histories = {
+        "convrec": [
+            {
+                "epoch": e,
+                "loss": 1.0,
+                "valid_NDCG@10": 0.1 * e,
+                "epoch_time_s": 2.0,
+                "stop": "max_epochs" if e == 4 else None,
+            }
+            for e in range(1, 5)
+        ],
+        "sasrec": [
+            {
+                "epoch": e,
+                "loss": 1.0,
+                "valid_NDCG@10": [0.1, 0.3, 0.2][e - 1],
+                "epoch_time_s": 1.5,
+                "stop": "patience" if e == 3 else None,
+            }
+            for e in range(1, 4)
+        ],
+    }
+    ingest = {
+        "reviews_kept": 1_000,
+        "quarantined": 3,
+        "quarantine": [{"stage": "reviews", "reason": "malformed_json", "rows": 3}],
+    }
+    report = R.build_report(
+        _rows(RANKS),
+        data_summary=_summary(OTHER_SIZE, ingest=ingest),
+        histories=histories,
+        model_configs=configs,
+        warnings=[{"step": "items", "message": "7 items have no metadata"}],
+    )
+    training = {t["model"]: t for t in report["training"]}
+    assert training["convrec"] == {
+        "model": "convrec",
+        "label": "ConvRec",
+        "parameters": 12_345,
+        "best_epoch": 4,
+        "epochs": 4,
+        "train_time_s": 8.0,
+        "stopped_by": "max_epochs",
+        "still_improving": True,
+        "trained_in_run": "run-a",
+    }
+    assert training["sasrec"]["still_improving"] is False and training["sasrec"]["stopped_by"] == "patience"
+    md = R.render_markdown(report)
+    assert "| ConvRec | 12,345 | 4 | 4 | 8.0 s | max_epochs | yes | `run-a` |" in md
+    assert "| quarantined (reviews): malformed_json | 3 |" in md
+    assert "| items | 7 items have no metadata |" in md
+    html = R.render_html(report)
+    assert "7 items have no metadata" in html and "12,345" in html
 
 
 def test_paper_numbers_shown_for_a_paper_dataset_only():

@@ -20,7 +20,7 @@ import pandas as pd
 from convrec_dagster.data import settings
 from convrec_dagster.data.outcome import CheckOutcome, Markdown, examples_markdown
 from convrec_dagster.data.store import DataError, require_tables, table_exists, transaction
-from models.data import FEATURE_CHOICES, RecData
+from models.data import RecData
 from models.metrics import PROTOCOLS
 from models.registry import MODEL_NAMES
 
@@ -38,10 +38,24 @@ METRIC_COLUMNS = [
     "model", "protocol", "split", "metric", "k", "user_group", "value", "ci_low", "ci_high",
     "run_id", "evaluated_at", "n_users",
 ]  # fmt: skip
+USER_METRICS_DDL = """
+CREATE TABLE IF NOT EXISTS evaluation_user_metrics (
+    model VARCHAR, protocol VARCHAR, split VARCHAR, user_idx INTEGER, hr10 DOUBLE, ndcg10 DOUBLE
+)"""
+COMPARISONS_DDL = """
+CREATE OR REPLACE TABLE evaluation_comparisons (
+    model VARCHAR, baseline VARCHAR, protocol VARCHAR, split VARCHAR, metric VARCHAR, n_users INTEGER,
+    value_model DOUBLE, value_baseline DOUBLE, diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE, p_value DOUBLE,
+    n_perm INTEGER, verdict VARCHAR, run_id VARCHAR, evaluated_at TIMESTAMP
+)"""
+COMPARISON_COLUMNS = [
+    "model", "baseline", "protocol", "split", "metric", "n_users", "value_model", "value_baseline",
+    "diff", "ci_low", "ci_high", "p_value", "n_perm", "verdict", "run_id", "evaluated_at",
+]  # fmt: skip
 RECOMMENDATIONS_DDL = """
 CREATE OR REPLACE TABLE recommendations (
     user_id VARCHAR, rank INTEGER, item_id VARCHAR, score DOUBLE, model VARCHAR, run_id VARCHAR,
-    reviewer_id VARCHAR, asin VARCHAR, user_idx INTEGER, item_idx INTEGER, generated_at TIMESTAMP
+    user_idx INTEGER, item_idx INTEGER, generated_at TIMESTAMP
 )"""
 
 
@@ -56,11 +70,6 @@ def trained_models(home: Path) -> dict[str, Path]:
         if checkpoint.exists():
             found[name] = checkpoint
     return found
-
-
-def _trained_on(checkpoint: dict) -> str | None:
-    extra = checkpoint.get("extra") or {}
-    return extra.get("fingerprint") or checkpoint.get("fingerprint") or None
 
 
 class DataCache:
@@ -85,25 +94,17 @@ class DataCache:
         """The RecData whose fingerprint the checkpoint was trained on (DataError when none matches)."""
         import torch
 
+        from convrec_dagster.recommend import checkpoint_fingerprint, data_for_checkpoint
+
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        wanted = _trained_on(checkpoint)
-        # models without item features (popularity, SASRec) train on features="none"
-        first = str((checkpoint.get("hparams") or {}).get("features") or "none")
-        choices = list(dict.fromkeys([first, *FEATURE_CHOICES]))
-        data = self.get("auto")
-        if wanted is None:
-            return data
-        for features in choices:
-            try:
-                candidate = self.get(features)
-            except ValueError:  # e.g. images asked for, none stored
-                continue
-            if candidate.info.get("fingerprint") == wanted:
-                return candidate
+        found = data_for_checkpoint(self.get, checkpoint)
+        if found is not None:
+            return found
         raise DataError(
-            f"model `{name}` ({path}) was trained on data with fingerprint {wanted}, but the prepared data "
-            f"in DuckDB has fingerprint {data.info.get('fingerprint')} (with any feature choice): its item "
-            f"indices no longer match. Re-materialize `{name}_model` (or run the `retrain` job) first."
+            f"model `{name}` ({path}) was trained on data with fingerprint {checkpoint_fingerprint(checkpoint)}, "
+            f"but the prepared data in DuckDB has fingerprint {self.get('auto').info.get('fingerprint')} (with any "
+            f"feature choice): its item indices no longer match. Re-materialize `{name}_model` (or run the "
+            "`retrain` job) first."
         )
 
 
@@ -157,6 +158,104 @@ def write_metrics(conn: duckdb.DuckDBPyConnection, rows: list[dict], models: Seq
     return int(conn.execute("SELECT count(*) FROM evaluation_metrics").fetchone()[0])
 
 
+def write_user_metrics(
+    conn: duckdb.DuckDBPyConnection, frames: list[pd.DataFrame], models: Sequence[str]
+) -> None:
+    """Replace the per-user test HR@10 / NDCG@10 of ``models`` in `evaluation_user_metrics`."""
+    with transaction(conn):
+        conn.execute(USER_METRICS_DDL)
+        conn.execute(
+            f"DELETE FROM evaluation_user_metrics WHERE model IN ({', '.join('?' for _ in models)})",
+            list(models),
+        )
+        if frames:
+            conn.register("user_rows", pd.concat(frames, ignore_index=True))
+            conn.execute(
+                "INSERT INTO evaluation_user_metrics SELECT model, protocol, split, user_idx, hr10, ndcg10 FROM user_rows"
+            )
+            conn.unregister("user_rows")
+
+
+def paired_comparisons(
+    per_user: pd.DataFrame,
+    reference: str = "convrec",
+    split: str = "test",
+    n_perm: int = 10_000,
+    seed: int = 0,
+) -> list[dict]:
+    """``reference`` against every other model under each protocol: a paired permutation test of
+    per-user NDCG@10 over the users both were evaluated on (rows of `evaluation_user_metrics`)."""
+    from convrec_dagster.data.report import ordered_models
+    from models.significance import paired_permutation_test, verdict
+
+    out: list[dict] = []
+    if per_user.empty:
+        return out
+    frame = per_user[per_user["split"] == split]
+    for protocol in [p for p in PROTOCOLS if p in set(frame["protocol"])]:
+        wide = frame[frame["protocol"] == protocol].pivot_table(
+            index="user_idx", columns="model", values="ndcg10"
+        )
+        if reference not in wide.columns:
+            continue
+        for other in ordered_models(wide.columns):
+            if other == reference:
+                continue
+            pair = wide[[reference, other]].dropna()
+            if pair.empty:
+                continue
+            r = paired_permutation_test(
+                pair[reference].to_numpy(), pair[other].to_numpy(), n_perm=n_perm, seed=seed
+            )
+            out.append({
+                "model": reference, "baseline": other, "protocol": protocol, "split": split, "metric": "NDCG@10",
+                "n_users": r["n_users"], "value_model": r["mean_a"], "value_baseline": r["mean_b"],
+                "diff": r["diff"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p_value": r["p_value"],
+                "n_perm": r["n_perm"], "verdict": verdict(r["p_value"], r["diff"]),
+            })  # fmt: skip
+    return out
+
+
+def write_comparisons(
+    conn: duckdb.DuckDBPyConnection,
+    models: Sequence[str],
+    run_id: str,
+    evaluated_at: datetime,
+    n_perm: int,
+    seed: int,
+) -> list[dict]:
+    """ConvRec against every other trained model on the same users (this run's models and earlier
+    ones alike) into `evaluation_comparisons`; returns the rows."""
+    models = sorted(models)
+    stored = (
+        conn.execute(
+            f"SELECT * FROM evaluation_user_metrics WHERE model IN ({', '.join('?' for _ in models)})", models
+        ).df()
+        if models and table_exists(conn, "evaluation_user_metrics")
+        else pd.DataFrame()
+    )
+    comparisons = [
+        {**c, "run_id": run_id, "evaluated_at": evaluated_at}
+        for c in paired_comparisons(stored, n_perm=n_perm, seed=seed)
+    ]
+    with transaction(conn):
+        conn.execute(COMPARISONS_DDL)
+        if comparisons:
+            conn.register("comparison_rows", pd.DataFrame(comparisons, columns=COMPARISON_COLUMNS))
+            conn.execute(
+                f"INSERT INTO evaluation_comparisons SELECT {', '.join(COMPARISON_COLUMNS)} FROM comparison_rows"
+            )
+            conn.unregister("comparison_rows")
+    return comparisons
+
+
+def read_comparisons(conn: duckdb.DuckDBPyConnection) -> list[dict]:
+    if not table_exists(conn, "evaluation_comparisons"):
+        return []
+    rows = conn.execute("SELECT * FROM evaluation_comparisons").df().to_dict("records")
+    return [{k: v for k, v in c.items() if k != "evaluated_at"} for c in rows]
+
+
 def read_metric_rows(conn: duckdb.DuckDBPyConnection) -> list[dict]:
     """Every row of `evaluation_metrics` as plain Python (timestamps as text), [] without the table."""
     if not table_exists(conn, "evaluation_metrics"):
@@ -206,6 +305,27 @@ def evaluation_metrics_cover_trained_models(
 # --- evaluation_report -----------------------------------------------------------------------------
 
 
+def ingest_counts(conn: duckdb.DuckDBPyConnection) -> dict:
+    """Rows kept by each ingest table and the quarantined records by stage and reason."""
+    counts: dict = {}
+    for key, table in (
+        ("reviews_kept", "reviews"),
+        ("items_with_metadata", "items"),
+        ("interactions_after_filter", "interactions"),
+    ):
+        if table_exists(conn, table):
+            counts[key] = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    if table_exists(conn, "quarantine"):
+        rows = conn.execute(
+            "SELECT stage, reason, count(*) FROM quarantine GROUP BY stage, reason ORDER BY stage, 3 DESC"
+        ).fetchall()
+        counts["quarantined"] = int(sum(n for _, _, n in rows))
+        counts["quarantine"] = [
+            {"stage": stage, "reason": reason, "rows": int(n)} for stage, reason, n in rows
+        ]
+    return counts
+
+
 def data_summary(
     conn: duckdb.DuckDBPyConnection, image_metadata: dict, metrics_metadata: dict, dataset_name: str
 ) -> dict:
@@ -236,6 +356,7 @@ def data_summary(
         summary["items_with_image"] = int(
             conn.execute("SELECT count(*) FILTER (WHERE has_image) FROM item_image_features").fetchone()[0]
         )
+    summary["ingest"] = ingest_counts(conn)
     pretrained = image_metadata.get("pretrained")
     summary["image_weights_pretrained"] = pretrained if isinstance(pretrained, bool) else None
     per_model = metrics_metadata.get("data_features_per_model")
@@ -276,7 +397,7 @@ def write_recommendations(
         conn.execute(RECOMMENDATIONS_DDL)
         conn.register("top_k", frame)
         conn.execute(
-            "INSERT INTO recommendations SELECT u.user_id, t.rank, i.item_id, t.score, ?, ?, u.user_id, i.item_id, "
+            "INSERT INTO recommendations SELECT u.user_id, t.rank, i.item_id, t.score, ?, ?, "
             "t.user_idx, t.item_idx, ? FROM top_k t JOIN user_index u USING (user_idx) "
             "JOIN item_index i USING (item_idx) ORDER BY t.user_idx, t.rank",
             [model, run_id, generated_at],
@@ -354,9 +475,11 @@ def evaluate_checkpoints(
     run_id: str,
     evaluated_at: datetime,
     log=None,
+    user_frames: list | None = None,
 ) -> tuple[list[dict], dict, dict]:
     """Every checkpoint scored on the data it was trained on: (metric rows, seconds per model, data
-    info per model)."""
+    info per model). ``user_frames``, when given, receives per-user test HR@10 / NDCG@10 frames
+    (the rows of `evaluation_user_metrics`)."""
     import time
 
     from models.evaluate import evaluate_model
@@ -371,8 +494,24 @@ def evaluate_checkpoints(
         model, _ = load_model(path, model_data, map_location=device)
         if log is not None:
             log(f"{name}: {path} (data features {model_data.info.get('features')})")
-        records = evaluate_model(model, model_data, settings_, device, log=log)
+        per_user: dict = {}
+        records = evaluate_model(model, model_data, settings_, device, log=log, per_user=per_user)
         rows += [{"model": name, **r, "run_id": run_id, "evaluated_at": evaluated_at} for r in records]
+        if user_frames is not None:
+            user_frames += [
+                pd.DataFrame(
+                    {
+                        "model": name,
+                        "protocol": protocol,
+                        "split": split,
+                        "user_idx": users.astype(np.int32),
+                        "hr10": hr,
+                        "ndcg10": ndcg,
+                    }
+                )  # fmt: skip
+                for (protocol, split), (users, hr, ndcg) in per_user.items()
+                if split == "test"
+            ]
         timings[name] = round(time.perf_counter() - started, 2)
         data_info[name] = model_data.info
         del model

@@ -249,12 +249,48 @@ def best_model(
     return max(candidates, key=lambda r: (r["value"], rank[r["model"]]))["model"]
 
 
-def findings(rows: list[dict]) -> list[str]:
-    """Plain sentences on what the numbers say: the best model per protocol, and reorderings."""
+def headline_values(rows: list[dict], split: str = "test") -> dict[str, dict[str, dict[str, float]]]:
+    """model -> protocol -> {"HR@10", "NDCG@10"} (all users of ``split``), in model order."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (model, protocol, metric), row in lookup(rows, split, "all").items():
+        if metric in ("HR@10", "NDCG@10") and row["value"] is not None:
+            out.setdefault(model, {}).setdefault(protocol, {})[metric] = float(row["value"])
+    return {m: out[m] for m in ordered_models(out)}
+
+
+def _comparison_sentence(c: dict) -> str:
+    """One finding from a row of `evaluation_comparisons` (``model`` against ``baseline``)."""
+    from models.significance import format_p
+
+    model, baseline = model_label(c["model"]), model_label(c["baseline"])
+    a, b, diff = c["value_model"], c["value_baseline"], c["diff"]
+    test = (
+        f"paired permutation test over {int(c['n_users']):,} users, {format_p(c['p_value'], c.get('n_perm'))}; "
+        f"difference {diff:+.4f}, 95 % CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}"
+    )
+    if c["verdict"] == "better":
+        return f"{c['protocol']}: {model} is better than {baseline} on test NDCG@10 ({a:.4f} vs {b:.4f}; {test})."
+    if c["verdict"] == "worse":
+        ratio = f", {b / a:.1f}x higher" if a > 0 and b > 1.5 * a else ""
+        return (
+            f"{c['protocol']}: {model} is worse than {baseline} on test NDCG@10 ({a:.4f} vs {b:.4f}{ratio}; "
+            f"{test})."
+        )
+    return (
+        f"{c['protocol']}: {model} and {baseline} do not differ significantly on test NDCG@10 "
+        f"({a:.4f} vs {b:.4f}; {test})."
+    )
+
+
+def findings(rows: list[dict], comparisons: list[dict] | None = None) -> list[str]:
+    """Plain sentences on what the numbers say: the best model per protocol, reorderings, and
+    ConvRec against every other model, wins and losses alike. "Better" or "worse" is said only with
+    a paired test on the same users at p < 0.05 (``comparisons``: rows of `evaluation_comparisons`);
+    without one, the numbers are given with no claim."""
     out = []
     order = {}
+    index = lookup(rows, "test", "all")
     for protocol in PROTOCOLS:
-        index = lookup(rows, "test", "all")
         scored = [
             (index[(m, protocol, "NDCG@10")]["value"], m)
             for m in ordered_models(r["model"] for r in rows)
@@ -271,22 +307,29 @@ def findings(rows: list[dict]) -> list[str]:
         )
     if len(order) == 2 and order["sampled_100"] != order["full"]:
         out.append("The two protocols order the models differently (see Krichene & Rendle, KDD 2020).")
-    index = lookup(rows, "test", "all")
+    tested = {(c["protocol"], c["baseline"]): c for c in comparisons or [] if c.get("model") == "convrec"}
     for protocol in PROTOCOLS:
         conv = index.get(("convrec", protocol, "NDCG@10"))
-        for baseline in ("popularity", "sasrec"):
+        if not conv:
+            continue
+        for baseline in ordered_models(r["model"] for r in rows):
             other = index.get((baseline, protocol, "NDCG@10"))
-            if not (conv and other):
+            if baseline == "convrec" or not other:
                 continue
-            verb = "beats" if conv["value"] > other["value"] else "does not beat"
-            ratio = (
-                f", {other['value'] / conv['value']:.1f}x lower"
-                if conv["value"] > 0 and other["value"] > 1.5 * conv["value"]
-                else ""
+            if (protocol, baseline) in tested:
+                out.append(_comparison_sentence(tested[(protocol, baseline)]))
+                continue
+            relation = (
+                "higher than"
+                if conv["value"] > other["value"]
+                else "lower than"
+                if conv["value"] < other["value"]
+                else "equal to"
             )
             out.append(
-                f"{protocol}: ConvRec {verb} {'popularity' if baseline == 'popularity' else 'SASRec'} on test NDCG@10 "
-                f"({conv['value']:.4f} vs {other['value']:.4f}{ratio})."
+                f"{protocol}: ConvRec scores {relation} {model_label(baseline)} on test NDCG@10 "
+                f"({conv['value']:.4f} vs {other['value']:.4f}); no paired test on the same users was run, "
+                "so this is no claim that either is better."
             )
     return out
 
@@ -307,6 +350,36 @@ def training_findings(histories: dict[str, list[dict]], data_summary: dict[str, 
         out.append(
             f"The catalogue has only {items} items, so the 100 sampled negatives cover "
             f"{min(100 / max(items - 1, 1), 1):.0%} of it: sampled and full ranking nearly coincide here."
+        )
+    return out
+
+
+def training_table(histories: dict[str, list[dict]], model_configs: dict[str, dict]) -> list[dict]:
+    """One row per model: parameters, best epoch, epochs trained, training time, why it stopped,
+    whether it was still improving, and the run that trained it (from best.pt and history.json)."""
+    out = []
+    for name in ordered_models(set(histories) | set(model_configs)):
+        history = histories.get(name) or []
+        info = model_configs.get(name) or {}
+        trained = [h for h in history if h.get("loss") is not None]
+        best_epoch = info.get("epoch")
+        if best_epoch is None and history:
+            best_epoch = max(history, key=lambda h: h.get("valid_NDCG@10") or 0).get("epoch")
+        last = trained[-1] if trained else None
+        out.append(
+            {
+                "model": name,
+                "label": model_label(name),
+                "parameters": info.get("n_parameters"),
+                "best_epoch": best_epoch,
+                "epochs": len(trained),
+                "train_time_s": round(sum(float(h.get("epoch_time_s") or 0) for h in trained), 1)
+                if trained
+                else 0.0,
+                "stopped_by": (last or {}).get("stop") or ("nothing to train" if not trained else None),
+                "still_improving": bool(len(trained) > 1 and best_epoch == trained[-1].get("epoch")),
+                "trained_in_run": info.get("run_id"),
+            }
         )
     return out
 
@@ -339,11 +412,17 @@ def build_report(
     run_id: str | None = None,
     generated_at: str | None = None,
     paper_dataset: str = "auto",
+    comparisons: list[dict] | None = None,
+    model_configs: dict[str, dict] | None = None,
+    warnings: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as JSON-safe data (the JSON file is exactly this).
 
     ``paper_dataset``: "auto" recognises the dataset by its size, "none" shows no published numbers,
-    or a name of :data:`PAPER_DATASETS`.
+    or a name of :data:`PAPER_DATASETS`. ``comparisons``: rows of `evaluation_comparisons` (paired
+    tests); ``model_configs``: per model, the provenance kept in its best.pt (best epoch, parameter
+    count, the run that trained it); ``warnings``: ``{"step", "message"}`` of every warning the run
+    logged. ``data_summary["ingest"]`` (when given) holds the ingest and quarantine counts.
     """
     if paper_dataset == "auto":
         dataset, reason = match_paper_dataset(
@@ -371,7 +450,10 @@ def build_report(
             "published": published_for(dataset),
         },
         "notes": _notes(config),
-        "findings": findings(rows) + training_findings(histories or {}, data_summary),
+        "findings": findings(rows, comparisons) + training_findings(histories or {}, data_summary),
+        "comparisons": comparisons or [],
+        "training": training_table(histories or {}, model_configs or {}),
+        "warnings": warnings or [],
         "best_model": best_model(rows),
         "tables": {
             "headline": comparison_table(rows, HEADLINE),
@@ -686,6 +768,112 @@ def _data_items(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _plain_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """The report's text tables as (title, header, rows, caption), shared by markdown and HTML:
+    paired tests, training, ingest and quarantine, warnings."""
+    from models.significance import format_p
+
+    tables = []
+    comparisons = report.get("comparisons") or []
+    rows = [
+        [
+            c["protocol"],
+            model_label(c["model"]),
+            model_label(c["baseline"]),
+            _fmt(c["value_model"]),
+            _fmt(c["value_baseline"]),
+            f"{c['diff']:+.4f} ({c['ci_low']:+.4f} to {c['ci_high']:+.4f})",
+            format_p(c["p_value"], c.get("n_perm")),
+            c["verdict"],
+        ]
+        for c in comparisons
+    ]
+    tables.append(
+        (
+            "Paired tests: ConvRec against every other model (test NDCG@10)",
+            ["protocol", "model", "against", "model", "against", "difference (95 % CI)", "p", "verdict"],
+            rows,
+            "Same users, per-user NDCG@10; two-sided sign-flip permutation test. \"better\" / \"worse\" need p < 0.05."
+            if rows
+            else "No paired test: ConvRec and at least one other model must be evaluated together.",
+        )
+    )
+    rows = [
+        [
+            t["label"],
+            "–" if t["parameters"] is None else f"{int(t['parameters']):,}",
+            "–" if t["best_epoch"] is None else str(t["best_epoch"]),
+            str(t["epochs"]),
+            _duration(t["train_time_s"]),
+            str(t["stopped_by"] or "–"),
+            "yes" if t["still_improving"] else "no",
+            f"`{t['trained_in_run']}`" if t.get("trained_in_run") else "–",
+        ]
+        for t in report.get("training") or []
+    ]
+    tables.append(
+        (
+            "Training",
+            [
+                "model",
+                "parameters",
+                "best epoch",
+                "epochs",
+                "training time",
+                "stopped by",
+                "still improving",
+                "trained in run",
+            ],
+            rows,
+            "Training time: the epochs' seconds from history.json (resumed epochs included, validation included).",
+        )
+    )
+    ingest = (report.get("data") or {}).get("ingest") or {}
+    rows = [
+        [key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value)]
+        for key, value in ingest.items()
+        if key != "quarantine"
+    ]
+    rows += [
+        [f"quarantined ({q['stage']}): {q['reason']}", f"{int(q['rows']):,}"]
+        for q in ingest.get("quarantine") or []
+    ]
+    tables.append(
+        (
+            "Ingest and quarantine",
+            ["what", "count"],
+            rows,
+            "Quarantined records are in the `quarantine` table with the raw line and the reason."
+            if rows
+            else "Ingest counts unknown (no ingest tables in DuckDB).",
+        )
+    )
+    warnings = report.get("warnings") or []
+    tables.append(
+        (
+            "Warnings of this run",
+            ["step", "warning"],
+            [[w.get("step") or "-", w["message"]] for w in warnings],
+            "Every warning the run logged." if warnings else "The run logged no warning.",
+        )
+    )
+    return tables
+
+
+def _md_plain(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [
+        "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in row) + " |" for row in rows
+    ]
+    return "\n".join(lines)
+
+
 def render_markdown(report: dict[str, Any], plots: dict[str, bytes] | None = None) -> str:
     """The report as markdown, plots embedded as base64 PNG (for ``dg.MetadataValue.md``)."""
     plots = plots or {}
@@ -720,6 +908,11 @@ def render_markdown(report: dict[str, Any], plots: dict[str, bytes] | None = Non
             with_ci=False,
         )
     )
+    for title, header, rows, caption in _plain_tables(report):
+        out += ["", f"## {title}", ""]
+        if rows:
+            out += [_md_plain(header, rows), ""]
+        out.append(f"*{caption}*")
     for name, png in plots.items():
         out += ["", f"## {PLOT_TITLES.get(name, name)}", "", f"![{name}]({_data_uri(png)})"]
     out += ["", "## Data", ""]
@@ -757,6 +950,7 @@ dl{display:grid;grid-template-columns:max-content auto;gap:3px 16px;margin:6px 0
 details pre{background:#f6f8fa;padding:10px;border-radius:4px;font-size:11px;overflow:auto;max-height:480px}
 th.start,td.start{border-left:1px solid #d0d7de}
 .tables{display:flex;flex-wrap:wrap;gap:0 32px}
+table.plain td,table.plain th{text-align:left;white-space:normal}
 """
 
 
@@ -885,6 +1079,19 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes] | None = None) -
     )
     body.append('<p class="caption">Test NDCG@10 by user group (paper, Appendix B).</p></div></div>')
 
+    for title, header, rows, caption in _plain_tables(report):
+        body.append(f"<h2>{esc(title)}</h2>")
+        if rows:
+            body.append(
+                '<table class="plain"><thead><tr>'
+                + "".join(f"<th>{esc(h)}</th>" for h in header)
+                + "</tr></thead><tbody>"
+            )
+            body += [
+                "<tr>" + "".join(f"<td>{esc(cell.strip('`'))}</td>" for cell in row) + "</tr>" for row in rows
+            ]
+            body.append("</tbody></table>")
+        body.append(f'<p class="caption">{esc(caption)}</p>')
     for name, png in plots.items():
         body.append(f"<h2>{esc(PLOT_TITLES.get(name, name))}</h2>")
         body.append(f'<img alt="{esc(name)}" src="{_data_uri(png)}">')
