@@ -179,7 +179,20 @@ def plot(results: dict, path: Path) -> None:
 
     names = list(results["runs"])
     rates = [results["runs"][n]["lines_per_s"] for n in names]
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    long_lines = results.get("long_lines") or {}
+    fig, axes = plt.subplots(1, 2 if long_lines else 1, figsize=(11 if long_lines else 6, 3), dpi=100, squeeze=False)
+    ax = axes[0][0]
+    if long_lines:
+        lax = axes[0][1]
+        labels = [f"{v['long_lines']} x {v['long_line_mb']:g} MB\n"
+                  + ("1 MB bound" if v["max_line_bytes"] <= 1 << 20 else "no bound") for v in long_lines.values()]
+        peaks = [v["peak_rss_above_baseline_mb"] for v in long_lines.values()]
+        lbars = lax.bar(labels, peaks, color="#8172b2")
+        for b, r in zip(lbars, peaks):
+            lax.text(b.get_x() + b.get_width() / 2, r, f"{r:,.0f}", ha="center", va="bottom", fontsize=8)
+        lax.set_ylabel("peak RSS above baseline (MB)")
+        lax.set_title("a review file with huge lines", fontsize=9)
+        lax.tick_params(axis="x", labelsize=7)
     bars = ax.bar(names, rates, color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
     ax.axhline(200_000, color="grey", linestyle="--", linewidth=1, label="target 200k lines/s")
     for b, r in zip(bars, rates):
