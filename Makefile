@@ -20,9 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: convrec_dagster/dagster.yaml
+# copies dagster.yaml and creates the instance's storage once, under a file lock: two first runs on
+# a fresh DAGSTER_HOME could otherwise both create it and break it
+$(DAGSTER_HOME)/dagster.yaml: convrec_dagster/dagster.yaml $(VENV)/.installed
 	mkdir -p $(DAGSTER_HOME)
 	cp convrec_dagster/dagster.yaml $@
+	$(BIN)/python -m convrec_dagster.store init-dagster-home --dagster-home $(DAGSTER_HOME)
 
 run: setup  ## run full_pipeline (embedded sample unless CONVREC_RAW_DIR is set)
 	$(BIN)/dagster job execute -m convrec_dagster.definitions -j full_pipeline $(if $(CONFIG),-c $(CONFIG))

@@ -50,6 +50,9 @@ LONG_LINE_KEEP = 1024  # bytes of a too-long line kept in the quarantine table
 # DuckDB's reader holds a line whole before it finds the line too long, so the fast read runs under
 # at most this memory_limit: a longer line then fails the fast read, and the Python reader takes over.
 FAST_READ_MEMORY_CAP = 1 << 30
+# A file holding one JSON document (S3-Rec *_item2attributes.json, a few MB) is parsed whole; larger
+# ones are skipped rather than loaded.
+MAX_DOCUMENT_BYTES = 64 << 20
 _BOM = b"\xef\xbb\xbf"
 # Whole lines through DuckDB's CSV reader: a delimiter that never occurs in valid JSON (raw control
 # characters must be escaped there), no quoting, no escaping, only "\n" ends a line.
@@ -197,19 +200,20 @@ def bounded_lines(fh, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[
         yield long_line
 
 
-def _head_lines(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> tuple[list[bytes], bool, int]:
-    """Up to SNIFF_LINES non-blank lines, whether the file is (decompressed) empty, and how many
-    lines were too long to look at."""
+def _head_lines(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+                ) -> tuple[list[bytes], bool, list[LongLine]]:
+    """Up to SNIFF_LINES non-blank lines, whether the file is (decompressed) empty, and the lines
+    that were too long to look at."""
     lines: list[bytes] = []
     read = 0
     any_bytes = False
-    n_long = 0
+    longs: list[LongLine] = []
     try:
         with open_binary(path) as fh:
             for line in bounded_lines(fh, max_line_bytes):
                 any_bytes = True
                 if isinstance(line, LongLine):
-                    n_long += 1
+                    longs.append(line)
                     read += line.length
                 elif line.strip():
                     read += len(line)
@@ -221,7 +225,7 @@ def _head_lines(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> tup
             raise RawDataError(path, f"cannot be read ({type(exc).__name__}: {exc})",
                                "check that the file is complete (`gzip -t FILE` for .gz files); "
                                "re-download it or remove it from the raw folder") from exc
-    return lines, not any_bytes, n_long
+    return lines, not any_bytes, longs
 
 
 def _parse_record(text: str) -> tuple[object, str]:
@@ -264,6 +268,24 @@ def _is_item_attributes(obj: object) -> bool:
                     for v in list(obj.values())[:1000]))
 
 
+def _sniff_document(path: Path, compression: str, size: int) -> FileFormat:
+    """A file that holds one JSON document, read whole (up to MAX_DOCUMENT_BYTES)."""
+    if size > MAX_DOCUMENT_BYTES:
+        return FileFormat(path, "unknown", "unknown", "json_object", compression,
+                          f"a JSON document of {size / 1e6:,.0f} MB, over the {MAX_DOCUMENT_BYTES >> 20} MB that "
+                          "are read whole; an S3-Rec *_item2attributes.json is far smaller")
+    try:
+        with open_binary(path) as fh:
+            doc = json.load(fh)  # bytes: json skips a BOM itself
+    except (ValueError, OSError, EOFError, RecursionError, zlib.error) as exc:
+        return FileFormat(path, "unknown", "unknown", "", compression,
+                          f"starts like a JSON document but does not parse ({type(exc).__name__}: {str(exc)[:200]})")
+    if _is_item_attributes(doc):
+        return FileFormat(path, "item_attributes", "s3rec_item2attributes", "json_object", compression)
+    return FileFormat(path, "unknown", "unknown", "json_object", compression,
+                      "a JSON document that is not an {item: [attributes]} map")
+
+
 def sniff(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> FileFormat:
     """Detect a file's kind and format from its content (the name is not trusted); lines longer
     than ``max_line_bytes`` are not looked at (and will be quarantined as ``line_too_long``)."""
@@ -274,8 +296,11 @@ def sniff(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> FileForma
 
 def _sniff(path: Path, max_line_bytes: int) -> FileFormat:
     compression = "gzip" if is_gzip(path) else "none"
-    lines, empty, n_long = _head_lines(path, max_line_bytes)
-    if not lines and n_long:
+    lines, empty, longs = _head_lines(path, max_line_bytes)
+    if not lines and len(longs) == 1 and longs[0].lstrip()[:1] == b"{":
+        # the whole file is one long line holding a JSON document: an S3-Rec *_item2attributes.json
+        return _sniff_document(path, compression, longs[0].length)
+    if not lines and longs:
         return FileFormat(path, "unknown", "unknown", "", compression,
                           f"its first lines are all longer than max_line_bytes={max_line_bytes:,} bytes; raise "
                           "max_line_bytes in the reviews/items asset config if such lines are expected")
@@ -287,16 +312,7 @@ def _sniff(path: Path, max_line_bytes: int) -> FileFormat:
     texts = [line.decode("utf-8", errors="replace").strip() for line in lines]
 
     if texts[0] in ("{", "["):  # a pretty-printed JSON document, e.g. an item2attributes file
-        try:
-            with open_binary(path) as fh:
-                doc = json.load(fh)  # bytes: json skips a BOM itself
-        except (ValueError, OSError, EOFError) as exc:
-            return FileFormat(path, "unknown", "unknown", "", compression,
-                              f"starts like a JSON document but does not parse ({exc})")
-        if _is_item_attributes(doc):
-            return FileFormat(path, "item_attributes", "s3rec_item2attributes", "json_object", compression)
-        return FileFormat(path, "unknown", "unknown", "json_object", compression,
-                          "a JSON document that is not an {item: [attributes]} map")
+        return _sniff_document(path, compression, path.stat().st_size)
 
     parsed = [_parse_record(t) if t[:1] == "{" else (None, "") for t in texts]
     dicts = [(v, s) for v, s in parsed if isinstance(v, dict)]
@@ -786,7 +802,7 @@ def load_item_attributes(conn: duckdb.DuckDBPyConnection, ff: FileFormat) -> Fil
     try:
         with open_binary(ff.path) as fh:
             doc = json.load(fh)
-    except (ValueError, OSError, EOFError, zlib.error) as exc:
+    except (ValueError, OSError, EOFError, zlib.error, RecursionError) as exc:
         raise RawDataError(ff.path, f"is not a readable JSON object ({type(exc).__name__}: {exc})",
                            "re-create the *_item2attributes.json file or remove it from the raw folder") from exc
     if not isinstance(doc, dict):

@@ -256,3 +256,17 @@ def test_quarantine_share_error_escapes_the_file_name_in_its_sql(make_resources,
     assert "source_file = 'reviews_O''Brien.json'" in sql
     with duckdb.connect(make_resources(tmp_path / "raw")["duckdb"].database, read_only=True) as conn:
         assert len(conn.execute(sql).fetchall()) == 4  # the suggested SQL runs and finds the lines
+
+
+def test_a_one_line_item2attributes_file_over_max_line_bytes_is_still_read_whole(make_resources, tmp_path):
+    """An S3-Rec *_item2attributes.json is one JSON document, often on one line of a few MB: it is
+    a document, not a too-long line."""
+    raw = tmp_path / "raw"
+    n_items = 80_000
+    write_bytes(raw / "Toys.txt", [f"{u} " + " ".join(str(i) for i in range(1, 6)) for u in range(1, 8)])
+    attrs = json.dumps({str(i): [i % 97, i % 13 + 100] for i in range(1, n_items + 1)})
+    assert len(attrs) > 1 << 20
+    write_bytes(raw / "Toys_item2attributes.json", [attrs])
+    result, db = run(make_resources, raw, assets=(reviews, items))
+    with duckdb.connect(db, read_only=True) as conn:
+        assert conn.execute("SELECT count(DISTINCT item_id) FROM raw_item_attributes").fetchall() == [(n_items,)]
