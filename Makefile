@@ -21,9 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: convrec_dagster/dagster.yaml
+# copies dagster.yaml and creates the instance's storage once, under a file lock: two first runs on
+# a fresh DAGSTER_HOME could otherwise both create it and break it
+$(DAGSTER_HOME)/dagster.yaml: convrec_dagster/dagster.yaml $(VENV)/.installed
 	mkdir -p $(DAGSTER_HOME)
 	cp convrec_dagster/dagster.yaml $@
+	$(BIN)/python -m convrec_dagster.store init-dagster-home --dagster-home $(DAGSTER_HOME)
 
 # The console logs at INFO and ends with a summary; `make run CONVREC_LOG_LEVEL=DEBUG` prints every
 # event. PYTHONWARNINGS hides the CLI's FutureWarning that `dagster job execute` is superseded.

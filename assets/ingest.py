@@ -16,6 +16,7 @@ from typing import Literal
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from convrec_dagster import store
 from convrec_dagster.checks import blocking_checks, failures, run_checks
 from convrec_dagster.data import rawdata
 from convrec_dagster.data.ingest import interactions_ordered_histories, items_unique, reviews_have_ids
@@ -33,19 +34,24 @@ class ReviewsConfig(dg.Config):
     """``max_quarantine_share``: if more than this share of a file's lines is unusable, the asset
     fails (naming the file) instead of going on with a damaged dump.
     ``min_review_date`` / ``max_review_date`` (YYYY-MM-DD): reviews outside are quarantined as
-    ``timestamp_out_of_range``; an empty ``max_review_date`` means tomorrow."""
+    ``timestamp_out_of_range``; an empty ``max_review_date`` means tomorrow.
+    ``max_line_bytes``: a longer line is quarantined as ``line_too_long`` (its first KB kept)
+    without being parsed, so one huge line cannot exhaust memory."""
 
     max_quarantine_share: float = 0.2
     min_review_date: str = "1995-01-01"
     max_review_date: str = ""
+    max_line_bytes: int = rawdata.DEFAULT_MAX_LINE_BYTES
 
 
 class ItemsConfig(dg.Config):
     """``max_quarantine_share``: as for `reviews`. ``prefer_local_images``: an
-    ``images/<item_id>.jpg|png`` file in the raw folder wins over the image URL in the metadata."""
+    ``images/<item_id>.jpg|png`` file in the raw folder wins over the image URL in the metadata.
+    ``max_line_bytes``: as for `reviews`."""
 
     max_quarantine_share: float = 0.2
     prefer_local_images: bool = True
+    max_line_bytes: int = rawdata.DEFAULT_MAX_LINE_BYTES
 
 
 class InteractionsConfig(dg.Config):
@@ -70,7 +76,9 @@ def _failure(err: RawDataError, **metadata) -> dg.Failure:
     )
 
 
-def _raw_files(context, paths: ConvRecPaths) -> tuple[Path, list[FileFormat], list[dict]]:
+def _raw_files(
+    context, paths: ConvRecPaths, max_line_bytes: int = rawdata.DEFAULT_MAX_LINE_BYTES
+) -> tuple[Path, list[FileFormat], list[dict]]:
     """Sniff every file of the raw folder; returns (folder, readable formats, skipped entries)."""
     raw_dir = paths.raw_path()
     fix = (
@@ -97,7 +105,7 @@ def _raw_files(context, paths: ConvRecPaths) -> tuple[Path, list[FileFormat], li
     formats, skipped = [], [{"file": n, "why": why} for n, why in skipped_dirs]
     for path in files:
         try:
-            ff = rawdata.sniff(path)
+            ff = rawdata.sniff(path, max_line_bytes)
         except RawDataError as err:
             raise _failure(err, raw_dir=str(raw_dir)) from err
         if ff.kind in ("unknown", "empty"):
@@ -125,7 +133,8 @@ def _check_shares(conn, stage: str, stats: list[FileStats], max_share: float) ->
             f"used, more than max_quarantine_share={max_share:.0%} (reasons: "
             f"{dict(s.quarantined)}; first: {example_text}). The file looks damaged or is not the "
             f"format it seems ({s.format}). What to do: inspect the lines with `SELECT * FROM "
-            f"quarantine WHERE stage = '{stage}' AND source_file = '{s.file}'`, fix or re-download the "
+            f"quarantine WHERE stage = {store.quote_literal(stage)} AND source_file = "
+            f"{store.quote_literal(s.file)}`, fix or re-download the "
             "file, remove it from the raw folder, or raise max_quarantine_share in the "
             f"`{stage}` asset config if this is expected."
         ),
@@ -197,7 +206,7 @@ def reviews(
     (NULL for the timestamp-less benchmark formats, whose file order `seq_no` keeps). Unusable lines
     go to `quarantine` (stage `reviews`) verbatim with a reason."""
     t0 = time.perf_counter()
-    raw_dir, formats, skipped = _raw_files(context, paths)
+    raw_dir, formats, skipped = _raw_files(context, paths, config.max_line_bytes)
     review_files = [ff for ff in formats if ff.kind == "reviews"]
     if not review_files:
         raise dg.Failure(
@@ -245,6 +254,8 @@ def reviews(
         conn.execute("""CREATE OR REPLACE TABLE reviews AS
                         SELECT user_id, item_id, rating, ts, seq_no, source_file, line_no, source_format
                         FROM _stage_reviews ORDER BY seq_no""")
+        # whose ingest the tables hold: later steps of other runs check it (run_guard.StoreGuard)
+        fingerprint = store.record_ingest(conn, context.run_id, raw_dir, [ff.path for ff in formats])
         conn.execute("COMMIT")
         users, items, rows, min_ts_v, max_ts_v, n_ts, pairs = conn.execute(
             "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), "
@@ -260,6 +271,7 @@ def reviews(
             "formats": {s.file: s.format for s in stats},
             "records_read": n_lines,
             "records_kept": rows,
+            "dataset_fingerprint": fingerprint,
             "quarantined": sum(s.n_quarantined for s in stats),
             "quarantined_by_reason": _quarantine_reasons(stats),
             "duplicates": rows - pairs,
@@ -299,7 +311,7 @@ def items(
     the local `images/<item_id>` file when present, else the first image URL. S3-Rec
     `*_item2attributes.json` maps go to `raw_item_attributes(item_id, attribute, source_file)`.
     Reviewed items without metadata are reported."""
-    raw_dir, formats, skipped = _raw_files(context, paths)
+    raw_dir, formats, skipped = _raw_files(context, paths, config.max_line_bytes)
     meta_files = [ff for ff in formats if ff.kind == "meta"]
     attr_files = [ff for ff in formats if ff.kind == "item_attributes"]
     if not meta_files and not attr_files:

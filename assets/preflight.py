@@ -1,5 +1,5 @@
 """Preflight: the root of `full_pipeline`. Checks in seconds what would otherwise fail late, and
-says how long training will take, before any step does work (``convrec_dagster.preflight``)."""
+says how long training will take, before any step does work (``convrec_dagster.data.preflight``)."""
 
 import time
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster import preflight as pf
+from convrec_dagster.data import preflight as pf
 from convrec_dagster.resources import (
     DUCKDB_POOL,
     DUCKDB_TAGS,

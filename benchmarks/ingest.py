@@ -8,7 +8,11 @@ helpers the `reviews` / `items` assets use (``convrec_dagster.data.rawdata``) on
 - ``reviews_fast``: a clean strict-JSON review file (DuckDB's reader + JSON functions);
 - ``reviews_fallback``: the same file with one malformed line, which sends it down the exact
   Python line reader (then the same SQL) -- what a damaged file costs;
-- ``meta_literal``: Python-literal metadata lines (``ast.literal_eval``).
+- ``meta_literal``: Python-literal metadata lines (``ast.literal_eval``);
+- ``reviews_long_lines``: a review file with a few 5 MB lines (``--long-line-mb``) among normal ones,
+  read with the default ``max_line_bytes`` (1 MB): peak RSS above the baseline (kernel high-water
+  mark, ``benchmarks.common.PeakRSS``), also for 10x longer lines, and once with the bound lifted
+  (``max_line_bytes`` = 256 MB, lines parsed whole) for comparison.
 
 The JSON result holds machine info (platform, CPUs, load average, torch/duckdb versions, date);
 a bar plot goes next to it (same name, ``.png``). Target: >= 200,000 review lines/s on 2 cores.
@@ -91,6 +95,95 @@ def meta_lines(n: int, seed: int = 1):
         )
 
 
+def _long_line_case(path: str, bound: int, queue) -> None:
+    """One long-line case in a fresh process (DuckDB keeps its buffers, so cases must not share one)."""
+    from benchmarks.common import PeakRSS
+
+    conn = duckdb.connect(str(Path(path).with_suffix(".duckdb")))
+    rawdata.create_staging(conn)
+    peak = PeakRSS().start()
+    t0 = time.perf_counter()
+    ff = rawdata.sniff(Path(path), bound)
+    stats = rawdata.load_reviews(conn, ff, 0, 0, 2_000_000_000)
+    secs = time.perf_counter() - t0
+    rss = peak.stop()
+    queue.put(
+        {
+            "lines": stats.lines,
+            "kept": stats.kept,
+            "quarantined_by_reason": dict(stats.quarantined),
+            "parser": stats.parser,
+            "seconds": round(secs, 3),
+            "baseline_rss_mb": round(peak.baseline / 1e6, 1),
+            "peak_rss_above_baseline_mb": round(rss / 1e6, 1),
+            "rss_method": peak.method,
+        }
+    )
+
+
+def _write_long_line_file(path: Path, n_normal: int, n_long: int, long_mb: float) -> None:
+    """Normal review lines with ``n_long`` review lines of ``long_mb`` MB spread among them (the
+    long text is written in 1 MB pieces, so no huge string is built here)."""
+    every = max(1, n_normal // n_long)
+    piece = "x" * (1 << 20)
+    with open(path, "w") as fh:
+        for k, line in enumerate(
+            review_lines(n_normal, max(10, n_normal // 8), max(10, n_normal // 20), seed=3)
+        ):
+            fh.write(line + "\n")
+            if k % every == 0 and k // every < n_long:
+                fh.write(
+                    f'{{"reviewerID": "L{k}", "asin": "B000000001", "overall": 5.0, '
+                    f'"unixReviewTime": 1300000000, "reviewText": "'
+                )
+                left = int(long_mb * 1e6)
+                while left > 0:
+                    fh.write(piece[: min(left, len(piece))])
+                    left -= len(piece)
+                fh.write('"}\n')
+
+
+def long_line_runs(work: Path, n_normal: int, n_long: int, long_mb: float) -> dict:
+    """Peak RSS while sniffing and loading a review file with ``n_long`` lines of ``long_mb`` MB
+    among ``n_normal`` normal ones, then with 10x longer lines, then one 1.5 GB line, each with the
+    default ``max_line_bytes``; and the first file with the bound lifted. Each case in a fresh process."""
+    import multiprocessing as mp
+
+    out = {}
+    cases = [
+        ("bounded", n_long, long_mb, rawdata.DEFAULT_MAX_LINE_BYTES),
+        ("bounded_10x_longer", n_long, long_mb * 10, rawdata.DEFAULT_MAX_LINE_BYTES),
+        ("bounded_one_1500mb_line", 1, 1500.0, rawdata.DEFAULT_MAX_LINE_BYTES),
+        ("unbounded", n_long, long_mb, 256 << 20),
+    ]
+    for name, count, mb, bound in cases:
+        path = work / f"reviews_Long_{name}.json"
+        _write_long_line_file(path, n_normal, count, mb)
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_long_line_case, args=(str(path), bound, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        out[name] = {
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "long_lines": count,
+            "long_line_mb": mb,
+            "normal_lines": n_normal,
+            "max_line_bytes": bound,
+            **result,
+        }
+        print(
+            f"long lines {name}: {count} x {mb:g} MB lines, bound {bound:,} B: peak RSS "
+            f"+{result['peak_rss_above_baseline_mb']:,.1f} MB, {result['kept']:,} kept, quarantined "
+            f"{result['quarantined_by_reason']} ({result['parser']}, {result['seconds']:.2f} s)"
+        )
+        path.unlink()
+        Path(path).with_suffix(".duckdb").unlink(missing_ok=True)
+    return out
+
+
 def _time_load(fn, *args) -> tuple[rawdata.FileStats, float]:
     t0 = time.perf_counter()
     stats = fn(*args)
@@ -125,7 +218,25 @@ def plot(results: dict, path: Path) -> None:
 
     names = list(results["runs"])
     rates = [results["runs"][n]["lines_per_s"] for n in names]
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    long_lines = results.get("long_lines") or {}
+    fig, axes = plt.subplots(
+        1, 2 if long_lines else 1, figsize=(11 if long_lines else 6, 3), dpi=100, squeeze=False
+    )
+    ax = axes[0][0]
+    if long_lines:
+        lax = axes[0][1]
+        labels = [
+            f"{v['long_lines']} x {v['long_line_mb']:g} MB\n"
+            + ("1 MB bound" if v["max_line_bytes"] <= 1 << 20 else "no bound")
+            for v in long_lines.values()
+        ]
+        peaks = [v["peak_rss_above_baseline_mb"] for v in long_lines.values()]
+        lbars = lax.bar(labels, peaks, color="#8172b2")
+        for b, r in zip(lbars, peaks):
+            lax.text(b.get_x() + b.get_width() / 2, r, f"{r:,.0f}", ha="center", va="bottom", fontsize=8)
+        lax.set_ylabel("peak RSS above baseline (MB)")
+        lax.set_title("a review file with huge lines", fontsize=9)
+        lax.tick_params(axis="x", labelsize=7)
     bars = ax.bar(names, rates, color=["#4c72b0", "#dd8452", "#55a868"][: len(names)])
     ax.axhline(200_000, color="grey", linestyle="--", linewidth=1, label="target 200k lines/s")
     for b, r in zip(bars, rates):
@@ -169,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         "sequences and eval_negatives with bounded DuckDB memory (benchmarks.ingest_scale)",
     )
     parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory_limit for --scale (default 1GB)")
+    parser.add_argument(
+        "--long-lines", type=int, default=4, help="huge lines in the long-line case (0: skip it)"
+    )
+    parser.add_argument(
+        "--long-line-mb", type=float, default=5.0, help="size of each huge line in MB (default 5)"
+    )
     args = parser.parse_args(argv)
     if args.scale:
         from benchmarks.ingest_scale import scale_main
@@ -229,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: {stats.lines:,} lines in {secs:.2f} s = {stats.lines / secs:,.0f} lines/s "
                 f"({stats.parser})"
             )
+        long_lines = (
+            long_line_runs(work, 10_000, args.long_lines, args.long_line_mb) if args.long_lines else {}
+        )
         conn.close()
 
     results = {
@@ -238,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "generation_seconds": round(gen_s, 1),
         "machine": machine_info(),
         "runs": runs,
+        "long_lines": long_lines,
         "note": "the machine may be shared with other jobs; see load_average",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dagster as dg
 
 from convrec_dagster.resources import DUCKDB_TAGS
+from convrec_dagster.run_guard import guarded
 
 STAGE_GROUPS = ("ingest", "features", "splits", "training", "evaluation")
 RETRAIN_GROUPS = ("training", "evaluation")
@@ -35,8 +36,9 @@ PRELOAD_MODULES = [
 # The default executor of the Definitions (so it covers `full_pipeline`, `retrain` and the UI's
 # "Materialize" buttons): one process per step, at most one DuckDB step at a time per run. Step
 # processes fork from a forkserver that has already imported PRELOAD_MODULES, instead of spawning a
-# fresh interpreter that imports them again per step.
-convrec_executor = dg.multiprocess_executor.configured(
+# fresh interpreter that imports them again per step. `guarded`: the run holds CONVREC_HOME's run
+# lock from start to end, and a copy of the store is kept after a successful run (run_guard.py).
+convrec_executor = guarded(dg.multiprocess_executor).configured(
     {
         "tag_concurrency_limits": [
             {"key": _duckdb_tag_key, "value": _duckdb_tag_value, "limit": 1},

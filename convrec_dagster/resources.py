@@ -29,12 +29,31 @@ class ConvRecDuckDB(DuckDBResource):
     Opening retries only while another process holds the file's lock (up to 2 minutes); any
     other error (a read-only home, a path that is a folder, a damaged file) fails at once with
     what to do, instead of after minutes of silent retries.
+
+    Inside a run, every connection first takes (or confirms) the home's run lock, the run's first
+    connection reads the whole store, and each checks that the tables hold this run's ingest
+    (``convrec_dagster.run_guard.StoreGuard``).
     """
 
     database: str = ""  # "" = CONVREC_HOME/convrec.duckdb
     memory_limit: str = ""
     threads: int = 0
     temp_directory: str = ""
+
+    _guard: object = PrivateAttr(default=None)
+    _log: object = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from convrec_dagster.run_guard import StoreGuard
+
+        if self.path() != ":memory:" and context.run_id:
+            job = context.dagster_run.job_name if context.dagster_run is not None else ""
+            self._guard = StoreGuard(self.path(), context.run_id, context.instance, job)
+            self._log = context.log
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._guard is not None:
+            self._guard.after_run()
 
     def path(self) -> str:
         return self.database or str(settings.duckdb_path())
@@ -61,8 +80,17 @@ class ConvRecDuckDB(DuckDBResource):
                     "CONVREC_HOME at a writable folder.",
                     allow_retries=False,
                 ) from exc
+            from convrec_dagster.run_guard import unwritable_home_failure
+
+            failure = unwritable_home_failure(database)
+            if failure is not None:
+                raise failure
+        if self._guard is not None:
+            self._guard.take_lock(self._log)
         conn = connect_duckdb(database, self.duckdb_config())
         try:
+            if self._guard is not None:
+                self._guard.check(conn, self._log)
             yield conn
         finally:
             conn.close()
@@ -78,20 +106,25 @@ def connect_duckdb(database: str, config: dict, lock_wait_s: float = 120.0):
     while True:
         try:
             return duckdb.connect(database=database, read_only=False, config=config)
-        except duckdb.IOException as exc:
-            locked = "lock" in str(exc).lower()
+        except duckdb.Error as exc:
+            locked = isinstance(exc, duckdb.IOException) and "conflicting lock" in str(exc).lower()
             if locked and waited < lock_wait_s:
                 time.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 4.0)
                 continue
-            advice = (
-                "another process holds the file: wait for it (another run on this CONVREC_HOME?), or use "
-                "another CONVREC_HOME"
-                if locked
-                else "check that CONVREC_HOME is a writable folder and the file is a DuckDB database; a damaged "
-                "file can be moved away and rebuilt with `dagster job execute -j full_pipeline`"
-            )
+            if locked:
+                advice = (
+                    "another process holds the file: wait for it (another run on this CONVREC_HOME?), or use "
+                    "another CONVREC_HOME"
+                )
+            else:
+                from convrec_dagster.store import recovery_advice
+
+                advice = (
+                    "check that CONVREC_HOME is a writable folder and the file is a DuckDB database; if "
+                    f"the file is damaged, {recovery_advice(Path(database).parent)}"
+                ).rstrip(".")
             raise dg.Failure(
                 f"cannot open the DuckDB file {database}: {exc}. What to do: {advice}.", allow_retries=False
             ) from exc

@@ -96,7 +96,7 @@ def test_preflight_names_every_problem(full_pipeline, tmp_path):
 
 
 def test_estimate_advises_a_quicker_result_over_an_hour_on_cpu():
-    from convrec_dagster.preflight import DataSize, estimate_lines
+    from convrec_dagster.data.preflight import DataSize, estimate_lines
 
     slow = [
         {

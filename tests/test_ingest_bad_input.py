@@ -220,3 +220,74 @@ def test_deeply_nested_lines_are_quarantined_and_the_rest_kept(make_resources, t
         "nested_too_deep",
         "malformed_literal",
     )
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_5_mb_line_is_quarantined_with_its_first_kb_and_the_rest_kept(make_resources, tmp_path, gz):
+    """Longer than max_line_bytes (1 MB): quarantined as line_too_long, never parsed, its first KB
+    kept; in review files (DuckDB's reader, then the bounded Python reader) and in metadata."""
+    huge_review = '{"reviewerID": "U9", "asin": "I9", "reviewText": "' + "x" * 5_000_000 + '"}'
+    huge_meta = "{'asin': 'I7', 'title': '" + "y" * 5_000_000 + "'}"
+    raw = tmp_path / "raw"
+    lines = good_lines()
+    lines.insert(7, huge_review)
+    meta = [str({"asin": f"I{k}", "title": f"t{k}"}) for k in range(GOOD)]
+    meta.insert(3, huge_meta)
+    write_bytes(raw / "reviews_Huge.json", lines, gz=gz)
+    write_bytes(raw / "meta_Huge.json", meta, gz=gz)
+    result, db = run(make_resources, raw, assets=(reviews, items))
+    assert metadata(result)["records_kept"] == GOOD
+    assert metadata(result)["quarantined_by_reason"] == {"line_too_long": 1}
+    assert metadata(result, "items")["items"] == GOOD
+    rows = {(r[0], r[2]): r for r in quarantine(db)}
+    assert set(rows) == {("reviews", 8), ("items", 4)}
+    assert all(r[3] == "line_too_long" for r in rows.values())
+    assert rows[("reviews", 8)][4] == huge_review[:1024]
+    assert rows[("items", 4)][4] == huge_meta[:1024]
+
+
+def test_max_line_bytes_is_a_setting(make_resources, tmp_path):
+    raw = tmp_path / "raw"
+    lines = good_lines()
+    lines.append(review("U1", "I99").replace('"fine"', '"' + "z" * 3000 + '"'))
+    write_bytes(raw / "reviews_Long.json", lines)
+    result, db = run(make_resources, raw, config={"reviews": {"config": {"max_line_bytes": 2000}}})
+    assert metadata(result)["quarantined_by_reason"] == {"line_too_long": 1}
+    result, db = run(make_resources, raw)  # the default (1 MB) takes the line
+    assert metadata(result)["records_kept"] == GOOD + 1
+
+
+@pytest.mark.parametrize("n_lines", [1, 3])
+def test_a_byte_order_mark_on_line_1_is_ignored(make_resources, tmp_path, n_lines):
+    raw = tmp_path / "raw"
+    lines = good_lines(n_lines)
+    write_bytes(raw / "reviews_Bom.json", [b"\xef\xbb\xbf" + lines[0].encode(), *lines[1:]])
+    result, db = run(make_resources, raw)
+    assert metadata(result)["records_kept"] == n_lines and metadata(result)["quarantined"] == 0
+
+
+def test_quarantine_share_error_escapes_the_file_name_in_its_sql(make_resources, tmp_path):
+    name = "reviews_O'Brien.json"
+    write_bytes(tmp_path / "raw" / name, good_lines(4) + ['{"reviewerID": broken'] * 4)
+    with pytest.raises(dg.Failure) as exc:
+        run(make_resources, tmp_path / "raw")
+    sql = str(exc.value).split("`")[1]
+    assert "source_file = 'reviews_O''Brien.json'" in sql
+    with duckdb.connect(make_resources(tmp_path / "raw")["duckdb"].database, read_only=True) as conn:
+        assert len(conn.execute(sql).fetchall()) == 4  # the suggested SQL runs and finds the lines
+
+
+def test_a_one_line_item2attributes_file_over_max_line_bytes_is_still_read_whole(make_resources, tmp_path):
+    """An S3-Rec *_item2attributes.json is one JSON document, often on one line of a few MB: it is
+    a document, not a too-long line."""
+    raw = tmp_path / "raw"
+    n_items = 80_000
+    write_bytes(raw / "Toys.txt", [f"{u} " + " ".join(str(i) for i in range(1, 6)) for u in range(1, 8)])
+    attrs = json.dumps({str(i): [i % 97, i % 13 + 100] for i in range(1, n_items + 1)})
+    assert len(attrs) > 1 << 20
+    write_bytes(raw / "Toys_item2attributes.json", [attrs])
+    result, db = run(make_resources, raw, assets=(reviews, items))
+    with duckdb.connect(db, read_only=True) as conn:
+        assert conn.execute("SELECT count(DISTINCT item_id) FROM raw_item_attributes").fetchall() == [
+            (n_items,)
+        ]

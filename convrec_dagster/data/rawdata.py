@@ -22,6 +22,7 @@ handed to the same SQL as JSON.
 from __future__ import annotations
 
 import ast
+import contextlib
 import gzip
 import json
 import re
@@ -41,13 +42,25 @@ BENCHMARK_FORMATS = {"sasrec_pairs", "s3rec_sequences"}
 SNIFF_LINES = 30
 SNIFF_BYTES = 8 << 20
 BATCH_LINES = 200_000
+# The Python line reader hands over batches of at most this many bytes of line text, so its memory
+# stays bounded whatever the lines hold (with max_line_bytes, one line adds at most that much).
+BATCH_BYTES = 16 << 20
+DEFAULT_MAX_LINE_BYTES = 1 << 20  # longer lines are quarantined as line_too_long, never parsed
+LONG_LINE_KEEP = 1024  # bytes of a too-long line kept in the quarantine table
+# DuckDB's reader holds a line whole before it finds the line too long, so the fast read runs under
+# at most this memory_limit: a longer line then fails the fast read, and the Python reader takes over.
+FAST_READ_MEMORY_CAP = 1 << 30
+# A file holding one JSON document (S3-Rec *_item2attributes.json, a few MB) is parsed whole; larger
+# ones are skipped rather than loaded.
+MAX_DOCUMENT_BYTES = 64 << 20
+_BOM = b"\xef\xbb\xbf"
 # Whole lines through DuckDB's CSV reader: a delimiter that never occurs in valid JSON (raw control
 # characters must be escaped there), no quoting, no escaping, only "\n" ends a line.
 _LINE_DELIM = "\x1f\x1e\x1d\x1c"
 _READ_LINES = (
     "read_csv({path}, columns={{'raw': 'VARCHAR'}}, delim='" + _LINE_DELIM + "', quote='', "
     "escape='', header=false, auto_detect=false, new_line='\\n', strict_mode=false, "
-    "max_line_size=268435456, compression='{compression}')"
+    "max_line_size={max_line_size}, compression='{compression}')"
 )
 # ids in benchmark files: word characters with at least one digit (so prose is not taken for ids)
 _ID_TOKEN = r"[\w\-]*\d[\w\-]*"
@@ -72,6 +85,7 @@ class FileFormat:
     syntax: str = ""  # json | literal | tokens | json_object
     compression: str = "none"  # gzip | none
     note: str = ""  # why a file is unknown, or what is special about it
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # longer lines: quarantined as line_too_long
 
     @property
     def has_timestamps(self) -> bool:
@@ -160,17 +174,59 @@ def local_images(raw_dir: Path) -> dict[str, Path]:
     }
 
 
-def _head_lines(path: Path) -> tuple[list[bytes], bool]:
-    """Up to SNIFF_LINES non-blank lines and whether the file is (decompressed) empty."""
+class LongLine(bytes):
+    """The first LONG_LINE_KEEP bytes of a line longer than ``max_line_bytes``; the rest of the
+    line was read in small chunks and dropped, never held whole or parsed."""
+
+    length: int = 0
+
+
+def bounded_lines(fh, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes]:
+    """The lines of a binary file without their line ends; a line longer than ``max_line_bytes``
+    comes as a ``LongLine``. Memory: at most ``max_line_bytes`` + 1 MB per line. A byte-order
+    mark at the start of line 1 is dropped."""
+    first = True
+    while True:
+        line = fh.readline(max_line_bytes + 2)  # + "\r\n"
+        if not line:
+            return
+        if first:
+            first = False
+            if line.startswith(_BOM):
+                line = line[len(_BOM) :]
+        body = line.rstrip(b"\r\n")
+        if len(body) <= max_line_bytes and (line.endswith(b"\n") or len(line) <= max_line_bytes):
+            yield body
+            continue
+        long_line = LongLine(body[:LONG_LINE_KEEP])
+        long_line.length = len(line)
+        while not line.endswith(b"\n"):  # skip the rest of the line, 1 MB at a time
+            line = fh.readline(1 << 20)
+            if not line:
+                break
+            long_line.length += len(line)
+        long_line.length -= 1 if line.endswith(b"\n") else 0
+        yield long_line
+
+
+def _head_lines(
+    path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> tuple[list[bytes], bool, list[LongLine]]:
+    """Up to SNIFF_LINES non-blank lines, whether the file is (decompressed) empty, and the lines
+    that were too long to look at."""
     lines: list[bytes] = []
     read = 0
     any_bytes = False
+    longs: list[LongLine] = []
     try:
         with open_binary(path) as fh:
-            for line in fh:
+            for line in bounded_lines(fh, max_line_bytes):
                 any_bytes = True
-                read += len(line)
-                if line.strip():
+                if isinstance(line, LongLine):
+                    longs.append(line)
+                    read += line.length
+                elif line.strip():
+                    read += len(line)
                     lines.append(line)
                 if len(lines) >= SNIFF_LINES or read >= SNIFF_BYTES:
                     break
@@ -182,7 +238,7 @@ def _head_lines(path: Path) -> tuple[list[bytes], bool]:
                 "check that the file is complete (`gzip -t FILE` for .gz files); "
                 "re-download it or remove it from the raw folder",
             ) from exc
-    return lines, not any_bytes
+    return lines, not any_bytes, longs
 
 
 def _parse_record(text: str) -> tuple[object, str]:
@@ -241,11 +297,66 @@ def _is_item_attributes(obj: object) -> bool:
     )
 
 
-def sniff(path: Path) -> FileFormat:
-    """Detect a file's kind and format from its content (the name is not trusted)."""
-    path = Path(path)
+def _sniff_document(path: Path, compression: str, size: int) -> FileFormat:
+    """A file that holds one JSON document, read whole (up to MAX_DOCUMENT_BYTES)."""
+    if size > MAX_DOCUMENT_BYTES:
+        return FileFormat(
+            path,
+            "unknown",
+            "unknown",
+            "json_object",
+            compression,
+            f"a JSON document of {size / 1e6:,.0f} MB, over the {MAX_DOCUMENT_BYTES >> 20} MB that "
+            "are read whole; an S3-Rec *_item2attributes.json is far smaller",
+        )
+    try:
+        with open_binary(path) as fh:
+            doc = json.load(fh)  # bytes: json skips a BOM itself
+    except (ValueError, OSError, EOFError, RecursionError, zlib.error) as exc:
+        return FileFormat(
+            path,
+            "unknown",
+            "unknown",
+            "",
+            compression,
+            f"starts like a JSON document but does not parse ({type(exc).__name__}: {str(exc)[:200]})",
+        )
+    if _is_item_attributes(doc):
+        return FileFormat(path, "item_attributes", "s3rec_item2attributes", "json_object", compression)
+    return FileFormat(
+        path,
+        "unknown",
+        "unknown",
+        "json_object",
+        compression,
+        "a JSON document that is not an {item: [attributes]} map",
+    )
+
+
+def sniff(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> FileFormat:
+    """Detect a file's kind and format from its content (the name is not trusted); lines longer
+    than ``max_line_bytes`` are not looked at (and will be quarantined as ``line_too_long``)."""
+    ff = _sniff(Path(path), max_line_bytes)
+    ff.max_line_bytes = max_line_bytes
+    return ff
+
+
+def _sniff(path: Path, max_line_bytes: int) -> FileFormat:
     compression = "gzip" if is_gzip(path) else "none"
-    lines, empty = _head_lines(path)
+    lines, empty, longs = _head_lines(path, max_line_bytes)
+    if not lines and len(longs) == 1 and longs[0].lstrip()[:1] == b"{":
+        # the whole file is one long line holding a JSON document: an S3-Rec *_item2attributes.json
+        return _sniff_document(path, compression, longs[0].length)
+    if not lines and longs:
+        return FileFormat(
+            path,
+            "unknown",
+            "unknown",
+            "",
+            compression,
+            f"its first lines are all longer than max_line_bytes={max_line_bytes:,} bytes; raise "
+            "max_line_bytes in the reviews/items asset config if such lines are expected",
+        )
     if empty or not lines:
         return FileFormat(
             path,
@@ -260,28 +371,7 @@ def sniff(path: Path) -> FileFormat:
     texts = [line.decode("utf-8", errors="replace").strip() for line in lines]
 
     if texts[0] in ("{", "["):  # a pretty-printed JSON document, e.g. an item2attributes file
-        try:
-            with open_binary(path) as fh:
-                doc = json.load(fh)
-        except (ValueError, OSError, EOFError) as exc:
-            return FileFormat(
-                path,
-                "unknown",
-                "unknown",
-                "",
-                compression,
-                f"starts like a JSON document but does not parse ({exc})",
-            )
-        if _is_item_attributes(doc):
-            return FileFormat(path, "item_attributes", "s3rec_item2attributes", "json_object", compression)
-        return FileFormat(
-            path,
-            "unknown",
-            "unknown",
-            "json_object",
-            compression,
-            "a JSON document that is not an {item: [attributes]} map",
-        )
+        return _sniff_document(path, compression, path.stat().st_size)
 
     parsed = [_parse_record(t) if t[:1] == "{" else (None, "") for t in texts]
     dicts = [(v, s) for v, s in parsed if isinstance(v, dict)]
@@ -362,20 +452,29 @@ def create_staging(conn: duckdb.DuckDBPyConnection) -> None:
 # Reading lines exactly (Python), for files the fast path cannot take
 
 
-def iter_lines(path: Path, batch: int = BATCH_LINES) -> Iterator[list[tuple[int, bytes]]]:
-    """Batches of (1-based line number, line bytes without the newline), blank lines included.
+def iter_lines(
+    path: Path,
+    batch: int = BATCH_LINES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_bytes: int = BATCH_BYTES,
+) -> Iterator[list[tuple[int, bytes]]]:
+    """Batches of (1-based line number, line bytes without the newline), blank lines included;
+    a line longer than ``max_line_bytes`` comes as a ``LongLine`` (its first KB). A batch ends
+    after ``batch`` lines or ``batch_bytes`` bytes, so memory stays bounded.
 
     Raises RawDataError for a truncated or corrupt gzip stream and for read errors.
     """
     out: list[tuple[int, bytes]] = []
+    size = 0
     line_no = 0
     try:
         with open_binary(path) as fh:
-            for line_no, line in enumerate(fh, start=1):
-                out.append((line_no, line.rstrip(b"\r\n")))
-                if len(out) >= batch:
+            for line_no, line in enumerate(bounded_lines(fh, max_line_bytes), start=1):
+                out.append((line_no, line))
+                size += len(line)
+                if len(out) >= batch or size >= batch_bytes:
                     yield out
-                    out = []
+                    out, size = [], 0
     except EOFError as exc:
         raise RawDataError(
             path,
@@ -427,6 +526,12 @@ def _python_source(batch: list[tuple[int, bytes]], literal: bool) -> tuple[pa.Ta
     line_nos, raws, js, reasons = [], [], [], []
     blank = 0
     for line_no, data in batch:
+        if isinstance(data, LongLine):
+            line_nos.append(line_no)
+            raws.append(data.decode("utf-8", errors="replace"))
+            js.append(None)
+            reasons.append("line_too_long")
+            continue
         if not data.strip():
             blank += 1
             continue
@@ -524,12 +629,47 @@ def _parse_reviews_sql(source: str, fmt: str, min_ts: int, max_ts: int, validate
     """
 
 
-def _fast_source(path: Path, compression: str) -> str:
-    reader = _READ_LINES.format(path=_sql_str(str(path)), compression=compression)
+def _fast_source(path: Path, compression: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> str:
+    """Lines through DuckDB's reader. A line over DuckDB's ``max_line_size`` makes the read fail
+    (the caller then takes the Python reader); lines just under it are caught by ``strlen``."""
+    n = int(max_line_bytes)
+    reader = _READ_LINES.format(path=_sql_str(str(path)), compression=compression, max_line_size=n + 2)
     return (
-        f"(SELECT ordinality AS line_no, raw, raw AS j, NULL::VARCHAR AS pre_reason "
+        f"(SELECT ordinality AS line_no, CASE WHEN strlen(raw) > {n} THEN left(raw, {LONG_LINE_KEEP}) "
+        f"ELSE raw END AS raw, CASE WHEN strlen(raw) > {n} THEN NULL ELSE raw END AS j, "
+        f"CASE WHEN strlen(raw) > {n} THEN 'line_too_long' END AS pre_reason "
         f"FROM {reader} WITH ORDINALITY)"
     )
+
+
+_SIZE_UNITS = {
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+
+
+@contextlib.contextmanager
+def memory_cap(conn: duckdb.DuckDBPyConnection, cap: int = FAST_READ_MEMORY_CAP) -> Iterator[None]:
+    """Lower DuckDB's ``memory_limit`` to ``cap`` for the block (never raise it), then restore it."""
+    current = conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    match = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]*)\s*", str(current))
+    size = float(match.group(1)) * _SIZE_UNITS.get(match.group(2).lower() or "b", 1) if match else 0
+    if not match or size <= cap:
+        yield
+        return
+    conn.execute(f"SET memory_limit = '{int(cap) >> 20}MiB'")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET memory_limit = '{current}'")
 
 
 def _count_parsed(conn, stats: FileStats) -> None:
@@ -581,11 +721,16 @@ def load_reviews(
     stats = FileStats(name, ff.kind, ff.format, ff.compression)
     if ff.syntax == "json":
         try:
-            conn.execute(
-                _parse_reviews_sql(
-                    _fast_source(ff.path, ff.compression), ff.format, min_ts, max_ts, validate=False
+            with memory_cap(conn):
+                conn.execute(
+                    _parse_reviews_sql(
+                        _fast_source(ff.path, ff.compression, ff.max_line_bytes),
+                        ff.format,
+                        min_ts,
+                        max_ts,
+                        validate=False,
+                    )
                 )
-            )
             unsure = conn.execute(
                 "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'"
             ).fetchall()[0][0]
@@ -597,7 +742,7 @@ def load_reviews(
             stats.seconds = time.perf_counter() - t0
             return stats
     stats.parser = "python"
-    for batch in iter_lines(ff.path):
+    for batch in iter_lines(ff.path, max_line_bytes=ff.max_line_bytes):
         table, _ = _python_source(batch, literal=ff.syntax == "literal")
         table = _with_blanks(table, batch)
         conn.register("_py_lines", table)
@@ -612,7 +757,7 @@ def load_reviews(
 
 def _with_blanks(table: pa.Table, batch: list[tuple[int, bytes]]) -> pa.Table:
     """Blank lines back in as NULL rows so that the SQL counts them."""
-    blanks = [n for n, data in batch if not data.strip()]
+    blanks = [n for n, data in batch if not isinstance(data, LongLine) and not data.strip()]
     if not blanks:
         return table
     extra = pa.table(
@@ -632,11 +777,18 @@ def load_sequences(conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: 
     name = ff.path.name
     stats = FileStats(name, ff.kind, ff.format, ff.compression, parser="python")
     seq = seq_offset
-    for batch in iter_lines(ff.path):
+    for batch in iter_lines(ff.path, max_line_bytes=ff.max_line_bytes):
         users, items, seqs, line_nos = [], [], [], []
         q_lines, q_reasons, q_raw = [], [], []
         for line_no, data in batch:
             stats.max_line_no = line_no
+            if isinstance(data, LongLine):
+                stats.lines += 1
+                q_lines.append(line_no)
+                q_reasons.append("line_too_long")
+                q_raw.append(data.decode("utf-8", errors="replace"))
+                stats.quarantined["line_too_long"] += 1
+                continue
             if not data.strip():
                 stats.blank_lines += 1
                 continue
@@ -777,7 +929,8 @@ def load_meta(conn: duckdb.DuckDBPyConnection, ff: FileFormat, file_no: int) -> 
     stats = FileStats(name, ff.kind, ff.format, ff.compression)
     if ff.syntax == "json":
         try:
-            conn.execute(_parse_meta_sql(_fast_source(ff.path, ff.compression)))
+            with memory_cap(conn):
+                conn.execute(_parse_meta_sql(_fast_source(ff.path, ff.compression, ff.max_line_bytes)))
             unsure = conn.execute(
                 "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'"
             ).fetchall()[0][0]
@@ -789,7 +942,7 @@ def load_meta(conn: duckdb.DuckDBPyConnection, ff: FileFormat, file_no: int) -> 
             stats.seconds = time.perf_counter() - t0
             return stats
     stats.parser = "python"
-    for batch in iter_lines(ff.path):
+    for batch in iter_lines(ff.path, max_line_bytes=ff.max_line_bytes):
         table, _ = _python_source(batch, literal=ff.syntax == "literal")
         conn.register("_py_lines", _with_blanks(table, batch))
         try:
@@ -809,7 +962,7 @@ def load_item_attributes(conn: duckdb.DuckDBPyConnection, ff: FileFormat) -> Fil
     try:
         with open_binary(ff.path) as fh:
             doc = json.load(fh)
-    except (ValueError, OSError, EOFError, zlib.error) as exc:
+    except (ValueError, OSError, EOFError, zlib.error, RecursionError) as exc:
         raise RawDataError(
             ff.path,
             f"is not a readable JSON object ({type(exc).__name__}: {exc})",
