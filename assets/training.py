@@ -143,6 +143,8 @@ def train_model_asset(
 
     started = time.perf_counter()
     budget, dataset, s = resolve_settings(config, paths, name, torch_device.torch_device.type == "cuda")
+    if config.retrain:  # both paths: the one-process loop and the torchrun ranks build TrainConfig from s
+        s["resume"] = False
     if s["nproc_per_node"] > 1 or s["nnodes"] > 1:
         if name != "popularity" and pipes_client is not None:
             return _distributed(
@@ -163,8 +165,6 @@ def train_model_asset(
             + (f" ({dataset} preset)" if budget == "paper" else "")
         )
         hparams, train_config = prepare_training(name, s, data, context.log.info)
-        if config.retrain:
-            train_config.resume = False
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         torch.manual_seed(train_config.seed)
         model = build_model(name, data, hparams)

@@ -131,6 +131,10 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else "no",
+        "reused_from_run": str((result.extra.get("reused") or {}).get("run_id") or "")
+        if result.extra.get("reused")
+        else "no",
+        "train_time_s": round(sum(epoch_times), 1),
         "parameters": model.n_parameters(),
         "device": f"{env.world_size} x {device.type}{gpu}, {result.extra['backend']}",
         "precision": job["precision"],
