@@ -7,7 +7,9 @@
 bytes a line, built as a byte matrix; users and items drawn uniformly, so most pass the 5-core filter), then materializes
 ``reviews`` (the ingest), ``interactions`` (dedupe + 5-core), ``sequences`` (the splits) and
 ``eval_negatives`` through Dagster with the real resources, DuckDB bounded by ``memory_limit``,
-``threads`` and a ``temp_directory`` to spill to. Each stage runs in a fresh process: its peak RSS
+``threads`` and a ``temp_directory`` to spill to; the ingest runs a second time with DuckDB
+``threads=1`` (``reviews_threads1``) to show what the second thread buys. Each stage runs in a fresh
+process: its peak RSS
 is the kernel's high-water mark of that process (interpreter and Dagster
 included; read from ``VmHWM`` in that process at its end), and the parent samples its RSS every
 0.5 s for the plot. Targets: the ingest's peak RSS
@@ -29,12 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("reviews", "reviews_1mb_lines", "interactions", "sequences", "eval_negatives")
-# The reader asks DuckDB for lines up to 256 MB, for which DuckDB sizes a 4 GiB read buffer (16x):
-# under memory_limit=1GB that fails, and the asset falls back to its Python line reader. The
-# ``reviews_1mb_lines`` stage reruns the same asset with a 1 MB line bound (what a max_line_bytes
-# setting gives) patched into this benchmark's process, to show the fast path under the limit.
-LINE_BOUND_FROM, LINE_BOUND_TO = "max_line_size=268435456", "max_line_size=1048578"
+STAGES = ("reviews", "reviews_threads1", "interactions", "sequences", "eval_negatives")
 TARGET_RSS_BYTES = 2 * 1024**3
 TARGET_LINES_PER_S = 300_000
 WORDS = (
@@ -129,6 +126,11 @@ def _vm_kb(key: str) -> int:
     return 0
 
 
+def _is_image(value: object) -> bool:
+    """A markdown image with the PNG inline (the interactions' history plot): not kept in the JSON."""
+    return isinstance(value, str) and value.startswith("![") and "data:image" in value
+
+
 def run_stage(stage: str, home: Path, raw_dir: Path, memory_limit: str, threads: int, result: Path) -> None:
     """Materialize one asset with bounded DuckDB; write its metadata and time to ``result``."""
     import dagster as dg
@@ -141,34 +143,16 @@ def run_stage(stage: str, home: Path, raw_dir: Path, memory_limit: str, threads:
     resources["duckdb"] = ConvRecDuckDB(
         database=str(settings.duckdb_path(home)),
         memory_limit=memory_limit,
-        threads=threads,
+        threads=1 if stage == "reviews_threads1" else threads,
         temp_directory=str(home / "duckdb_tmp"),
     )
     asset = {
         "reviews": ingest.reviews,
-        "reviews_1mb_lines": ingest.reviews,
+        "reviews_threads1": ingest.reviews,
         "interactions": ingest.interactions,
         "sequences": splits.sequences,
         "eval_negatives": splits.eval_negatives,
     }[stage]
-    if stage == "reviews_1mb_lines":
-        from convrec_dagster.data import rawdata
-
-        if LINE_BOUND_FROM not in rawdata._READ_LINES:
-            result.write_text(
-                json.dumps(
-                    {
-                        "success": True,
-                        "skipped": "the reader no longer asks for 256 MB lines",
-                        "seconds": 0.0,
-                        "peak_rss_mb": 0.0,
-                        "metadata": {},
-                        "file_log": [],
-                    }
-                )
-            )
-            return
-        rawdata._READ_LINES = rawdata._READ_LINES.replace(LINE_BOUND_FROM, LINE_BOUND_TO)
     rss_before_kb = _vm_kb("VmHWM")
     instance = dg.DagsterInstance.ephemeral()
     t0 = time.perf_counter()
@@ -176,7 +160,9 @@ def run_stage(stage: str, home: Path, raw_dir: Path, memory_limit: str, threads:
     seconds = time.perf_counter() - t0
     meta = out.asset_materializations_for_node(asset.key.path[-1])[0].metadata if out.success else {}
     keep = {
-        k: v.value for k, v in meta.items() if isinstance(getattr(v, "value", None), (int, float, str, bool))
+        k: v.value
+        for k, v in meta.items()
+        if isinstance(getattr(v, "value", None), (int, float, str, bool)) and not _is_image(v.value)
     }
     logs = [e.user_message for e in instance.all_logs(out.run_id) if e.user_message]
     file_rates = [m for m in logs if "lines/s" in m]  # the reviews asset's per-file line (load_reviews only)
@@ -220,6 +206,7 @@ def _measure(stage: str, home: Path, raw_dir: Path, memory_limit: str, threads: 
     log = open(home / f"_{stage}.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     t0 = time.perf_counter()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     trace = []
     while True:
         pid, status = os.waitpid(proc.pid, os.WNOHANG)
@@ -250,6 +237,7 @@ def _measure(stage: str, home: Path, raw_dir: Path, memory_limit: str, threads: 
         {
             "exit_code": proc.returncode,
             "wall_s": round(time.perf_counter() - t0, 2),
+            "load_average_1_5_15_at_start": load_start,
             "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
             "peak_rss_sampled_mb": max((y for _, y in trace), default=0.0),
             "rss_trace_mb": trace,
@@ -282,18 +270,18 @@ def plot(results: dict, path: Path) -> None:
         f"{results['dump']['lines']:,} lines, DuckDB memory_limit {results['memory_limit']}", fontsize=9
     )
     left.legend(fontsize=7)
-    names = [s for s in STAGES if s in results["stages"] and not results["stages"][s].get("skipped")]
+    names = [s for s in STAGES if s in results["stages"]]
     secs = [results["stages"][s]["wall_s"] for s in names]
     bars = right.bar(names, secs, color="#4c72b0")
     for b, s in zip(bars, secs):
         right.text(b.get_x() + b.get_width() / 2, s, f"{s:.0f} s", ha="center", va="bottom", fontsize=8)
     rates = [
-        f"{results[k]['lines_per_s']:,.0f}"
-        for k in ("ingest", "ingest_1mb_lines")
-        if "lines_per_s" in results[k]
+        f"{results[k]['lines_per_s']:,.0f} ({label})"
+        for k, label in (("ingest", f"{results['duckdb_threads']} threads"), ("ingest_threads1", "1 thread"))
+        if "lines_per_s" in results.get(k, {})
     ]
     right.set_title(
-        f"wall time per stage; ingest {' / '.join(rates)} lines/s (target {TARGET_LINES_PER_S:,})", fontsize=9
+        f"wall time per stage\ningest {' / '.join(rates)} lines/s (target {TARGET_LINES_PER_S:,})", fontsize=9
     )
     right.set_ylabel("seconds")
     right.tick_params(axis="x", labelrotation=20, labelsize=8)
@@ -337,14 +325,14 @@ def scale_main(
 
     def ingest_summary(stage: str) -> dict:
         run = stages.get(stage, {})
-        if run.get("skipped"):
-            return {"skipped": run["skipped"]}
         rate = float(run.get("metadata", {}).get("lines_per_second", 0.0))
         peak = run.get("peak_rss_mb") or 0.0
         return {
             "lines_per_s": rate,
             "peak_rss_mb": peak,
             "reader": run.get("file_log"),
+            # "duckdb" (the fast path) or "python" (the exact line reader) per file, from the log
+            "parsers": [m.rsplit(", ", 1)[-1].rstrip(")") for m in run.get("file_log") or []],
             "meets_rss_target": 0 < peak * 2**20 < TARGET_RSS_BYTES,
             "meets_rate_target": rate >= TARGET_LINES_PER_S,
         }
@@ -359,7 +347,7 @@ def scale_main(
             "ingest_lines_per_s_at_least": TARGET_LINES_PER_S,
         },
         "ingest": ingest_summary("reviews"),
-        "ingest_1mb_lines": ingest_summary("reviews_1mb_lines"),
+        "ingest_threads1": ingest_summary("reviews_threads1"),
         "stages": stages,
         "duckdb_file_bytes": db_bytes,
         "machine_before": before,

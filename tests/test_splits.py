@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import hashlib
 
 import dagster as dg
 import duckdb
@@ -208,6 +209,65 @@ def test_negatives_are_uniform_over_unseen_items():
     counts = np.bincount(negs.ravel(), minlength=n_items + 1)[11:]
     expected = n_users * n_neg / 40  # 250 per unseen item
     assert counts.min() > 0.75 * expected and counts.max() < 1.25 * expected
+
+
+def _heavy_histories(n_users: int = 400, n_items: int = 300, seed: int = 123):
+    """Users who saw 3..279 of 300 items: the heavy ones need several rejection rounds."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(3, 280, n_users)
+    users = np.concatenate([np.full(n, u) for u, n in enumerate(lens, start=1)])
+    items = np.concatenate([rng.choice(n_items, n, replace=False) + 1 for n in lens])
+    return users, items, np.arange(1, n_users + 1), n_items
+
+
+# sha256 of the (400, 20) int64 negatives drawn by the unchunked sampler before row chunks came in
+# (commit 13cf697), per max_block: the chunked sampler must give the same negatives for the seed.
+NEGATIVES_BEFORE_CHUNKS = {
+    20_000_000: "5e97888a0685f8dc06c00f58b8744d7d6ba046f0a74e9e1d101cc90c52a19100",
+    3_000: "ea463f813728ae5dc8dabb7aadcf6d20b5422aeb252d01608533bf7fbef5996b",  # many small rounds
+}
+# the same for the eval_negatives rows (user_idx, neg_no, item_idx) of random_rows(300, 200, seed=1), seed 7
+EVAL_NEGATIVES_TABLE_BEFORE_CHUNKS = "360fe5ad7913a080b1030200234962de05c69bff8ffff370b19d2e47338031cf"
+
+
+@pytest.mark.parametrize("max_block", sorted(NEGATIVES_BEFORE_CHUNKS))
+def test_negatives_chunked_equal_unchunked(max_block):
+    users, items, eval_users, n_items = _heavy_histories()
+    whole, chunked, narrow = (
+        splits.sample_negatives(
+            users, items, eval_users, n_items, 20, 5, max_block=max_block, chunk_cells=cells, dtype=dtype
+        )
+        for cells, dtype in ((10**12, np.int64), (2_000, np.int64), (2_000, np.int32))
+    )
+    # 400 users x (m + 20 >= 40) candidates per round: 2,000 cells per chunk makes >= 8 chunks a round
+    assert whole.shape == (400, 20) and narrow.dtype == np.int32
+    assert np.array_equal(whole, chunked) and np.array_equal(whole, narrow)
+    digest = hashlib.sha256(chunked.astype("<i8").tobytes()).hexdigest()
+    assert digest == NEGATIVES_BEFORE_CHUNKS[max_block]
+    seen = set(zip(users.tolist(), items.tolist()))
+    assert not any((u, i) in seen for u, row in zip(eval_users.tolist(), chunked.tolist()) for i in row)
+    assert all(len(set(row)) == 20 for row in chunked.tolist())
+
+
+def test_eval_negatives_table_same_for_any_chunk_size(conn):
+    write_interactions(conn, random_rows(n_users=300, n_items=200, seed=1))
+    splits.build_sequences(conn)
+    read = "SELECT user_idx, neg_no, item_idx FROM eval_negatives ORDER BY user_idx, neg_no"
+    tables = []
+    for cells in (splits.NEGATIVES_CHUNK_CELLS, 100, 1):  # 100: 5 users a batch; 1: one user a batch
+        splits.build_eval_negatives(conn, n_negatives=20, seed=7, chunk_cells=cells)
+        rows = conn.execute(read).fetchall()
+        # written in (user_idx, neg_no) order without a sort: the stored order is that order
+        assert (
+            conn.execute("SELECT user_idx, neg_no, item_idx FROM eval_negatives ORDER BY rowid").fetchall()
+            == rows
+        )
+        tables.append(rows)
+    assert tables[0] == tables[1] == tables[2] and len(tables[0]) > 100 * 20
+    # the same table as the unchunked writer before row chunks (commit 13cf697) gave for this seed
+    digest = hashlib.sha256(np.asarray(tables[0], dtype="<i8").tobytes()).hexdigest()
+    assert digest == EVAL_NEGATIVES_TABLE_BEFORE_CHUNKS
+    assert splits.check_negatives_disjoint(conn).passed and splits.check_negative_counts(conn, 20).passed
 
 
 def test_negatives_impossible_request_is_a_clear_error(conn):

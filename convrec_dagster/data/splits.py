@@ -14,7 +14,8 @@ They write the tables of docs/ARCHITECTURE.md:
 - ``eval_negatives(user_idx, neg_no, item_idx)``: ``n_negatives`` distinct items per evaluated user,
   uniform over the items the user never interacted with (validation and test items excluded too),
   drawn by vectorised rejection sampling from one seeded NumPy generator, so the same input and seed
-  always give the same table.
+  always give the same table; users are processed in row chunks, so the working memory stays
+  bounded (the chunk size does not change a single negative).
 - ``proxy_ids(item_idx, proxy_id, train_count)``: the K most frequent items counted on training rows
   keep ids 1..K, all others share K + 1; 0 is padding.
 
@@ -23,6 +24,8 @@ tables.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import duckdb
 import numpy as np
@@ -35,6 +38,8 @@ TRAIN, VALID, TEST = "train", "valid", "test"
 MIN_EVAL_INTERACTIONS = 3  # fewer: the user only trains
 DEFAULT_N_NEGATIVES = 100
 DEFAULT_SEED = 42
+# candidates per row chunk of the negative sampling (int64 temporaries of this size: 16 MB each)
+NEGATIVES_CHUNK_CELLS = 2_000_000
 
 # Numeric ids (benchmark files) sort numerically, others by string; both orders are deterministic.
 _ID_ORDER = "TRY_CAST({col} AS BIGINT) NULLS LAST, {col}"
@@ -180,6 +185,8 @@ def sample_negatives(
     n_negatives: int,
     seed: int,
     max_block: int = 20_000_000,
+    chunk_cells: int = NEGATIVES_CHUNK_CELLS,
+    dtype: type = np.int64,
 ) -> np.ndarray:
     """(len(eval_users), n_negatives) distinct items in 1..n_items outside each user's history.
 
@@ -190,11 +197,17 @@ def sample_negatives(
     short go to the next round. The first ``n_negatives`` accepted draws of a user are a uniform
     sample without replacement from the items the user never interacted with. Deterministic for a
     given input and seed.
+
+    Memory: a round's block is drawn and filtered in row chunks of about ``chunk_cells`` candidates
+    (a few bytes x 8 temporaries each), so the working memory does not grow with the number of
+    users. The chunks draw from the generator in row order, which gives the same numbers as drawing
+    the whole block at once, so the negatives do not depend on ``chunk_cells``. The result (``dtype``,
+    int32 is enough below 2**31 items) is the only array that grows with the users.
     """
     eval_users = np.asarray(eval_users, dtype=np.int64)
     n_users = len(eval_users)
     if n_users == 0:
-        return np.zeros((0, n_negatives), dtype=np.int64)
+        return np.zeros((0, n_negatives), dtype=dtype)
     base = np.int64(n_items + 1)
     hist_keys = np.unique(np.asarray(hist_users, np.int64) * base + np.asarray(hist_items, np.int64))
     seen = np.bincount(hist_keys // base, minlength=int(eval_users.max()) + 1)[eval_users]
@@ -207,40 +220,79 @@ def sample_negatives(
             "affected). Lower n_negatives or use a larger catalogue."
         )
     rng = np.random.default_rng(seed)
-    accepted = np.zeros((n_users, n_negatives), np.int64)  # 0 = not yet drawn
+    accepted = np.zeros((n_users, n_negatives), dtype)  # 0 = not yet drawn
     have = np.zeros(n_users, np.int64)
     pending = np.arange(n_users)
     while len(pending):
         want = np.ceil((n_negatives - have[pending]) * n_items / free[pending] * 1.05).astype(np.int64) + 4
         m = int(min(want.max(), max(np.median(want), max_block // len(pending))))
-        block = rng.integers(1, n_items + 1, size=(len(pending), m), dtype=np.int64)
-        if have[pending].any():  # earlier acceptances first: they keep their place in draw order
-            block = np.concatenate([accepted[pending], block], axis=1)
-        keys = eval_users[pending][:, None] * base + block
-        at = np.minimum(np.searchsorted(hist_keys, keys), len(hist_keys) - 1)
-        valid = (block > 0) & (hist_keys[at] != keys)
-        order = np.argsort(block, axis=1, kind="stable")  # stable: the first draw of a value leads
-        ranked = np.take_along_axis(block, order, axis=1)
-        repeat_sorted = np.zeros(block.shape, dtype=bool)
-        repeat_sorted[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
-        repeat = np.empty_like(repeat_sorted)
-        np.put_along_axis(repeat, order, repeat_sorted, axis=1)
-        valid &= ~repeat
-        rank = np.cumsum(valid, axis=1)
-        keep = valid & (rank <= n_negatives)
-        rows, cols = np.nonzero(keep)
-        fresh = np.zeros((len(pending), n_negatives), np.int64)
-        fresh[rows, rank[rows, cols] - 1] = block[rows, cols]
-        accepted[pending] = fresh
-        have[pending] = keep.sum(axis=1)
+        rows_per_chunk = max(1, int(chunk_cells) // (m + n_negatives))
+        for lo in range(0, len(pending), rows_per_chunk):
+            _accept_chunk(
+                rng,
+                pending[lo : lo + rows_per_chunk],
+                m,
+                accepted,
+                have,
+                eval_users,
+                hist_keys,
+                base,
+                n_items,
+            )
         pending = pending[have[pending] < n_negatives]
     return accepted
 
 
+def _accept_chunk(
+    rng: np.random.Generator,
+    rows: np.ndarray,
+    m: int,
+    accepted: np.ndarray,
+    have: np.ndarray,
+    eval_users: np.ndarray,
+    hist_keys: np.ndarray,
+    base: np.int64,
+    n_items: int,
+) -> None:
+    """One round of ``sample_negatives`` for the users at ``rows``: draw m candidates each, update
+    ``accepted`` and ``have`` in place."""
+    n_negatives = accepted.shape[1]
+    block = rng.integers(1, n_items + 1, size=(len(rows), m), dtype=np.int64)
+    if have[rows].any():  # earlier acceptances first: they keep their place in draw order
+        block = np.concatenate([accepted[rows].astype(np.int64), block], axis=1)
+    keys = eval_users[rows][:, None] * base + block
+    at = np.minimum(np.searchsorted(hist_keys, keys), len(hist_keys) - 1)
+    valid = (block > 0) & (hist_keys[at] != keys)
+    del keys, at
+    order = np.argsort(block, axis=1, kind="stable")  # stable: the first draw of a value leads
+    ranked = np.take_along_axis(block, order, axis=1)
+    repeat_sorted = np.zeros(block.shape, dtype=bool)
+    repeat_sorted[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+    del ranked
+    repeat = np.empty_like(repeat_sorted)
+    np.put_along_axis(repeat, order, repeat_sorted, axis=1)
+    del order, repeat_sorted
+    valid &= ~repeat
+    rank = np.cumsum(valid, axis=1)
+    keep = valid & (rank <= n_negatives)
+    i, j = np.nonzero(keep)
+    fresh = np.zeros((len(rows), n_negatives), accepted.dtype)
+    fresh[i, rank[i, j] - 1] = block[i, j]
+    accepted[rows] = fresh
+    have[rows] = keep.sum(axis=1)
+
+
 def build_eval_negatives(
-    conn: duckdb.DuckDBPyConnection, n_negatives: int = DEFAULT_N_NEGATIVES, seed: int = DEFAULT_SEED
+    conn: duckdb.DuckDBPyConnection,
+    n_negatives: int = DEFAULT_N_NEGATIVES,
+    seed: int = DEFAULT_SEED,
+    chunk_cells: int = NEGATIVES_CHUNK_CELLS,
 ) -> dict:
-    """Write ``eval_negatives`` for every evaluated user; return a summary."""
+    """Write ``eval_negatives`` for every evaluated user; return a summary.
+
+    The table is written in one statement from a stream of Arrow batches of about ``chunk_cells``
+    rows, in (user_idx, neg_no) order, so no second copy of all rows is built in Python.
+    """
     _require(conn, "sequences", "sequences")
     if n_negatives < 1:
         raise ValueError(f"n_negatives must be >= 1, got {n_negatives}")
@@ -249,20 +301,40 @@ def build_eval_negatives(
         "user_idx"
     ]
     n_items = int(conn.execute("SELECT count(*) FROM item_index").fetchall()[0][0])
-    negs = sample_negatives(hist["user_idx"], hist["item_idx"], eval_users, n_items, n_negatives, seed)
-    table = pa.table(
-        {
-            "user_idx": pa.array(np.repeat(eval_users.astype(np.int32), n_negatives)),
-            "neg_no": pa.array(np.tile(np.arange(n_negatives, dtype=np.int16), len(eval_users))),
-            "item_idx": pa.array(negs.reshape(-1).astype(np.int32)),
-        }
+    negs = sample_negatives(
+        hist["user_idx"],
+        hist["item_idx"],
+        eval_users,
+        n_items,
+        n_negatives,
+        seed,
+        chunk_cells=chunk_cells,
+        dtype=np.int32,
     )
-    conn.register("_negatives_arrow", table)
+    del hist
+    schema = pa.schema([("user_idx", pa.int32()), ("neg_no", pa.int16()), ("item_idx", pa.int32())])
+    users_per_batch = max(1, int(chunk_cells) // n_negatives)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for lo in range(0, len(eval_users), users_per_batch):
+            users = eval_users[lo : lo + users_per_batch].astype(np.int32)
+            yield pa.record_batch(
+                [
+                    pa.array(np.repeat(users, n_negatives)),
+                    pa.array(np.tile(np.arange(n_negatives, dtype=np.int16), len(users))),
+                    pa.array(negs[lo : lo + users_per_batch].reshape(-1)),
+                ],
+                schema=schema,
+            )
+
+    conn.register("_negatives_arrow", pa.RecordBatchReader.from_batches(schema, batches()))
     try:
+        # the batches come in (user_idx, neg_no) order and DuckDB keeps the insertion order
+        # (preserve_insertion_order, on by default): no sort of all rows needed
         conn.execute(
             "CREATE OR REPLACE TABLE eval_negatives AS "
             "SELECT user_idx::INTEGER AS user_idx, neg_no::SMALLINT AS neg_no, item_idx::INTEGER AS item_idx "
-            "FROM _negatives_arrow ORDER BY user_idx, neg_no"
+            "FROM _negatives_arrow"
         )
     finally:
         conn.unregister("_negatives_arrow")
