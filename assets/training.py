@@ -7,6 +7,7 @@ resumes from its last epoch when config and data are unchanged. Training steps s
 pool (size 1), so two runs never fight over one device.
 """
 
+import dataclasses
 import time
 from typing import Literal
 
@@ -17,16 +18,13 @@ from convrec_dagster.data.plots import training_curves_markdown
 from convrec_dagster.k8s import training_op_tags
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
-from models.budgets import budget_settings, resolve_budget
+from models.budgets import budget_settings, dataset_preset, resolve_budget
 from models.data import FeatureChoice
 from models.registry import MODELS, ModelSpec
 
 GROUP = "training"
 ENCODER_DEPS = ["sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"]
 SPLIT_DEPS = ["sequences", "eval_negatives", "proxy_ids"]
-
-DATASET_KEYWORDS = {"beauty": "beauty", "games": "games", "video": "games", "fashion": "fashion",
-                    "clothing": "fashion", "men": "men"}  # fmt: skip
 
 
 class TrainingConfig(dg.Config):
@@ -110,8 +108,7 @@ def resolve_settings(
     budget = resolve_budget(config.budget, paths.is_embedded_sample(), cuda)
     dataset = config.dataset
     if dataset == "auto":
-        folder = "" if paths.is_embedded_sample() else paths.raw_path().name.lower()
-        dataset = next((v for k, v in DATASET_KEYWORDS.items() if k in folder), "games")
+        dataset = dataset_preset("" if paths.is_embedded_sample() else paths.raw_path().name)
     base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, dataset)}
     settings = config.model_dump()
     for key, value in base.items():
@@ -139,7 +136,7 @@ def train_model_asset(
     from convrec_dagster.data.dataset import load_rec_data
     from convrec_dagster.data.training_setup import data_features, prepare_training
     from models.registry import build_model
-    from models.train import TrainConfig, train
+    from models.train import train
 
     started = time.perf_counter()
     budget, dataset, s = resolve_settings(config, paths, name, torch_device.torch_device.type == "cuda")
@@ -162,12 +159,13 @@ def train_model_asset(
             f"features {data.info.get('features')}, time context {data.has_context}; budget {budget}"
             + (f" ({dataset} preset)" if budget == "paper" else "")
         )
-        hparams, train_config = prepare_training(name, s, data, context.log.info)
+        model_config, train_config = prepare_training(name, s, data, context.log.info)
+        hparams = model_config.to_hparams()
         if config.retrain:
             train_config.resume = False
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         torch.manual_seed(train_config.seed)
-        model = build_model(name, data, hparams)
+        model = build_model(name, data, model_config)
         if torch_device.compile and hasattr(model, "mix"):
             model.mix = torch.compile(model.mix)
             context.log.info("torch.compile applied to the sequence mixer")
@@ -238,9 +236,7 @@ def train_model_asset(
         and len(result.history) > 1
         and not result.stopped_early,
         "hparams": dg.MetadataValue.json({k: v for k, v in hparams.items()}),
-        "train_config": dg.MetadataValue.json(
-            {k: getattr(train_config, k) for k in TrainConfig.__dataclass_fields__}
-        ),
+        "train_config": dg.MetadataValue.json(dataclasses.asdict(train_config)),
         "data_fingerprint": str(data.info.get("fingerprint", "")),
         "data_features": str(data.info.get("features", "")),
         "checkpoint": dg.MetadataValue.path(str(out_dir / "best.pt")),
