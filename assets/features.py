@@ -194,8 +194,9 @@ def item_image_features(
             refs = dict(
                 conn.execute("SELECT item_id, image_ref FROM items WHERE image_ref IS NOT NULL").fetchall()
             )
+        embedded = paths.dataset(conn).embedded_sample
     raw_dir = paths.raw_path()
-    image_size = config.image_size or (SAMPLE_IMAGE_SIZE if paths.is_embedded_sample() else REAL_IMAGE_SIZE)
+    image_size = config.image_size or (SAMPLE_IMAGE_SIZE if embedded else REAL_IMAGE_SIZE)
     locations = locate_images(item_ids, raw_dir, refs)
     n_found = sum(loc.status == "found" for loc in locations)
     device = torch_device.torch_device

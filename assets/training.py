@@ -14,6 +14,7 @@ from typing import Literal
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from convrec_dagster.data.dataset_info import DatasetInfo
 from convrec_dagster.data.plots import training_curves_markdown
 from convrec_dagster.k8s import training_op_tags
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
@@ -34,9 +35,10 @@ class TrainingConfig(dg.Config):
     model: what reaches the accuracy targets on 2 CPU cores), ``paper`` (the paper's Appendix C:
     d = 256, one random cut per user per epoch, up to 1,000 epochs; for GPUs), ``sample`` (small
     and quick, for the embedded sample dump), ``auto`` (``sample`` on the embedded sample, else
-    ``paper`` with CUDA and ``cpu`` without). ``dataset``: which paper preset (``auto`` guesses
-    from the raw dump folder's name, else ``games``). ``features``: item features for ConvRec and
-    its attention counterpart. ``scheme``: ``one_cut`` (the paper's) or ``all_cuts``. ``loss``:
+    ``paper`` with CUDA and ``cpu`` without). ``dataset``: which paper preset
+    (``models.budgets.PAPER_PRESETS``; ``auto``: the one the dataset's name in `dataset_info` names,
+    else ``games``). ``features``: item features for ConvRec and its attention counterpart.
+    ``scheme``: ``one_cut`` (the paper's) or ``all_cuts``. ``loss``:
     ``softmax`` over [positive + n_negatives] (authors' code), ``bce`` (paper text; SASRec's own),
     or ``full_softmax`` over all items (falls back to ``softmax`` when candidate vectors depend on
     the row's time). ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
@@ -102,14 +104,13 @@ ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
 
 
 def resolve_settings(
-    config: TrainingConfig, paths: ConvRecPaths, model: str, cuda: bool
+    config: TrainingConfig, dataset: DatasetInfo, model: str, cuda: bool
 ) -> tuple[str, str, dict]:
-    """(budget, dataset preset, every setting with the budget's values filled in)."""
-    budget = resolve_budget(config.budget, paths.is_embedded_sample(), cuda)
-    dataset = config.dataset
-    if dataset == "auto":
-        dataset = dataset_preset("" if paths.is_embedded_sample() else paths.raw_path().name)
-    base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, dataset)}
+    """(budget, dataset preset, every setting with the budget's values filled in). ``dataset``: the
+    dataset's identity (``ConvRecPaths.dataset``) picks the ``auto`` budget and preset."""
+    budget = resolve_budget(config.budget, dataset.embedded_sample, cuda)
+    preset = config.dataset if config.dataset != "auto" else dataset_preset(dataset.name)
+    base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, preset)}
     settings = config.model_dump()
     for key, value in base.items():
         if settings.get(key) is None or settings.get(key) == "auto" and key in ("scheme", "loss"):
@@ -119,7 +120,7 @@ def resolve_settings(
     settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
     settings["emb_init_std_user"] = config.emb_init_std  # resolved with the data (resolve_emb_init)
     settings["emb_init_std_budget"] = base.get("emb_init_std")
-    return budget, dataset, settings
+    return budget, preset, settings
 
 
 def train_model_asset(
@@ -139,7 +140,9 @@ def train_model_asset(
     from models.train import train
 
     started = time.perf_counter()
-    budget, dataset, s = resolve_settings(config, paths, name, torch_device.torch_device.type == "cuda")
+    with duckdb.get_connection() as conn:
+        identity = paths.dataset(conn)
+    budget, dataset, s = resolve_settings(config, identity, name, torch_device.torch_device.type == "cuda")
     if s["nproc_per_node"] > 1 or s["nnodes"] > 1:
         if name != "popularity" and pipes_client is not None:
             return _distributed(
