@@ -97,3 +97,29 @@ def test_paper_presets_are_one_typed_table_that_also_names_the_datasets():
     assert dataset_preset("Men_Clothing") == "fashion"  # table order: clothing before men
     assert dataset_preset("Amazon_Men") == "men"
     assert dataset_preset("embedded sample") == dataset_preset("") == "games"
+
+
+def test_evaluation_loads_the_features_a_checkpoint_names_and_searches_only_for_old_ones():
+    from convrec_dagster.data.dataset import data_for_checkpoint
+
+    class Loaded:
+        def __init__(self, features):
+            self.info = {"fingerprint": "fp-" + features}
+
+    asked: list[str] = []
+
+    def load(features):
+        asked.append(features)
+        if features == "image":
+            raise ValueError("no image features stored")
+        return Loaded(features)
+
+    new = {"hparams": {"features": "auto"}, "extra": {"fingerprint": "fp-both", "data_features": "both"}}
+    assert data_for_checkpoint(load, new).info["fingerprint"] == "fp-both" and asked == ["both"]
+    asked.clear()
+    stale = {"hparams": {}, "extra": {"fingerprint": "fp-other", "data_features": "none"}}
+    assert data_for_checkpoint(load, stale) is None and asked == ["none"]
+    asked.clear()
+    old = {"hparams": {"features": "auto"}, "extra": {"fingerprint": "fp-both"}}  # before data_features
+    assert data_for_checkpoint(load, old).info["fingerprint"] == "fp-both"
+    assert asked == ["auto", "attributes", "image", "both"]
