@@ -8,9 +8,7 @@ de-duplicated, time-ordered, k-interaction-filtered history per user.
 
 import contextlib
 import dataclasses
-import datetime as dt
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -124,71 +122,6 @@ def _raw_files(
     return raw_dir, formats, skipped
 
 
-def _check_shares(conn, stage: str, stats: list[FileStats], max_share: float) -> None:
-    bad = [s for s in stats if s.lines and s.quarantine_share > max_share]
-    if not bad:
-        return
-    s = bad[0]
-    examples = ingest_data.quarantine_examples(conn, s.file)
-    example_text = "; ".join(f"line {n}: {r}" for n, r in examples)
-    raise dg.Failure(
-        description=(
-            f"{s.file}: {s.n_quarantined:,} of {s.lines:,} lines ({s.quarantine_share:.1%}) could not be "
-            f"used, more than max_quarantine_share={max_share:.0%} (reasons: "
-            f"{dict(s.quarantined)}; first: {example_text}). The file looks damaged or is not the "
-            f"format it seems ({s.format}). What to do: inspect the lines with `SELECT * FROM "
-            f"quarantine WHERE stage = {store.quote_literal(stage)} AND source_file = "
-            f"{store.quote_literal(s.file)}`, fix or re-download the "
-            "file, remove it from the raw folder, or raise max_quarantine_share in the "
-            f"`{stage}` asset config if this is expected."
-        ),
-        metadata={
-            "file": s.file,
-            "quarantine_share": s.quarantine_share,
-            "quarantined_by_reason": dict(s.quarantined),
-            "other_files_over_threshold": [b.file for b in bad[1:]],
-        },
-    )
-
-
-def _iso(ts: int | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(int(ts), dt.UTC).date().isoformat()
-
-
-def _files_md(stats: list[FileStats], skipped: list[dict]) -> str:
-    rows = [
-        "| file | kind | format | lines | kept | quarantined | parser | s |",
-        "|---|---|---|---:|---:|---:|---|---:|",
-    ]
-    for s in stats:
-        rows.append(
-            f"| {s.file} | {s.kind} | {s.format} | {s.lines:,} | {s.kept:,} | "
-            f"{s.n_quarantined:,} | {s.parser} | {s.seconds:.2f} |"
-        )
-    for sk in skipped:
-        rows.append(f"| {sk['file']} | skipped | {sk['why']} | | | | | |")
-    return "\n".join(rows)
-
-
-def _date_to_ts(value: str, default: int) -> int:
-    if not value:
-        return default
-    try:
-        return int(dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp())
-    except ValueError as exc:
-        raise dg.Failure(
-            f"Config date {value!r} is not YYYY-MM-DD. What to do: fix the reviews "
-            "asset config (min_review_date / max_review_date)."
-        ) from exc
-
-
-def _quarantine_reasons(stats: list[FileStats]) -> dict[str, int]:
-    total: Counter = Counter()
-    for s in stats:
-        total.update(s.quarantined)
-    return dict(sorted(total.items()))
-
-
 # ---------------------------------------------------------------------------------------------
 # assets
 
@@ -223,8 +156,9 @@ def reviews(
             ),
             metadata={"raw_dir": str(raw_dir), "skipped": skipped},
         )
-    min_ts = _date_to_ts(config.min_review_date, 0)
-    max_ts = _date_to_ts(config.max_review_date, int(time.time()) + 86_400)
+    with failures():
+        min_ts = ingest_data.date_to_ts(config.min_review_date, 0)
+        max_ts = ingest_data.date_to_ts(config.max_review_date, int(time.time()) + 86_400)
     stats: list[FileStats] = []
     with duckdb.get_connection() as conn, contextlib.closing(conn):
         rawdata.create_staging(conn)
@@ -244,13 +178,14 @@ def reviews(
             )
         with transaction(conn):
             replace_quarantine(conn, "reviews", "_stage_quarantine")
-        _check_shares(conn, "reviews", stats, config.max_quarantine_share)
+        with failures():
+            ingest_data.check_quarantine_shares(conn, "reviews", stats, config.max_quarantine_share)
         n_kept = sum(s.kept for s in stats)
         if n_kept == 0:
             raise dg.Failure(
                 description=(
                     f"No usable review in {raw_dir}: every review line was quarantined "
-                    f"({_quarantine_reasons(stats)}). What to do: look at `SELECT * FROM quarantine WHERE "
+                    f"({ingest_data.quarantine_reasons(stats)}). What to do: look at `SELECT * FROM quarantine WHERE "
                     "stage = 'reviews'` and fix the dump."
                 )
             )
@@ -276,17 +211,19 @@ def reviews(
     return dg.MaterializeResult(
         metadata={
             "raw_dir": str(raw_dir),
-            "files": dg.MetadataValue.md(_files_md(stats, skipped)),
+            "files": dg.MetadataValue.md(ingest_data.files_markdown(stats, skipped)),
             "formats": {s.file: s.format for s in stats},
             "records_read": n_lines,
             "records_kept": rows,
             "dataset_fingerprint": fingerprint,
             "quarantined": sum(s.n_quarantined for s in stats),
-            "quarantined_by_reason": _quarantine_reasons(stats),
+            "quarantined_by_reason": ingest_data.quarantine_reasons(stats),
             "duplicates": rows - pairs,
             "users": users,
             "items": items,
-            "time_range": f"{_iso(min_ts_v)} .. {_iso(max_ts_v)}" if n_ts else "unavailable",
+            "time_range": f"{ingest_data.iso_date(min_ts_v)} .. {ingest_data.iso_date(max_ts_v)}"
+            if n_ts
+            else "unavailable",
             "timestamps_available": n_ts == rows,
             "time_context": (
                 "available"
@@ -348,7 +285,8 @@ def items(
             )
         with transaction(conn):
             replace_quarantine(conn, "items", "_stage_quarantine")
-        _check_shares(conn, "items", stats, config.max_quarantine_share)
+        with failures():
+            ingest_data.check_quarantine_shares(conn, "items", stats, config.max_quarantine_share)
         image_rows = [(k, str(v)) for k, v in images.items()] if config.prefer_local_images else []
         with transaction(conn):
             summary = ingest_data.publish_items(conn, image_rows)
@@ -365,12 +303,12 @@ def items(
     return dg.MaterializeResult(
         metadata={
             "raw_dir": str(raw_dir),
-            "files": dg.MetadataValue.md(_files_md(stats, skipped)),
+            "files": dg.MetadataValue.md(ingest_data.files_markdown(stats, skipped)),
             "formats": {s.file: s.format for s in stats},
             "records_read": sum(s.lines for s in stats),
             "records_kept": summary.items,
             "quarantined": sum(s.n_quarantined for s in stats),
-            "quarantined_by_reason": _quarantine_reasons(stats),
+            "quarantined_by_reason": ingest_data.quarantine_reasons(stats),
             "duplicates": summary.meta_lines - summary.items,
             "items": summary.items,
             "items_with_brand": summary.brand,
@@ -461,7 +399,9 @@ def interactions(
             "before_filter": before.as_dict(),
             "one_pass": one_pass.as_dict(),
             "iterative": iterative.as_dict(),
-            "time_range": f"{_iso(min_ts)} .. {_iso(max_ts)}" if n_ts else "unavailable",
+            "time_range": f"{ingest_data.iso_date(min_ts)} .. {ingest_data.iso_date(max_ts)}"
+            if n_ts
+            else "unavailable",
             "timestamps_available": n_ts == kept.interactions,
             "history_length": {
                 "min": lengths[0],

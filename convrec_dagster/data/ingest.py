@@ -8,12 +8,15 @@ checks: pure functions over DuckDB returning a CheckOutcome, run inside the inge
 
 from __future__ import annotations
 
+import datetime as dt
+from collections import Counter
 from dataclasses import dataclass
 
 import duckdb
 
 from convrec_dagster.data.outcome import CheckOutcome
-from convrec_dagster.data.store import table_exists
+from convrec_dagster.data.rawdata import FileStats
+from convrec_dagster.data.store import DataError, quote_literal, table_exists
 
 
 def reviews_have_ids(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
@@ -199,3 +202,76 @@ def interactions_summary(conn: duckdb.DuckDBPyConnection) -> InteractionsSummary
             SELECT count(DISTINCT item_id) FROM interactions
             WHERE NOT (item_id IN (SELECT item_id FROM items) {attrs})""").fetchall()[0][0]
     return InteractionsSummary(min_ts, max_ts, n_ts, lengths, no_meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the ingest assets report
+
+
+def check_quarantine_shares(
+    conn: duckdb.DuckDBPyConnection, stage: str, stats: list[FileStats], max_share: float
+) -> None:
+    """A :class:`DataError` naming the first file whose unusable share is over ``max_share``."""
+    bad = [s for s in stats if s.lines and s.quarantine_share > max_share]
+    if not bad:
+        return
+    s = bad[0]
+    examples = quarantine_examples(conn, s.file)
+    example_text = "; ".join(f"line {n}: {r}" for n, r in examples)
+    raise DataError(
+        (
+            f"{s.file}: {s.n_quarantined:,} of {s.lines:,} lines ({s.quarantine_share:.1%}) could not be "
+            f"used, more than max_quarantine_share={max_share:.0%} (reasons: "
+            f"{dict(s.quarantined)}; first: {example_text}). The file looks damaged or is not the "
+            f"format it seems ({s.format}). What to do: inspect the lines with `SELECT * FROM "
+            f"quarantine WHERE stage = {quote_literal(stage)} AND source_file = "
+            f"{quote_literal(s.file)}`, fix or re-download the "
+            "file, remove it from the raw folder, or raise max_quarantine_share in the "
+            f"`{stage}` asset config if this is expected."
+        ),
+        metadata={
+            "file": s.file,
+            "quarantine_share": s.quarantine_share,
+            "quarantined_by_reason": dict(s.quarantined),
+            "other_files_over_threshold": [b.file for b in bad[1:]],
+        },
+    )
+
+
+def iso_date(ts: int | None) -> str | None:
+    return None if ts is None else dt.datetime.fromtimestamp(int(ts), dt.UTC).date().isoformat()
+
+
+def files_markdown(stats: list[FileStats], skipped: list[dict]) -> str:
+    rows = [
+        "| file | kind | format | lines | kept | quarantined | parser | s |",
+        "|---|---|---|---:|---:|---:|---|---:|",
+    ]
+    for s in stats:
+        rows.append(
+            f"| {s.file} | {s.kind} | {s.format} | {s.lines:,} | {s.kept:,} | "
+            f"{s.n_quarantined:,} | {s.parser} | {s.seconds:.2f} |"
+        )
+    for sk in skipped:
+        rows.append(f"| {sk['file']} | skipped | {sk['why']} | | | | | |")
+    return "\n".join(rows)
+
+
+def date_to_ts(value: str, default: int) -> int:
+    """Unix seconds of a YYYY-MM-DD config date (``default`` when empty)."""
+    if not value:
+        return default
+    try:
+        return int(dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp())
+    except ValueError as exc:
+        raise DataError(
+            f"Config date {value!r} is not YYYY-MM-DD. What to do: fix the reviews "
+            "asset config (min_review_date / max_review_date)."
+        ) from exc
+
+
+def quarantine_reasons(stats: list[FileStats]) -> dict[str, int]:
+    total: Counter = Counter()
+    for s in stats:
+        total.update(s.quarantined)
+    return dict(sorted(total.items()))
