@@ -267,12 +267,11 @@ def evaluation_report(
     `evaluation_report.json` (the same content as data)."""
     metrics_metadata = _latest_metadata(context, "evaluation_metrics")
     image_metadata = _latest_metadata(context, "item_image_features")
-    dataset_name = "embedded sample" if paths.is_embedded_sample() else paths.raw_path().name
     home = paths.home_path()
     with duckdb.get_connection() as conn, failures():
         require_tables(conn, "evaluation_metrics", hint="Materialize `evaluation_metrics` first.")
         rows = ev.read_metric_rows(conn)
-        summary = ev.data_summary(conn, image_metadata, metrics_metadata, dataset_name)
+        summary = ev.data_summary(conn, image_metadata, metrics_metadata, paths.dataset(conn).name)
         comparisons = ev.read_comparisons(conn)
     if not rows:
         raise dg.Failure(

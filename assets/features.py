@@ -2,36 +2,31 @@
 
 Both tables are produced for every item in ``interactions``; which of them feeds the model is a
 training config choice. The work happens in ``convrec_dagster.data.attributes`` and
-``convrec_dagster.data.images``; these assets read their inputs from DuckDB, call them, and write back.
+``convrec_dagster.data.images``; the tables are read and written by ``convrec_dagster.data.feature_tables``.
 """
 
-import json
 import time
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.checks import blocking_checks, failures, run_checks
 from convrec_dagster.data.attributes import AttributeConfig, build_item_attributes, item_attributes_consistent
-from convrec_dagster.data.images import (
-    FEATURE_DIM,
-    compute_image_features,
-    item_image_features_cover_items,
-    locate_images,
+from convrec_dagster.data.feature_tables import (
+    attribute_inputs,
+    image_refs,
+    interaction_items,
+    write_image_features,
+    write_item_attributes,
 )
-from convrec_dagster.data.store import replace_quarantine, require_tables
-from convrec_dagster.data.store import table_exists as _table_exists
+from convrec_dagster.data.images import compute_image_features, item_image_features_cover_items, locate_images
+from convrec_dagster.data.store import require_tables
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
 
-IMAGE_STAGE = "item_image_features"
 SAMPLE_IMAGE_SIZE = 64  # the embedded sample ships 64x64 images and must run in about a minute
 REAL_IMAGE_SIZE = 224
-_WRITE_CHUNK = 20_000
 
 
 def _require_tables(conn, *names: str) -> None:
@@ -42,11 +37,6 @@ def _require_tables(conn, *names: str) -> None:
             hint="Materialize the ingest assets first "
             "(e.g. `dagster asset materialize --select +item_attributes`).",
         )
-
-
-def _interaction_items(conn) -> list[str]:
-    rows = conn.execute("SELECT DISTINCT item_id FROM interactions ORDER BY item_id").fetchall()
-    return [r[0] for r in rows]
 
 
 class ItemAttributesConfig(dg.Config):
@@ -78,11 +68,8 @@ def item_attributes(
     metadata get the `missing/no_metadata` attribute."""
     with duckdb.get_connection() as conn:
         _require_tables(conn, "interactions", "items")
-        item_ids = _interaction_items(conn)
-        items = conn.execute("SELECT item_id, brand, categories, price, line_no FROM items").df()
-        raw = None
-        if _table_exists(conn, "raw_item_attributes"):
-            raw = conn.execute("SELECT item_id, attribute FROM raw_item_attributes").df()
+        item_ids = interaction_items(conn)
+        items, raw = attribute_inputs(conn)
     context.log.info(
         f"encoding attributes of {len(item_ids):,} interaction items from {len(items):,} metadata "
         f"rows{'' if raw is None else f' and {len(raw):,} raw attribute rows'}"
@@ -99,19 +86,9 @@ def item_attributes(
             use_raw_attributes=config.use_raw_attributes,
         ),
     )
-    vocab, pairs = encoding.vocab, encoding.pairs  # noqa: F841 (read by DuckDB below)
+    vocab, pairs = encoding.vocab, encoding.pairs
     with duckdb.get_connection() as conn:
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute(
-            "CREATE OR REPLACE TABLE attribute_vocab AS SELECT attribute_id::INTEGER AS attribute_id, "
-            "kind::VARCHAR AS kind, name::VARCHAR AS name, item_count::INTEGER AS item_count "
-            "FROM vocab ORDER BY attribute_id"
-        )
-        conn.execute(
-            "CREATE OR REPLACE TABLE item_attributes AS SELECT item_id::VARCHAR AS item_id, "
-            "attribute_id::INTEGER AS attribute_id FROM pairs ORDER BY item_id, attribute_id"
-        )
-        conn.execute("COMMIT")
+        write_item_attributes(conn, encoding)
         check_results = run_checks([item_attributes_consistent], conn)
     stats = encoding.stats
     if stats["items_missing_meta"]:
@@ -188,14 +165,11 @@ def item_image_features(
         )
     with duckdb.get_connection() as conn:
         _require_tables(conn, "interactions")
-        item_ids = _interaction_items(conn)
-        refs: dict[str, str | None] = {}
-        if _table_exists(conn, "items"):
-            refs = dict(
-                conn.execute("SELECT item_id, image_ref FROM items WHERE image_ref IS NOT NULL").fetchall()
-            )
+        item_ids = interaction_items(conn)
+        refs = image_refs(conn)
+        embedded = paths.dataset(conn).embedded_sample
     raw_dir = paths.raw_path()
-    image_size = config.image_size or (SAMPLE_IMAGE_SIZE if paths.is_embedded_sample() else REAL_IMAGE_SIZE)
+    image_size = config.image_size or (SAMPLE_IMAGE_SIZE if embedded else REAL_IMAGE_SIZE)
     locations = locate_images(item_ids, raw_dir, refs)
     n_found = sum(loc.status == "found" for loc in locations)
     device = torch_device.torch_device
@@ -237,50 +211,11 @@ def item_image_features(
             "the dump has no local images for any item: every row gets has_image = false and a "
             f"zero vector ({counts['remote']:,} remote image URLs were not fetched)"
         )
-    quarantine = pd.DataFrame(
-        {
-            "source_file": [path for _, path, _ in result.corrupt],
-            "line_no": pd.array([None] * len(result.corrupt), dtype="Int64"),
-            "reason": [reason for _, _, reason in result.corrupt],
-            "raw": [
-                json.dumps({"item_id": item_id, "image_path": path}) for item_id, path, _ in result.corrupt
-            ],
-        }
-    )
     for item_id, path, reason in result.corrupt:
         context.log.warning(f"quarantined image of item {item_id}: {path}: {reason}")
 
-    has_image = result.has_image
     with duckdb.get_connection() as conn:
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute(
-            "CREATE OR REPLACE TABLE item_image_features (item_id VARCHAR, has_image BOOLEAN, "
-            f"image_path VARCHAR, content_hash VARCHAR, feature FLOAT[{FEATURE_DIM}], "
-            "image_status VARCHAR)"
-        )
-        # whether the vectors mean anything: features: auto trains on them only when pretrained
-        conn.execute("CREATE OR REPLACE TABLE image_encoder (pretrained BOOLEAN, weights_path VARCHAR)")
-        conn.execute(
-            "INSERT INTO image_encoder VALUES (?, ?)", [bool(result.pretrained), result.weights_path or ""]
-        )
-        for start in range(0, len(item_ids), _WRITE_CHUNK):
-            stop = start + _WRITE_CHUNK
-            chunk = pa.table(  # noqa: F841 (read by DuckDB below)
-                {
-                    "item_id": pa.array(result.item_ids[start:stop], pa.string()),
-                    "has_image": pa.array(has_image[start:stop]),
-                    "image_path": pa.array(result.image_path[start:stop], pa.string()),
-                    "content_hash": pa.array(result.content_hash[start:stop], pa.string()),
-                    "feature": pa.FixedSizeListArray.from_arrays(
-                        pa.array(np.ascontiguousarray(result.features[start:stop]).ravel()),
-                        FEATURE_DIM,
-                    ),
-                    "image_status": pa.array(result.status[start:stop], pa.string()),
-                }
-            )
-            conn.execute("INSERT INTO item_image_features SELECT * FROM chunk")
-        replace_quarantine(conn, IMAGE_STAGE, frame=quarantine, order_by="")
-        conn.execute("COMMIT")
+        write_image_features(conn, result)
         check_results = run_checks([item_image_features_cover_items], conn)
 
     context.log.info(

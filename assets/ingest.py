@@ -7,9 +7,8 @@ de-duplicated, time-ordered, k-interaction-filtered history per user.
 """
 
 import contextlib
-import datetime as dt
+import dataclasses
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -18,12 +17,18 @@ from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import store
 from convrec_dagster.checks import blocking_checks, failures, run_checks
+from convrec_dagster.data import ingest as ingest_data
 from convrec_dagster.data import rawdata
+from convrec_dagster.data.dataset_info import (
+    DatasetInfo,
+    dataset_name,
+    record_item_metadata,
+    write_dataset_info,
+)
 from convrec_dagster.data.ingest import interactions_ordered_histories, items_unique, reviews_have_ids
 from convrec_dagster.data.plots import length_histogram_markdown
 from convrec_dagster.data.rawdata import FileFormat, FileStats, RawDataError
 from convrec_dagster.data.store import replace_quarantine, require_tables, transaction
-from convrec_dagster.data.store import table_exists as _table_exists
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "ingest"
@@ -117,74 +122,6 @@ def _raw_files(
     return raw_dir, formats, skipped
 
 
-def _check_shares(conn, stage: str, stats: list[FileStats], max_share: float) -> None:
-    bad = [s for s in stats if s.lines and s.quarantine_share > max_share]
-    if not bad:
-        return
-    s = bad[0]
-    examples = conn.execute(
-        "SELECT line_no, reason FROM _stage_quarantine WHERE source_file = ? ORDER BY line_no LIMIT 5",
-        [s.file],
-    ).fetchall()
-    example_text = "; ".join(f"line {n}: {r}" for n, r in examples)
-    raise dg.Failure(
-        description=(
-            f"{s.file}: {s.n_quarantined:,} of {s.lines:,} lines ({s.quarantine_share:.1%}) could not be "
-            f"used, more than max_quarantine_share={max_share:.0%} (reasons: "
-            f"{dict(s.quarantined)}; first: {example_text}). The file looks damaged or is not the "
-            f"format it seems ({s.format}). What to do: inspect the lines with `SELECT * FROM "
-            f"quarantine WHERE stage = {store.quote_literal(stage)} AND source_file = "
-            f"{store.quote_literal(s.file)}`, fix or re-download the "
-            "file, remove it from the raw folder, or raise max_quarantine_share in the "
-            f"`{stage}` asset config if this is expected."
-        ),
-        metadata={
-            "file": s.file,
-            "quarantine_share": s.quarantine_share,
-            "quarantined_by_reason": dict(s.quarantined),
-            "other_files_over_threshold": [b.file for b in bad[1:]],
-        },
-    )
-
-
-def _iso(ts: int | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(int(ts), dt.UTC).date().isoformat()
-
-
-def _files_md(stats: list[FileStats], skipped: list[dict]) -> str:
-    rows = [
-        "| file | kind | format | lines | kept | quarantined | parser | s |",
-        "|---|---|---|---:|---:|---:|---|---:|",
-    ]
-    for s in stats:
-        rows.append(
-            f"| {s.file} | {s.kind} | {s.format} | {s.lines:,} | {s.kept:,} | "
-            f"{s.n_quarantined:,} | {s.parser} | {s.seconds:.2f} |"
-        )
-    for sk in skipped:
-        rows.append(f"| {sk['file']} | skipped | {sk['why']} | | | | | |")
-    return "\n".join(rows)
-
-
-def _date_to_ts(value: str, default: int) -> int:
-    if not value:
-        return default
-    try:
-        return int(dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp())
-    except ValueError as exc:
-        raise dg.Failure(
-            f"Config date {value!r} is not YYYY-MM-DD. What to do: fix the reviews "
-            "asset config (min_review_date / max_review_date)."
-        ) from exc
-
-
-def _quarantine_reasons(stats: list[FileStats]) -> dict[str, int]:
-    total: Counter = Counter()
-    for s in stats:
-        total.update(s.quarantined)
-    return dict(sorted(total.items()))
-
-
 # ---------------------------------------------------------------------------------------------
 # assets
 
@@ -219,8 +156,9 @@ def reviews(
             ),
             metadata={"raw_dir": str(raw_dir), "skipped": skipped},
         )
-    min_ts = _date_to_ts(config.min_review_date, 0)
-    max_ts = _date_to_ts(config.max_review_date, int(time.time()) + 86_400)
+    with failures():
+        min_ts = ingest_data.date_to_ts(config.min_review_date, 0)
+        max_ts = ingest_data.date_to_ts(config.max_review_date, int(time.time()) + 86_400)
     stats: list[FileStats] = []
     with duckdb.get_connection() as conn, contextlib.closing(conn):
         rawdata.create_staging(conn)
@@ -240,44 +178,52 @@ def reviews(
             )
         with transaction(conn):
             replace_quarantine(conn, "reviews", "_stage_quarantine")
-        _check_shares(conn, "reviews", stats, config.max_quarantine_share)
+        with failures():
+            ingest_data.check_quarantine_shares(conn, "reviews", stats, config.max_quarantine_share)
         n_kept = sum(s.kept for s in stats)
         if n_kept == 0:
             raise dg.Failure(
                 description=(
                     f"No usable review in {raw_dir}: every review line was quarantined "
-                    f"({_quarantine_reasons(stats)}). What to do: look at `SELECT * FROM quarantine WHERE "
+                    f"({ingest_data.quarantine_reasons(stats)}). What to do: look at `SELECT * FROM quarantine WHERE "
                     "stage = 'reviews'` and fix the dump."
                 )
             )
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute("""CREATE OR REPLACE TABLE reviews AS
-                        SELECT user_id, item_id, rating, ts, seq_no, source_file, line_no, source_format
-                        FROM _stage_reviews ORDER BY seq_no""")
-        # whose ingest the tables hold: later steps of other runs check it (run_guard.StoreGuard)
-        fingerprint = store.record_ingest(conn, context.run_id, raw_dir, [ff.path for ff in formats])
-        conn.execute("COMMIT")
-        users, items, rows, min_ts_v, max_ts_v, n_ts, pairs = conn.execute(
-            "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), "
-            "count(ts), count(DISTINCT (user_id, item_id)) FROM reviews"
-        ).fetchall()[0]
+        embedded = paths.is_embedded_sample()
+        with transaction(conn):
+            summary = ingest_data.publish_reviews(conn)
+            # whose ingest the tables hold: later steps of other runs check it (run_guard.StoreGuard)
+            fingerprint = store.record_ingest(conn, context.run_id, raw_dir, [ff.path for ff in formats])
+            write_dataset_info(
+                conn,
+                DatasetInfo(
+                    name=dataset_name(raw_dir, embedded),
+                    format=",".join(sorted({s.format for s in stats})),
+                    has_time=summary.has_time,
+                    fingerprint=fingerprint,
+                    embedded_sample=embedded,
+                ),
+            )
+        users, items, rows, min_ts_v, max_ts_v, n_ts, pairs = dataclasses.astuple(summary)
         check_results = run_checks([reviews_have_ids], conn)
     seconds = time.perf_counter() - t0
     n_lines = sum(s.lines for s in stats)
     return dg.MaterializeResult(
         metadata={
             "raw_dir": str(raw_dir),
-            "files": dg.MetadataValue.md(_files_md(stats, skipped)),
+            "files": dg.MetadataValue.md(ingest_data.files_markdown(stats, skipped)),
             "formats": {s.file: s.format for s in stats},
             "records_read": n_lines,
             "records_kept": rows,
             "dataset_fingerprint": fingerprint,
             "quarantined": sum(s.n_quarantined for s in stats),
-            "quarantined_by_reason": _quarantine_reasons(stats),
+            "quarantined_by_reason": ingest_data.quarantine_reasons(stats),
             "duplicates": rows - pairs,
             "users": users,
             "items": items,
-            "time_range": f"{_iso(min_ts_v)} .. {_iso(max_ts_v)}" if n_ts else "unavailable",
+            "time_range": f"{ingest_data.iso_date(min_ts_v)} .. {ingest_data.iso_date(max_ts_v)}"
+            if n_ts
+            else "unavailable",
             "timestamps_available": n_ts == rows,
             "time_context": (
                 "available"
@@ -339,72 +285,46 @@ def items(
             )
         with transaction(conn):
             replace_quarantine(conn, "items", "_stage_quarantine")
-        _check_shares(conn, "items", stats, config.max_quarantine_share)
+        with failures():
+            ingest_data.check_quarantine_shares(conn, "items", stats, config.max_quarantine_share)
         image_rows = [(k, str(v)) for k, v in images.items()] if config.prefer_local_images else []
-        conn.execute("CREATE OR REPLACE TEMP TABLE _local_images(item_id VARCHAR, path VARCHAR)")
-        if image_rows:
-            conn.executemany("INSERT INTO _local_images VALUES (?, ?)", image_rows)
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute("""
-            CREATE OR REPLACE TABLE items AS
-            SELECT s.item_id, s.title, s.brand, s.categories, s.price,
-                   coalesce(li.path, s.image_ref) AS image_ref, s.source_file, s.line_no
-            FROM (SELECT *, row_number() OVER (PARTITION BY item_id ORDER BY file_no, line_no) AS rn
-                  FROM _stage_items) s
-            LEFT JOIN _local_images li USING (item_id)
-            WHERE s.rn = 1
-            ORDER BY s.item_id""")
-        conn.execute("""CREATE OR REPLACE TABLE raw_item_attributes AS
-                        SELECT DISTINCT item_id, attribute, source_file FROM _stage_item_attributes
-                        ORDER BY item_id, attribute""")
-        conn.execute("COMMIT")
-        meta_lines = conn.execute("SELECT count(*) FROM _stage_items").fetchall()[0][0]
-        n_items, n_local, n_url, n_brand, n_cat, n_price = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE image_ref IN (SELECT path FROM _local_images)), "
-            "count(*) FILTER (WHERE image_ref LIKE 'http%'), count(brand), "
-            "count(*) FILTER (WHERE len(categories) > 0), count(price) FROM items"
-        ).fetchall()[0]
-        n_attr_items, n_attr_rows = conn.execute(
-            "SELECT count(DISTINCT item_id), count(*) FROM raw_item_attributes"
-        ).fetchall()[0]
+        with transaction(conn):
+            summary = ingest_data.publish_items(conn, image_rows)
+            record_item_metadata(conn, summary.has_attributes, summary.image_refs > 0)
+        missing = ingest_data.reviewed_items_without_metadata(conn)
         missing_meta: dict = {"count": None, "examples": [], "note": "table `reviews` not materialized"}
-        if _table_exists(conn, "reviews"):
-            rows = conn.execute("""
-                SELECT DISTINCT r.item_id FROM reviews r
-                WHERE r.item_id NOT IN (SELECT item_id FROM items)
-                  AND r.item_id NOT IN (SELECT item_id FROM raw_item_attributes)
-                ORDER BY 1""").fetchall()
-            missing_meta = {"count": len(rows), "examples": [r[0] for r in rows[:MAX_EXAMPLES]]}
-            if rows:
+        if missing is not None:
+            missing_meta = {"count": len(missing), "examples": missing[:MAX_EXAMPLES]}
+            if missing:
                 context.log.warning(
-                    f"{len(rows):,} reviewed items have no metadata, e.g. {missing_meta['examples'][:5]}"
+                    f"{len(missing):,} reviewed items have no metadata, e.g. {missing_meta['examples'][:5]}"
                 )
         check_results = run_checks([items_unique], conn)
     return dg.MaterializeResult(
         metadata={
             "raw_dir": str(raw_dir),
-            "files": dg.MetadataValue.md(_files_md(stats, skipped)),
+            "files": dg.MetadataValue.md(ingest_data.files_markdown(stats, skipped)),
             "formats": {s.file: s.format for s in stats},
             "records_read": sum(s.lines for s in stats),
-            "records_kept": n_items,
+            "records_kept": summary.items,
             "quarantined": sum(s.n_quarantined for s in stats),
-            "quarantined_by_reason": _quarantine_reasons(stats),
-            "duplicates": meta_lines - n_items,
-            "items": n_items,
-            "items_with_brand": n_brand,
-            "items_with_categories": n_cat,
-            "items_with_price": n_price,
-            "items_with_local_image": n_local,
-            "items_with_image_url_only": n_url,
+            "quarantined_by_reason": ingest_data.quarantine_reasons(stats),
+            "duplicates": summary.meta_lines - summary.items,
+            "items": summary.items,
+            "items_with_brand": summary.brand,
+            "items_with_categories": summary.categories,
+            "items_with_price": summary.price,
+            "items_with_local_image": summary.local_images,
+            "items_with_image_url_only": summary.url_images,
             "local_image_files": len(images),
-            "attribute_items": n_attr_items,
-            "attribute_rows": n_attr_rows,
+            "attribute_items": summary.attribute_items,
+            "attribute_rows": summary.attribute_rows,
             "reviewed_items_without_metadata": missing_meta["count"]
             if missing_meta["count"] is not None
             else -1,
             "reviewed_items_without_metadata_examples": missing_meta["examples"],
             "skipped_files": skipped,
-            "dagster/row_count": n_items,
+            "dagster/row_count": summary.items,
         },
         check_results=check_results,
     )
@@ -430,15 +350,12 @@ def interactions(
     with duckdb.get_connection() as conn, contextlib.closing(conn):
         with failures():
             require_tables(conn, "reviews", hint="materialize `reviews` first (e.g. select `reviews+`).")
-        n_reviews = conn.execute("SELECT count(*) FROM reviews").fetchall()[0][0]
+        n_reviews = rawdata.table_counts(conn, "reviews").interactions
         duplicates = rawdata.dedupe_reviews(conn, "reviews")
         before = rawdata.table_counts(conn, "_dedup")
         one_pass = rawdata.one_pass_filter(conn, "_dedup", "_one_pass", k)
         iterative = rawdata.iterative_kcore(conn, "_dedup", "_iterative", k)
-        n_benchmark = conn.execute(
-            "SELECT count(*) FROM _dedup WHERE source_format IN ('sasrec_pairs', 's3rec_sequences')"
-        ).fetchall()[0][0]
-        only_benchmark = n_benchmark == before.interactions
+        only_benchmark = ingest_data.benchmark_rows(conn, "_dedup") == before.interactions
         if only_benchmark and not config.filter_benchmark_formats:
             chosen, applied = "_dedup", "none (processed benchmark files are already filtered)"
         else:
@@ -451,15 +368,8 @@ def interactions(
             f"iterative keeps {iterative.interactions:,} / {iterative.users:,} / {iterative.items:,} "
             f"({iterative.rounds} rounds); applied: {applied}"
         )
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute(f"""
-            CREATE OR REPLACE TABLE interactions AS
-            SELECT user_id, item_id, ts, rating,
-                   CAST(row_number() OVER (PARTITION BY user_id ORDER BY ts NULLS LAST, seq_no) - 1
-                        AS INTEGER) AS position
-            FROM {chosen}
-            ORDER BY user_id, position""")
-        conn.execute("COMMIT")
+        with transaction(conn):
+            ingest_data.publish_interactions(conn, chosen)
         kept = rawdata.table_counts(conn, "interactions")
         if kept.interactions == 0:
             context.log.warning(
@@ -467,24 +377,15 @@ def interactions(
                 f"{before.interactions:,} rows: `interactions` is empty. Lower min_interactions in "
                 "the `interactions` config or use a larger dump. !!!"
             )
-        min_ts, max_ts, n_ts = conn.execute(
-            "SELECT min(ts), max(ts), count(ts) FROM interactions"
-        ).fetchall()[0]
-        lengths = [
-            r[0] for r in conn.execute("SELECT count(*) FROM interactions GROUP BY user_id").fetchall()
-        ]
-        no_meta = None
-        if _table_exists(conn, "items"):
-            attrs = (
-                "OR item_id IN (SELECT item_id FROM raw_item_attributes)"
-                if _table_exists(conn, "raw_item_attributes")
-                else ""
-            )
-            no_meta = conn.execute(f"""
-                SELECT count(DISTINCT item_id) FROM interactions
-                WHERE NOT (item_id IN (SELECT item_id FROM items) {attrs})""").fetchall()[0][0]
+        summary = ingest_data.interactions_summary(conn)
         check_results = run_checks([interactions_ordered_histories], conn)
-    lengths = sorted(lengths) or [0]  # [0]: nothing left after the filter
+    min_ts, max_ts, n_ts, no_meta = (
+        summary.min_ts,
+        summary.max_ts,
+        summary.n_ts,
+        summary.items_without_metadata,
+    )
+    lengths = summary.lengths or [0]  # [0]: nothing left after the filter
     return dg.MaterializeResult(
         metadata={
             "records_read": n_reviews,
@@ -498,7 +399,9 @@ def interactions(
             "before_filter": before.as_dict(),
             "one_pass": one_pass.as_dict(),
             "iterative": iterative.as_dict(),
-            "time_range": f"{_iso(min_ts)} .. {_iso(max_ts)}" if n_ts else "unavailable",
+            "time_range": f"{ingest_data.iso_date(min_ts)} .. {ingest_data.iso_date(max_ts)}"
+            if n_ts
+            else "unavailable",
             "timestamps_available": n_ts == kept.interactions,
             "history_length": {
                 "min": lengths[0],

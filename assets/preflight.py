@@ -101,7 +101,7 @@ def preflight(
             for name in models:
                 try:
                     cfg = TrainingConfig(**_op_config(context, f"{name}_model"))
-                    budget, _, s = resolve_settings(cfg, paths, name, device.type == "cuda")
+                    budget, _, s = resolve_settings(cfg, paths.dataset(), name, device.type == "cuda")
                     if not s["max_len"]:
                         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
                     row_dependent = name in ("convrec", "convrec_attention") and size.has_context

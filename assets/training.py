@@ -7,26 +7,25 @@ resumes from its last epoch when config and data are unchanged. Training steps s
 pool (size 1), so two runs never fight over one device.
 """
 
+import dataclasses
 import time
 from typing import Literal
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from convrec_dagster.data.dataset_info import DatasetInfo
 from convrec_dagster.data.plots import training_curves_markdown
 from convrec_dagster.k8s import training_op_tags
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
-from models.budgets import budget_settings, resolve_budget
+from models.budgets import budget_settings, dataset_preset, resolve_budget
 from models.data import FeatureChoice
 from models.registry import MODELS, ModelSpec
 
 GROUP = "training"
 ENCODER_DEPS = ["sequences", "eval_negatives", "proxy_ids", "item_attributes", "item_image_features"]
 SPLIT_DEPS = ["sequences", "eval_negatives", "proxy_ids"]
-
-DATASET_KEYWORDS = {"beauty": "beauty", "games": "games", "video": "games", "fashion": "fashion",
-                    "clothing": "fashion", "men": "men"}  # fmt: skip
 
 
 class TrainingConfig(dg.Config):
@@ -36,9 +35,10 @@ class TrainingConfig(dg.Config):
     model: what reaches the accuracy targets on 2 CPU cores), ``paper`` (the paper's Appendix C:
     d = 256, one random cut per user per epoch, up to 1,000 epochs; for GPUs), ``sample`` (small
     and quick, for the embedded sample dump), ``auto`` (``sample`` on the embedded sample, else
-    ``paper`` with CUDA and ``cpu`` without). ``dataset``: which paper preset (``auto`` guesses
-    from the raw dump folder's name, else ``games``). ``features``: item features for ConvRec and
-    its attention counterpart. ``scheme``: ``one_cut`` (the paper's) or ``all_cuts``. ``loss``:
+    ``paper`` with CUDA and ``cpu`` without). ``dataset``: which paper preset
+    (``models.budgets.PAPER_PRESETS``; ``auto``: the one the dataset's name in `dataset_info` names,
+    else ``games``). ``features``: item features for ConvRec and its attention counterpart.
+    ``scheme``: ``one_cut`` (the paper's) or ``all_cuts``. ``loss``:
     ``softmax`` over [positive + n_negatives] (authors' code), ``bce`` (paper text; SASRec's own),
     or ``full_softmax`` over all items (falls back to ``softmax`` when candidate vectors depend on
     the row's time). ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
@@ -104,15 +104,13 @@ ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
 
 
 def resolve_settings(
-    config: TrainingConfig, paths: ConvRecPaths, model: str, cuda: bool
+    config: TrainingConfig, dataset: DatasetInfo, model: str, cuda: bool
 ) -> tuple[str, str, dict]:
-    """(budget, dataset preset, every setting with the budget's values filled in)."""
-    budget = resolve_budget(config.budget, paths.is_embedded_sample(), cuda)
-    dataset = config.dataset
-    if dataset == "auto":
-        folder = "" if paths.is_embedded_sample() else paths.raw_path().name.lower()
-        dataset = next((v for k, v in DATASET_KEYWORDS.items() if k in folder), "games")
-    base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, dataset)}
+    """(budget, dataset preset, every setting with the budget's values filled in). ``dataset``: the
+    dataset's identity (``ConvRecPaths.dataset``) picks the ``auto`` budget and preset."""
+    budget = resolve_budget(config.budget, dataset.embedded_sample, cuda)
+    preset = config.dataset if config.dataset != "auto" else dataset_preset(dataset.name)
+    base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, preset)}
     settings = config.model_dump()
     for key, value in base.items():
         if settings.get(key) is None or settings.get(key) == "auto" and key in ("scheme", "loss"):
@@ -122,7 +120,7 @@ def resolve_settings(
     settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
     settings["emb_init_std_user"] = config.emb_init_std  # resolved with the data (resolve_emb_init)
     settings["emb_init_std_budget"] = base.get("emb_init_std")
-    return budget, dataset, settings
+    return budget, preset, settings
 
 
 def train_model_asset(
@@ -139,10 +137,12 @@ def train_model_asset(
     from convrec_dagster.data.dataset import load_rec_data
     from convrec_dagster.data.training_setup import data_features, prepare_training
     from models.registry import build_model
-    from models.train import TrainConfig, train
+    from models.train import train
 
     started = time.perf_counter()
-    budget, dataset, s = resolve_settings(config, paths, name, torch_device.torch_device.type == "cuda")
+    with duckdb.get_connection() as conn:
+        identity = paths.dataset(conn)
+    budget, dataset, s = resolve_settings(config, identity, name, torch_device.torch_device.type == "cuda")
     if config.retrain:  # both paths: the one-process loop and the torchrun ranks build TrainConfig from s
         s["resume"] = False
     if s["nproc_per_node"] > 1 or s["nnodes"] > 1:
@@ -164,10 +164,11 @@ def train_model_asset(
             f"features {data.info.get('features')}, time context {data.has_context}; budget {budget}"
             + (f" ({dataset} preset)" if budget == "paper" else "")
         )
-        hparams, train_config = prepare_training(name, s, data, context.log.info)
+        model_config, train_config = prepare_training(name, s, data, context.log.info)
+        hparams = model_config.to_hparams()
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         torch.manual_seed(train_config.seed)
-        model = build_model(name, data, hparams)
+        model = build_model(name, data, model_config)
         if torch_device.compile and hasattr(model, "mix"):
             model.mix = torch.compile(model.mix)
             context.log.info("torch.compile applied to the sequence mixer")
@@ -238,9 +239,7 @@ def train_model_asset(
         and len(result.history) > 1
         and not result.stopped_early,
         "hparams": dg.MetadataValue.json({k: v for k, v in hparams.items()}),
-        "train_config": dg.MetadataValue.json(
-            {k: getattr(train_config, k) for k in TrainConfig.__dataclass_fields__}
-        ),
+        "train_config": dg.MetadataValue.json(dataclasses.asdict(train_config)),
         "data_fingerprint": str(data.info.get("fingerprint", "")),
         "data_features": str(data.info.get("features", "")),
         "checkpoint": dg.MetadataValue.path(str(out_dir / "best.pt")),

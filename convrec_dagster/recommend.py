@@ -26,16 +26,16 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from convrec_dagster.data import settings
+from convrec_dagster.data.dataset import data_for_checkpoint
 
 log = logging.getLogger(__name__)
-FEATURE_CHOICES = ("auto", "attributes", "image", "both", "none")
 
 
 # --- which model ----------------------------------------------------------------------------------
@@ -66,28 +66,6 @@ def choose_model(
         name = max(valid, key=valid.get)
         return name, f"best validation NDCG@10 (sampled_100, {valid[name]:.4f}) kept in its checkpoint"
     return None, "no trained model has a validation score"
-
-
-def checkpoint_fingerprint(checkpoint: dict) -> str | None:
-    extra = checkpoint.get("extra") or {}
-    return extra.get("fingerprint") or checkpoint.get("fingerprint") or None
-
-
-def data_for_checkpoint(load: Callable[[str], object], checkpoint: dict):
-    """The dataset (``load(features)``) whose fingerprint the checkpoint was trained on, or None.
-
-    Models without item features (popularity, SASRec) were trained on ``features="none"``; the
-    fingerprint covers the features loaded, so the right choice is found by trying them."""
-    wanted = checkpoint_fingerprint(checkpoint)
-    first = str((checkpoint.get("hparams") or {}).get("features") or "none")
-    for features in dict.fromkeys([first, *FEATURE_CHOICES]):
-        try:
-            data = load(features)
-        except ValueError:  # e.g. image features asked for, none stored
-            continue
-        if wanted is None or data.info.get("fingerprint") == wanted:
-            return data
-    return None
 
 
 # --- the recommender ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
 from convrec_dagster.data import settings
+from convrec_dagster.data.dataset_info import DatasetInfo, configured_dataset, read_dataset_info
 
 # Concurrency. DuckDB allows one writing process per file, and a reader cannot open the file while
 # another process writes it, so every step that touches DuckDB carries DUCKDB_TAGS (limited to one
@@ -167,6 +168,16 @@ class ConvRecPaths(dg.ConfigurableResource):
         from convrec_dagster.data.sample_dump import ensure_sample_dump
 
         return ensure_sample_dump(settings.sample_dump_dir(self.home_path()))
+
+    def dataset(self, conn=None) -> DatasetInfo:
+        """The dataset's identity: the `dataset_info` row ingest wrote (``conn``: an open DuckDB
+        connection), else (before ingest, or a store ingested without it) its name from the
+        configured raw folder."""
+        stored = read_dataset_info(conn) if conn is not None else None
+        if stored is not None:
+            return stored
+        embedded = self.is_embedded_sample()
+        return configured_dataset(None if embedded else self.raw_path(), embedded)
 
 
 class TorchDevice(dg.ConfigurableResource):

@@ -45,11 +45,6 @@ def quote_ident(name: str) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
 
-def quote_literal(value: str) -> str:
-    """A SQL string literal (for SQL shown to users: the code itself binds parameters)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 # ---------------------------------------------------------------------------------------------
 # Integrity check
 

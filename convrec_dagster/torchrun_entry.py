@@ -18,6 +18,7 @@ them. Imports ``dagster_pipes`` (which ships with dagster and has no dependencie
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -71,7 +72,6 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
     from convrec_dagster.data.training_setup import data_features, prepare_training
     from models.distributed import DistEnv, init_process_group, rank_device, train_distributed
     from models.registry import build_model
-    from models.train import TrainConfig
 
     env = DistEnv.from_env()
     say = reporter.log if reporter is not None else (lambda message: None)
@@ -88,9 +88,10 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
             f"{data.n_items} items, {len(data.items)} interactions from {job['parquet_dir']} "
             f"(fingerprint {data.info.get('fingerprint')})"
         )
-        hparams, config = prepare_training(name, s, data, say)
+        model_config, config = prepare_training(name, s, data, say)
+        hparams = model_config.to_hparams()
         torch.manual_seed(config.seed)
-        model = build_model(name, data, hparams)
+        model = build_model(name, data, model_config)
         if job.get("compile") and hasattr(model, "mix"):
             model.mix = torch.compile(model.mix)
         out_dir = Path(job["out_dir"])
@@ -131,10 +132,6 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else "no",
-        "reused_from_run": str((result.extra.get("reused") or {}).get("run_id") or "")
-        if result.extra.get("reused")
-        else "no",
-        "train_time_s": round(sum(epoch_times), 1),
         "parameters": model.n_parameters(),
         "device": f"{env.world_size} x {device.type}{gpu}, {result.extra['backend']}",
         "precision": job["precision"],
@@ -147,7 +144,7 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         and len(result.history) > 1
         and not result.stopped_early,
         "hparams": _json(hparams),
-        "train_config": _json({k: getattr(config, k) for k in TrainConfig.__dataclass_fields__}),
+        "train_config": _json(dataclasses.asdict(config)),
         "data_fingerprint": str(data.info.get("fingerprint", "")),
         "data_features": str(data.info.get("features", "")),
         "checkpoint": {"raw_value": str(out_dir / "best.pt"), "type": "path"},
@@ -156,6 +153,11 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         "backend": result.extra["backend"],
         "rows_per_rank": _json(result.extra["rows_per_rank"]),
         "train_wall_time_s": round(result.wall_time_s, 2),
+        "train_time_s": round(sum(float(h.get("epoch_time_s") or 0) for h in result.history), 1),
+        # a finished run's resume.pt: nothing trained (the ranks' checkpoints do not name that run)
+        "reused_from_run": "an earlier finished run"
+        if result.resumed_from is not None and result.epochs_run == 0
+        else "no",
     }
 
 

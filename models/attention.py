@@ -12,6 +12,8 @@ from models.base import LossName
 from models.convrec import EncodedSequenceModel
 from models.data import RecData
 
+FFN_MULT = 1  # the feed-forward width, in multiples of d
+
 
 class ConvRecAttention(EncodedSequenceModel):
     """Item encoder -> + learned positions -> ``nn.TransformerEncoder`` (bidirectional, padding
@@ -28,7 +30,6 @@ class ConvRecAttention(EncodedSequenceModel):
         features: str = "auto",
         n_layers: int = 2,
         n_heads: int = 2,
-        ffn_mult: int = 1,
         pooling: Literal["last", "mean"] = "last",
         intervals: bool = True,
         hidden: int | None = None,
@@ -55,7 +56,7 @@ class ConvRecAttention(EncodedSequenceModel):
         self.pooling = pooling
         self.positions = nn.Embedding(max_len, d)
         layer = nn.TransformerEncoderLayer(
-            d, n_heads, ffn_mult * d, dropout, activation="gelu", batch_first=True, norm_first=True
+            d, n_heads, FFN_MULT * d, dropout, activation="gelu", batch_first=True, norm_first=True
         )
         self.transformer = nn.TransformerEncoder(
             layer, n_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False

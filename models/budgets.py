@@ -10,20 +10,54 @@
 - ``sample``: small and quick, for the embedded sample dump (about a minute on 2 cores).
 
 ``auto`` picks ``sample`` on the embedded sample, ``paper`` when CUDA is available, else ``cpu``.
+The paper's per-dataset settings are one typed table, ``PAPER_PRESETS``.
 Settings a user sets explicitly always win over the budget's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 BUDGETS = ("cpu", "paper", "sample")
 
-# Paper, Appendix C: best settings per dataset (lr, dropout, weight decay, L).
-PAPER_PRESETS = {
-    "beauty": {"lr": 4e-5, "dropout": 0.45, "weight_decay": 0.2, "max_len": 70},
-    "games": {"lr": 1e-4, "dropout": 0.35, "weight_decay": 0.1, "max_len": 50},
-    "fashion": {"lr": 5e-5, "dropout": 0.35, "weight_decay": 0.1, "max_len": 50},
-    "men": {"lr": 1e-4, "dropout": 0.30, "weight_decay": 0.1, "max_len": 30},
-}
+
+@dataclass(frozen=True)
+class PaperPreset:
+    """The paper's best settings for one dataset (Appendix C), and the words that name the dataset
+    (``dataset_preset`` looks for them in the dataset's name, in table order)."""
+
+    lr: float
+    dropout: float
+    weight_decay: float
+    max_len: int  # L
+    keywords: tuple[str, ...]
+
+    def settings(self) -> dict:
+        return {
+            "lr": self.lr,
+            "dropout": self.dropout,
+            "weight_decay": self.weight_decay,
+            "max_len": self.max_len,
+        }
+
+
+# The one table of dataset presets: a new preset is one row (docs/ARCHITECTURE.md).
+PAPER_PRESETS: dict[str, PaperPreset] = {
+    "beauty": PaperPreset(lr=4e-5, dropout=0.45, weight_decay=0.2, max_len=70, keywords=("beauty",)),
+    "games": PaperPreset(lr=1e-4, dropout=0.35, weight_decay=0.1, max_len=50, keywords=("games", "video")),
+    "fashion": PaperPreset(lr=5e-5, dropout=0.35, weight_decay=0.1, max_len=50, keywords=("fashion", "clothing")),
+    "men": PaperPreset(lr=1e-4, dropout=0.30, weight_decay=0.1, max_len=30, keywords=("men",)),
+}  # fmt: skip
+DEFAULT_PRESET = "games"  # when the dataset's name names none
+
+
+def dataset_preset(dataset_name: str) -> str:
+    """The paper preset whose keyword the dataset's name contains first, else ``DEFAULT_PRESET``."""
+    name = dataset_name.lower()
+    found = (preset for preset, row in PAPER_PRESETS.items() for word in row.keywords if word in name)
+    return next(found, DEFAULT_PRESET)
+
+
 PAPER_DEFAULTS = {
     "d": 256, "batch_size": 128, "max_epochs": 1000, "patience": 20, "num_threads": 0, "scheme": "one_cut",
     "loss": "softmax", "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0,
@@ -79,7 +113,7 @@ def budget_settings(budget: str, model: str, dataset: str) -> dict:
     if budget == "sample":
         return {**SAMPLE, **(SAMPLE_SASREC if model == "sasrec" else {})}
     if budget == "paper":
-        base = {**PAPER_DEFAULTS, **PAPER_PRESETS[dataset]}
+        base = {**PAPER_DEFAULTS, **PAPER_PRESETS[dataset].settings()}
         return (
             {
                 **base,

@@ -19,6 +19,18 @@ import numpy as np
 FeatureChoice = Literal["auto", "attributes", "image", "both", "none"]
 FEATURE_CHOICES: tuple[str, ...] = get_args(FeatureChoice)
 
+
+def resolved_features(info: dict) -> str | None:
+    """The explicit feature choice (never ``auto``) that loads the item features a dataset was
+    loaded with (``RecData.info["features"]``: ``none``, ``attributes``, ``image`` or
+    ``attributes+image``); None when the dataset does not say. Checkpoints keep it
+    (``extra["data_features"]``), so evaluation loads the same data without trying choices."""
+    features = info.get("features")
+    if features is None:
+        return None
+    return "both" if features == "attributes+image" else str(features)
+
+
 N_CONTEXT = 6  # year (min-max scaled), month/12, day/31, day-of-week/7, day-of-year/365, week/53
 
 

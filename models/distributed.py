@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.base import SequentialRecommender
 from models.batching import Batch, NegativeSampler
-from models.data import RecData
+from models.data import RecData, resolved_features
 from models.evaluate import autocast
 from models.registry import save_checkpoint
 from models.train import (
@@ -271,6 +271,7 @@ def train_distributed(
     meta = {
         "config_hash": config_hash(name, hparams, config),
         "fingerprint": str(data.info.get("fingerprint", "")),
+        "data_features": resolved_features(data.info),  # what evaluation loads; never guessed
     }
 
     resume_path = out / "resume.pt" if out is not None else None

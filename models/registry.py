@@ -5,7 +5,8 @@ order, labels and colours (``convrec_dagster/data/report.py``) and the evaluatio
 are generated from it; a new model is one ``ModelSpec`` here (docs/ARCHITECTURE.md).
 
 Checkpoints hold only tensors and plain Python (``torch.load(weights_only=True)`` reads them):
-``{"model": name, "hparams": {...}, "state_dict": {...}, "extra": {...}}``. Dataset arrays (proxy
+``{"model": name, "hparams": {...}, "state_dict": {...}, "extra": {...}}``, where ``hparams`` is the
+model's typed config as a dict (``models/config.py``, ``ModelConfig.to_hparams``). Dataset arrays (proxy
 ids, attributes, image features) are rebuilt from the ``RecData`` given to :func:`load_model`.
 Importing this module does not import torch or the model classes (the report reads ``MODELS``).
 """
@@ -13,11 +14,18 @@ Importing this module does not import torch or the model classes (the report rea
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from models.config import (
+    ConvRecAttentionConfig,
+    ConvRecConfig,
+    ModelConfig,
+    PopularityConfig,
+    SASRecConfig,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +42,7 @@ class ModelSpec:
     label: str  # in the report
     color: str  # in the report's plots
     target: str  # "module:Class"
+    config: type[ModelConfig]  # its hyper-parameters (models/config.py)
     item_features: bool  # reads item attributes / image features (and time context) through ConvRec's encoder
     description: str  # the training asset's description
     paper_name: str | None = None  # its row in the paper's published tables
@@ -50,21 +59,22 @@ class ModelSpec:
 # In the report's order: baselines first, ConvRec last.
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
-        "popularity", "Popularity", "#9e9e9e", "models.popularity:Popularity", False,
+        "popularity", "Popularity", "#9e9e9e", "models.popularity:Popularity", PopularityConfig, False,
         "Popularity baseline: items ranked by training interactions. Nothing to learn; evaluated once.",
     ),
     ModelSpec(
-        "sasrec", "SASRec", "#4c78a8", "models.sasrec:SASRec", False,
+        "sasrec", "SASRec", "#4c78a8", "models.sasrec:SASRec", SASRecConfig, False,
         "SASRec baseline: causal self-attention over item-ID embeddings, trained like ConvRec.",
         paper_name="SASRec",
     ),
     ModelSpec(
-        "convrec_attention", "ConvRec-Attention", "#72b7b2", "models.attention:ConvRecAttention", True,
+        "convrec_attention", "ConvRec-Attention", "#72b7b2", "models.attention:ConvRecAttention", ConvRecAttentionConfig,
+        True,
         "ConvRec's attention counterpart: ConvRec's item encoder with a Transformer encoder instead of the "
         "convolution stack, isolating convolution versus attention.",
     ),
     ModelSpec(
-        "convrec", "ConvRec", "#e45756", "models.convrec:ConvRec", True,
+        "convrec", "ConvRec", "#e45756", "models.convrec:ConvRec", ConvRecConfig, True,
         "ConvRec (IJCAI-ECAI 2026): attribute-aware item encoder and convolution down-scaling, trained with "
         "early stopping on validation NDCG@10; best and resumable checkpoints under artifacts/models/convrec.",
         paper_name="ConvRec",
@@ -80,18 +90,20 @@ def spec(name: str) -> ModelSpec:
     return SPECS[name]
 
 
-def model_kwargs(name: str, hparams: dict) -> dict:
-    """The entries of ``hparams`` that ``name``'s constructor takes (others are ignored)."""
-    accepted = set(inspect.signature(spec(name).model_class().__init__).parameters) - {
-        "self",
-        "data",
-        "n_items",
-    }
-    return {k: v for k, v in hparams.items() if k in accepted}
+def model_config(name: str, hparams: dict | ModelConfig) -> ModelConfig:
+    """``name``'s typed config: ``hparams`` itself, or read from a plain dict (a checkpoint's
+    ``hparams``; ``ModelConfig.from_hparams``)."""
+    config_class = spec(name).config
+    if isinstance(hparams, ModelConfig):
+        if not isinstance(hparams, config_class):
+            raise TypeError(f"{name} takes a {config_class.__name__}, not a {type(hparams).__name__}")
+        return hparams
+    return config_class.from_hparams(hparams)
 
 
-def build_model(name: str, data: RecData, hparams: dict) -> SequentialRecommender:
-    kwargs = model_kwargs(name, hparams)
+def build_model(name: str, data: RecData, config: ModelConfig | dict) -> SequentialRecommender:
+    """The model ``name`` with ``config`` (a config's fields are its constructor's arguments)."""
+    kwargs = model_config(name, config).to_hparams()
     cls = spec(name).model_class()
     if name == "sasrec":
         return cls(data.n_items, **kwargs)

@@ -42,7 +42,7 @@ import torch
 
 from models.base import SequentialRecommender
 from models.batching import NegativeSampler, all_cuts, make_batch, random_cuts, training_users
-from models.data import RecData
+from models.data import RecData, resolved_features
 from models.evaluate import autocast, rank_eval_users
 from models.metrics import per_user_metrics, summarize
 from models.registry import save_checkpoint
@@ -276,6 +276,7 @@ def train(
         "fingerprint": fingerprint,
         "n_parameters": model.n_parameters(),
         "run_id": run_id,
+        "data_features": resolved_features(data.info),  # what evaluation loads; never guessed
     }
 
     if not model.trainable:  # nothing to fit: evaluate once and keep the model

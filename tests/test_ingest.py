@@ -361,3 +361,26 @@ def test_sasrec_video_keeps_every_user(make_resources):
     assert query(
         db, "SELECT count(*) FROM (SELECT user_id FROM interactions GROUP BY 1 HAVING count(*) < 3)"
     ) == [(112,)]
+
+
+def test_ingest_writes_the_dataset_identity_that_later_stages_read(make_resources, tmp_path):
+    from assets.training import TrainingConfig, resolve_settings
+
+    raw = tmp_path / "Beauty_s3rec"
+    raw.mkdir()
+    write(raw / "seqs.txt", ["1 4 2 3", "2 2 4", "3 3 1 2 4"])
+    (raw / "attrs_item2attributes.json").write_text(json.dumps({"1": [1, 2], "2": [2], "3": [3]}))
+    result, db = materialize(make_resources, raw)
+    fingerprint = meta_of(result, "reviews")["dataset_fingerprint"]
+    assert query(db, "SELECT * FROM dataset_info") == [
+        ("Beauty_s3rec", "s3rec_sequences", False, True, False, fingerprint, False)
+    ]
+    # later stages read the row, not the folder: a store read through another configured folder
+    renamed = raw.rename(tmp_path / "copy")
+    paths = make_resources(renamed)["paths"]
+    with duckdb.connect(db, read_only=True) as conn:
+        info = paths.dataset(conn)
+    assert (info.name, info.has_attributes, info.embedded_sample) == ("Beauty_s3rec", True, False)
+    budget, preset, _ = resolve_settings(TrainingConfig(budget="paper"), info, "convrec", cuda=False)
+    assert (budget, preset) == ("paper", "beauty")
+    assert paths.dataset().name == "copy"  # before ingest: the configured folder's name

@@ -132,6 +132,10 @@ def test_training_assets_write_checkpoints_and_metadata_then_resume(prepared):
         folder = paths.model_path(name)
         checkpoint = torch.load(folder / "best.pt", weights_only=True)
         assert checkpoint["model"] == name and checkpoint["extra"]["fingerprint"]
+        # the features its data was loaded with, so evaluation loads the same data without trying
+        expected = meta["data_features"].value.replace("attributes+image", "both")
+        assert checkpoint["extra"]["data_features"] == expected
+        assert (expected == "none") == (name in ("popularity", "sasrec"))
         history = json.loads((folder / "history.json").read_text())
         assert len(history) == (1 if name == "popularity" else 2)
         assert (meta["parameters"].value == 0) == (name == "popularity")

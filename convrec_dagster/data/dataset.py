@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -243,6 +244,37 @@ def load_rec_data(conn: duckdb.DuckDBPyConnection, features: Features = "auto") 
         "image_dim": int(image_features.shape[1]) if image_features is not None else 0,
     }
     return data
+
+
+# ---------------------------------------------------------------------------- a checkpoint's data
+
+
+def checkpoint_fingerprint(checkpoint: dict) -> str | None:
+    extra = checkpoint.get("extra") or {}
+    return extra.get("fingerprint") or checkpoint.get("fingerprint") or None
+
+
+def data_for_checkpoint(load: Callable[[str], object], checkpoint: dict):
+    """The dataset (``load(features)``) whose fingerprint the checkpoint was trained on, or None.
+
+    The checkpoint names the features its data was loaded with (``extra["data_features"]``); only a
+    checkpoint written before it did has its choice found by trying them (models without item
+    features were trained on ``features="none"``; the fingerprint covers the features loaded)."""
+    wanted = checkpoint_fingerprint(checkpoint)
+    stored = (checkpoint.get("extra") or {}).get("data_features")
+    if stored:
+        choices = [stored]
+    else:  # an older checkpoint
+        first = str((checkpoint.get("hparams") or {}).get("features") or "none")
+        choices = list(dict.fromkeys([first, *FEATURE_CHOICES]))
+    for features in choices:
+        try:
+            data = load(features)
+        except ValueError:  # e.g. image features asked for, none stored
+            continue
+        if wanted is None or data.info.get("fingerprint") == wanted:
+            return data
+    return None
 
 
 # ---------------------------------------------------------------------------- Parquet handoff

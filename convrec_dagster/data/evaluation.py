@@ -94,7 +94,7 @@ class DataCache:
         """The RecData whose fingerprint the checkpoint was trained on (DataError when none matches)."""
         import torch
 
-        from convrec_dagster.recommend import checkpoint_fingerprint, data_for_checkpoint
+        from convrec_dagster.data.dataset import checkpoint_fingerprint, data_for_checkpoint
 
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         found = data_for_checkpoint(self.get, checkpoint)

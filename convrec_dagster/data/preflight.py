@@ -369,24 +369,19 @@ def time_batches(name: str, settings: dict, size: DataSize, device, precision: s
     on synthetic data of ``size``: one warm-up batch, then the mean of TIMED_BATCHES."""
     import torch
 
+    from convrec_dagster.data.training_setup import train_config
     from models.batching import NegativeSampler
-    from models.registry import build_model, model_kwargs
-    from models.train import TrainConfig, train_epoch
+    from models.registry import build_model, spec
+    from models.train import train_epoch
 
     batch = int(settings["batch_size"])
     data = _synthetic(size, batch * (TIMED_BATCHES + 1))
-    hparams = model_kwargs(name, settings)
-    if name in ("convrec", "convrec_attention"):
-        hparams["features"] = "attributes" if size.has_attributes else "none"
-    config = TrainConfig(
-        **{
-            k: settings[k]
-            for k in TrainConfig.__dataclass_fields__
-            if k in settings and k != "eval_batch_size"
-        }
-    )
+    if spec(name).item_features:
+        settings = {**settings, "features": "attributes" if size.has_attributes else "none"}
+    model_config = spec(name).config.from_settings(settings)
+    config = train_config(settings)
     torch.manual_seed(0)
-    model = build_model(name, data, hparams).to(device)
+    model = build_model(name, data, model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     marks: list[float] = []
     started = time.perf_counter()

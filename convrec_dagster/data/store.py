@@ -48,6 +48,11 @@ def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(rows and rows[0][0])
 
 
+def quote_literal(value: str) -> str:
+    """A SQL string literal (for SQL shown to users: the code itself binds parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def require_tables(conn: duckdb.DuckDBPyConnection, *names: str, hint: str) -> None:
     """Raise :class:`MissingTableError` naming every absent table of ``names``, and ``hint``."""
     missing = [n for n in names if not table_exists(conn, n)]

@@ -12,8 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 from models.budgets import MAX_LEN_CHOICES, auto_max_len, resolve_emb_init, resolve_loss
+from models.config import ModelConfig
 from models.data import RecData
-from models.registry import model_kwargs, spec
+from models.registry import spec
 from models.train import TrainConfig
 
 
@@ -24,10 +25,10 @@ def data_features(name: str, settings: dict) -> str:
 
 def prepare_training(
     name: str, settings: dict, data: RecData, log: Callable[[str], None]
-) -> tuple[dict, TrainConfig]:
+) -> tuple[ModelConfig, TrainConfig]:
     """Fill in what depends on the data (``max_len`` 0: from the histories; a ``full_softmax``
     that the model cannot take: a sampled softmax; the id init: ``resolve_emb_init``), log the choices, and return (the model's
-    hyper-parameters, the loop's ``TrainConfig``). ``settings`` is updated in place."""
+    typed config, the loop's ``TrainConfig``). ``settings`` is updated in place."""
     s = settings
     if not s["max_len"]:
         lengths = np.diff(data.user_ptr[1 : data.n_users + 2]) - 2 * data.is_eval_user[1:]
@@ -55,10 +56,26 @@ def prepare_training(
         f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
         + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else "")
     )
-    hparams = model_kwargs(name, s)
-    if spec(name).item_features:
-        hparams["features"] = s["features"]
-    train_config = TrainConfig(
-        **{k: s[k] for k in TrainConfig.__dataclass_fields__ if k in s and k != "eval_batch_size"}
+    return spec(name).config.from_settings(s), train_config(s)
+
+
+def train_config(s: dict) -> TrainConfig:
+    """The training loop's settings out of a model's resolved settings (``eval_batch_size`` keeps
+    ``TrainConfig``'s default)."""
+    return TrainConfig(
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        weight_decay=s["weight_decay"],
+        max_epochs=s["max_epochs"],
+        patience=s["patience"],
+        n_negatives=s["n_negatives"],
+        augment_prob=s["augment_prob"],
+        grad_clip=s["grad_clip"],
+        seed=s["seed"],
+        resume=s["resume"],
+        scheme=s["scheme"],
+        adam_beta2=s["adam_beta2"],
+        warmup_epochs=s["warmup_epochs"],
+        lr_schedule=s["lr_schedule"],
+        time_budget_s=s["time_budget_s"],
     )
-    return hparams, train_config

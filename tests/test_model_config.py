@@ -1,0 +1,125 @@
+"""Typed config from end to end: one dataclass per model, explicit construction, old checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+from convrec_dagster.data.training_setup import prepare_training, train_config
+from models.budgets import PAPER_PRESETS, budget_settings, dataset_preset
+from models.config import ConvRecAttentionConfig, ConvRecConfig, SASRecConfig
+from models.registry import MODELS, build_model, load_model, model_config, save_checkpoint
+from models.synthetic import chain_data
+from models.train import TrainConfig, config_hash
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return chain_data(n_users=30, n_items=20, min_len=4, max_len=12, seed=2)
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+def test_a_config_holds_exactly_its_model_constructor_arguments_with_the_same_defaults(spec):
+    params = inspect.signature(spec.model_class().__init__).parameters
+    arguments = {k: p.default for k, p in params.items() if k not in ("self", "data", "n_items")}
+    fields = {f.name: f.default for f in dataclasses.fields(spec.config)}
+    assert fields == arguments
+    assert spec.config.model == spec.name
+
+
+def _settings(model: str, **overrides) -> dict:
+    """What assets/training.py resolve_settings hands prepare_training on the sample budget."""
+    from assets.training import ATTENTION_DEFAULTS, TrainingConfig
+
+    s = TrainingConfig(budget="sample", features="none", **overrides).model_dump()
+    for key, value in {**ATTENTION_DEFAULTS, **budget_settings("sample", model, "games")}.items():
+        if s.get(key) is None or s.get(key) == "auto" and key in ("scheme", "loss"):
+            s[key] = value
+    s["kernels"], s["strides"] = s["kernels"] or None, s["strides"] or None
+    s["time_budget_s"] = float(s.pop("time_budget_min") or 0.0) * 60
+    s["emb_init_std_user"], s["emb_init_std_budget"] = None, None
+    return s
+
+
+def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoints_is_kept(data):
+    config, train = prepare_training("convrec", _settings("convrec"), data, lambda m: None)
+    assert isinstance(config, ConvRecConfig) and isinstance(train, TrainConfig)
+    assert (config.d, config.hidden, config.max_len, config.features) == (64, 128, 20, "none")
+    assert (train.lr, train.batch_size, train.scheme, train.eval_batch_size) == (3e-3, 128, "all_cuts", 256)
+    # The hash that decides whether a finished model is reused: the same as before typed configs
+    # (the plain-dict hparams of model_kwargs), so earlier checkpoints stay reusable.
+    assert config_hash("convrec", config.to_hparams(), train) == "a613b78a63cd7661"
+    attention, _ = prepare_training("convrec_attention", _settings("convrec_attention"), data, lambda m: None)
+    assert isinstance(attention, ConvRecAttentionConfig) and attention.n_layers == 2
+    sasrec, _ = prepare_training("sasrec", _settings("sasrec"), data, lambda m: None)
+    assert isinstance(sasrec, SASRecConfig) and "hidden" not in sasrec.to_hparams()
+
+
+def test_a_missing_setting_fails_loudly_instead_of_falling_back():
+    s = _settings("convrec")
+    del s["lr"]
+    with pytest.raises(KeyError, match="lr"):
+        train_config(s)
+    del s["heads"]
+    with pytest.raises(KeyError, match="heads"):
+        ConvRecConfig.from_settings(s)
+
+
+def test_a_config_of_another_model_is_refused():
+    with pytest.raises(TypeError, match="SASRecConfig"):
+        model_config("sasrec", ConvRecConfig())
+
+
+def test_an_old_checkpoint_with_fewer_hparams_still_loads_with_weights_only(data, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("convrec", data, ConvRecConfig(d=16, hidden=32, max_len=8, dropout=0.1))
+    old = {"d": 16, "hidden": 32, "max_len": 8, "dropout": 0.1, "features": "auto", "loss": "softmax"}
+    save_checkpoint(tmp_path / "best.pt", model, "convrec", old, {"epoch": 1})
+    raw = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert raw["hparams"] == old
+    loaded, checkpoint = load_model(tmp_path / "best.pt", data)
+    assert checkpoint["hparams"] == old and loaded.kernels == model.kernels
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)
+
+
+def test_paper_presets_are_one_typed_table_that_also_names_the_datasets():
+    assert budget_settings("paper", "convrec", "men")["max_len"] == PAPER_PRESETS["men"].max_len == 30
+    assert budget_settings("paper", "convrec", "beauty")["lr"] == 4e-5
+    assert dataset_preset("Clothing_Shoes_and_Jewelry") == "fashion"
+    assert dataset_preset("Video_Games") == "games"
+    assert dataset_preset("Beauty_5") == "beauty"
+    assert dataset_preset("Men_Clothing") == "fashion"  # table order: clothing before men
+    assert dataset_preset("Amazon_Men") == "men"
+    assert dataset_preset("embedded sample") == dataset_preset("") == "games"
+
+
+def test_evaluation_loads_the_features_a_checkpoint_names_and_searches_only_for_old_ones():
+    from convrec_dagster.data.dataset import data_for_checkpoint
+
+    class Loaded:
+        def __init__(self, features):
+            self.info = {"fingerprint": "fp-" + features}
+
+    asked: list[str] = []
+
+    def load(features):
+        asked.append(features)
+        if features == "image":
+            raise ValueError("no image features stored")
+        return Loaded(features)
+
+    new = {"hparams": {"features": "auto"}, "extra": {"fingerprint": "fp-both", "data_features": "both"}}
+    assert data_for_checkpoint(load, new).info["fingerprint"] == "fp-both" and asked == ["both"]
+    asked.clear()
+    stale = {"hparams": {}, "extra": {"fingerprint": "fp-other", "data_features": "none"}}
+    assert data_for_checkpoint(load, stale) is None and asked == ["none"]
+    asked.clear()
+    old = {"hparams": {"features": "auto"}, "extra": {"fingerprint": "fp-both"}}  # before data_features
+    assert data_for_checkpoint(load, old).info["fingerprint"] == "fp-both"
+    assert asked == ["auto", "attributes", "image", "both"]
