@@ -22,7 +22,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from convrec_dagster.data import home_lock, settings, store
+from convrec_dagster import store
+from convrec_dagster.data import home_lock, settings
 from convrec_dagster.run_guard import init_dagster_home
 
 pytestmark = pytest.mark.slow
