@@ -54,6 +54,7 @@ from models.train import (
     _rng_state,
     config_hash,
     epoch_examples,
+    epoch_record,
     lr_factor,
     peak_memory,
     seed_everything,
@@ -363,35 +364,12 @@ def train_distributed(
                 best["bad_epochs"] += 1
             epoch_time = time.perf_counter() - t0
             spent += epoch_time
-            out_of_time = bool(config.time_budget_s) and spent >= config.time_budget_s
-            finished = best["bad_epochs"] >= config.patience or epoch == config.max_epochs or out_of_time
-            mean_epoch = spent / (len(history) + 1)
-            eta = 0.0 if finished else mean_epoch * (config.max_epochs - epoch)
-            if config.time_budget_s and not finished:
-                eta = min(eta, config.time_budget_s - spent)
-            record = {
-                "epoch": epoch,
-                "loss": loss,
-                "valid_HR@10": metrics["HR@10"],
-                "valid_NDCG@10": metrics["NDCG@10"],
-                "epoch_time_s": epoch_time,
-                "examples_per_s": n_examples / max(train_time, 1e-9),
-                "best": improved,
-                "lr": optimizer.param_groups[0]["lr"],
-                "elapsed_s": spent,
-                "eta_s": eta,
-                "stop": (
-                    "patience"
-                    if best["bad_epochs"] >= config.patience
-                    else "max_epochs"
-                    if epoch == config.max_epochs
-                    else "time_budget"
-                    if out_of_time
-                    else None
-                ),
-            }
+            record = epoch_record(
+                config, epoch, loss, metrics, (epoch_time, train_time, spent), n_examples, improved,
+                optimizer.param_groups[0]["lr"], best["bad_epochs"], len(history),
+            )  # fmt: skip
             history.append(record)
-            decision = finished
+            decision = record["stop"] is not None
         finished = bool(_broadcast(decision, env))
         rank_rng = [None] * env.world_size
         dist.all_gather_object(rank_rng, _torch_rng(device))

@@ -204,6 +204,49 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
         )
 
 
+def epoch_record(
+    config: TrainConfig,
+    epoch: int,
+    loss: float | None,
+    metrics: dict,
+    times: tuple[float, float, float],
+    n_examples: int,
+    improved: bool,
+    lr: float,
+    bad_epochs: int,
+    epochs_before: int,
+) -> dict:
+    """One epoch's history entry; its ``stop`` (patience, max_epochs, time_budget or None) says
+    whether training ends. ``times``: (this epoch's seconds, its training seconds, seconds spent so far)."""
+    epoch_time, train_time, spent = times
+    out_of_time = bool(config.time_budget_s) and spent >= config.time_budget_s
+    stop = (
+        "patience"
+        if bad_epochs >= config.patience
+        else "max_epochs"
+        if epoch == config.max_epochs
+        else "time_budget"
+        if out_of_time
+        else None
+    )
+    eta = 0.0 if stop else spent / (epochs_before + 1) * (config.max_epochs - epoch)
+    if config.time_budget_s and not stop:
+        eta = min(eta, config.time_budget_s - spent)
+    return {
+        "epoch": epoch,
+        "loss": loss,
+        "valid_HR@10": metrics["HR@10"],
+        "valid_NDCG@10": metrics["NDCG@10"],
+        "epoch_time_s": epoch_time,
+        "examples_per_s": n_examples / max(train_time, 1e-9),
+        "best": improved,
+        "lr": lr,
+        "elapsed_s": spent,
+        "eta_s": eta,
+        "stop": stop,
+    }
+
+
 def train_epoch(
     model,
     optimizer,
@@ -409,33 +452,11 @@ def train(
             best["bad_epochs"] += 1
         epoch_time = time.perf_counter() - t0
         spent += epoch_time
-        out_of_time = bool(config.time_budget_s) and spent >= config.time_budget_s
-        finished = best["bad_epochs"] >= config.patience or epoch == config.max_epochs or out_of_time
-        mean_epoch = spent / len(history + [None])
-        eta = 0.0 if finished else mean_epoch * (config.max_epochs - epoch)
-        if config.time_budget_s and not finished:
-            eta = min(eta, config.time_budget_s - spent)
-        record = {
-            "epoch": epoch,
-            "loss": loss,
-            "valid_HR@10": metrics["HR@10"],
-            "valid_NDCG@10": metrics["NDCG@10"],
-            "epoch_time_s": epoch_time,
-            "examples_per_s": n_examples / max(train_time, 1e-9),
-            "best": improved,
-            "lr": optimizer.param_groups[0]["lr"],
-            "elapsed_s": spent,
-            "eta_s": eta,
-            "stop": (
-                "patience"
-                if best["bad_epochs"] >= config.patience
-                else "max_epochs"
-                if epoch == config.max_epochs
-                else "time_budget"
-                if out_of_time
-                else None
-            ),
-        }
+        record = epoch_record(
+            config, epoch, loss, metrics, (epoch_time, train_time, spent), n_examples, improved,
+            optimizer.param_groups[0]["lr"], best["bad_epochs"], len(history),
+        )  # fmt: skip
+        finished = record["stop"] is not None
         history.append(record)
         epochs_run += 1
         if out is not None:
