@@ -159,11 +159,8 @@ def proxy_ids(
 ) -> dg.MaterializeResult:
     """Frequency-based proxy ids: the K most frequent items, counted on training rows only, keep ids
     1..K; all others share the rare-item id K + 1; 0 is padding."""
-    fixed: int | float | None = config.top_k if config.top_k is not None else config.top_fraction
-    k: int | float = 0.1 if fixed is None else fixed if isinstance(fixed, int) else float(fixed)
-    min_count = config.min_count if fixed is None else None
     with duckdb.get_connection() as conn:
-        summary = splits.build_proxy_ids(conn, k, min_count)
+        summary = splits.build_proxy_ids(conn, config.top_k, config.top_fraction, config.min_count)
         check_results = run_checks([proxy_ids_training_counts], conn)
     context.log.info(
         f"{summary['proxy_k']} items keep their own id ({summary['share_items_own_id']:.1%} of items, "

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         neg = splits.build_eval_negatives(conn, n_negatives=args.n_negatives, seed=args.seed)
         timings["eval negatives"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        proxy = splits.build_proxy_ids(conn, args.proxy_fraction)
+        proxy = splits.build_proxy_ids(conn, top_fraction=args.proxy_fraction)
         timings["proxy ids"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         checks = {

@@ -196,7 +196,7 @@ def test_video_benchmark_splits(conn):
     assert first_user == "1"
 
     splits.build_eval_negatives(conn, n_negatives=100, seed=42)
-    splits.build_proxy_ids(conn, 0.1)
+    splits.build_proxy_ids(conn, top_fraction=0.1)
     assert splits.check_negatives_disjoint(conn).passed and splits.check_negative_counts(conn, 100).passed
     data = load_rec_data(conn)
     assert data.n_users == 31_013 and len(data.items) == 287_107 and int(data.is_eval_user.sum()) == 30_901

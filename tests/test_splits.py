@@ -295,13 +295,19 @@ def test_proxy_ids_count_training_rows_only(conn):
     assert summary["share_train_interactions_covered"] == pytest.approx(6 / 8)
     assert splits.check_proxy_counts(conn).passed
 
-    assert splits.build_proxy_ids(conn, 0.1, min_count=2)["proxy_k"] == 2  # items with >= 2 training rows
-    assert splits.build_proxy_ids(conn, 0.1, min_count=1)["proxy_k"] == 4  # every item seen in training
+    assert splits.build_proxy_ids(conn, min_count=2)["proxy_k"] == 2  # items with >= 2 training rows
+    assert splits.build_proxy_ids(conn, min_count=1)["proxy_k"] == 4  # every item seen in training
     assert splits.check_proxy_counts(conn).passed
     with pytest.raises(ValueError, match="min_count"):
-        splits.build_proxy_ids(conn, 0.1, min_count=0)
-    assert splits.build_proxy_ids(conn, 0.5)["proxy_k"] == 2  # half of the 4 items with training rows
+        splits.build_proxy_ids(conn, min_count=0)
+    assert (
+        splits.build_proxy_ids(conn, top_fraction=0.5)["proxy_k"] == 2
+    )  # half of the 4 items with training rows
     assert splits.build_proxy_ids(conn, 100)["proxy_k"] == 4  # never items without training rows
+    with pytest.raises(ValueError, match="top_k"):
+        splits.build_proxy_ids(conn, top_k=0.5)  # a fraction belongs in top_fraction, not in the count
+    with pytest.raises(ValueError, match="top_fraction"):
+        splits.build_proxy_ids(conn, top_fraction=2.0)
     assert conn.execute("SELECT proxy_id FROM proxy_ids ORDER BY item_idx").fetchall() == [
         (1,),
         (2,),

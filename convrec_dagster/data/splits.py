@@ -350,26 +350,31 @@ def build_eval_negatives(
 # --------------------------------------------------------------------------------------- proxy ids
 
 
-def resolve_proxy_k(n_trained_items: int, k: int | float) -> int:
-    """K as a count (int >= 0) or a fraction of the items with training rows (float in (0, 1])."""
-    if isinstance(k, bool):
-        raise ValueError("proxy K must be an int count or a float fraction, not a bool")
-    if isinstance(k, float):
-        if not 0.0 < k <= 1.0:
-            raise ValueError(f"proxy K as a fraction must be in (0, 1], got {k}")
-        return int(round(k * n_trained_items))
-    if k < 0:
-        raise ValueError(f"proxy K as a count must be >= 0, got {k}")
-    return min(int(k), n_trained_items)
+def proxy_k_from_count(n_trained_items: int, top_k: int) -> int:
+    """K as a count: at most the number of items with training rows."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"proxy top_k must be a count >= 0, got {top_k!r}")
+    return min(top_k, n_trained_items)
+
+
+def proxy_k_from_fraction(n_trained_items: int, top_fraction: float) -> int:
+    """K as a share of the items with training rows (the paper's is 0.1)."""
+    if not 0.0 < float(top_fraction) <= 1.0:
+        raise ValueError(f"proxy top_fraction must be in (0, 1], got {top_fraction!r}")
+    return int(round(float(top_fraction) * n_trained_items))
 
 
 def build_proxy_ids(
-    conn: duckdb.DuckDBPyConnection, k: int | float = 0.1, min_count: int | None = None
+    conn: duckdb.DuckDBPyConnection,
+    top_k: int | None = None,
+    top_fraction: float | None = None,
+    min_count: int | None = None,
 ) -> dict:
     """Write ``proxy_ids``: items 1..K (most frequent on training rows) keep their id, others K + 1.
 
-    ``min_count``: when set, K is the number of items with at least that many training rows (an
-    item seen that often can learn its own embedding), and ``k`` is ignored.
+    K comes from the first rule given: ``top_k`` (a count), ``top_fraction`` (a share of the items
+    with training rows), ``min_count`` (the items with at least that many training rows: an item
+    seen that often can learn its own embedding); with none, the paper's 10 %.
 
     Training counts are recounted from ``sequences`` (split = 'train'), not taken from elsewhere;
     items that never occur in training never get their own id, whatever K is.
@@ -387,7 +392,11 @@ def build_proxy_ids(
         "SELECT count(*), count(*) FILTER (WHERE train_count > 0), coalesce(sum(train_count), 0) "
         "FROM _train_counts"
     ).fetchall()[0]
-    if min_count is not None:
+    if top_k is not None:
+        top_k = proxy_k_from_count(int(n_trained), top_k)
+    elif top_fraction is not None or min_count is None:
+        top_k = proxy_k_from_fraction(int(n_trained), 0.1 if top_fraction is None else top_fraction)
+    else:
         if min_count < 1:
             raise ValueError(f"proxy min_count must be >= 1, got {min_count}")
         top_k = int(
@@ -395,8 +404,6 @@ def build_proxy_ids(
                 f"SELECT count(*) FROM _train_counts WHERE train_count >= {int(min_count)}"
             ).fetchall()[0][0]
         )
-    else:
-        top_k = resolve_proxy_k(int(n_trained), k)
     conn.execute(
         f"""
         CREATE OR REPLACE TABLE proxy_ids AS
