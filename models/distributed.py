@@ -55,7 +55,7 @@ from models.train import (
     config_hash,
     epoch_examples,
     epoch_record,
-    lr_factor,
+    make_optimizer,
     peak_memory,
     seed_everything,
     validate,
@@ -286,13 +286,7 @@ def train_distributed(
     ddp = DistributedDataParallel(
         _Loss(model), device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2)
-    )
-    steps_per_epoch = math.ceil(epoch_examples(model, data, config) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, config)
-    )
+    optimizer, scheduler = make_optimizer(model, data, config)
     sampler = NegativeSampler(data)
     history: list[dict] = []
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}

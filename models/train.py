@@ -204,6 +204,18 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
         )
 
 
+def make_optimizer(model: SequentialRecommender, data: RecData, config: TrainConfig):
+    """AdamW with ``adam_beta2`` and the per-step warm-up / decay schedule of ``lr_factor``."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2)
+    )
+    steps_per_epoch = math.ceil(epoch_examples(model, data, config) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, config)
+    )
+    return optimizer, scheduler
+
+
 def epoch_record(
     config: TrainConfig,
     epoch: int,
@@ -346,13 +358,7 @@ def train(
             history, 0, metrics, 0, None, time.perf_counter() - started, peak_memory(device), False
         )
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2)
-    )
-    steps_per_epoch = math.ceil(epoch_examples(model, data, config) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, config)
-    )
+    optimizer, scheduler = make_optimizer(model, data, config)
     sampler = NegativeSampler(data)
     history: list[dict] = []
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
