@@ -10,7 +10,6 @@ Definitions' executor (multiprocess, guarded by the home's run lock) on a real D
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,30 +24,12 @@ import pytest
 from convrec_dagster import store
 from convrec_dagster.data import home_lock, settings
 from convrec_dagster.run_guard import init_dagster_home
+from tests.test_store import write_dump
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFS_FILE = REPO_ROOT / "tests" / "home_guard_defs.py"
-
-
-def write_dump(folder: Path, tag: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"reviews_{tag}.json", "w") as fh:
-        for u in range(12):
-            for i in range(8):
-                fh.write(
-                    json.dumps(
-                        {
-                            "reviewerID": f"U{tag}{u}",
-                            "asin": f"I{tag}{i}",
-                            "overall": 4.0,
-                            "unixReviewTime": 1_300_000_000 + u * 1000 + i,
-                        }
-                    )
-                    + "\n"
-                )
-    return folder
 
 
 def job_env(home: Path, dagster_home: Path, raw_dir: Path) -> dict:
