@@ -673,18 +673,27 @@ def memory_cap(conn: duckdb.DuckDBPyConnection, cap: int = FAST_READ_MEMORY_CAP)
 
 
 def _count_parsed(conn, stats: FileStats) -> None:
-    """Add the lines, blank lines and quarantine reasons of ``_parsed`` to ``stats``."""
-    blank, lines, max_line = conn.execute(
+    """Add the lines, blank lines, kept lines and quarantine reasons of ``_parsed`` to ``stats``."""
+    blank, lines, kept, max_line = conn.execute(
         "SELECT count(*) FILTER (WHERE blank), count(*) FILTER (WHERE NOT blank), "
-        "coalesce(max(line_no), 0) FROM _parsed"
+        "count(*) FILTER (WHERE NOT blank AND reason IS NULL), coalesce(max(line_no), 0) FROM _parsed"
     ).fetchall()[0]
     stats.blank_lines += blank
     stats.lines += lines
+    stats.kept += kept
     stats.max_line_no = max(stats.max_line_no, max_line)
     for reason, n in conn.execute(
         "SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1"
     ).fetchall():
         stats.quarantined[reason] += n
+
+
+def _quarantine_parsed(conn, name: str) -> None:
+    conn.execute(
+        "INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
+        "WHERE reason IS NOT NULL ORDER BY line_no",
+        [name],
+    )
 
 
 def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
@@ -696,14 +705,7 @@ def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int
         FROM _parsed WHERE NOT blank AND reason IS NULL""",
         [name, fmt],
     )
-    stats.kept += conn.execute("SELECT count(*) FROM _parsed WHERE NOT blank AND reason IS NULL").fetchall()[
-        0
-    ][0]
-    conn.execute(
-        "INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
-        "WHERE reason IS NOT NULL ORDER BY line_no",
-        [name],
-    )
+    _quarantine_parsed(conn, name)
 
 
 def load_reviews(
@@ -912,14 +914,7 @@ def _commit_meta(conn, stats: FileStats, name: str, file_no: int) -> None:
         FROM _parsed WHERE NOT blank AND reason IS NULL ORDER BY line_no""",
         [name, file_no],
     )
-    stats.kept += conn.execute("SELECT count(*) FROM _parsed WHERE NOT blank AND reason IS NULL").fetchall()[
-        0
-    ][0]
-    conn.execute(
-        "INSERT INTO _stage_quarantine SELECT ?, line_no, reason, raw FROM _parsed "
-        "WHERE reason IS NOT NULL ORDER BY line_no",
-        [name],
-    )
+    _quarantine_parsed(conn, name)
 
 
 def load_meta(conn: duckdb.DuckDBPyConnection, ff: FileFormat, file_no: int) -> FileStats:
