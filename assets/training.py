@@ -66,7 +66,7 @@ class TrainingConfig(dg.Config):
     patience: int | None = None
     num_threads: int | None = None
     scheme: Literal["auto", "one_cut", "all_cuts"] = "auto"
-    loss: Literal["auto", "softmax", "bce", "full_softmax"] = "auto"
+    loss: Literal["auto", "softmax", "bce", "full_softmax", "shared_softmax"] = "auto"
     n_negatives: int | None = None
     adam_beta2: float | None = None
     warmup_epochs: float = 0.0

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", required=True, choices=sorted(DATA_DIRS))
     parser.add_argument("--model", required=True, choices=["sasrec", "convrec", "convrec_attention"])
     parser.add_argument("--scheme", default="all_cuts", choices=["one_cut", "all_cuts"])
-    parser.add_argument("--loss", default="full_softmax", choices=["bce", "softmax", "full_softmax"])
+    parser.add_argument(
+        "--loss", default="full_softmax", choices=["bce", "softmax", "full_softmax", "shared_softmax"]
+    )
     parser.add_argument("--n-negatives", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--adam-beta2", type=float, default=0.98)

@@ -5,7 +5,8 @@ A model reads a :class:`models.batching.Batch` and offers
 - ``forward(batch)``: the sequence vector ``(B, d)`` (models without one return ``None``);
 - ``predict(batch)``: scores ``(B, C)`` for ``batch.candidates``;
 - ``calculate_loss(batch)``: the training loss, where ``batch.candidates[:, 0]`` is the positive and
-  the rest are negatives (``loss="full_softmax"``: the positive against every item; negatives unused);
+  the rest are negatives (``loss="full_softmax"``: the positive against every item; negatives unused;
+  ``loss="shared_softmax"``: the rest are one uniform sample of items, the same for every row);
 - ``calculate_positionwise_loss(items, targets, negatives)``: models with ``positionwise = True``
   (SASRec) predict the next item at every position of ``items`` in one pass;
 - ``full_sort_predict(batch)``: scores ``(B, n_items + 1)`` for every item (column 0, the padding,
@@ -24,8 +25,10 @@ from torch import nn
 
 from models.batching import Batch
 
-LossName = Literal["bce", "softmax", "full_softmax"]
-LOSSES = ("bce", "softmax", "full_softmax")
+LossName = Literal["bce", "softmax", "full_softmax", "shared_softmax"]
+LOSSES = ("bce", "softmax", "full_softmax", "shared_softmax")
+# Losses that need every candidate's vector to be the same for all rows (no time context).
+ROW_INDEPENDENT_LOSSES = ("full_softmax", "shared_softmax")
 
 
 def candidate_loss(scores: torch.Tensor, loss: LossName) -> torch.Tensor:
@@ -49,6 +52,24 @@ def full_softmax_loss(seq: torch.Tensor, item_vectors: torch.Tensor, targets: to
     with torch.autocast(seq.device.type, enabled=False):
         logits = seq.float() @ item_vectors[1:].float().T
     return F.cross_entropy(logits, targets - 1)
+
+
+def shared_softmax_loss(
+    seq: torch.Tensor, vectors_of, targets: torch.Tensor, negatives: torch.Tensor
+) -> torch.Tensor:
+    """Sampled softmax: ``seq (N, d)`` against its positive ``targets (N,)`` and one uniform sample of
+    items ``negatives (M,)`` shared by all rows. ``vectors_of(ids)`` gives item vectors; each distinct
+    item is encoded once. A negative equal to a row's positive is masked out of that row. With a
+    uniform sample the expected logits need no correction, and M of a few thousand costs a fraction of
+    a full softmax over a large catalogue (the item encoder runs on M items instead of all)."""
+    ids, inverse = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
+    vectors = vectors_of(ids)
+    pos, neg = vectors[inverse[: len(targets)]], vectors[inverse[len(targets) :]]
+    with torch.autocast(seq.device.type, enabled=False):
+        seq = seq.float()
+        logits = torch.cat([(seq * pos.float()).sum(-1, keepdim=True), seq @ neg.float().T], 1)
+    logits[:, 1:] = logits[:, 1:].masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(len(seq), dtype=torch.long, device=seq.device))
 
 
 def dot_scores(cand: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
@@ -85,6 +106,10 @@ class SequentialRecommender(nn.Module):
         """Every item's vector ``(n_items + 1, d)`` when candidates do not depend on the row."""
         raise ValueError(f"{self.name} has no row-independent item vectors: loss='full_softmax' needs them")
 
+    def item_vectors_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """Vectors ``(M, d)`` of the items ``ids (M,)`` when candidates do not depend on the row."""
+        return self.item_vectors()[ids]
+
     def forward_all(self, items: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{self.name} has no vector per position (positionwise is False)")
 
@@ -95,17 +120,24 @@ class SequentialRecommender(nn.Module):
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
         if self.loss == "full_softmax":
             return full_softmax_loss(self.forward(batch), self.item_vectors(), batch.candidates[:, 0])
+        if self.loss == "shared_softmax":
+            return shared_softmax_loss(
+                self.forward(batch), self.item_vectors_of, batch.candidates[:, 0], batch.candidates[0, 1:]
+            )
         return candidate_loss(self.predict(batch), self.loss)
 
     def calculate_positionwise_loss(
         self, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None
     ) -> torch.Tensor:
         """Next-item loss at every position: ``items (B, L)`` input, ``targets (B, L)`` the next item
-        (0: no target), ``negatives (B, L, n)`` per position (unused by ``full_softmax``)."""
+        (0: no target), ``negatives (B, L, n)`` per position (unused by ``full_softmax``; under
+        ``shared_softmax`` the same ``n`` items at every position)."""
         keep = targets > 0
         seq = self.forward_all(items)[keep]
         if self.loss == "full_softmax":
             return full_softmax_loss(seq, self.item_vectors(), targets[keep])
+        if self.loss == "shared_softmax":
+            return shared_softmax_loss(seq, self.item_vectors_of, targets[keep], negatives[0, 0])
         cands = torch.cat([targets[keep].unsqueeze(1), negatives[keep]], 1)
         return candidate_loss(dot_scores(self.item_vectors()[cands], seq), self.loss)
 

@@ -143,8 +143,8 @@ def resolve_emb_init(
 
 
 def resolve_loss(loss: str, n_negatives: int, row_dependent: bool) -> tuple[str, int]:
-    """A ``full_softmax`` that cannot apply (candidate vectors depend on the row's time) becomes a
-    sampled softmax over ``n_negatives``; other losses are kept."""
-    if loss == "full_softmax" and row_dependent:
+    """A ``full_softmax`` or ``shared_softmax`` that cannot apply (candidate vectors depend on the
+    row's time) becomes a sampled softmax over ``n_negatives`` per row; other losses are kept."""
+    if loss in ("full_softmax", "shared_softmax") and row_dependent:
         return "softmax", n_negatives
     return loss, n_negatives

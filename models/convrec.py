@@ -298,14 +298,17 @@ class EncodedSequenceModel(SequentialRecommender):
         return dot_scores(cand, self.mix(z, batch.mask[:, -self.max_len :]))
 
     def item_vectors(self) -> torch.Tensor:
+        items = torch.arange(1, self.n_items + 1, device=self.encoder.proxy_ids.device)
+        vectors = self.item_vectors_of(items)
+        return torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
+
+    def item_vectors_of(self, ids: torch.Tensor) -> torch.Tensor:
         if self.encoder.row_dependent:
             raise ValueError(
-                "loss='full_softmax' needs candidate vectors that do not depend on the row, but this dataset has "
-                "time context or intervals: use loss='softmax' with more n_negatives, or intervals=False"
+                f"loss={self.loss!r} needs candidate vectors that do not depend on the row, but this dataset "
+                "has time context or intervals: use loss='softmax' with more n_negatives, or intervals=False"
             )
-        items = torch.arange(1, self.n_items + 1, device=self.encoder.proxy_ids.device)
-        vectors = self.encoder.encode_grid(items, None, None)[0]
-        return torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
+        return self.encoder.encode_grid(ids, None, None)[0]
 
     def score_item_chunk(self, batch: Batch, seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         ctx, delta = self._candidate_inputs(batch)

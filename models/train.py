@@ -11,7 +11,9 @@ Two schemes (``TrainConfig.scheme``):
 
 Negatives: ``n_negatives`` per positive, drawn uniformly from the items the user never interacted
 with (per position under ``all_cuts`` for position-wise models); none under ``loss="full_softmax"``,
-which scores the positive against every item. 1 % of input items are replaced by random items
+which scores the positive against every item; under ``loss="shared_softmax"`` one uniform sample of
+``n_negatives`` items per batch, shared by its rows (a full softmax's cheap stand-in on big catalogues).
+1 % of input items are replaced by random items
 (``augment_prob``). Adam(W) with ``adam_beta2``, optional linear warm-up and cosine decay.
 Validation NDCG@10 (sampled_100) picks the best epoch; training stops after ``patience`` epochs
 without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
@@ -159,10 +161,18 @@ def epoch_examples(model: SequentialRecommender, data: RecData, config: TrainCon
     return len(users)
 
 
+def _shared_negatives(data: RecData, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """One batch's ``shared_softmax`` negatives: ``n_negatives`` distinct item ids, uniform (at most
+    every item)."""
+    n = min(config.n_negatives, data.n_items)
+    return rng.choice(data.n_items, size=n, replace=False).astype(np.int64) + 1
+
+
 def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
     """Yield (batch size, loss closure) over one epoch's shuffled examples."""
     users = training_users(data)
     full = model.loss == "full_softmax"
+    shared = model.loss == "shared_softmax"
     if config.scheme == "all_cuts" and model.positionwise:
         users = users[rng.permutation(len(users))]
         window = model.max_len + 1  # input = the first L items, targets = the last L
@@ -177,7 +187,10 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
             items = seq[:, :-1]
             targets = np.where(items > 0, targets, 0)
             negatives = None
-            if not full:
+            if shared:
+                negatives = torch.from_numpy(_shared_negatives(data, config, rng))
+                negatives = negatives.expand(len(chunk), model.max_len, -1)
+            elif not full:
                 negatives = sampler.sample(np.repeat(chunk, model.max_len), config.n_negatives, rng)
                 negatives = torch.from_numpy(negatives.reshape(len(chunk), model.max_len, -1))
             yield (
@@ -194,7 +207,10 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
     for start in range(0, len(users), config.batch_size):
         sl = slice(start, start + config.batch_size)
         cands = data.items[targets[sl]][:, None]
-        if not full:
+        if shared:
+            negatives = _shared_negatives(data, config, rng)
+            cands = np.concatenate([cands, np.broadcast_to(negatives, (len(cands), len(negatives)))], 1)
+        elif not full:
             cands = np.concatenate([cands, sampler.sample(users[sl], config.n_negatives, rng)], 1)
         yield (
             len(cands),

@@ -122,6 +122,54 @@ def test_full_softmax_needs_row_independent_candidates():
     assert resolve_loss("full_softmax", 256, row_dependent=False) == ("full_softmax", 256)
 
 
+@pytest.mark.parametrize("name", ["convrec", "sasrec"])
+def test_shared_softmax_over_every_item_equals_the_full_softmax(ids_only, name):
+    """A shared sample that holds every item (in any order) is the full softmax, term for term."""
+    data = ids_only
+    torch.manual_seed(0)
+    hp = (
+        {"d": 16, "hidden": 16, "max_len": 8, "dropout": 0.0}
+        if name == "convrec"
+        else {"d": 16, "max_len": 8}
+    )
+    model = build_model(name, data, {**hp, "loss": "shared_softmax"}).eval()
+    config = TrainConfig(scheme="all_cuts", batch_size=32, n_negatives=10_000, augment_prob=0.0)
+    _, batch = next(_epoch_batches(model, data, NegativeSampler(data), np.random.default_rng(0), config))
+    if isinstance(batch, tuple):  # SASRec's position-wise batch: (items, targets, negatives)
+        items, targets, negatives = batch
+        assert negatives.shape[-1] == data.n_items and (negatives == negatives[0, 0]).all()
+        shared = model.calculate_positionwise_loss(items, targets, negatives)
+        model.loss = "full_softmax"
+        full = model.calculate_positionwise_loss(items, targets, None)
+    else:
+        negatives = batch.candidates[:, 1:]
+        assert negatives.shape[1] == data.n_items and (negatives == negatives[0]).all()
+        assert sorted(negatives[0].tolist()) == list(range(1, data.n_items + 1))
+        shared = model.calculate_loss(batch)
+        model.loss = "full_softmax"
+        full = model.calculate_loss(batch)
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
+
+
+def test_convrec_learns_with_a_shared_sample_of_negatives(ids_only):
+    """ConvRec with 20 shared negatives of 50 items ends well above popularity."""
+    data = ids_only
+    config = TrainConfig(
+        scheme="all_cuts", batch_size=64, lr=3e-3, weight_decay=0.0, max_epochs=3, patience=3, seed=0,
+        n_negatives=20, augment_prob=0.0,
+    )  # fmt: skip
+    pop = train(Popularity(data), data, "popularity", {}, config, **QUIET)
+    torch.manual_seed(0)
+    hp = {"d": 32, "hidden": 64, "dropout": 0.0, "max_len": 16, "loss": "shared_softmax"}
+    result = train(build_model("convrec", data, hp), data, "convrec", hp, config, **QUIET)
+    assert result.best_metrics["NDCG@10"] > pop.best_metrics["NDCG@10"] + 0.1, (
+        result.best_metrics,
+        pop.best_metrics,
+    )
+    assert resolve_loss("shared_softmax", 100, row_dependent=True) == ("softmax", 100)
+    assert resolve_loss("shared_softmax", 2048, row_dependent=False) == ("shared_softmax", 2048)
+
+
 def test_lr_warmup_then_cosine_decay():
     config = TrainConfig(lr=1.0, max_epochs=10, warmup_epochs=2, lr_schedule="cosine")
     factors = [lr_factor(step, 5, config) for step in range(50)]
