@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine_before": before,
         "machine_after": machine_info(),
     }
+    if not results["same_reviews_rows_in_every_run"]:
+        print("!!! the variants wrote different `reviews` rows (fingerprints differ): see runs[] !!!")
     write_json(results, args.out)
     print(json.dumps({k: results[k] for k in ("median_lines_per_s", "ratio_new_over_old")}))
     return 0

@@ -13,6 +13,7 @@ import pytest
 
 from convrec_dagster.data import ingest as ingest_data
 from convrec_dagster.data import rawdata
+from convrec_dagster.data.store import transaction as store_transaction
 
 MIN_TS, MAX_TS = 946_684_800, 2_000_000_000
 
@@ -142,3 +143,34 @@ def test_reviews_check_still_finds_duplicate_seq_no(tmp_path):
     )
     outcome = ingest_data.reviews_have_ids(conn)
     assert not outcome.passed and outcome.metadata["duplicate_seq_no"] == 1
+
+
+def test_publish_of_several_row_groups_in_one_transaction_keeps_counts_and_order(tmp_path):
+    """Two staged files of 150,000 rows each (over DuckDB's 122,880-row group), published inside a
+    transaction as the asset does: the counts see every row and the table is in seq_no order."""
+    conn = duckdb.connect(str(tmp_path / "big.duckdb"), config={"threads": 2})
+    rawdata.create_staging(conn)
+    n = 150_000
+    for part in range(2):
+        conn.execute(f"""
+            CREATE TEMP TABLE _parsed AS
+            SELECT range + 1 AS line_no, false AS blank, 'U' || (range % 7919) AS user_id,
+                   'I' || (range % 104729) AS item_id, 4.0::DOUBLE AS rating,
+                   (1300000000 + range)::BIGINT AS ts, NULL::VARCHAR AS reason, NULL::VARCHAR AS raw
+            FROM range({n})""")
+        stats = rawdata.FileStats(f"f{part}.json", "reviews", "amazon2018_reviews", "none")
+        rawdata._stage_parsed_reviews(conn, stats, stats.file, stats.format, part * n)
+    with store_transaction(conn):
+        summary = ingest_data.publish_reviews(conn)
+        rows = conn.execute("SELECT count(DISTINCT seq_no), count(ts), min(seq_no), max(seq_no) FROM reviews")
+        assert rows.fetchall()[0] == (2 * n, 2 * n, 1, 2 * n)
+    assert (summary.rows, summary.users, summary.items, summary.n_ts) == (2 * n, 7919, 104729, 2 * n)
+    assert (
+        summary.pairs
+        == conn.execute("SELECT count(*) FROM (SELECT DISTINCT user_id, item_id FROM reviews)").fetchall()[0][
+            0
+        ]
+    )
+    seq = [r[0] for r in conn.execute("SELECT seq_no FROM reviews").fetchall()]  # table order
+    assert seq == list(range(1, 2 * n + 1))
+    assert ingest_data.reviews_have_ids(conn).passed

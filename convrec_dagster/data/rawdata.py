@@ -433,11 +433,17 @@ def _sniff(path: Path, max_line_bytes: int) -> FileFormat:
 # Staging tables
 
 
+# the columns of `reviews` (and of ``_stage_reviews``)
+REVIEW_SCHEMA = (
+    "user_id VARCHAR, item_id VARCHAR, rating DOUBLE, ts BIGINT, seq_no BIGINT, source_file VARCHAR, "
+    "line_no BIGINT, source_format VARCHAR"
+)
+REVIEW_COLUMNS = "user_id, item_id, rating, ts, seq_no, source_file, line_no, source_format"
+
+
 def create_staging(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE _stage_reviews(
-            user_id VARCHAR, item_id VARCHAR, rating DOUBLE, ts BIGINT, seq_no BIGINT,
-            source_file VARCHAR, line_no BIGINT, source_format VARCHAR);
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _stage_reviews({REVIEW_SCHEMA});
         CREATE OR REPLACE TEMP TABLE _stage_items(
             item_id VARCHAR, title VARCHAR, brand VARCHAR, categories VARCHAR[], price DOUBLE,
             image_ref VARCHAR, source_file VARCHAR, line_no BIGINT, file_no INTEGER);
@@ -462,9 +468,6 @@ def _add_review_part(conn, table: str, seq_offset: int, name: str, fmt: str) -> 
     conn.execute(
         "INSERT INTO _stage_review_parts VALUES (?, ?, ?, ?, ?)", [part, table, seq_offset, name, fmt]
     )
-
-
-REVIEW_COLUMNS = "user_id, item_id, rating, ts, seq_no, source_file, line_no, source_format"
 
 
 def staged_reviews_sql(conn: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
