@@ -29,16 +29,14 @@ from benchmarks.ingest_scale import write_dump
 HERE = Path(__file__).resolve().parents[1]
 
 
-def run_once(
-    tree: Path, raw_dir: Path, work: Path, tag: str, memory_limit: str, threads: int, config: str
-) -> dict:
+def run_once(tree: Path, raw_dir: Path, work: Path, tag: str, memory_limit: str, threads: int) -> dict:
     home = work / f"home_{tag}"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir()
     result = home / "_result.json"
     cmd = [sys.executable, "-m", "benchmarks.ingest_scale", "--stage", "reviews", "--home", str(home)]
     cmd += ["--raw", str(raw_dir), "--memory-limit", memory_limit, "--threads", str(threads)]
-    cmd += ["--result", str(result)] + (["--reviews-config", config] if config else [])
+    cmd += ["--result", str(result)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
     load = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
@@ -78,15 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     before = machine_info()
     work = Path(tempfile.mkdtemp(prefix="ingest_ab_", dir=args.workdir))
-    variants = [("old", args.old_tree.resolve(), ""), ("new", HERE, "")]
+    variants = [("old", args.old_tree.resolve()), ("new", HERE)]
     runs = []
     try:
         raw_dir = work / "dump"
         raw_dir.mkdir()
         dump = write_dump(raw_dir / "reviews_Scale_2018.json.gz", args.lines)
         for rep in range(args.repeats):
-            for tag, tree, config in variants:
-                run = run_once(tree, raw_dir, work, tag, args.memory_limit, args.threads, config)
+            for tag, tree in variants:
+                run = run_once(tree, raw_dir, work, tag, args.memory_limit, args.threads)
                 run["repeat"] = rep
                 runs.append(run)
                 print(
@@ -97,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     median = {
-        tag: statistics.median(r["lines_per_s"] for r in runs if r["variant"] == tag)
-        for tag, _, _ in variants
+        tag: statistics.median(r["lines_per_s"] for r in runs if r["variant"] == tag) for tag, _ in variants
     }
     results = {
         "benchmark": "ingest_ab",

@@ -131,17 +131,8 @@ def _is_image(value: object) -> bool:
     return isinstance(value, str) and value.startswith("![") and "data:image" in value
 
 
-def run_stage(
-    stage: str,
-    home: Path,
-    raw_dir: Path,
-    memory_limit: str,
-    threads: int,
-    result: Path,
-    reviews_config: dict | None = None,
-) -> None:
-    """Materialize one asset with bounded DuckDB; write its metadata and time to ``result``
-    (``reviews_config``: run config of the `reviews` asset, e.g. ``{"inflate_gzip": false}``)."""
+def run_stage(stage: str, home: Path, raw_dir: Path, memory_limit: str, threads: int, result: Path) -> None:
+    """Materialize one asset with bounded DuckDB; write its metadata and time to ``result``."""
     import dagster as dg
 
     from assets import ingest, splits
@@ -165,14 +156,7 @@ def run_stage(
     rss_before_kb = _vm_kb("VmHWM")
     instance = dg.DagsterInstance.ephemeral()
     t0 = time.perf_counter()
-    run_config = (
-        {"ops": {"reviews": {"config": reviews_config}}}
-        if reviews_config and stage.startswith("reviews")
-        else None
-    )
-    out = dg.materialize(
-        [asset], resources=resources, instance=instance, raise_on_error=False, run_config=run_config
-    )
+    out = dg.materialize([asset], resources=resources, instance=instance, raise_on_error=False)
     seconds = time.perf_counter() - t0
     meta = out.asset_materializations_for_node(asset.key.path[-1])[0].metadata if out.success else {}
     keep = {
@@ -398,17 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-limit", default="1GB")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--reviews-config", default="", help="JSON run config of the `reviews` asset")
     args = parser.parse_args(argv)
-    run_stage(
-        args.stage,
-        args.home,
-        args.raw,
-        args.memory_limit,
-        args.threads,
-        args.result,
-        json.loads(args.reviews_config) if args.reviews_config else None,
-    )
+    run_stage(args.stage, args.home, args.raw, args.memory_limit, args.threads, args.result)
     return 0
 
 
