@@ -8,7 +8,8 @@
 the real `reviews` asset through Dagster, each run a fresh process in a fresh home, DuckDB at
 ``--memory-limit`` / ``--threads``, old then new, repeated ``--repeats`` times, so that both see
 the same machine load. On a shared machine
-only the ratios mean much; the JSON holds every run's lines/s, peak RSS and load average.
+only the ratios mean much; the JSON holds every run's lines/s, CPU seconds, peak RSS and load
+average.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,9 +41,9 @@ def run_once(tree: Path, raw_dir: Path, work: Path, tag: str, memory_limit: str,
     cmd += ["--result", str(result)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
     load = [round(x, 2) for x in os.getloadavg()]
-    t0 = time.perf_counter()
+    t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     out = json.loads(result.read_text()) if result.exists() else {"success": False}
     shutil.rmtree(home, ignore_errors=True)
     if not out.get("success"):
@@ -52,6 +54,8 @@ def run_once(tree: Path, raw_dir: Path, work: Path, tag: str, memory_limit: str,
         "lines_per_s": meta["lines_per_second"],
         "asset_seconds": out["seconds"],
         "wall_s": round(wall, 2),
+        # user + system CPU of the whole process (interpreter, Dagster, DuckDB's threads)
+        "cpu_s": round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 2),
         "peak_rss_mb": out["peak_rss_mb"],
         "records_kept": meta["records_kept"],
         "fingerprint": meta.get("dataset_fingerprint"),
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         "old_tree": str(args.old_tree),
         "median_lines_per_s": median,
         "ratio_new_over_old": round(median["new"] / median["old"], 3),
+        "median_cpu_s": {
+            tag: statistics.median(r["cpu_s"] for r in runs if r["variant"] == tag) for tag, _ in variants
+        },
         # the fingerprint hashes the dump file's stats and every row of `reviews`
         "same_reviews_rows_in_every_run": len({r["fingerprint"] for r in runs}) == 1,
         "runs": runs,
