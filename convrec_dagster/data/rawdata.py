@@ -433,11 +433,17 @@ def _sniff(path: Path, max_line_bytes: int) -> FileFormat:
 # Staging tables
 
 
+# the columns of `reviews` (and of ``_stage_reviews``)
+REVIEW_SCHEMA = (
+    "user_id VARCHAR, item_id VARCHAR, rating DOUBLE, ts BIGINT, seq_no BIGINT, source_file VARCHAR, "
+    "line_no BIGINT, source_format VARCHAR"
+)
+REVIEW_COLUMNS = "user_id, item_id, rating, ts, seq_no, source_file, line_no, source_format"
+
+
 def create_staging(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE _stage_reviews(
-            user_id VARCHAR, item_id VARCHAR, rating DOUBLE, ts BIGINT, seq_no BIGINT,
-            source_file VARCHAR, line_no BIGINT, source_format VARCHAR);
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _stage_reviews({REVIEW_SCHEMA});
         CREATE OR REPLACE TEMP TABLE _stage_items(
             item_id VARCHAR, title VARCHAR, brand VARCHAR, categories VARCHAR[], price DOUBLE,
             image_ref VARCHAR, source_file VARCHAR, line_no BIGINT, file_no INTEGER);
@@ -446,6 +452,45 @@ def create_staging(conn: duckdb.DuckDBPyConnection) -> None:
         CREATE OR REPLACE TEMP TABLE _stage_quarantine(
             source_file VARCHAR, line_no BIGINT, reason VARCHAR, raw VARCHAR);
     """)
+    # where each review file's rows are, in file order (see ``staged_reviews_sql``)
+    for (table,) in conn.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE temporary AND table_name LIKE '\\_stage\\_reviews\\_p%' ESCAPE '\\'"
+    ).fetchall():
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE _stage_review_parts(
+            part INTEGER, table_name VARCHAR, seq_offset BIGINT, source_file VARCHAR, source_format VARCHAR)
+    """)
+
+
+def _add_review_part(conn, table: str, seq_offset: int, name: str, fmt: str) -> None:
+    part = conn.execute("SELECT count(*) FROM _stage_review_parts").fetchall()[0][0]
+    conn.execute(
+        "INSERT INTO _stage_review_parts VALUES (?, ?, ?, ?, ?)", [part, table, seq_offset, name, fmt]
+    )
+
+
+def staged_reviews_sql(conn: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
+    """(SELECTs of every staged review file's rows in file order, each in line order; the temp
+    tables they read). A file the DuckDB reader parsed keeps its ``_parsed`` table (renamed), so
+    its rows are copied once, into `reviews`; a file the Python reader parsed is in
+    ``_stage_reviews``."""
+    selects, tables = [], []
+    for table, offset, name, fmt in conn.execute(
+        "SELECT table_name, seq_offset, source_file, source_format FROM _stage_review_parts ORDER BY part"
+    ).fetchall():
+        if table == "_stage_reviews":
+            selects.append(
+                f"SELECT {REVIEW_COLUMNS} FROM _stage_reviews WHERE source_file = {_sql_str(name)}"
+            )
+            continue
+        selects.append(
+            f"SELECT trim(user_id) AS user_id, trim(item_id) AS item_id, rating, ts, "
+            f"CAST({int(offset)} + line_no AS BIGINT) AS seq_no, {_sql_str(name)} AS source_file, line_no, "
+            f"{_sql_str(fmt)} AS source_format FROM {table} WHERE NOT blank AND reason IS NULL"
+        )
+        tables.append(table)
+    return selects, tables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,7 +741,19 @@ def _quarantine_parsed(conn, name: str) -> None:
     )
 
 
+def _stage_parsed_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
+    """The DuckDB reader's ``_parsed`` (a whole file) becomes the file's staged part, without a copy."""
+    _count_parsed(conn, stats)
+    _quarantine_parsed(conn, name)
+    table = "_stage_reviews_p" + str(
+        conn.execute("SELECT count(*) FROM _stage_review_parts").fetchall()[0][0]
+    )
+    conn.execute(f"ALTER TABLE _parsed RENAME TO {table}")
+    _add_review_part(conn, table, seq_offset, name, fmt)
+
+
 def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
+    """One batch of the Python reader into ``_stage_reviews``."""
     _count_parsed(conn, stats)
     conn.execute(
         f"""
@@ -708,20 +765,33 @@ def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int
     _quarantine_parsed(conn, name)
 
 
+READERS = ("duckdb", "python")
+
+
 def load_reviews(
-    conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: int, min_ts: int, max_ts: int
+    conn: duckdb.DuckDBPyConnection,
+    ff: FileFormat,
+    seq_offset: int,
+    min_ts: int,
+    max_ts: int,
+    reader: str = "duckdb",
 ) -> FileStats:
-    """Append one review file to ``_stage_reviews`` (+ ``_stage_quarantine``); returns its stats.
+    """Stage one review file (rows: see ``staged_reviews_sql``; unusable lines: ``_stage_quarantine``);
+    returns its stats.
 
     ``seq_no`` is ``seq_offset + line_no`` (file order); the caller advances ``seq_offset`` by the
     file's ``max_line_no`` (or by the number of rows for S3-Rec files, see ``load_sequences``).
+    ``reader``: ``duckdb`` tries DuckDB's reader first (the Python reader takes over for a file it
+    cannot read exactly); ``python`` takes the exact line reader at once (tests compare the two).
     """
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, not {reader!r}")
     if ff.format in BENCHMARK_FORMATS:
         return load_sequences(conn, ff, seq_offset)
     t0 = time.perf_counter()
     name = ff.path.name
     stats = FileStats(name, ff.kind, ff.format, ff.compression)
-    if ff.syntax == "json":
+    if ff.syntax == "json" and reader != "python":
         try:
             with memory_cap(conn):
                 conn.execute(
@@ -740,7 +810,7 @@ def load_reviews(
             unsure = -1
         if unsure == 0:
             stats.parser = "duckdb"
-            _commit_reviews(conn, stats, name, ff.format, seq_offset)
+            _stage_parsed_reviews(conn, stats, name, ff.format, seq_offset)
             stats.seconds = time.perf_counter() - t0
             return stats
     stats.parser = "python"
@@ -753,6 +823,7 @@ def load_reviews(
         finally:
             conn.unregister("_py_lines")
         _commit_reviews(conn, stats, name, ff.format, seq_offset)
+    _add_review_part(conn, "_stage_reviews", seq_offset, name, ff.format)
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -842,6 +913,7 @@ def load_sequences(conn: duckdb.DuckDBPyConnection, ff: FileFormat, seq_offset: 
                 "INSERT INTO _stage_quarantine VALUES (?, ?, ?, ?)",
                 [(name, n, r, t) for n, r, t in zip(q_lines, q_reasons, q_raw)],
             )
+    _add_review_part(conn, "_stage_reviews", seq_offset, name, ff.format)
     stats.max_line_no = max(stats.max_line_no, seq - seq_offset)  # seq_no stays unique across files
     stats.seconds = time.perf_counter() - t0
     return stats
