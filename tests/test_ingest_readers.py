@@ -93,6 +93,7 @@ def ingest(files: list[Path], db: Path, reader: str, preserve_order: bool = True
             "summary": summary,
             "check": ingest_data.reviews_have_ids(conn).passed,
             "part_tables_left": leftovers,
+            "columns": [(r[0], r[1]) for r in conn.execute("DESCRIBE reviews").fetchall()],
         }
     finally:
         conn.close()
@@ -174,3 +175,40 @@ def test_publish_of_several_row_groups_in_one_transaction_keeps_counts_and_order
     seq = [r[0] for r in conn.execute("SELECT seq_no FROM reviews").fetchall()]  # table order
     assert seq == list(range(1, 2 * n + 1))
     assert ingest_data.reviews_have_ids(conn).passed
+
+
+# the columns of `reviews`, in order, with their types: what the stages after ingest read
+REVIEWS_COLUMNS = [
+    ("user_id", "VARCHAR"),
+    ("item_id", "VARCHAR"),
+    ("rating", "DOUBLE"),
+    ("ts", "BIGINT"),
+    ("seq_no", "BIGINT"),
+    ("source_file", "VARCHAR"),
+    ("line_no", "BIGINT"),
+    ("source_format", "VARCHAR"),
+]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["reviews_C.json"],  # one file, DuckDB's reader
+        ["reviews_A.json.gz", "reviews_C.json"],  # two files, DuckDB's reader
+        ["reviews_B.json", "reviews_C.json"],  # the Python reader, then DuckDB's
+    ],
+)
+def test_one_and_two_files_give_the_exact_reviews_columns_rows_and_quarantine(tmp_path, names):
+    files = [f for f in write_dump(tmp_path / "raw") if f.name in names]
+    assert [f.name for f in files] == names
+    python = ingest(files, tmp_path / "python.duckdb", "python")
+    for preserve_order in (True, False):
+        got = ingest(files, tmp_path / f"duckdb_{preserve_order}.duckdb", "duckdb", preserve_order)
+        assert got["columns"] == python["columns"] == REVIEWS_COLUMNS
+        assert got["reviews"] == python["reviews"]  # table order too
+        assert got["quarantine"] == python["quarantine"]
+        assert [{**s, "parser": ""} for s in got["stats"]] == [{**s, "parser": ""} for s in python["stats"]]
+        assert got["summary"] == python["summary"]
+        assert got["part_tables_left"] == []
+    assert {r[5] for r in python["reviews"]} == set(names)
+    assert len(python["quarantine"]) == 6 * len(names) + ("reviews_B.json" in names)

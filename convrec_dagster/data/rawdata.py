@@ -717,20 +717,51 @@ def memory_cap(conn: duckdb.DuckDBPyConnection, cap: int = FAST_READ_MEMORY_CAP)
         conn.execute(f"SET memory_limit = '{current}'")
 
 
+@dataclass
+class ParsedCounts:
+    """What one scan of ``_parsed`` finds (see ``_parsed_counts``)."""
+
+    blank: int = 0
+    lines: int = 0  # non-blank
+    kept: int = 0
+    max_line_no: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+
+    @property
+    def unsure(self) -> int:
+        """Lines the fast path (``validate=False``) cannot vouch for: blank or malformed JSON."""
+        return self.blank + self.quarantined["malformed_json"]
+
+    def add_to(self, stats: FileStats) -> None:
+        stats.blank_lines += self.blank
+        stats.lines += self.lines
+        stats.kept += self.kept
+        stats.max_line_no = max(stats.max_line_no, self.max_line_no)
+        stats.quarantined.update(self.quarantined)
+
+
+def _parsed_counts(conn) -> ParsedCounts:
+    """Lines, blank lines, kept lines, the last line number and the quarantine reasons of
+    ``_parsed``, in one scan (a blank line has no reason)."""
+    counts = ParsedCounts()
+    for blank, reason, n, max_line in conn.execute(
+        "SELECT blank, reason, count(*), max(line_no) FROM _parsed GROUP BY ALL"
+    ).fetchall():
+        counts.max_line_no = max(counts.max_line_no, max_line or 0)
+        if blank:
+            counts.blank += n
+            continue
+        counts.lines += n
+        if reason is None:
+            counts.kept += n
+        else:
+            counts.quarantined[reason] += n
+    return counts
+
+
 def _count_parsed(conn, stats: FileStats) -> None:
     """Add the lines, blank lines, kept lines and quarantine reasons of ``_parsed`` to ``stats``."""
-    blank, lines, kept, max_line = conn.execute(
-        "SELECT count(*) FILTER (WHERE blank), count(*) FILTER (WHERE NOT blank), "
-        "count(*) FILTER (WHERE NOT blank AND reason IS NULL), coalesce(max(line_no), 0) FROM _parsed"
-    ).fetchall()[0]
-    stats.blank_lines += blank
-    stats.lines += lines
-    stats.kept += kept
-    stats.max_line_no = max(stats.max_line_no, max_line)
-    for reason, n in conn.execute(
-        "SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1"
-    ).fetchall():
-        stats.quarantined[reason] += n
+    _parsed_counts(conn).add_to(stats)
 
 
 def _quarantine_parsed(conn, name: str) -> None:
@@ -741,9 +772,12 @@ def _quarantine_parsed(conn, name: str) -> None:
     )
 
 
-def _stage_parsed_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
-    """The DuckDB reader's ``_parsed`` (a whole file) becomes the file's staged part, without a copy."""
-    _count_parsed(conn, stats)
+def _stage_parsed_reviews(
+    conn, stats: FileStats, name: str, fmt: str, seq_offset: int, counts: ParsedCounts | None = None
+) -> None:
+    """The DuckDB reader's ``_parsed`` (a whole file) becomes the file's staged part, without a copy
+    (``counts``: ``_parsed_counts`` if the caller has them already)."""
+    (counts if counts is not None else _parsed_counts(conn)).add_to(stats)
     _quarantine_parsed(conn, name)
     table = "_stage_reviews_p" + str(
         conn.execute("SELECT count(*) FROM _stage_review_parts").fetchall()[0][0]
@@ -803,14 +837,12 @@ def load_reviews(
                         validate=False,
                     )
                 )
-            unsure = conn.execute(
-                "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'"
-            ).fetchall()[0][0]
+            counts = _parsed_counts(conn)
         except duckdb.Error:
-            unsure = -1
-        if unsure == 0:
+            counts = None
+        if counts is not None and counts.unsure == 0:
             stats.parser = "duckdb"
-            _stage_parsed_reviews(conn, stats, name, ff.format, seq_offset)
+            _stage_parsed_reviews(conn, stats, name, ff.format, seq_offset, counts)
             stats.seconds = time.perf_counter() - t0
             return stats
     stats.parser = "python"
@@ -977,8 +1009,8 @@ def _parse_meta_sql(source: str) -> str:
     """
 
 
-def _commit_meta(conn, stats: FileStats, name: str, file_no: int) -> None:
-    _count_parsed(conn, stats)
+def _commit_meta(conn, stats: FileStats, name: str, file_no: int, counts: ParsedCounts | None = None) -> None:
+    (counts if counts is not None else _parsed_counts(conn)).add_to(stats)
     conn.execute(
         """
         INSERT INTO _stage_items
@@ -998,14 +1030,12 @@ def load_meta(conn: duckdb.DuckDBPyConnection, ff: FileFormat, file_no: int) -> 
         try:
             with memory_cap(conn):
                 conn.execute(_parse_meta_sql(_fast_source(ff.path, ff.compression, ff.max_line_bytes)))
-            unsure = conn.execute(
-                "SELECT count(*) FROM _parsed WHERE blank OR reason = 'malformed_json'"
-            ).fetchall()[0][0]
+            counts = _parsed_counts(conn)
         except duckdb.Error:
-            unsure = -1
-        if unsure == 0:
+            counts = None
+        if counts is not None and counts.unsure == 0:
             stats.parser = "duckdb"
-            _commit_meta(conn, stats, name, file_no)
+            _commit_meta(conn, stats, name, file_no, counts)
             stats.seconds = time.perf_counter() - t0
             return stats
     stats.parser = "python"
