@@ -40,8 +40,9 @@ class TrainingConfig(dg.Config):
     else ``games``). ``features``: item features for ConvRec and its attention counterpart.
     ``scheme``: ``one_cut`` (the paper's) or ``all_cuts``. ``loss``:
     ``softmax`` over [positive + n_negatives] (authors' code), ``bce`` (paper text; SASRec's own),
-    or ``full_softmax`` over all items (falls back to ``softmax`` when candidate vectors depend on
-    the row's time). ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
+    ``full_softmax`` over all items, or ``shared_softmax`` over one uniform sample of ``n_negatives``
+    items per batch (both fall back to ``softmax`` when candidate vectors depend on the row's time).
+    ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
     killed run with the same config and data. ``retrain``: train again from scratch even when a
     finished model with the same config and data exists (by default it is reused, and the log says
