@@ -27,8 +27,6 @@ from models.batching import Batch
 
 LossName = Literal["bce", "softmax", "full_softmax", "shared_softmax"]
 LOSSES = ("bce", "softmax", "full_softmax", "shared_softmax")
-# Losses that need every candidate's vector to be the same for all rows (no time context).
-ROW_INDEPENDENT_LOSSES = ("full_softmax", "shared_softmax")
 
 
 def candidate_loss(scores: torch.Tensor, loss: LossName) -> torch.Tensor:

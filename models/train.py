@@ -13,8 +13,8 @@ Negatives: ``n_negatives`` per positive, drawn uniformly from the items the user
 with (per position under ``all_cuts`` for position-wise models); none under ``loss="full_softmax"``,
 which scores the positive against every item; under ``loss="shared_softmax"`` one uniform sample of
 ``n_negatives`` items per batch, shared by its rows (a full softmax's cheap stand-in on big catalogues).
-1 % of input items are replaced by random items
-(``augment_prob``). Adam(W) with ``adam_beta2``, optional linear warm-up and cosine decay.
+1 % of input items are replaced by random items (``augment_prob``). Adam(W) with ``adam_beta2``,
+optional linear warm-up and cosine decay.
 Validation NDCG@10 (sampled_100) picks the best epoch; training stops after ``patience`` epochs
 without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
 
