@@ -463,8 +463,12 @@ def create_staging(conn: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-def _add_review_part(conn, table: str, seq_offset: int, name: str, fmt: str) -> None:
-    part = conn.execute("SELECT count(*) FROM _stage_review_parts").fetchall()[0][0]
+def _next_review_part(conn) -> int:
+    return conn.execute("SELECT count(*) FROM _stage_review_parts").fetchall()[0][0]
+
+
+def _add_review_part(conn, table: str, seq_offset: int, name: str, fmt: str, part: int | None = None) -> None:
+    part = _next_review_part(conn) if part is None else part
     conn.execute(
         "INSERT INTO _stage_review_parts VALUES (?, ?, ?, ?, ?)", [part, table, seq_offset, name, fmt]
     )
@@ -779,11 +783,10 @@ def _stage_parsed_reviews(
     (``counts``: ``_parsed_counts`` if the caller has them already)."""
     (counts if counts is not None else _parsed_counts(conn)).add_to(stats)
     _quarantine_parsed(conn, name)
-    table = "_stage_reviews_p" + str(
-        conn.execute("SELECT count(*) FROM _stage_review_parts").fetchall()[0][0]
-    )
+    part = _next_review_part(conn)
+    table = f"_stage_reviews_p{part}"
     conn.execute(f"ALTER TABLE _parsed RENAME TO {table}")
-    _add_review_part(conn, table, seq_offset, name, fmt)
+    _add_review_part(conn, table, seq_offset, name, fmt, part)
 
 
 def _commit_reviews(conn, stats: FileStats, name: str, fmt: str, seq_offset: int) -> None:
