@@ -2,6 +2,7 @@
 
     python -m benchmarks.sample_ablation            # every variant, 10 epochs each (~10 min on 2 cores)
     python -m benchmarks.sample_ablation --set time --dataset magazine   # the time-path variants
+    python -m benchmarks.sample_ablation --set mixer --epochs 20          # stack, window, regularisation
 
 Prepares the embedded sample with the pipeline's own assets (``benchmarks.convergence.prepare``,
 two homes: proxy ids for every trained item, and the paper's 10 % share), then trains each variant
@@ -14,6 +15,10 @@ the time context (kept, or dropped from the data). Writes
 ``--set time`` runs the variants of the time path instead (intervals in raw or calendar units, the
 context layer at PyTorch's or zero init, id init) on the sample or on another dataset with
 timestamps (``--dataset magazine``), into ``sample_ablation_time[_<dataset>].json``.
+
+``--set mixer`` trains on item ids alone (no time, no dropout) and varies the convolution stack
+(kernels, residuals, one convolution, pooling only, heads), the window L, the width and the
+regularisation (dropout, item replacement, weight decay), into ``sample_ablation_mixer.json``.
 """
 
 from __future__ import annotations
@@ -163,12 +168,35 @@ TIME_VARIANTS = [
 ]
 
 
+# Ids only, no time, no dropout: what caps ConvRec where the next item follows from the last one?
+# Each variant changes the convolution stack, the window, the capacity or the regularisation; the
+# optional 6th element overrides the training config.
+MIXER_BASE = {**BASE, "dropout": 0.0, "emb_init_std": 0.02}
+MIXER_VARIANTS = [
+    ("SASRec (ids, L 20, dropout .2)", "all", False, "sasrec", {"dropout": 0.2}),
+    ("ConvRec ids, kernels [2, 2, 5] (default for L 20)", "all", False, "convrec", {}),
+    ("ConvRec, one convolution with kernel = stride = L", "all", False, "convrec", {"single_conv": True}),
+    ("ConvRec, blocks without the weighted residuals", "all", False, "convrec", {"residuals": False}),
+    ("ConvRec, average pooling of the item vectors only", "all", False, "convrec", {"avg_pool_only": True}),
+    ("ConvRec, kernels [5, 2, 2]", "all", False, "convrec", {"kernels": [5, 2, 2]}),
+    ("ConvRec, 4 heads (grouped convolutions)", "all", False, "convrec", {"heads": 4}),
+    ("ConvRec, d 128", "all", False, "convrec", {"d": 128, "hidden": 256}),
+    ("ConvRec, L 10", "all", False, "convrec", {"max_len": 10}),
+    ("ConvRec, L 5", "all", False, "convrec", {"max_len": 5}),
+    ("ConvRec, dropout .2", "all", False, "convrec", {"dropout": 0.2}),
+    ("ConvRec, item replacement .2", "all", False, "convrec", {}, {"augment_prob": 0.2}),
+    ("ConvRec, weight decay .1 (AdamW)", "all", False, "convrec", {}, {"weight_decay": 0.1}),
+    ("ConvRec, L 5, dropout .2", "all", False, "convrec", {"max_len": 5, "dropout": 0.2}),
+]
+SETS = {"causes": (BASE, VARIANTS), "time": (TIME_BASE, TIME_VARIANTS), "mixer": (MIXER_BASE, MIXER_VARIANTS)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.sample_ablation", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--set", default="causes", choices=["causes", "time"], help="which list of variants")
+    parser.add_argument("--set", default="causes", choices=sorted(SETS), help="which list of variants")
     parser.add_argument("--dataset", default="sample", choices=["sample", "magazine"])
     parser.add_argument(
         "--only",
@@ -181,11 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         "--out", default="", help="default benchmarks/results/sample_ablation[_time][_<dataset>].json"
     )
     args = parser.parse_args(argv)
-    suffix = ("_time" if args.set == "time" else "") + (
+    suffix = ("" if args.set == "causes" else f"_{args.set}") + (
         "" if args.dataset == "sample" else f"_{args.dataset}"
     )
     out = Path(args.out or RESULTS_DIR / f"sample_ablation{suffix}.json")
-    base, variants = (TIME_BASE, TIME_VARIANTS) if args.set == "time" else (BASE, VARIANTS)
+    base, variants = SETS[args.set]
 
     import duckdb
     import torch
@@ -198,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     root = Path(args.home or f"/tmp/convrec_ablation_{args.dataset}")
     homes = {"all": root / "k_all", "top10": root / "k_top10"}
-    if args.set == "time":
+    if args.set != "causes":
         homes.pop("top10")
     proxies = {"all": {"min_count": 1}, "top10": {"top_fraction": 0.1}}
     datasets = {}
@@ -230,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
                 for v in json.loads(out.read_text())["variants"]
                 if v["label"] not in {label for label, *_ in variants}
             ]
-    for label, proxy, keep_time, name, overrides in variants:
+    for label, proxy, keep_time, name, overrides, *train_overrides in variants:
         data = datasets[proxy]
         saved = (data.context, data.ymd)
         if not keep_time:
@@ -238,16 +266,20 @@ def main(argv: list[str] | None = None) -> None:
         hp = {**base, **overrides}
         if name == "sasrec":
             hp = {k: v for k, v in hp.items() if k in ("d", "dropout", "max_len", "loss")}
+        train_settings = {
+            "weight_decay": 0.0,
+            "augment_prob": 0.0,
+            **(train_overrides[0] if train_overrides else {}),
+        }
         config = TrainConfig(
             scheme="all_cuts",
             batch_size=64,
             lr=2e-3,
-            weight_decay=0.0,
             max_epochs=args.epochs,
             patience=args.epochs,
             adam_beta2=0.98,
-            augment_prob=0.0,
             resume=False,
+            **train_settings,
         )
         torch.manual_seed(0)
         started = time.perf_counter()
@@ -261,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                 "proxy": proxies[proxy],
                 "time_context": keep_time,
                 "hparams": hp,
+                "train_overrides": train_settings,
                 "valid_NDCG@10_per_epoch": curve,
                 "best_valid_NDCG@10": round(result.best_metrics["NDCG@10"], 4),
                 "best_epoch": result.best_epoch,
