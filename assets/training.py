@@ -74,6 +74,7 @@ class TrainingConfig(dg.Config):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     time_budget_min: float | None = None
     augment_prob: float | None = None
+    crop_prob: float = 0.0
     grad_clip: float = 1.0
     seed: int = 42
     resume: bool = True

@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--augment-prob", type=float, default=0.0)
+    parser.add_argument(
+        "--crop-prob",
+        type=float,
+        default=0.0,
+        help="share of rows cut to a random recent part of their history",
+    )
     parser.add_argument("--features", default="auto")
     parser.add_argument(
         "--emb-init-std",
@@ -165,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         patience=args.patience,
         n_negatives=args.n_negatives,
         augment_prob=args.augment_prob,
+        crop_prob=args.crop_prob,
         scheme=args.scheme,
         adam_beta2=args.adam_beta2,
         warmup_epochs=args.warmup_epochs,

@@ -50,12 +50,15 @@ def make_batch(
     time_rows: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
     augment_prob: float = 0.0,
+    crop_prob: float = 0.0,
 ) -> Batch:
     """History before ``target_rows`` (exclusive, up to ``max_len``), with the given candidates.
 
     ``time_rows``: the rows whose time the candidates take (default ``target_rows``); recommending
-    past the end of a history uses the last row. ``augment_prob``: share of history items replaced
-    by uniformly random items (training augmentation; needs ``rng``).
+    past the end of a history uses the last row. Training augmentations (need ``rng``):
+    ``augment_prob``, the share of history items replaced by uniformly random items; ``crop_prob``,
+    the share of rows whose history is cut to its most recent k items, k uniform over 1 .. its
+    length (CL4SRec's crop).
     """
     users = np.asarray(users, dtype=np.int64)
     target_rows = np.asarray(target_rows, dtype=np.int64)
@@ -63,6 +66,11 @@ def make_batch(
     starts = data.user_ptr[users]
     rows = target_rows[:, None] - max_len + np.arange(max_len)[None, :]
     valid = rows >= starts[:, None]
+    if crop_prob > 0 and rng is not None:
+        length = valid.sum(1)
+        cropped = rng.random(len(valid)) < crop_prob
+        keep = np.where(cropped, 1 + (rng.random(len(valid)) * length).astype(np.int64), length)
+        valid &= np.arange(max_len)[None, :] >= max_len - keep[:, None]
     rows = np.where(valid, rows, 0)
     items = np.where(valid, data.items[rows], 0)
     if augment_prob > 0 and rng is not None:

@@ -13,7 +13,8 @@ Negatives: ``n_negatives`` per positive, drawn uniformly from the items the user
 with (per position under ``all_cuts`` for position-wise models); none under ``loss="full_softmax"``,
 which scores the positive against every item; under ``loss="shared_softmax"`` one uniform sample of
 ``n_negatives`` items per batch, shared by its rows (a full softmax's cheap stand-in on big catalogues).
-1 % of input items are replaced by random items (``augment_prob``). Adam(W) with ``adam_beta2``,
+1 % of input items are replaced by random items (``augment_prob``); ``crop_prob`` cuts that share of
+rows to a random recent part of their history (rows of position-wise models are never cut). Adam(W) with ``adam_beta2``,
 optional linear warm-up and cosine decay.
 Validation NDCG@10 (sampled_100) picks the best epoch; training stops after ``patience`` epochs
 without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
@@ -59,6 +60,7 @@ class TrainConfig:
     patience: int = 20
     n_negatives: int = 100
     augment_prob: float = 0.01
+    crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
     grad_clip: float = 1.0
     seed: int = 42
     eval_batch_size: int = 256
@@ -95,11 +97,17 @@ class TrainResult:
 
 
 _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
+# settings added after checkpoints were written: at their default they leave the hash as it was
+_HASHED_WHEN_SET = {"crop_prob": 0.0}
 
 
 def config_hash(name: str, hparams: dict, config: TrainConfig) -> str:
     """Hash of everything that shapes the result (the resume flag, eval batch size and time budget do not)."""
-    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_HASHED}
+    cfg = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])
+    }
     blob = json.dumps({"model": name, "hparams": hparams, "train": cfg}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -215,7 +223,14 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
         yield (
             len(cands),
             make_batch(
-                data, users[sl], targets[sl], model.max_len, cands, rng=rng, augment_prob=config.augment_prob
+                data,
+                users[sl],
+                targets[sl],
+                model.max_len,
+                cands,
+                rng=rng,
+                augment_prob=config.augment_prob,
+                crop_prob=config.crop_prob,
             ),
         )
 

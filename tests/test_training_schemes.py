@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.batching import NegativeSampler, all_cuts, training_users
+from models.batching import NegativeSampler, all_cuts, make_batch, training_users
 from models.budgets import budget_settings, resolve_budget, resolve_loss
 from models.popularity import Popularity
 from models.registry import build_model
@@ -40,6 +40,25 @@ def test_all_cuts_lists_every_training_row_but_each_users_first(ids_only):
     assert data.train_mask()[rows].all()
     assert not np.isin(data.user_ptr[users], rows).any()  # a first row has nothing before it
     assert (rows >= data.user_ptr[owners] + 1).all() and (rows < data.user_ptr[owners + 1]).all()
+
+
+def test_crop_keeps_a_random_recent_part_of_each_history(ids_only):
+    data = ids_only
+    owners, rows = all_cuts(data, training_users(data))
+    cands = np.zeros((len(rows), 1), np.int64)
+    full = make_batch(data, owners, rows, 12, cands).items.numpy()
+    rng = np.random.default_rng(0)
+    assert (make_batch(data, owners, rows, 12, cands, rng=rng, crop_prob=0.0).items.numpy() == full).all()
+    cropped = make_batch(data, owners, rows, 12, cands, rng=rng, crop_prob=0.5).items.numpy()
+    length, kept = (full > 0).sum(1), (cropped > 0).sum(1)
+    assert (kept >= 1).all() and (kept <= length).all()
+    # what is kept is the most recent part, untouched, and the rest is padding
+    assert ((cropped == full) | (cropped == 0)).all()
+    assert all((cropped[i, 12 - kept[i] :] > 0).all() for i in range(len(rows)))
+    shorter = (
+        kept < length
+    ).mean()  # about half the rows are cut, and a cut row loses items unless k = length
+    assert 0.2 < shorter < 0.5
 
 
 def test_sasrec_positionwise_batches_shift_targets_by_one(ids_only):

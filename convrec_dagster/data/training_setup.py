@@ -70,6 +70,7 @@ def train_config(s: dict) -> TrainConfig:
         patience=s["patience"],
         n_negatives=s["n_negatives"],
         augment_prob=s["augment_prob"],
+        crop_prob=s["crop_prob"],
         grad_clip=s["grad_clip"],
         seed=s["seed"],
         resume=s["resume"],
