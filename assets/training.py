@@ -42,7 +42,9 @@ class TrainingConfig(dg.Config):
     ``softmax`` over [positive + n_negatives] (authors' code), ``bce`` (paper text; SASRec's own),
     ``full_softmax`` over all items, or ``shared_softmax`` over one uniform sample of ``n_negatives``
     items per batch (both fall back to ``softmax`` when candidate vectors depend on the row's time).
-    ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine.
+    ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine. ``augment_prob``:
+    share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
+    random recent part of their history (both training-only augmentations).
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
     killed run with the same config and data. ``retrain``: train again from scratch even when a
     finished model with the same config and data exists (by default it is reused, and the log says
