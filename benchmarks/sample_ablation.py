@@ -18,7 +18,7 @@ timestamps (``--dataset magazine``), into ``sample_ablation_time[_<dataset>].jso
 
 ``--set mixer`` trains on item ids alone (no time, no dropout) and varies the convolution stack
 (kernels, residuals, one convolution, pooling only, heads), the window L, the width and the
-regularisation (dropout, item replacement, weight decay), into ``sample_ablation_mixer.json``.
+regularisation (dropout, item replacement, weight decay, crop), into ``sample_ablation_mixer.json``.
 """
 
 from __future__ import annotations
@@ -187,6 +187,16 @@ MIXER_VARIANTS = [
     ("ConvRec, item replacement .2", "all", False, "convrec", {}, {"augment_prob": 0.2}),
     ("ConvRec, weight decay .1 (AdamW)", "all", False, "convrec", {}, {"weight_decay": 0.1}),
     ("ConvRec, L 5, dropout .2", "all", False, "convrec", {"max_len": 5, "dropout": 0.2}),
+    ("ConvRec, crop .5", "all", False, "convrec", {}, {"crop_prob": 0.5}),
+    ("ConvRec, dropout .2, crop .5", "all", False, "convrec", {"dropout": 0.2}, {"crop_prob": 0.5}),
+    (
+        "ConvRec, L 5, dropout .2, crop .5",
+        "all",
+        False,
+        "convrec",
+        {"max_len": 5, "dropout": 0.2},
+        {"crop_prob": 0.5},
+    ),
 ]
 SETS = {"causes": (BASE, VARIANTS), "time": (TIME_BASE, TIME_VARIANTS), "mixer": (MIXER_BASE, MIXER_VARIANTS)}
 
