@@ -137,7 +137,7 @@ rm -f "$SCREENSHOT"
 timeout 180 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
     --disable-dev-shm-usage --hide-scrollbars --user-data-dir="$PROFILE" \
-    --virtual-time-budget="${UI_CHECK_VIRTUAL_TIME_MS:-30000}" --window-size="${UI_CHECK_WINDOW:-2400,1500}" \
+    --virtual-time-budget="${UI_CHECK_VIRTUAL_TIME_MS:-30000}" --window-size="${UI_CHECK_WINDOW:-2400,2100}" \
     --screenshot="$SCREENSHOT" "$GRAPH_URL" >"$WORK/chromium.log" 2>&1 \
     || { tail -n 20 "$WORK/chromium.log" >&2; fail "chromium failed"; }
 [[ -s $SCREENSHOT ]] || fail "chromium wrote no screenshot"
