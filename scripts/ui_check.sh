@@ -12,7 +12,7 @@
 # Environment: UI_CHECK_PORT (default: a free port), UI_CHECK_TIMEOUT (seconds for the run,
 # default 1800), UI_CHECK_SCREENSHOT (default docs/asset_graph.png), UI_CHECK_RAW_DIR,
 # UI_CHECK_KEEP=1 keeps the temporary folder (logs) for inspection, UI_CHECK_WINDOW (browser window,
-# default 2400,1500: wide enough that the graph's names are not truncated and no group is clipped).
+# default 2400,2100: wide and tall enough that the graph's names are not truncated and no group is clipped).
 # Chromium must be installed; the script installs Debian's package (apt-get, with sudo when not
 # root) only when UI_CHECK_INSTALL_CHROMIUM=1 says so: `UI_CHECK_INSTALL_CHROMIUM=1 make ui-check`.
 set -euo pipefail
