@@ -41,7 +41,8 @@ class TrainingConfig(dg.Config):
     ``scheme``: ``one_cut`` (the paper's) or ``all_cuts``. ``loss``:
     ``softmax`` over [positive + n_negatives] (authors' code), ``bce`` (paper text; SASRec's own),
     ``full_softmax`` over all items, or ``shared_softmax`` over one uniform sample of ``n_negatives``
-    items per batch (both fall back to ``softmax`` when candidate vectors depend on the row's time).
+    items per batch (both fall back to ``softmax`` when candidate vectors depend on the row's time;
+    ``shared_softmax`` then keeps at most 256 negatives per row).
     ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine. ``augment_prob``:
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
     random recent part of their history (both training-only augmentations).

@@ -144,9 +144,17 @@ def resolve_emb_init(
     return value or None
 
 
+# A shared sample is a few thousand items for the whole batch; per row that many would encode B times as
+# many candidates, so a shared_softmax that falls back to a per-row softmax keeps at most this many.
+MAX_PER_ROW_NEGATIVES = 256
+
+
 def resolve_loss(loss: str, n_negatives: int, row_dependent: bool) -> tuple[str, int]:
     """A ``full_softmax`` or ``shared_softmax`` that cannot apply (candidate vectors depend on the
-    row's time) becomes a sampled softmax over ``n_negatives`` per row; other losses are kept."""
-    if loss in ("full_softmax", "shared_softmax") and row_dependent:
+    row's time) becomes a sampled softmax over ``n_negatives`` per row (``shared_softmax``: at most
+    ``MAX_PER_ROW_NEGATIVES``); other losses are kept."""
+    if loss == "shared_softmax" and row_dependent:
+        return "softmax", min(n_negatives, MAX_PER_ROW_NEGATIVES)
+    if loss == "full_softmax" and row_dependent:
         return "softmax", n_negatives
     return loss, n_negatives

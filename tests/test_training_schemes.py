@@ -186,6 +186,9 @@ def test_convrec_learns_with_a_shared_sample_of_negatives(ids_only):
         pop.best_metrics,
     )
     assert resolve_loss("shared_softmax", 100, row_dependent=True) == ("softmax", 100)
+    # a shared sample's size per row would encode B times as many candidates: capped
+    assert resolve_loss("shared_softmax", 2048, row_dependent=True) == ("softmax", 256)
+    assert resolve_loss("full_softmax", 2048, row_dependent=True) == ("softmax", 2048)
     assert resolve_loss("shared_softmax", 2048, row_dependent=False) == ("shared_softmax", 2048)
 
 

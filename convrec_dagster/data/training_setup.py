@@ -44,11 +44,18 @@ def prepare_training(
         s.pop("emb_init_std_with_time", None),
         row_dependent,
     )
-    loss, s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
+    requested = s["n_negatives"]
+    loss, s["n_negatives"] = resolve_loss(s["loss"], requested, row_dependent)
     if loss != s["loss"]:
         log(
             f"{name}: candidate vectors depend on each row's time, so the loss is a softmax over "
-            f"{s['n_negatives']} sampled negatives instead of full_softmax"
+            f"{s['n_negatives']} sampled negatives per row instead of {s['loss']}"
+            + (
+                f" (n_negatives {requested} is a shared sample's size: {requested} per row would take "
+                f"about {requested / s['n_negatives']:.0f}x the time, so it is capped)"
+                if s["n_negatives"] != requested
+                else ""
+            )
         )
     s["loss"] = loss
     log(
