@@ -14,7 +14,6 @@ average.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.ingest_scale import write_dump
+from benchmarks.ingest_scale import dump_benchmark_parser, write_dump
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -67,16 +66,10 @@ def run_once(tree: Path, raw_dir: Path, work: Path, tag: str, memory_limit: str,
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import machine_info, write_json
 
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ingest_ab", description=__doc__.split("\n\n")[0]
+    parser = dump_benchmark_parser(
+        "python -m benchmarks.ingest_ab", __doc__, 1_000_000, "benchmarks/results/ingest_ab.json"
     )
     parser.add_argument("--old-tree", type=Path, required=True)
-    parser.add_argument("--lines", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--memory-limit", default="1GB")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest_ab.json"))
     args = parser.parse_args(argv)
     before = machine_info()
     work = Path(tempfile.mkdtemp(prefix="ingest_ab_", dir=args.workdir))

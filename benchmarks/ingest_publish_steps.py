@@ -19,7 +19,6 @@ row shows that both routes wrote the same rows.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.ingest_scale import write_dump
+from benchmarks.ingest_scale import dump_benchmark_parser, write_dump
 from convrec_dagster.data import ingest as ingest_data
 from convrec_dagster.data import rawdata
 
@@ -140,15 +139,12 @@ def one_run(ff, route: str, db: Path, memory_limit: str, threads: int, spill: Pa
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import machine_info, write_json
 
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ingest_publish_steps", description=__doc__.split("\n\n")[0]
+    parser = dump_benchmark_parser(
+        "python -m benchmarks.ingest_publish_steps",
+        __doc__,
+        2_000_000,
+        "benchmarks/results/ingest_publish_steps.json",
     )
-    parser.add_argument("--lines", type=int, default=2_000_000)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--memory-limit", default="1GB")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest_publish_steps.json"))
     args = parser.parse_args(argv)
     before = machine_info()
     work = Path(tempfile.mkdtemp(prefix="ingest_steps_", dir=args.workdir))

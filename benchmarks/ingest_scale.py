@@ -92,6 +92,18 @@ def review_block_2018(
     return out.tobytes()
 
 
+def dump_benchmark_parser(prog: str, doc: str, lines: int, out: str) -> argparse.ArgumentParser:
+    """The options the same-dump ingest benchmarks share: dump size, repeats, DuckDB limits, folders."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=lines)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser
+
+
 def write_dump(path: Path, n: int, seed: int = 0) -> dict:
     """The gzipped dump (level 1); users n/8 and items n/20, so a user has ~8 reviews on average."""
     n_users, n_items = max(10, n // 8), max(10, n // 20)

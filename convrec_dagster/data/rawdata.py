@@ -763,9 +763,10 @@ def _parsed_counts(conn) -> ParsedCounts:
     return counts
 
 
-def _count_parsed(conn, stats: FileStats) -> None:
-    """Add the lines, blank lines, kept lines and quarantine reasons of ``_parsed`` to ``stats``."""
-    _parsed_counts(conn).add_to(stats)
+def _count_parsed(conn, stats: FileStats, counts: ParsedCounts | None = None) -> None:
+    """Add the lines, blank lines, kept lines and quarantine reasons of ``_parsed`` to ``stats``
+    (``counts``: ``_parsed_counts`` if the caller has them already)."""
+    (counts if counts is not None else _parsed_counts(conn)).add_to(stats)
 
 
 def _quarantine_parsed(conn, name: str) -> None:
@@ -779,9 +780,8 @@ def _quarantine_parsed(conn, name: str) -> None:
 def _stage_parsed_reviews(
     conn, stats: FileStats, name: str, fmt: str, seq_offset: int, counts: ParsedCounts | None = None
 ) -> None:
-    """The DuckDB reader's ``_parsed`` (a whole file) becomes the file's staged part, without a copy
-    (``counts``: ``_parsed_counts`` if the caller has them already)."""
-    (counts if counts is not None else _parsed_counts(conn)).add_to(stats)
+    """The DuckDB reader's ``_parsed`` (a whole file) becomes the file's staged part, without a copy."""
+    _count_parsed(conn, stats, counts)
     _quarantine_parsed(conn, name)
     part = _next_review_part(conn)
     table = f"_stage_reviews_p{part}"
@@ -1013,7 +1013,7 @@ def _parse_meta_sql(source: str) -> str:
 
 
 def _commit_meta(conn, stats: FileStats, name: str, file_no: int, counts: ParsedCounts | None = None) -> None:
-    (counts if counts is not None else _parsed_counts(conn)).add_to(stats)
+    _count_parsed(conn, stats, counts)
     conn.execute(
         """
         INSERT INTO _stage_items
