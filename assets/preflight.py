@@ -54,7 +54,7 @@ def preflight(
 
     from assets.features import ItemImageFeaturesConfig
     from assets.training import TrainingConfig, resolve_settings
-    from models.budgets import auto_max_len, resolve_loss
+    from models.budgets import apply_without_time, auto_max_len, resolve_loss
 
     started = time.perf_counter()
     found = pf.Findings()
@@ -105,6 +105,7 @@ def preflight(
                     if not s["max_len"]:
                         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
                     row_dependent = name in ("convrec", "convrec_attention") and size.has_context
+                    apply_without_time(s, row_dependent)
                     s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
                     estimates.append(
                         pf.estimate_model(name, budget, s, size, device, torch_device.effective_precision())

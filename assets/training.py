@@ -117,9 +117,13 @@ def resolve_settings(
     preset = config.dataset if config.dataset != "auto" else dataset_preset(dataset.name)
     base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, preset)}
     settings = config.model_dump()
+    from_budget = set()
     for key, value in base.items():
         if settings.get(key) is None or settings.get(key) == "auto" and key in ("scheme", "loss"):
             settings[key] = value
+            from_budget.add(key)
+    # data-dependent budget settings (applied in prepare_training) never override a user's value
+    settings["without_time"] = {k: v for k, v in base.get("without_time", {}).items() if k in from_budget}
     settings["kernels"] = settings["kernels"] or None
     settings["strides"] = settings["strides"] or None
     settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60

@@ -249,3 +249,37 @@ def test_the_id_init_depends_on_whether_the_encoder_has_a_time_path():
     assert resolve_emb_init(None, budget, with_time, has_time=True) is None  # PyTorch's N(0, 1)
     assert resolve_emb_init(0.05, budget, with_time, has_time=True) == 0.05  # the user's choice wins
     assert resolve_emb_init(0.0, budget, with_time, has_time=False) is None
+
+
+@pytest.mark.parametrize("with_time", [False, True])
+def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_without_a_time_path(with_time):
+    """``budgets.CPU_CONVREC_WITHOUT_TIME`` applies where no candidate vector depends on the row, and
+    never over a value the user set."""
+    from assets.training import TrainingConfig, resolve_settings
+    from convrec_dagster.data.dataset_info import DatasetInfo
+    from convrec_dagster.data.training_setup import prepare_training
+    from models.budgets import CPU_CONVREC_WITHOUT_TIME
+
+    data = chain_data(n_users=30, n_items=20, seed=1, with_time=with_time, with_attributes=False)
+    info = DatasetInfo(name="Video", format="sasrec_sequences", has_time=with_time)
+
+    def resolved(model: str, **user) -> tuple[dict, list[str]]:
+        lines: list[str] = []
+        _, _, s = resolve_settings(TrainingConfig(budget="cpu", **user), info, model, cuda=False)
+        model_config, train = prepare_training(model, s, data, lines.append)
+        return {**model_config.to_hparams(), "loss": s["loss"], **vars(train)}, lines
+
+    conv, lines = resolved("convrec")
+    if with_time:  # a per-row softmax over sampled negatives, dropout .2
+        assert (conv["dropout"], conv["augment_prob"], conv["loss"]) == (0.2, 0.0, "softmax")
+        assert not any("no time path" in line for line in lines)
+    else:
+        assert (conv["dropout"], conv["augment_prob"], conv["loss"], conv["n_negatives"]) == (
+            0.0, 0.2, "shared_softmax", 2048,
+        )  # fmt: skip
+        assert conv["loss"] == CPU_CONVREC_WITHOUT_TIME["loss"]
+        assert any("no time path" in line and "dropout 0.0" in line for line in lines)
+        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax")
+        assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "full_softmax", 0.2)
+    attention, _ = resolved("convrec_attention")  # measured on ConvRec only: its counterpart keeps .2
+    assert attention["dropout"] == 0.2

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.budgets import MAX_LEN_CHOICES, auto_max_len, resolve_emb_init, resolve_loss
+from models.budgets import MAX_LEN_CHOICES, apply_without_time, auto_max_len, resolve_emb_init, resolve_loss
 from models.config import ModelConfig
 from models.data import RecData
 from models.registry import spec
@@ -27,7 +27,8 @@ def prepare_training(
     name: str, settings: dict, data: RecData, log: Callable[[str], None]
 ) -> tuple[ModelConfig, TrainConfig]:
     """Fill in what depends on the data (``max_len`` 0: from the histories; a ``full_softmax``
-    that the model cannot take: a sampled softmax; the id init: ``resolve_emb_init``), log the choices, and return (the model's
+    that the model cannot take: a sampled softmax; the id init: ``resolve_emb_init``; the budget's
+    settings for data without a time path: ``apply_without_time``), log the choices, and return (the model's
     typed config, the loop's ``TrainConfig``). ``settings`` is updated in place."""
     s = settings
     if not s["max_len"]:
@@ -44,6 +45,12 @@ def prepare_training(
         s.pop("emb_init_std_with_time", None),
         row_dependent,
     )
+    applied = apply_without_time(s, row_dependent)
+    if applied:
+        log(
+            f"{name}: no candidate vector depends on the row (no time path), so the budget trains with "
+            + ", ".join(f"{k} {v}" for k, v in applied.items())
+        )
     requested = s["n_negatives"]
     loss, s["n_negatives"] = resolve_loss(s["loss"], requested, row_dependent)
     if loss != s["loss"]:
