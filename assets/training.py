@@ -45,7 +45,8 @@ class TrainingConfig(dg.Config):
     ``shared_softmax`` then keeps at most 256 negatives per row).
     ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine. ``augment_prob``:
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
-    random recent part of their history (both training-only augmentations).
+    random recent part of their history (both training-only augmentations). ``negative_power``
+    (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
     killed run with the same config and data. ``retrain``: train again from scratch even when a
     finished model with the same config and data exists (by default it is reused, and the log says
@@ -78,6 +79,7 @@ class TrainingConfig(dg.Config):
     time_budget_min: float | None = None
     augment_prob: float | None = None
     crop_prob: float = 0.0
+    negative_power: float = 0.0
     grad_clip: float = 1.0
     seed: int = 42
     resume: bool = True

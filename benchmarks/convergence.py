@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="share of rows cut to a random recent part of their history",
     )
+    parser.add_argument(
+        "--negative-power",
+        type=float,
+        default=0.0,
+        help="shared_softmax: draw the shared negatives ∝ training count ** this (0: uniform)",
+    )
     parser.add_argument("--features", default="auto")
     parser.add_argument(
         "--emb-init-std",
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         n_negatives=args.n_negatives,
         augment_prob=args.augment_prob,
         crop_prob=args.crop_prob,
+        negative_power=args.negative_power,
         scheme=args.scheme,
         adam_beta2=args.adam_beta2,
         warmup_epochs=args.warmup_epochs,

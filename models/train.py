@@ -61,6 +61,9 @@ class TrainConfig:
     n_negatives: int = 100
     augment_prob: float = 0.01
     crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
+    negative_power: float = (
+        0.0  # shared_softmax: the shared sample drawn ∝ training count ** this (0: uniform)
+    )
     grad_clip: float = 1.0
     seed: int = 42
     eval_batch_size: int = 256
@@ -98,7 +101,7 @@ class TrainResult:
 
 _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
 # settings added after checkpoints were written: at their default they leave the hash as it was
-_HASHED_WHEN_SET = {"crop_prob": 0.0}
+_HASHED_WHEN_SET = {"crop_prob": 0.0, "negative_power": 0.0}
 
 
 def config_hash(name: str, hparams: dict, config: TrainConfig) -> str:
@@ -169,11 +172,24 @@ def epoch_examples(model: SequentialRecommender, data: RecData, config: TrainCon
     return len(users)
 
 
-def _shared_negatives(data: RecData, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """One batch's ``shared_softmax`` negatives: ``n_negatives`` distinct item ids, uniform (at most
-    every item)."""
+def negative_distribution(data: RecData, power: float) -> np.ndarray | None:
+    """Probabilities of items 1..n for the ``shared_softmax`` sample: ∝ (training count + 1) ** ``power``;
+    None (uniform) at power 0. Uncorrected, so popular items are pushed down more often than a full
+    softmax would (word2vec's unigram ** .75 negatives; "mixed negative sampling", Yang et al. 2020)."""
+    if not power:
+        return None
+    counts = np.bincount(data.items[data.train_mask()], minlength=data.n_items + 1)[1:]
+    weights = (counts + 1.0) ** power
+    return weights / weights.sum()
+
+
+def _shared_negatives(
+    data: RecData, config: TrainConfig, rng: np.random.Generator, p: np.ndarray | None = None
+) -> np.ndarray:
+    """One batch's ``shared_softmax`` negatives: ``n_negatives`` distinct item ids (at most every
+    item), uniform or drawn with probabilities ``p`` (``negative_distribution``)."""
     n = min(config.n_negatives, data.n_items)
-    return rng.choice(data.n_items, size=n, replace=False).astype(np.int64) + 1
+    return rng.choice(data.n_items, size=n, replace=False, p=p).astype(np.int64) + 1
 
 
 def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
@@ -181,6 +197,7 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
     users = training_users(data)
     full = model.loss == "full_softmax"
     shared = model.loss == "shared_softmax"
+    neg_p = negative_distribution(data, config.negative_power) if shared else None
     if config.scheme == "all_cuts" and model.positionwise:
         users = users[rng.permutation(len(users))]
         window = model.max_len + 1  # input = the first L items, targets = the last L
@@ -196,7 +213,7 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
             targets = np.where(items > 0, targets, 0)
             negatives = None
             if shared:
-                negatives = torch.from_numpy(_shared_negatives(data, config, rng))
+                negatives = torch.from_numpy(_shared_negatives(data, config, rng, neg_p))
                 negatives = negatives.expand(len(chunk), model.max_len, -1)
             elif not full:
                 negatives = sampler.sample(np.repeat(chunk, model.max_len), config.n_negatives, rng)
@@ -216,7 +233,7 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
         sl = slice(start, start + config.batch_size)
         cands = data.items[targets[sl]][:, None]
         if shared:
-            negatives = _shared_negatives(data, config, rng)
+            negatives = _shared_negatives(data, config, rng, neg_p)
             cands = np.concatenate([cands, np.broadcast_to(negatives, (len(cands), len(negatives)))], 1)
         elif not full:
             cands = np.concatenate([cands, sampler.sample(users[sl], config.n_negatives, rng)], 1)

@@ -55,9 +55,12 @@ def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoint
     # The hash that decides whether a finished model is reused: the same as before typed configs
     # (the plain-dict hparams of model_kwargs), so earlier checkpoints stay reusable.
     assert config_hash("convrec", config.to_hparams(), train) == "a613b78a63cd7661"
-    # a setting added later (crop_prob) leaves the hash alone at its default, and changes it when set
-    cropped = dataclasses.replace(train, crop_prob=0.5)
-    assert config_hash("convrec", config.to_hparams(), cropped) != "a613b78a63cd7661"
+    # settings added later (crop_prob, negative_power) leave the hash alone at their default, and change it when set
+    for later in ({"crop_prob": 0.5}, {"negative_power": 0.5}):
+        assert (
+            config_hash("convrec", config.to_hparams(), dataclasses.replace(train, **later))
+            != "a613b78a63cd7661"
+        )
     attention, _ = prepare_training("convrec_attention", _settings("convrec_attention"), data, lambda m: None)
     assert isinstance(attention, ConvRecAttentionConfig) and attention.n_layers == 2
     sasrec, _ = prepare_training("sasrec", _settings("sasrec"), data, lambda m: None)

@@ -283,3 +283,28 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
         assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "full_softmax", 0.2)
     attention, _ = resolved("convrec_attention")  # measured on ConvRec only: its counterpart keeps .2
     assert attention["dropout"] == 0.2
+
+
+def test_shared_negatives_follow_the_training_counts_to_the_chosen_power(ids_only):
+    from models.train import _shared_negatives, negative_distribution
+
+    data = ids_only
+    assert negative_distribution(data, 0.0) is None  # uniform
+    counts = np.bincount(data.items[data.train_mask()], minlength=data.n_items + 1)[1:]
+    p = negative_distribution(data, 1.0)
+    assert np.isclose(p.sum(), 1.0) and np.allclose(p / p[0], (counts + 1.0) / (counts[0] + 1.0))
+    config, rng = TrainConfig(n_negatives=5), np.random.default_rng(0)
+    drawn = {
+        power: np.bincount(
+            np.concatenate(
+                [_shared_negatives(data, config, rng, negative_distribution(data, power)) for _ in range(400)]
+            ),
+            minlength=data.n_items + 1,
+        )[1:]
+        for power in (0.0, 1.0)
+    }
+    popular, rare = np.argsort(counts)[-5:], np.argsort(counts)[:5]
+    assert drawn[1.0][popular].sum() > 2 * drawn[1.0][rare].sum()
+    assert drawn[0.0][popular].sum() < 1.5 * drawn[0.0][rare].sum()
+    batch = _shared_negatives(data, config, rng, p)
+    assert len(set(batch.tolist())) == 5 and batch.min() >= 1 and batch.max() <= data.n_items

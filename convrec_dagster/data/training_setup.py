@@ -85,6 +85,7 @@ def train_config(s: dict) -> TrainConfig:
         n_negatives=s["n_negatives"],
         augment_prob=s["augment_prob"],
         crop_prob=s["crop_prob"],
+        negative_power=s["negative_power"],
         grad_clip=s["grad_clip"],
         seed=s["seed"],
         resume=s["resume"],
