@@ -81,9 +81,8 @@ CPU_ENCODER = {"d": 128, "hidden": 256, "dropout": 0.2, "lr": 1e-3, "batch_size"
 # applies: no dropout, 20 % of history items replaced at random (noise on the sequence side only), and a
 # softmax over 2,048 shared negatives. On Video test NDCG@10 .5012 against .4847 with dropout .2 and the
 # full softmax, in 20 minutes of training instead of 64; on Beauty the same plateau (.3829 against .3812) in
-# 23 instead of 57. With a
-# time path dropout 0 was worse (Magazine .2455 against .2715), so there the settings above stay
-# (BENCHMARKS.md, "without a time path"). Only the keys a user left unset are replaced.
+# 23 instead of 57. With a time path dropout 0 was worse (Magazine .2455 against .2715), so there the
+# settings above stay (BENCHMARKS.md, "the cpu budget"). Only the keys a user left unset are replaced.
 CPU_CONVREC_WITHOUT_TIME = {
     "dropout": 0.0,
     "augment_prob": 0.2,

@@ -61,9 +61,7 @@ class TrainConfig:
     n_negatives: int = 100
     augment_prob: float = 0.01
     crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
-    negative_power: float = (
-        0.0  # shared_softmax: the shared sample drawn ∝ training count ** this (0: uniform)
-    )
+    negative_power: float = 0.0  # shared_softmax: negatives drawn ∝ training count ** this (0: uniform)
     grad_clip: float = 1.0
     seed: int = 42
     eval_batch_size: int = 256
