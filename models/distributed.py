@@ -55,6 +55,7 @@ from models.train import (
     config_hash,
     epoch_examples,
     epoch_record,
+    load_resume_state,
     make_optimizer,
     peak_memory,
     seed_everything,
@@ -221,26 +222,6 @@ def _torch_rng(device: torch.device) -> dict:
     return state
 
 
-def _load_resume(
-    path: Path | None, config: TrainConfig, meta: dict, log: Callable[[str], None]
-) -> dict | None:
-    """Rank 0: the resume state when ``path`` holds one for this config and data, else None."""
-    if path is None or not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not config.resume:
-        log(f"resume disabled: starting over (ignoring {path})")
-        return None
-    if state.get("config_hash") != meta["config_hash"] or state.get("fingerprint") != meta["fingerprint"]:
-        log(
-            f"not resuming {path}: it was written for config {state.get('config_hash')} / data "
-            f"{state.get('fingerprint')!r}, this run is config {meta['config_hash']} / data "
-            f"{meta['fingerprint']!r}; starting over"
-        )
-        return None
-    return state
-
-
 def train_distributed(
     model: SequentialRecommender,
     data: RecData,
@@ -276,7 +257,11 @@ def train_distributed(
     }
 
     resume_path = out / "resume.pt" if out is not None else None
-    state = _load_resume(resume_path, config, meta, say) if env.is_main else None
+    state = (
+        load_resume_state(resume_path, config, meta["config_hash"], meta["fingerprint"], say)
+        if env.is_main
+        else None
+    )
     if state is not None:
         model.load_state_dict(state["model"])  # DDP below broadcasts rank 0's weights
     state = _broadcast({k: v for k, v in state.items() if k != "model"} if state is not None else None, env)

@@ -113,6 +113,26 @@ def config_hash(name: str, hparams: dict, config: TrainConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def load_resume_state(
+    path: Path | None, config: TrainConfig, chash: str, fingerprint: str, log: Callable[[str], None]
+) -> dict | None:
+    """The state in ``path`` (``resume.pt``) when it was written for this config and data and
+    ``config.resume`` is on, else None (and the log says why it is ignored)."""
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not config.resume:
+        log(f"resume disabled: starting over (ignoring {path})")
+        return None
+    if state.get("config_hash") != chash or state.get("fingerprint") != fingerprint:
+        log(
+            f"not resuming {path}: it was written for config {state.get('config_hash')} / data "
+            f"{state.get('fingerprint')!r}, this run is config {chash} / data {fingerprint!r}; starting over"
+        )
+        return None
+    return state
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -410,36 +430,28 @@ def train(
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
     start_epoch, resumed_from, finished, reused = 1, None, False, None
     resume_path = out / "resume.pt" if out is not None else None
-    if resume_path is not None and resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if not config.resume:
-            log(f"resume disabled: starting over (ignoring {resume_path})")
-        elif state.get("config_hash") != chash or state.get("fingerprint") != fingerprint:
-            log(
-                f"not resuming {resume_path}: it was written for config {state.get('config_hash')} / data "
-                f"{state.get('fingerprint')!r}, this run is config {chash} / data {fingerprint!r}; starting over"
-            )
+    state = load_resume_state(resume_path, config, chash, fingerprint, log)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"], rng, device)
+        history, best, finished = list(state["history"]), dict(state["best"]), bool(state["finished"])
+        resumed_from = int(state["epoch"])
+        start_epoch = resumed_from + 1
+        if finished:  # the caller says so to the user; it knows the setting that trains again
+            reused = {
+                "run_id": state.get("run_id"),
+                "epochs": resumed_from,
+                "best_epoch": int(best["epoch"]),
+                "valid_NDCG@10": float(best["metrics"]["NDCG@10"]),
+            }
         else:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if "scheduler" in state:
-                scheduler.load_state_dict(state["scheduler"])
-            _restore_rng(state["rng"], rng, device)
-            history, best, finished = list(state["history"]), dict(state["best"]), bool(state["finished"])
-            resumed_from = int(state["epoch"])
-            start_epoch = resumed_from + 1
-            if finished:  # the caller says so to the user; it knows the setting that trains again
-                reused = {
-                    "run_id": state.get("run_id"),
-                    "epochs": resumed_from,
-                    "best_epoch": int(best["epoch"]),
-                    "valid_NDCG@10": float(best["metrics"]["NDCG@10"]),
-                }
-            else:
-                log(
-                    f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']}): same config "
-                    "and data as the run that was stopped"
-                )
+            log(
+                f"resuming from epoch {resumed_from} of {resume_path} (best epoch {best['epoch']}): same config "
+                "and data as the run that was stopped"
+            )
 
     epochs_run = 0
     best_state = None
