@@ -31,7 +31,7 @@ from convrec_dagster.data.evaluation import (
     recommendations_k_per_user,
     trained_models,
 )
-from convrec_dagster.data.store import require_tables
+from convrec_dagster.data.tables import require_tables
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 from models.metrics import DEFAULT_KS, PROTOCOLS, SPLITS
 from models.registry import MODEL_NAMES, MODELS

@@ -21,7 +21,7 @@ from convrec_dagster.data.feature_tables import (
     write_item_attributes,
 )
 from convrec_dagster.data.images import compute_image_features, item_image_features_cover_items, locate_images
-from convrec_dagster.data.store import require_tables
+from convrec_dagster.data.tables import require_tables
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
 

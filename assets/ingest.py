@@ -28,7 +28,7 @@ from convrec_dagster.data.dataset_info import (
 from convrec_dagster.data.ingest import interactions_ordered_histories, items_unique, reviews_have_ids
 from convrec_dagster.data.plots import length_histogram_markdown
 from convrec_dagster.data.rawdata import FileFormat, FileStats, RawDataError
-from convrec_dagster.data.store import replace_quarantine, require_tables, transaction
+from convrec_dagster.data.tables import replace_quarantine, require_tables, transaction
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths
 
 GROUP = "ingest"

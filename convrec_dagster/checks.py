@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from convrec_dagster.data.outcome import CheckOutcome, Markdown
-from convrec_dagster.data.store import DataError
+from convrec_dagster.data.tables import DataError
 
 CheckFn = Callable[..., CheckOutcome]
 

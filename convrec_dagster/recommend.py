@@ -288,7 +288,7 @@ class _open_tables:
 
 
 def _metric_rows(conn) -> list[dict]:
-    from convrec_dagster.data.store import table_exists
+    from convrec_dagster.data.tables import table_exists
 
     if not table_exists(conn, "evaluation_metrics"):
         return []

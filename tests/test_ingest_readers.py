@@ -13,7 +13,7 @@ import pytest
 
 from convrec_dagster.data import ingest as ingest_data
 from convrec_dagster.data import rawdata
-from convrec_dagster.data.store import transaction as store_transaction
+from convrec_dagster.data.tables import transaction as store_transaction
 
 MIN_TS, MAX_TS = 946_684_800, 2_000_000_000
 

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from sklearn.preprocessing import KBinsDiscretizer, MultiLabelBinarizer, OneHotEncoder
 
 from convrec_dagster.data.outcome import CheckOutcome
-from convrec_dagster.data.store import item_coverage
+from convrec_dagster.data.tables import item_coverage
 
 KIND_ORDER = ("brand", "category", "price", "attribute", "other", "missing")
 NO_METADATA = "no_metadata"

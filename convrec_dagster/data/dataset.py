@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from convrec_dagster.data.store import require_tables, table_exists
+from convrec_dagster.data.tables import require_tables, table_exists
 from models.data import FEATURE_CHOICES, N_CONTEXT, FeatureChoice, RecData
 
 Features = FeatureChoice

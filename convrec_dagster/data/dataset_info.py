@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from convrec_dagster.data.store import table_exists
+from convrec_dagster.data.tables import table_exists
 
 EMBEDDED_SAMPLE_NAME = "embedded sample"
 DATASET_INFO_DDL = """

@@ -19,7 +19,7 @@ import pandas as pd
 
 from convrec_dagster.data import settings
 from convrec_dagster.data.outcome import CheckOutcome, Markdown, examples_markdown
-from convrec_dagster.data.store import DataError, require_tables, table_exists, transaction
+from convrec_dagster.data.tables import DataError, require_tables, table_exists, transaction
 from models.data import RecData
 from models.metrics import PROTOCOLS
 from models.registry import MODEL_NAMES

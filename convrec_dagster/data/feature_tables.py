@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from convrec_dagster.data.attributes import AttributeEncoding
 from convrec_dagster.data.images import FEATURE_DIM, ImageFeatures
-from convrec_dagster.data.store import replace_quarantine, table_exists, transaction
+from convrec_dagster.data.tables import replace_quarantine, table_exists, transaction
 
 IMAGE_STAGE = "item_image_features"
 _WRITE_CHUNK = 20_000

@@ -38,7 +38,7 @@ import duckdb
 import numpy as np
 
 from convrec_dagster.data.outcome import CheckOutcome
-from convrec_dagster.data.store import item_coverage
+from convrec_dagster.data.tables import item_coverage
 
 FEATURE_DIM = 2048
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")

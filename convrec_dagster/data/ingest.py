@@ -17,7 +17,7 @@ import duckdb
 from convrec_dagster.data import rawdata
 from convrec_dagster.data.outcome import CheckOutcome
 from convrec_dagster.data.rawdata import FileStats
-from convrec_dagster.data.store import DataError, quote_literal, table_exists
+from convrec_dagster.data.tables import DataError, quote_literal, table_exists
 
 
 def reviews_have_ids(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:

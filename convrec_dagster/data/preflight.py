@@ -282,7 +282,7 @@ class DataSize:
 
 def size_from_duckdb(conn) -> DataSize | None:
     """The prepared data an earlier run left in DuckDB (this run rebuilds it), or None."""
-    from convrec_dagster.data.store import table_exists
+    from convrec_dagster.data.tables import table_exists
 
     if not all(table_exists(conn, t) for t in ("user_index", "item_index", "sequences")):
         return None

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from convrec_dagster.data.outcome import CheckOutcome
-from convrec_dagster.data.store import require_tables
+from convrec_dagster.data.tables import require_tables
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 MIN_EVAL_INTERACTIONS = 3  # fewer: the user only trains

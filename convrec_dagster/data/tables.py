@@ -1,4 +1,4 @@
-"""The DuckDB store: the helpers every stage writes through (no Dagster).
+"""DuckDB table helpers every stage writes and reads through (no Dagster).
 
 - :func:`transaction`: one ``BEGIN`` / ``COMMIT`` (``ROLLBACK`` on an exception) per write;
 - :func:`write_table`: a DataFrame (or Arrow table) as a new table, or appended to one;
