@@ -204,7 +204,7 @@ def reviews(
                     embedded_sample=embedded,
                 ),
             )
-        users, items, rows, min_ts_v, max_ts_v, n_ts, pairs = dataclasses.astuple(summary)
+        users, items, rows, min_ts_v, max_ts_v, n_ts = dataclasses.astuple(summary)
         check_results = run_checks([reviews_have_ids], conn)
     seconds = time.perf_counter() - t0
     n_lines = sum(s.lines for s in stats)
@@ -218,7 +218,6 @@ def reviews(
             "dataset_fingerprint": fingerprint,
             "quarantined": sum(s.n_quarantined for s in stats),
             "quarantined_by_reason": ingest_data.quarantine_reasons(stats),
-            "duplicates": rows - pairs,
             "users": users,
             "items": items,
             "time_range": f"{ingest_data.iso_date(min_ts_v)} .. {ingest_data.iso_date(max_ts_v)}"

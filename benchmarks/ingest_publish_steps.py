@@ -34,13 +34,16 @@ from convrec_dagster.data import rawdata
 
 MIN_TS, MAX_TS = 0, 2_000_000_000
 COUNTS = {
-    # what publish_reviews runs
+    # what publish_reviews ran until stop 22 (it no longer counts the pairs: `interactions` does)
     "distinct_each": "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), "
     "count(ts), count(DISTINCT (user_id, item_id)) FROM reviews",
     # group the pairs first, then count users and items over the pair groups
     "pairs_first": "SELECT count(DISTINCT user_id), count(DISTINCT item_id), coalesce(sum(n), 0)::BIGINT, "
     "min(lo), max(hi), coalesce(sum(c), 0)::BIGINT, count(*) FROM (SELECT user_id, item_id, count(*) AS n, "
     "min(ts) AS lo, max(ts) AS hi, count(ts) AS c FROM reviews GROUP BY ALL)",
+    # what publish_reviews runs
+    "without_pairs": "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), "
+    "count(ts) FROM reviews",
 }
 
 

@@ -74,7 +74,6 @@ class ReviewsSummary:
     min_ts: int | None
     max_ts: int | None
     n_ts: int  # rows with a timestamp
-    pairs: int  # distinct (user, item)
 
     @property
     def has_time(self) -> bool:
@@ -101,10 +100,12 @@ def publish_reviews(conn: duckdb.DuckDBPyConnection) -> ReviewsSummary:
     for table in tables:  # the parsed files' temp tables: not needed any more
         conn.execute(f"DROP TABLE {table}")
     conn.execute("DELETE FROM _stage_review_parts")
+    # no count of distinct (user, item) pairs here: `interactions` counts the repeats when it drops
+    # them, and that count took ~1 s per 5M rows, a sixth of this step (BENCHMARKS.md, issue 16)
     return ReviewsSummary(
         *conn.execute(
-            "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), "
-            "count(ts), count(DISTINCT (user_id, item_id)) FROM reviews"
+            "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*), min(ts), max(ts), count(ts) "
+            "FROM reviews"
         ).fetchall()[0]
     )
 
