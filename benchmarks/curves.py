@@ -40,12 +40,14 @@ def plot(dataset: str, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
-    for label, history in runs(dataset):
+    colors = plt.get_cmap("tab20").colors  # more runs than the default cycle's 10 colours
+    for i, (label, history) in enumerate(runs(dataset)):
         minutes, total = [], 0.0
         for record in history:
             total += record.get("epoch_time_s") or 0.0
             minutes.append(total / 60)
-        ax.plot(minutes, [r["valid_NDCG@10"] for r in history], marker=".", label=label)
+        style = {"color": colors[i % len(colors)], "ls": "-" if i < len(colors) else ":"}
+        ax.plot(minutes, [r["valid_NDCG@10"] for r in history], marker=".", label=label, **style)
     for row in PUBLISHED[dataset]["rows"]:
         if row["protocol"] == "sampled_100":
             ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
