@@ -365,7 +365,7 @@ def scale_main(
         "machine_before": before,
         "machine_after": machine_info(),
         "note": (
-            "one run on a 2-core machine shared with model trainings (see load averages before and after); "
+            "one run; the load averages before and after say whether other work shared the machine; "
             "each stage a fresh process; peak RSS = VmHWM (kernel high-water mark) of that process at its end"
         ),
     }
