@@ -254,9 +254,12 @@ def test_eval_negatives_table_same_for_any_chunk_size(conn):
     splits.build_sequences(conn)
     read = "SELECT user_idx, neg_no, item_idx FROM eval_negatives ORDER BY user_idx, neg_no"
     tables = []
+    distinct_sql = "SELECT count(DISTINCT item_idx) FROM eval_negatives"
     for cells in (splits.NEGATIVES_CHUNK_CELLS, 100, 1):  # 100: 5 users a batch; 1: one user a batch
-        splits.build_eval_negatives(conn, n_negatives=20, seed=7, chunk_cells=cells)
+        summary = splits.build_eval_negatives(conn, n_negatives=20, seed=7, chunk_cells=cells)
         rows = conn.execute(read).fetchall()
+        # counted in row chunks too (a whole-array bincount would copy the negatives to int64)
+        assert summary["distinct_negative_items"] == conn.execute(distinct_sql).fetchall()[0][0] > 100
         # written in (user_idx, neg_no) order without a sort: the stored order is that order
         assert (
             conn.execute("SELECT user_idx, neg_no, item_idx FROM eval_negatives ORDER BY rowid").fetchall()
