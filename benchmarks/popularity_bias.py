@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     from convrec_dagster.data import settings
     from convrec_dagster.data.dataset import load_rec_data
     from models.batching import eval_targets, make_batch
+    from models.evaluate import seen_items_mask
     from models.registry import build_model
     from models.train import TrainConfig, train
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     result = train(model, data, args.model, hp, config, log=print)  # leaves the best epoch's weights
     model.eval()
 
-    counts = np.bincount(data.items[data.train_mask()], minlength=data.n_items + 1).astype(float)
+    counts = data.train_item_counts().astype(float)
     top100 = np.argsort(-counts[1:])[:100] + 1
     users = np.flatnonzero(data.is_eval_user).astype(np.int64)
     rows = eval_targets(data, users, "test")
@@ -82,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
                 data, users[s : s + 512], rows[s : s + 512], model.max_len, targets[s : s + 512, None]
             )
             scores = model.full_sort_predict(batch)
-            for i, (u, end) in enumerate(zip(users[s : s + 512], rows[s : s + 512])):
-                scores[i, torch.as_tensor(data.items[data.user_ptr[u] : end])] = float("-inf")
+            scores = scores.masked_fill(
+                seen_items_mask(data, users[s : s + 512], rows[s : s + 512], scores.device), float("-inf")
+            )
             recommended.append(scores.topk(10, dim=1).indices.numpy())
     recommended = np.concatenate(recommended).ravel()
     norms = np.linalg.norm(model.item_vectors()[1:].detach().numpy(), axis=1)

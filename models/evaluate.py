@@ -33,7 +33,7 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def _history_mask(data: RecData, users: np.ndarray, ends: np.ndarray, device: torch.device) -> torch.Tensor:
+def seen_items_mask(data: RecData, users: np.ndarray, ends: np.ndarray, device: torch.device) -> torch.Tensor:
     """bool (B, n_items + 1): items among each user's rows before ``ends``, plus the padding column."""
     starts = data.user_ptr[users]
     lengths = ends - starts
@@ -87,7 +87,7 @@ def rank_eval_users(
                 scores = model.full_sort_predict(batch).float()
             pos_idx = torch.from_numpy(positives).to(device).unsqueeze(1)
             pos = scores.gather(1, pos_idx)
-            masked = _history_mask(data, batch_users, targets, device)
+            masked = seen_items_mask(data, batch_users, targets, device)
             masked.scatter_(1, pos_idx, True)  # the positive is compared, not counted against itself
             above, tied = _compare(scores, pos)
             greater.append((above & ~masked).sum(1).cpu())
@@ -127,7 +127,7 @@ def recommend_top_k(
             dummy = np.ones((len(batch_users), 1), dtype=np.int64)
             batch = make_batch(data, batch_users, ends, model.max_len, dummy, time_rows=ends - 1).to(device)
             scores = model.full_sort_predict(batch).float()
-            scores = scores.masked_fill(_history_mask(data, batch_users, ends, device), float("-inf"))
+            scores = scores.masked_fill(seen_items_mask(data, batch_users, ends, device), float("-inf"))
             top = scores.topk(k, dim=1)
             out_items.append(top.indices.cpu())
             out_scores.append(top.values.cpu())

@@ -196,8 +196,7 @@ def negative_distribution(data: RecData, power: float) -> np.ndarray | None:
     softmax would (word2vec's unigram ** .75 negatives; "mixed negative sampling", Yang et al. 2020)."""
     if not power:
         return None
-    counts = np.bincount(data.items[data.train_mask()], minlength=data.n_items + 1)[1:]
-    weights = (counts + 1.0) ** power
+    weights = (data.train_item_counts()[1:] + 1.0) ** power
     return weights / weights.sum()
 
 
