@@ -47,6 +47,8 @@ class TrainingConfig(dg.Config):
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
     random recent part of their history (both training-only augmentations). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
+    ``ema_decay``: validate and keep an exponential moving average of the weights, updated after
+    every step with this decay (0: off; None: the budget's).
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
     killed run with the same config and data. ``retrain``: train again from scratch even when a
     finished model with the same config and data exists (by default it is reused, and the log says
@@ -80,6 +82,7 @@ class TrainingConfig(dg.Config):
     augment_prob: float | None = None
     crop_prob: float = 0.0
     negative_power: float = 0.0
+    ema_decay: float | None = None
     grad_clip: float = 1.0
     seed: int = 42
     resume: bool = True

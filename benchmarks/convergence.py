@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="shared_softmax: draw the shared negatives ∝ training count ** this (0: uniform)",
     )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="validate and keep an exponential moving average of the weights (0: off)",
+    )
     parser.add_argument("--features", default="auto")
     parser.add_argument(
         "--emb-init-std",
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         augment_prob=args.augment_prob,
         crop_prob=args.crop_prob,
         negative_power=args.negative_power,
+        ema_decay=args.ema_decay,
         scheme=args.scheme,
         adam_beta2=args.adam_beta2,
         warmup_epochs=args.warmup_epochs,

@@ -240,6 +240,11 @@ def train_distributed(
     returns the same result, and rank 0's model ends holding the best epoch's weights."""
     if not model.trainable:
         raise ValueError(f"{name} has nothing to train: run it in one process (models.train.train)")
+    if config.ema_decay:
+        raise ValueError(
+            f"ema_decay {config.ema_decay}: weight averaging is not implemented for data-parallel training; "
+            "set ema_decay 0 or train in one process (nproc_per_node 1)"
+        )
     started = time.perf_counter()
     say = log if env.is_main else (lambda message: None)
     if device.type == "cuda":

@@ -15,7 +15,8 @@ which scores the positive against every item; under ``loss="shared_softmax"`` on
 ``n_negatives`` items per batch, shared by its rows (a full softmax's cheap stand-in on big catalogues).
 1 % of input items are replaced by random items (``augment_prob``); ``crop_prob`` cuts that share of
 rows to a random recent part of their history (rows of position-wise models are never cut). Adam(W) with ``adam_beta2``,
-optional linear warm-up and cosine decay.
+optional linear warm-up and cosine decay. With ``ema_decay`` > 0 an exponential moving average of the
+weights (``torch.optim.swa_utils.AveragedModel``) is what validation scores and what the run keeps.
 Validation NDCG@10 (sampled_100) picks the best epoch; training stops after ``patience`` epochs
 without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
 
@@ -62,6 +63,7 @@ class TrainConfig:
     augment_prob: float = 0.01
     crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
     negative_power: float = 0.0  # shared_softmax: negatives drawn ∝ training count ** this (0: uniform)
+    ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights (0: off)
     grad_clip: float = 1.0
     seed: int = 42
     eval_batch_size: int = 256
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"scheme must be one of {SCHEMES}, not {self.scheme!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
 
 
 SCHEMES = ("one_cut", "all_cuts")
@@ -99,7 +103,7 @@ class TrainResult:
 
 _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
 # settings added after checkpoints were written: at their default they leave the hash as it was
-_HASHED_WHEN_SET = {"crop_prob": 0.0, "negative_power": 0.0}
+_HASHED_WHEN_SET = {"crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0}
 
 
 def config_hash(name: str, hparams: dict, config: TrainConfig) -> str:
@@ -269,6 +273,17 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
         )
 
 
+def make_ema(model: SequentialRecommender, config: TrainConfig) -> torch.optim.swa_utils.AveragedModel | None:
+    """The exponential moving average of ``model``'s parameters that validation and checkpoints use when
+    ``config.ema_decay`` > 0 (Polyak averaging: w_ema <- decay * w_ema + (1 - decay) * w after every step).
+    Buffers are not averaged: the models' buffers are lookup tables (proxy ids, attributes), not statistics."""
+    if not config.ema_decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=False)
+
+
 def make_optimizer(model: SequentialRecommender, data: RecData, config: TrainConfig):
     """AdamW with ``adam_beta2`` and the per-step warm-up / decay schedule of ``lr_factor``."""
     optimizer = torch.optim.AdamW(
@@ -335,10 +350,12 @@ def train_epoch(
     precision,
     scheduler=None,
     on_batch: Callable[[int, int], None] | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> tuple[float, int]:
     """One pass over the epoch's examples; returns (mean loss, examples).
 
-    ``on_batch(done, total)`` is called after each optimizer step (progress and time estimates).
+    ``on_batch(done, total)`` is called after each optimizer step (progress and time estimates);
+    ``ema`` (``make_ema``) is updated after each step.
     """
     model.train()
     n_batches = math.ceil(epoch_examples(model, data, config) / config.batch_size)
@@ -357,6 +374,8 @@ def train_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += float(loss.detach()) * size
         n += size
         if on_batch is not None:
@@ -424,6 +443,8 @@ def train(
         )
 
     optimizer, scheduler = make_optimizer(model, data, config)
+    ema = make_ema(model, config)
+    evaluated = ema.module if ema is not None else model  # the weights that are validated and kept
     sampler = NegativeSampler(data)
     history: list[dict] = []
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
@@ -435,6 +456,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         _restore_rng(state["rng"], rng, device)
         history, best, finished = list(state["history"]), dict(state["best"]), bool(state["finished"])
         resumed_from = int(state["epoch"])
@@ -499,17 +522,17 @@ def train(
             break
         t0 = time.perf_counter()
         loss, n_examples = train_epoch(
-            model, optimizer, data, sampler, rng, config, device, precision, scheduler, estimate
+            model, optimizer, data, sampler, rng, config, device, precision, scheduler, estimate, ema
         )
         train_time = time.perf_counter() - t0
-        metrics = validate(model, data, device, precision, config.eval_batch_size)
+        metrics = validate(evaluated, data, device, precision, config.eval_batch_size)
         improved = metrics["NDCG@10"] > best["metrics"]["NDCG@10"]
         if improved:
             best = {"epoch": epoch, "metrics": metrics, "bad_epochs": 0}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             if out is not None:
                 save_checkpoint(
-                    out / "best.pt", model, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta}
+                    out / "best.pt", evaluated, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta}
                 )
         else:
             best["bad_epochs"] += 1
@@ -528,6 +551,7 @@ def train(
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "epoch": epoch,
                     "rng": _rng_state(rng, device),
                     "history": history,

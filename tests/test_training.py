@@ -14,7 +14,7 @@ from models.metrics import per_user_metrics, summarize
 from models.popularity import Popularity
 from models.registry import build_model
 from models.synthetic import chain_data
-from models.train import TrainConfig, train
+from models.train import TrainConfig, train, validate
 
 HP = {"d": 32, "hidden": 64, "dropout": 0.1, "max_len": 16}
 
@@ -96,6 +96,39 @@ def test_killed_run_resumes_from_the_saved_epoch_and_matches_an_uninterrupted_on
     )
     assert json.loads((tmp_path / "a" / "history.json").read_text())[-1]["epoch"] == 4
     assert torch.load(tmp_path / "a" / "resume.pt", weights_only=True)["epoch"] == 4
+
+
+def test_ema_weights_are_validated_kept_and_resumed(data, tmp_path):
+    """With ``ema_decay`` the averaged weights are what validation scores and what the run keeps;
+    a killed run resumes the average too (same per-epoch validation as an uninterrupted run)."""
+    config = TrainConfig(batch_size=64, lr=3e-3, max_epochs=3, patience=10, seed=3, ema_decay=0.9)
+
+    def run(out, on_epoch=None, ema_config=config):
+        torch.manual_seed(0)
+        model = build_model("convrec", data, HP)
+        result = train(
+            model, data, "convrec", HP, ema_config, out_dir=out, on_epoch=on_epoch, log=lambda m: None
+        )
+        return model, result
+
+    def kill_after_one(record):
+        if record["epoch"] == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(tmp_path / "a", on_epoch=kill_after_one)
+    model, resumed = run(tmp_path / "a")
+    _, straight = run(tmp_path / "b")
+    valid = [h["valid_NDCG@10"] for h in resumed.history]
+    np.testing.assert_allclose(valid, [h["valid_NDCG@10"] for h in straight.history], rtol=1e-6)
+    assert resumed.best_epoch == int(np.argmax(valid)) + 1
+    assert validate(model, data, torch.device("cpu"), "fp32", 256) == pytest.approx(resumed.best_metrics)
+    kept = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["state_dict"]
+    torch.testing.assert_close(kept, model.state_dict())
+    _, plain = run(tmp_path / "c", ema_config=TrainConfig(**{**config.__dict__, "ema_decay": 0.0}))
+    assert [h["valid_NDCG@10"] for h in plain.history] != valid  # the average, not the last step, was scored
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_a_checkpoint_for_other_data_or_config_is_not_resumed(data, tmp_path):

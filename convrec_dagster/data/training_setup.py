@@ -86,6 +86,7 @@ def train_config(s: dict) -> TrainConfig:
         augment_prob=s["augment_prob"],
         crop_prob=s["crop_prob"],
         negative_power=s["negative_power"],
+        ema_decay=s["ema_decay"],
         grad_clip=s["grad_clip"],
         seed=s["seed"],
         resume=s["resume"],
