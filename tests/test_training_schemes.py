@@ -272,15 +272,18 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
     conv, lines = resolved("convrec")
     if with_time:  # a per-row softmax over sampled negatives, dropout .2
         assert (conv["dropout"], conv["augment_prob"], conv["loss"]) == (0.2, 0.0, "softmax")
+        assert conv["ema_decay"] == 0.0
         assert not any("no time path" in line for line in lines)
     else:
         assert (conv["dropout"], conv["augment_prob"], conv["loss"], conv["n_negatives"]) == (
             0.0, 0.2, "shared_softmax", 2048,
         )  # fmt: skip
         assert conv["loss"] == CPU_CONVREC_WITHOUT_TIME["loss"]
+        assert conv["ema_decay"] == CPU_CONVREC_WITHOUT_TIME["ema_decay"] > 0
         assert any("no time path" in line and "dropout 0.0" in line for line in lines)
-        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax")
+        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0)
         assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "full_softmax", 0.2)
+        assert mine["ema_decay"] == 0.0
     attention, _ = resolved("convrec_attention")  # measured on ConvRec only: its counterpart keeps .2
     assert attention["dropout"] == 0.2
 
