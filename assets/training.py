@@ -128,7 +128,8 @@ def resolve_settings(
             settings[key] = value
             from_budget.add(key)
     # data-dependent budget settings (applied in prepare_training) never override a user's value
-    settings["without_time"] = {k: v for k, v in base.get("without_time", {}).items() if k in from_budget}
+    for rule in ("without_time", "ids_only"):
+        settings[rule] = {k: v for k, v in base.get(rule, {}).items() if k in from_budget}
     settings["kernels"] = settings["kernels"] or None
     settings["strides"] = settings["strides"] or None
     settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60

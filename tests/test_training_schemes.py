@@ -258,21 +258,21 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
     from assets.training import TrainingConfig, resolve_settings
     from convrec_dagster.data.dataset_info import DatasetInfo
     from convrec_dagster.data.training_setup import prepare_training
-    from models.budgets import CPU_CONVREC_WITHOUT_TIME
+    from models.budgets import CPU_CONVREC_IDS_ONLY, CPU_CONVREC_WITHOUT_TIME, CPU_ENCODER
 
     data = chain_data(n_users=30, n_items=20, seed=1, with_time=with_time, with_attributes=False)
     info = DatasetInfo(name="Video", format="sasrec_sequences", has_time=with_time)
 
-    def resolved(model: str, **user) -> tuple[dict, list[str]]:
+    def resolved(model: str, on=data, **user) -> tuple[dict, list[str]]:
         lines: list[str] = []
         _, _, s = resolve_settings(TrainingConfig(budget="cpu", **user), info, model, cuda=False)
-        model_config, train = prepare_training(model, s, data, lines.append)
+        model_config, train = prepare_training(model, s, on, lines.append)
         return {**model_config.to_hparams(), "loss": s["loss"], **vars(train)}, lines
 
     conv, lines = resolved("convrec")
     if with_time:  # a per-row softmax over sampled negatives, dropout .2
         assert (conv["dropout"], conv["augment_prob"], conv["loss"]) == (0.2, 0.0, "softmax")
-        assert conv["ema_decay"] == 0.0
+        assert (conv["ema_decay"], conv["lr"]) == (0.0, CPU_ENCODER["lr"])
         assert not any("no time path" in line for line in lines)
     else:
         assert (conv["dropout"], conv["augment_prob"], conv["loss"], conv["n_negatives"]) == (
@@ -281,9 +281,15 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
         assert conv["loss"] == CPU_CONVREC_WITHOUT_TIME["loss"]
         assert conv["ema_decay"] == CPU_CONVREC_WITHOUT_TIME["ema_decay"] > 0
         assert any("no time path" in line and "dropout 0.0" in line for line in lines)
-        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0)
+        assert conv["lr"] == CPU_CONVREC_IDS_ONLY["lr"] and any("item ids only" in line for line in lines)
+        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4)
         assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "full_softmax", 0.2)
-        assert mine["ema_decay"] == 0.0
+        assert (mine["ema_decay"], mine["lr"]) == (0.0, 5e-4)
+        # the ids-only learning rate needs ids only: with item attributes the encoder's lr stays
+        with_attributes = chain_data(n_users=30, n_items=20, seed=1, with_time=False, with_attributes=True)
+        attrs, lines = resolved("convrec", on=with_attributes)
+        assert attrs["lr"] == CPU_ENCODER["lr"] and attrs["ema_decay"] == conv["ema_decay"]
+        assert not any("item ids only" in line for line in lines)
     attention, _ = resolved("convrec_attention")  # measured on ConvRec only: its counterpart keeps .2
     assert attention["dropout"] == 0.2
 

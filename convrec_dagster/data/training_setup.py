@@ -45,10 +45,13 @@ def prepare_training(
         s.pop("emb_init_std_with_time", None),
         row_dependent,
     )
-    applied = apply_without_time(s, row_dependent)
+    ids_only = not (spec(name).item_features and (data.has_attributes or data.has_images))
+    applied = apply_without_time(s, row_dependent, ids_only)
     if applied:
         log(
-            f"{name}: no candidate vector depends on the row (no time path), so the budget trains with "
+            f"{name}: no candidate vector depends on the row (no time path"
+            + (", item ids only" if ids_only and "lr" in applied else "")
+            + "), so the budget trains with "
             + ", ".join(f"{k} {v}" for k, v in applied.items())
         )
     requested = s["n_negatives"]
