@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--ema-decay",
-        type=float,
+        type=lambda v: v if v == "auto" else float(v),
         default=0.0,
-        help="validate and keep an exponential moving average of the weights (0: off)",
+        help="validate and keep an exponential moving average of the weights (0: off; auto: about one epoch)",
     )
     parser.add_argument("--features", default="auto")
     parser.add_argument(

@@ -14,7 +14,7 @@ from models.metrics import per_user_metrics, summarize
 from models.popularity import Popularity
 from models.registry import build_model
 from models.synthetic import chain_data
-from models.train import TrainConfig, train, validate
+from models.train import TrainConfig, auto_ema_decay, resolved_ema_decay, train, validate
 
 HP = {"d": 32, "hidden": 64, "dropout": 0.1, "max_len": 16}
 
@@ -129,6 +129,18 @@ def test_ema_weights_are_validated_kept_and_resumed(data, tmp_path):
     assert [h["valid_NDCG@10"] for h in plain.history] != valid  # the average, not the last step, was scored
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+
+
+def test_auto_ema_decay_averages_about_one_epoch_and_at_most_a_thousand_steps(data):
+    assert auto_ema_decay(1518) == pytest.approx(0.999) and auto_ema_decay(1027) == pytest.approx(0.999)
+    assert auto_ema_decay(10) == pytest.approx(0.9)  # a small set: not 100 epochs behind
+    config = TrainConfig(batch_size=64, lr=3e-3, max_epochs=2, patience=10, seed=3, ema_decay="auto")
+    model = build_model("convrec", data, HP)
+    steps = -(-len(training_users(data)) // 64)  # one cut per user: ceil(users / batch) steps per epoch
+    assert resolved_ema_decay(model, data, config) == pytest.approx(1 - 1 / steps)
+    messages: list[str] = []
+    train(model, data, "convrec", HP, config, log=messages.append)
+    assert any(f"decay {1 - 1 / steps:.4f}" in m and "ema_decay auto" in m for m in messages)
 
 
 def test_a_checkpoint_for_other_data_or_config_is_not_resumed(data, tmp_path):
