@@ -258,7 +258,7 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
     from assets.training import TrainingConfig, resolve_settings
     from convrec_dagster.data.dataset_info import DatasetInfo
     from convrec_dagster.data.training_setup import prepare_training
-    from models.budgets import CPU_CONVREC_IDS_ONLY, CPU_CONVREC_WITHOUT_TIME, CPU_ENCODER
+    from models.budgets import CPU_CONVREC, CPU_CONVREC_IDS_ONLY, CPU_CONVREC_WITHOUT_TIME, CPU_ENCODER
 
     data = chain_data(n_users=30, n_items=20, seed=1, with_time=with_time, with_attributes=False)
     info = DatasetInfo(name="Video", format="sasrec_sequences", has_time=with_time)
@@ -272,14 +272,14 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
     conv, lines = resolved("convrec")
     if with_time:  # a per-row softmax over sampled negatives, dropout .2
         assert (conv["dropout"], conv["augment_prob"], conv["loss"]) == (0.2, 0.0, "softmax")
-        assert (conv["ema_decay"], conv["lr"]) == (0.0, CPU_ENCODER["lr"])
+        assert (conv["ema_decay"], conv["lr"]) == (CPU_CONVREC["ema_decay"], CPU_ENCODER["lr"])
         assert not any("no time path" in line for line in lines)
     else:
         assert (conv["dropout"], conv["augment_prob"], conv["loss"], conv["n_negatives"]) == (
             0.0, 0.2, "shared_softmax", 2048,
         )  # fmt: skip
         assert conv["loss"] == CPU_CONVREC_WITHOUT_TIME["loss"]
-        assert conv["ema_decay"] == CPU_CONVREC_WITHOUT_TIME["ema_decay"] == "auto"
+        assert conv["ema_decay"] == CPU_CONVREC["ema_decay"] == "auto"
         assert any("no time path" in line and "dropout 0.0" in line for line in lines)
         assert conv["lr"] == CPU_CONVREC_IDS_ONLY["lr"] and any("item ids only" in line for line in lines)
         mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4)
@@ -291,7 +291,7 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
         assert attrs["lr"] == CPU_ENCODER["lr"] and attrs["ema_decay"] == conv["ema_decay"]
         assert not any("item ids only" in line for line in lines)
     attention, _ = resolved("convrec_attention")  # measured on ConvRec only: its counterpart keeps .2
-    assert attention["dropout"] == 0.2
+    assert (attention["dropout"], attention["ema_decay"]) == (0.2, 0.0)
 
 
 def test_shared_negatives_follow_the_training_counts_to_the_chosen_power(ids_only):
