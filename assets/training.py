@@ -48,8 +48,8 @@ class TrainingConfig(dg.Config):
     random recent part of their history (both training-only augmentations). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``ema_decay``: validate and keep an exponential moving average of the weights, updated after
-    every step with this decay (0: off; None: the budget's, which under ``cpu`` for ConvRec without a
-    time path averages over about one epoch of steps, at most 1,000).
+    every step with this decay (0: off; None: the budget's; under ``cpu`` ConvRec averages over about
+    one epoch of steps, at most 1,000, also across torchrun ranks).
     ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
     killed run with the same config and data. ``retrain``: train again from scratch even when a
     finished model with the same config and data exists (by default it is reused, and the log says

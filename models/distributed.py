@@ -56,6 +56,7 @@ from models.train import (
     epoch_examples,
     epoch_record,
     load_resume_state,
+    make_ema,
     make_optimizer,
     peak_memory,
     seed_everything,
@@ -182,9 +183,11 @@ def _train_epoch(
     scheduler,
     env: DistEnv,
     on_batch: Callable[[int, int], None] | None,
+    ema=None,
 ) -> tuple[float, int, int]:
     """One epoch of this rank's shares; returns (the global mean loss, the global examples, the
-    rows this rank ran)."""
+    rows this rank ran). ``ema`` (rank 0's ``make_ema``) follows every step: after DDP's all-reduce
+    every rank holds the same weights."""
     model.train()
     n_batches = math.ceil(epoch_examples(model, data, config) / config.batch_size)
     weighted = torch.zeros((), dtype=torch.float64, device=device)  # sum over batches of size x share x loss
@@ -201,6 +204,8 @@ def _train_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         weighted += loss.detach().double() * (size * factor / env.world_size)
         n += size
         if on_batch is not None:
@@ -240,11 +245,6 @@ def train_distributed(
     returns the same result, and rank 0's model ends holding the best epoch's weights."""
     if not model.trainable:
         raise ValueError(f"{name} has nothing to train: run it in one process (models.train.train)")
-    if config.ema_decay:
-        raise ValueError(
-            f"ema_decay {config.ema_decay}: weight averaging is not implemented for data-parallel training; "
-            "set ema_decay 0 or train in one process (nproc_per_node 1)"
-        )
     started = time.perf_counter()
     say = log if env.is_main else (lambda message: None)
     if device.type == "cuda":
@@ -267,9 +267,13 @@ def train_distributed(
         if env.is_main
         else None
     )
+    ema_state = None
     if state is not None:
         model.load_state_dict(state["model"])  # DDP below broadcasts rank 0's weights
-    state = _broadcast({k: v for k, v in state.items() if k != "model"} if state is not None else None, env)
+        ema_state = state.get("ema")
+    state = _broadcast(
+        {k: v for k, v in state.items() if k not in ("model", "ema")} if state is not None else None, env
+    )
 
     # static_graph: every step runs the same graph, so DDP learns once which parameters (if any) get
     # no gradient, instead of find_unused_parameters' graph traversal at every step
@@ -277,6 +281,10 @@ def train_distributed(
         _Loss(model), device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
     )
     optimizer, scheduler = make_optimizer(model, data, config)
+    ema = make_ema(model, data, config) if env.is_main else None  # validation runs on rank 0
+    if ema is not None and ema_state is not None:
+        ema.load_state_dict(ema_state)
+    evaluated = ema.module if ema is not None else model
     sampler = NegativeSampler(data)
     history: list[dict] = []
     best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
@@ -325,21 +333,33 @@ def train_distributed(
             break
         t0 = probe["t0"] = time.perf_counter()
         loss, n_examples, mine_rows = _train_epoch(
-            ddp, model, optimizer, data, sampler, rng, config, device, precision, scheduler, env, estimate
+            ddp,
+            model,
+            optimizer,
+            data,
+            sampler,
+            rng,
+            config,
+            device,
+            precision,
+            scheduler,
+            env,
+            estimate,
+            ema,
         )
         train_time = time.perf_counter() - t0
         rows_run += mine_rows
         decision = None
         if env.is_main:
-            metrics = validate(model, data, device, precision, config.eval_batch_size)
+            metrics = validate(evaluated, data, device, precision, config.eval_batch_size)
             improved = metrics["NDCG@10"] > best["metrics"]["NDCG@10"]
             if improved:
                 best = {"epoch": epoch, "metrics": metrics, "bad_epochs": 0}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
                 if out is not None:
                     save_checkpoint(
                         out / "best.pt",
-                        model,
+                        evaluated,
                         name,
                         hparams,
                         {"epoch": epoch, "valid": metrics, "world_size": env.world_size, **meta},
@@ -364,6 +384,7 @@ def train_distributed(
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "epoch": epoch,
                     "rng": _rng_state(rng, torch.device("cpu")),
                     "rank_rng": rank_rng,

@@ -20,7 +20,8 @@ from models.synthetic import chain_data
 from models.train import TrainConfig
 
 HP = {"d": 16, "hidden": 32, "dropout": 0.0, "max_len": 8, "loss": "softmax"}
-JOBS = {"convrec_one_cut": ("convrec", "one_cut"), "sasrec_all_cuts": ("sasrec", "all_cuts")}
+# (model, scheme, ema_decay): ConvRec validates a moving average of its weights, kept on rank 0
+JOBS = {"convrec_one_cut": ("convrec", "one_cut", 0.8), "sasrec_all_cuts": ("sasrec", "all_cuts", 0.0)}
 MAX_EPOCHS = 4
 
 
@@ -28,9 +29,17 @@ def data():
     return chain_data(n_users=100, n_items=30, min_len=5, max_len=12, seed=1)
 
 
-def config(scheme: str, seed: int = 5) -> TrainConfig:
+def config(scheme: str, seed: int = 5, ema_decay: float = 0.0) -> TrainConfig:
     # 100 training users in global batches of 33: the last batch has one row, so rank 1 has none there
-    return TrainConfig(batch_size=33, lr=3e-3, max_epochs=MAX_EPOCHS, patience=10, seed=seed, scheme=scheme)
+    return TrainConfig(
+        batch_size=33,
+        lr=3e-3,
+        max_epochs=MAX_EPOCHS,
+        patience=10,
+        seed=seed,
+        scheme=scheme,
+        ema_decay=ema_decay,
+    )
 
 
 def _free_port() -> int:
@@ -54,7 +63,7 @@ def rank_main(
     init_process_group(env, torch.device("cpu"), timeout_min=2)
     out = {}
     for key in jobs:
-        name, scheme = JOBS[key]
+        name, scheme, ema_decay = JOBS[key]
         rec = data()
         torch.manual_seed(0)
         model = build_model(name, rec, HP)
@@ -69,7 +78,7 @@ def rank_main(
             rec,
             name,
             HP,
-            config(scheme),
+            config(scheme, ema_decay=ema_decay),
             env,
             torch.device("cpu"),
             out_dir=os.path.join(out_root, key) if out_root else None,
@@ -79,6 +88,7 @@ def rank_main(
         out[key] = {
             "loss": [h["loss"] for h in result.history],
             "best": result.best_metrics["NDCG@10"],
+            "valid": [h["valid_NDCG@10"] for h in result.history],
             "rows_per_rank": result.extra["rows_per_rank"],
             "resumed_from": result.resumed_from,
             "epochs_run": result.epochs_run,

@@ -34,11 +34,17 @@ LOSS_RTOL, NDCG_ATOL = 1e-4, 1e-3
 def one_process() -> dict:
     torch.set_num_threads(1)
     out = {}
-    for key, (name, scheme) in JOBS.items():
+    for key, (name, scheme, ema_decay) in JOBS.items():
         rec = data()
         torch.manual_seed(0)
-        result = train(build_model(name, rec, HP), rec, name, HP, config(scheme), log=lambda m: None)
-        out[key] = {"loss": [h["loss"] for h in result.history], "best": result.best_metrics["NDCG@10"]}
+        result = train(
+            build_model(name, rec, HP), rec, name, HP, config(scheme, ema_decay=ema_decay), log=lambda m: None
+        )
+        out[key] = {
+            "loss": [h["loss"] for h in result.history],
+            "best": result.best_metrics["NDCG@10"],
+            "valid": [h["valid_NDCG@10"] for h in result.history],
+        }
     return out
 
 
@@ -71,6 +77,8 @@ def test_two_gloo_ranks_match_the_one_process_run(one_process, two_ranks):
         one, two = one_process[key], two_ranks[key]
         np.testing.assert_allclose(two["loss"], one["loss"], rtol=LOSS_RTOL, err_msg=key)
         assert abs(two["best"] - one["best"]) <= NDCG_ATOL, (key, one["best"], two["best"])
+        # every epoch's validation, of the weight average where the job keeps one (ConvRec's)
+        np.testing.assert_allclose(two["valid"], one["valid"], atol=NDCG_ATOL, err_msg=key)
         # the ranks split the work: every example once, half each (the last one-row batch to rank 0)
         rows = two["rows_per_rank"]
         assert sum(rows) > 0 and abs(rows[0] - rows[1]) <= MAX_EPOCHS * 4, (key, rows)
@@ -95,6 +103,8 @@ def test_killed_two_rank_run_resumes_and_matches_an_uninterrupted_one(two_ranks,
     assert any("resuming from epoch 2" in m for m in resumed["messages"])
     # every rank's RNG, the optimizer and the scheduler came back: the same losses as never killed
     np.testing.assert_allclose(resumed["loss"], two_ranks["convrec_one_cut"]["loss"], rtol=1e-6)
+    # ... and rank 0's weight average too: the same validation at every epoch
+    np.testing.assert_allclose(resumed["valid"], two_ranks["convrec_one_cut"]["valid"], atol=1e-6)
 
 
 # ---------------------------------------------------------------- torchrun through Dagster Pipes
