@@ -333,20 +333,9 @@ def train_distributed(
             break
         t0 = probe["t0"] = time.perf_counter()
         loss, n_examples, mine_rows = _train_epoch(
-            ddp,
-            model,
-            optimizer,
-            data,
-            sampler,
-            rng,
-            config,
-            device,
-            precision,
-            scheduler,
-            env,
-            estimate,
+            ddp, model, optimizer, data, sampler, rng, config, device, precision, scheduler, env, estimate,
             ema,
-        )
+        )  # fmt: skip
         train_time = time.perf_counter() - t0
         rows_run += mine_rows
         decision = None
