@@ -152,12 +152,11 @@ def budget_settings(budget: str, model: str, dataset: str) -> dict:
     if budget == "cpu":
         if model == "sasrec":
             return {**CPU_COMMON, **SASREC_PAPER}
-        without_time = (
-            {"without_time": dict(CPU_CONVREC_WITHOUT_TIME), "ids_only": dict(CPU_CONVREC_IDS_ONLY)}
-            if model == "convrec"
-            else {}
-        )
-        return {**CPU_COMMON, **CPU_ENCODER, **(CPU_CONVREC if model == "convrec" else {}), **without_time}
+        if model != "convrec":
+            return {**CPU_COMMON, **CPU_ENCODER}
+        # the data-dependent rules, applied in prepare_training (apply_without_time)
+        rules = {"without_time": dict(CPU_CONVREC_WITHOUT_TIME), "ids_only": dict(CPU_CONVREC_IDS_ONLY)}
+        return {**CPU_COMMON, **CPU_ENCODER, **CPU_CONVREC, **rules}
     raise ValueError(f"unknown budget {budget!r}")
 
 

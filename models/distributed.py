@@ -59,6 +59,7 @@ from models.train import (
     make_ema,
     make_optimizer,
     peak_memory,
+    resolved_ema_decay,
     seed_everything,
     validate,
 )
@@ -281,7 +282,8 @@ def train_distributed(
         _Loss(model), device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
     )
     optimizer, scheduler = make_optimizer(model, data, config)
-    ema = make_ema(model, data, config) if env.is_main else None  # validation runs on rank 0
+    # validation runs on rank 0, so the average lives there
+    ema = make_ema(model, resolved_ema_decay(model, data, config)) if env.is_main else None
     if ema is not None and ema_state is not None:
         ema.load_state_dict(ema_state)
     evaluated = ema.module if ema is not None else model

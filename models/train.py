@@ -295,13 +295,11 @@ def resolved_ema_decay(model: SequentialRecommender, data: RecData, config: Trai
     return float(config.ema_decay)
 
 
-def make_ema(
-    model: SequentialRecommender, data: RecData, config: TrainConfig
-) -> torch.optim.swa_utils.AveragedModel | None:
+def make_ema(model: SequentialRecommender, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
     """The exponential moving average of ``model``'s parameters that validation and checkpoints use when
-    ``config.ema_decay`` is set (Polyak averaging: w_ema <- decay * w_ema + (1 - decay) * w after every step).
-    Buffers are not averaged: the models' buffers are lookup tables (proxy ids, attributes), not statistics."""
-    decay = resolved_ema_decay(model, data, config)
+    ``decay`` (``resolved_ema_decay``) is not 0 (Polyak averaging: w_ema <- decay * w_ema + (1 - decay) * w
+    after every step). Buffers are not averaged: the models' buffers are lookup tables (proxy ids,
+    attributes), not statistics."""
     if not decay:
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -468,11 +466,11 @@ def train(
         )
 
     optimizer, scheduler = make_optimizer(model, data, config)
-    ema = make_ema(model, data, config)
+    ema_decay = resolved_ema_decay(model, data, config)
+    ema = make_ema(model, ema_decay)
     if ema is not None:
         log(
-            f"{name}: validating and keeping a moving average of the weights (decay "
-            f"{resolved_ema_decay(model, data, config):.4f}"
+            f"{name}: validating and keeping a moving average of the weights (decay {ema_decay:.4f}"
             + (
                 ", ema_decay auto: about one epoch of steps, at most 1,000)"
                 if config.ema_decay == "auto"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -125,7 +126,7 @@ def test_ema_weights_are_validated_kept_and_resumed(data, tmp_path):
     assert validate(model, data, torch.device("cpu"), "fp32", 256) == pytest.approx(resumed.best_metrics)
     kept = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["state_dict"]
     torch.testing.assert_close(kept, model.state_dict())
-    _, plain = run(tmp_path / "c", ema_config=TrainConfig(**{**config.__dict__, "ema_decay": 0.0}))
+    _, plain = run(tmp_path / "c", ema_config=dataclasses.replace(config, ema_decay=0.0))
     assert [h["valid_NDCG@10"] for h in plain.history] != valid  # the average, not the last step, was scored
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)

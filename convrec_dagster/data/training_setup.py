@@ -11,7 +11,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.budgets import MAX_LEN_CHOICES, apply_without_time, auto_max_len, resolve_emb_init, resolve_loss
+from models.budgets import (
+    CPU_CONVREC_IDS_ONLY,
+    MAX_LEN_CHOICES,
+    apply_without_time,
+    auto_max_len,
+    resolve_emb_init,
+    resolve_loss,
+)
 from models.config import ModelConfig
 from models.data import RecData
 from models.registry import spec
@@ -50,7 +57,7 @@ def prepare_training(
     if applied:
         log(
             f"{name}: no candidate vector depends on the row (no time path"
-            + (", item ids only" if ids_only and "lr" in applied else "")
+            + (", item ids only" if ids_only and applied.keys() & CPU_CONVREC_IDS_ONLY.keys() else "")
             + "), so the budget trains with "
             + ", ".join(f"{k} {v}" for k, v in applied.items())
         )
