@@ -6,45 +6,40 @@
   UI and ``artifacts/reports/evaluation_report.{html,json}``.
 - ``recommendations``: top-K unseen items per user from the best model, with raw reviewer ids/ASINs.
 
-The work happens in ``convrec_dagster.data.evaluation`` (checkpoints, tables, checks),
-``models.evaluate`` (ranking), ``models.metrics`` (numbers) and ``convrec_dagster.data.report``
-(tables, plots, HTML); these assets read their config, call them, and return the metadata.
+The work happens in ``convrec_dagster.data.evaluation_steps`` (each asset's work, start to end),
+which calls ``convrec_dagster.data.evaluation`` (checkpoints, tables, checks), ``models.evaluate``
+(ranking), ``models.metrics`` (numbers) and ``convrec_dagster.data.report`` (tables, plots, HTML);
+these assets read their config, call it, run their checks and return the metadata.
 """
 
-import json
-import time
-from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.checks import blocking_checks, failures, run_checks
-from convrec_dagster.data import evaluation as ev
-from convrec_dagster.data import report as report_lib
-from convrec_dagster.data import settings
+from convrec_dagster.data import evaluation_steps as steps
 from convrec_dagster.data.evaluation import (
-    DataCache,
     evaluation_metrics_cover_trained_models,
     evaluation_metrics_in_unit_interval,
     recommendations_exclude_seen_items,
     recommendations_k_per_user,
-    trained_models,
 )
-from convrec_dagster.data.tables import require_tables
 from convrec_dagster.resources import DUCKDB_POOL, DUCKDB_TAGS, ConvRecPaths, TorchDevice
 from models.metrics import DEFAULT_KS, PROTOCOLS, SPLITS
-from models.registry import MODEL_NAMES, MODELS
+from models.registry import MODELS
 
 TRAINING_ASSETS = [m.asset_name for m in MODELS]
 
 
-def _json_ready(info: dict) -> dict:
-    return json.loads(json.dumps(info, default=str))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+def _metadata(values: dict, md: tuple = (), json: tuple = (), path: tuple = ()) -> dict:
+    """``values`` with the named keys as markdown, JSON or path metadata values."""
+    kinds = {
+        **dict.fromkeys(md, dg.MetadataValue.md),
+        **dict.fromkeys(json, dg.MetadataValue.json),
+        **dict.fromkeys(path, dg.MetadataValue.path),
+    }
+    return {k: kinds[k](v) if k in kinds else v for k, v in values.items()}
 
 
 # --- evaluation_metrics ----------------------------------------------------------------------------
@@ -73,29 +68,6 @@ class EvaluationConfig(dg.Config):
     batch_size: int = 256
     precision: Literal["fp32", "auto"] = "fp32"
     ties: Literal["expected", "pessimistic"] = "expected"
-
-
-def _checkpoints(config: EvaluationConfig, paths: ConvRecPaths) -> dict:
-    bad = [p for p in config.protocols if p not in PROTOCOLS] + [s for s in config.splits if s not in SPLITS]
-    unknown = [m for m in config.models if m not in MODEL_NAMES]
-    if bad or unknown:
-        raise dg.Failure(
-            f"unknown protocol/split {bad} or model {unknown} in config; protocols are {list(PROTOCOLS)}, "
-            f"splits {list(SPLITS)}, models {list(MODEL_NAMES)}"
-        )
-    checkpoints = trained_models(paths.home_path())
-    where = settings.models_dir(paths.home_path())
-    if config.models:
-        missing = [m for m in config.models if m not in checkpoints]
-        if missing:
-            raise dg.Failure(f"no best.pt for {missing} under {where}: train them first")
-        checkpoints = {m: checkpoints[m] for m in config.models}
-    if not checkpoints:
-        raise dg.Failure(
-            f"no trained model found (no best.pt for any of {list(MODEL_NAMES)} under "
-            f"{where}). Materialize the training assets first."
-        )
-    return checkpoints
 
 
 @dg.asset(
@@ -127,9 +99,7 @@ def evaluation_metrics(
     permutation test (a claim of "better" needs p < 0.05)."""
     from models.evaluate import EvalSettings
 
-    checkpoints = _checkpoints(config, paths)
-    cache = DataCache(duckdb.get_connection)
-    device = torch_device.torch_device
+    home = paths.home_path()
     precision = torch_device.effective_precision() if config.precision == "auto" else config.precision
     eval_settings = EvalSettings(
         tuple(config.protocols),
@@ -142,77 +112,35 @@ def evaluation_metrics(
         config.ties,
     )
     with failures():
-        data = cache.get("auto")
-        context.log.info(
-            f"evaluating {list(checkpoints)} on {int(data.is_eval_user.sum()):,} users x {data.n_items:,} items "
-            f"({torch_device.describe()}, {precision}); data fingerprint {data.info.get('fingerprint')}"
-        )
-        evaluated_at = _now()
-        user_frames: list = []
-        rows, timings, data_info = ev.evaluate_checkpoints(
-            cache,
+        checkpoints = steps.select_checkpoints(home, config.models, config.protocols, config.splits)
+        evaluation = steps.evaluate_models(
+            duckdb.get_connection,
             checkpoints,
             eval_settings,
-            device,
+            torch_device.torch_device,
+            torch_device.describe(),
             context.run_id,
-            evaluated_at,
             context.log.info,
-            user_frames,
         )
     with duckdb.get_connection() as conn:
-        total = ev.write_metrics(conn, rows, list(checkpoints))
-        ev.write_user_metrics(conn, user_frames, list(checkpoints))
-        comparisons = ev.write_comparisons(
-            conn,
-            list(trained_models(paths.home_path())),
-            context.run_id,
-            evaluated_at,
-            config.n_perm,
-            config.seed,
-        )
+        result = steps.write_evaluation(conn, evaluation, home, context.run_id, config.n_perm, config.seed)
         check_results = run_checks([evaluation_metrics_in_unit_interval], conn) + run_checks(
-            [evaluation_metrics_cover_trained_models],
-            conn,
-            sorted(trained_models(paths.home_path())),
-            config.protocols,
-            config.splits,
+            [evaluation_metrics_cover_trained_models], conn, result.trained, config.protocols, config.splits
         )
-
-    clean = [{**r, "evaluated_at": str(r["evaluated_at"])} for r in rows]
-    headline = report_lib.comparison_table(clean, report_lib.HEADLINE)
     return dg.MaterializeResult(
-        metadata={
-            "models": dg.MetadataValue.json(list(checkpoints)),
-            "rows_written": len(rows),
-            "rows_in_table": int(total),
-            "eval_users": int(data.is_eval_user.sum()),
-            "items": int(data.n_items),
-            "data_fingerprint": str(data.info.get("fingerprint")),
-            "data_info": dg.MetadataValue.json(_json_ready(data.info)),
-            "data_features_per_model": dg.MetadataValue.json(
-                {m: i.get("features") for m, i in data_info.items()}
+        metadata=_metadata(
+            result.metadata(),
+            md=("test_headline",),
+            json=(
+                "models",
+                "data_info",
+                "data_features_per_model",
+                "settings",
+                "seconds_per_model",
+                "test_metrics",
+                "comparisons",
             ),
-            "device": torch_device.describe(),
-            "precision": precision,
-            "settings": dg.MetadataValue.json(
-                {
-                    "n_boot": config.n_boot,
-                    "seed": config.seed,
-                    "ks": list(config.ks),
-                    "ties": config.ties,
-                    "precision": precision,
-                    "device": torch_device.describe(),
-                }
-            ),
-            "seconds_per_model": dg.MetadataValue.json(timings),
-            "test_headline": dg.MetadataValue.md(report_lib.headline_markdown(headline)),
-            "test_metrics": dg.MetadataValue.json(report_lib.headline_values(clean)),
-            "comparisons": dg.MetadataValue.json(
-                _json_ready(
-                    [{k: v for k, v in c.items() if k not in ("run_id", "evaluated_at")} for c in comparisons]
-                )
-            ),
-        },
+        ),
         check_results=check_results,
     )
 
@@ -265,59 +193,23 @@ def evaluation_report(
     epoch, training time), ingest and quarantine counts, and every warning of the run. Shown here as
     markdown; written to `artifacts/reports/evaluation_report.html` (standalone) and
     `evaluation_report.json` (the same content as data)."""
-    metrics_metadata = _latest_metadata(context, "evaluation_metrics")
-    image_metadata = _latest_metadata(context, "item_image_features")
-    home = paths.home_path()
-    with duckdb.get_connection() as conn, failures():
-        require_tables(conn, "evaluation_metrics", hint="Materialize `evaluation_metrics` first.")
-        rows = ev.read_metric_rows(conn)
-        summary = ev.data_summary(conn, image_metadata, metrics_metadata, paths.dataset(conn).name)
-        comparisons = ev.read_comparisons(conn)
-    if not rows:
-        raise dg.Failure(
-            "`evaluation_metrics` is empty: materialize it (with at least one trained model) first"
-        )
-    models = report_lib.ordered_models(r["model"] for r in rows)
-    if not image_metadata:
-        context.log.warning(
-            "no materialization of item_image_features recorded: the report says the image "
-            "weights are 'unknown'"
-        )
     with failures():
-        histories = ev.histories(home, models)
-    model_configs = ev.model_configs(home, models)
-    warnings = run_warnings(context.instance, context.run_id)
-    report = report_lib.build_report(
-        rows,
-        data_summary=summary,
-        histories=histories,
-        comparisons=comparisons,
-        model_configs=model_configs,
-        warnings=warnings,
-        config={
-            "models": model_configs,
-            "evaluation": metrics_metadata.get("settings")
-            or "unknown (no materialization of evaluation_metrics recorded)",
-            "report": {"paper_dataset": config.paper_dataset},
-        },
-        run_id=context.run_id,
-        generated_at=_now().isoformat(timespec="seconds") + "Z",
-        paper_dataset=config.paper_dataset,
-    )
-    plots = report_lib.render_plots(report)
-    written = report_lib.write_report(report, paths.artifacts_path("reports"), plots)
-    context.log.info(f"report written to {written['html']} and {written['json']}")
+        report = steps.write_evaluation_report(
+            duckdb.get_connection,
+            paths.home_path(),
+            metrics_metadata=_latest_metadata(context, "evaluation_metrics"),
+            image_metadata=_latest_metadata(context, "item_image_features"),
+            dataset_name=lambda conn: paths.dataset(conn).name,
+            run_warnings=lambda: run_warnings(context.instance, context.run_id),
+            paper_dataset=config.paper_dataset,
+            run_id=context.run_id,
+            log=context.log.info,
+            warn=context.log.warning,
+        )
     return dg.MaterializeResult(
-        metadata={
-            "report": dg.MetadataValue.md(report_lib.render_markdown(report, plots)),
-            "html": dg.MetadataValue.path(str(written["html"])),
-            "json": dg.MetadataValue.path(str(written["json"])),
-            "models": dg.MetadataValue.json(models),
-            "best_model": str(report["best_model"]),
-            "paper_dataset": str(report["paper"]["dataset"]),
-            "findings": dg.MetadataValue.md("\n".join(f"- {line}" for line in report["findings"])),
-            "warnings_in_run": len(warnings),
-        }
+        metadata=_metadata(
+            report.metadata(), md=("report", "findings"), json=("models",), path=("html", "json")
+        )
     )
 
 
@@ -333,27 +225,6 @@ class RecommendationsConfig(dg.Config):
     model: str = ""
     selection_protocol: str = "sampled_100"
     batch_size: int = 256
-
-
-def _recommending_model(
-    config: RecommendationsConfig, paths: ConvRecPaths, rows: list[dict], checkpoints: dict
-) -> tuple[str, str]:
-    """(model name, why): named in config, else the best on validation (never on test: picking by
-    test NDCG@10 would leak the test split); the same rule as ``convrec_dagster.recommend``."""
-    from convrec_dagster.recommend import choose_model
-
-    if config.model:
-        return config.model, "named in config"
-    evaluated = sorted({r["model"] for r in rows if r["model"] in checkpoints})
-    configs = ev.model_configs(paths.home_path(), evaluated)
-    valid = {m: (c.get("valid") or {}).get("NDCG@10") for m, c in configs.items()}
-    name, why = choose_model(rows, evaluated, valid, config.selection_protocol)
-    if name is None:
-        raise dg.Failure(
-            "no model to recommend with: `evaluation_metrics` has no row of a trained model; "
-            "materialize it first"
-        )
-    return name, why
 
 
 @dg.asset(
@@ -379,50 +250,28 @@ def recommendations(
     reviewer id, `item_id` the raw ASIN (`user_idx` / `item_idx`: the pipeline's indices), `rank`
     counts from 1. The table is replaced on every run. For a history that is not in the data, use
     `convrec_dagster.recommend` (Python API and CLI)."""
-    from models.evaluate import recommend_top_k
-    from models.registry import load_model
+    from convrec_dagster.recommend import choose_model
 
-    if config.k < 1:
-        raise dg.Failure(f"recommendations: k must be at least 1, not {config.k}")
-    checkpoints = trained_models(paths.home_path())
-    with duckdb.get_connection() as conn:
-        rows = ev.read_metric_rows(conn)
-    name, why = _recommending_model(config, paths, rows, checkpoints)
-    if name not in checkpoints:
-        raise dg.Failure(
-            f"model `{name}` has no best.pt under {settings.models_dir(paths.home_path())}; train it first"
-        )
     with failures():
-        data = DataCache(duckdb.get_connection).for_checkpoint(name, checkpoints[name])
-    if config.k > data.n_items - 1:
-        raise dg.Failure(f"k = {config.k} but the catalogue has only {data.n_items} items; lower k")
-    device = torch_device.torch_device
-    model, _ = load_model(checkpoints[name], data, map_location=device)
-    context.log.info(f"recommending top {config.k} with {name}: {why} ({torch_device.describe()})")
-    started = time.perf_counter()
-    users, items, scores = recommend_top_k(model, data, config.k, device, batch_size=config.batch_size)
-    seconds = time.perf_counter() - started
-    frame, dropped = ev.top_k_frame(users, items, scores)
-    if dropped:  # a user with fewer than k unseen items: -inf marks seen items, never recommend them
-        context.log.warning(f"{dropped} slots dropped: their users have fewer than {config.k} unseen items")
+        top = steps.recommend(
+            duckdb.get_connection,
+            paths.home_path(),
+            k=config.k,
+            model=config.model,
+            selection_protocol=config.selection_protocol,
+            batch_size=config.batch_size,
+            device=torch_device.torch_device,
+            device_name=torch_device.describe(),
+            choose_model=choose_model,
+            log=context.log.info,
+            warn=context.log.warning,
+        )
     with duckdb.get_connection() as conn:
         with failures():
-            written = ev.write_recommendations(conn, frame, name, context.run_id, _now())
-        sample = ev.recommendations_sample(conn)
+            result = steps.write_top_k(conn, top, context.run_id)
         check_results = run_checks([recommendations_exclude_seen_items], conn) + run_checks(
             [recommendations_k_per_user], conn, config.k
         )
     return dg.MaterializeResult(
-        metadata={
-            "model": name,
-            "selected_by": why,
-            "k": config.k,
-            "users": len(users),
-            "rows": int(written),
-            "seconds": round(seconds, 2),
-            "users_per_s": round(len(users) / max(seconds, 1e-9), 1),
-            "device": torch_device.describe(),
-            "sample": dg.MetadataValue.md(sample.to_markdown(index=False)),
-        },
-        check_results=check_results,
+        metadata=_metadata(result.metadata(), md=("sample",)), check_results=check_results
     )

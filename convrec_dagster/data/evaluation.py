@@ -1,7 +1,7 @@
 """The evaluation stage's data work (no Dagster): trained checkpoints, the `evaluation_metrics` and
 `recommendations` tables, the report's inputs, and the checks of both tables.
 
-The assets in ``assets/evaluation.py`` read their config, call these, and return the metadata.
+``evaluation_steps.py`` puts them together for the assets in ``assets/evaluation.py``.
 Ranking and metrics are in ``models.evaluate`` / ``models.metrics``; report rendering in ``report.py``.
 """
 

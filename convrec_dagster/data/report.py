@@ -1,8 +1,9 @@
 """The evaluation report: comparison tables, the paper's numbers, plots, markdown, HTML and JSON.
 
-Pure Python + matplotlib (object API on the Agg canvas, no pyplot state); no Dagster. The assets in
-``assets/evaluation.py`` read DuckDB and the training artifacts, then call :func:`build_report`,
-:func:`render_plots`, :func:`render_markdown` and :func:`write_report`.
+Pure Python + matplotlib (object API on the Agg canvas, no pyplot state); no Dagster.
+``evaluation_steps.write_evaluation_report`` (called by ``assets/evaluation.py``) reads DuckDB and the
+training artifacts, then calls :func:`build_report`, :func:`render_plots`, :func:`render_markdown` and
+:func:`write_report`.
 
 Metric rows are the long format of the ``evaluation_metrics`` table: one dict per number with
 ``model, protocol, split, metric, k, user_group, value, ci_low, ci_high`` (``k`` None for MRR).
