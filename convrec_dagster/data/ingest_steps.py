@@ -95,6 +95,23 @@ def _file_metadata(raw_dir: Path, stats: list[FileStats], skipped: list[dict]) -
     }
 
 
+def _file_line(s: FileStats, unit: str, detail: str) -> str:
+    return (
+        f"{s.file}: {s.lines:,} {unit}, {s.kept:,} kept, {s.n_quarantined:,} "
+        f"quarantined {dict(s.quarantined)} ({detail})"
+    )
+
+
+def _publish_quarantine(
+    conn: duckdb.DuckDBPyConnection, stage: str, stats: list[FileStats], max_share: float
+) -> None:
+    """The staged unusable records become ``stage``'s `quarantine` rows; a :class:`DataError` when
+    more than ``max_share`` of a file was unusable."""
+    with transaction(conn):
+        replace_quarantine(conn, stage, "_stage_quarantine")
+    ingest_data.check_quarantine_shares(conn, stage, stats, max_share)
+
+
 def _time_range(min_ts: int | None, max_ts: int | None, n_ts: int) -> str:
     if not n_ts:
         return "unavailable"
@@ -191,13 +208,8 @@ def ingest_reviews(
         seq_offset += s.max_line_no
         stats.append(s)
         rate = s.lines / s.seconds if s.seconds else 0.0
-        log(
-            f"{s.file}: {s.lines:,} lines, {s.kept:,} kept, {s.n_quarantined:,} "
-            f"quarantined {dict(s.quarantined)} ({rate:,.0f} lines/s, {s.parser})"
-        )
-    with transaction(conn):
-        replace_quarantine(conn, "reviews", "_stage_quarantine")
-    ingest_data.check_quarantine_shares(conn, "reviews", stats, max_quarantine_share)
+        log(_file_line(s, "lines", f"{rate:,.0f} lines/s, {s.parser}"))
+    _publish_quarantine(conn, "reviews", stats, max_quarantine_share)
     if sum(s.kept for s in stats) == 0:
         raise DataError(
             f"No usable review in {raw_dir}: every review line was quarantined "
@@ -299,13 +311,8 @@ def ingest_items(
             else rawdata.load_item_attributes(conn, ff)
         )
         stats.append(s)
-        log(
-            f"{s.file}: {s.lines:,} records, {s.kept:,} kept, {s.n_quarantined:,} "
-            f"quarantined {dict(s.quarantined)} ({s.parser}, {s.seconds:.2f} s)"
-        )
-    with transaction(conn):
-        replace_quarantine(conn, "items", "_stage_quarantine")
-    ingest_data.check_quarantine_shares(conn, "items", stats, max_quarantine_share)
+        log(_file_line(s, "records", f"{s.parser}, {s.seconds:.2f} s"))
+    _publish_quarantine(conn, "items", stats, max_quarantine_share)
     image_rows = [(k, str(v)) for k, v in plan.images.items()] if prefer_local_images else []
     with transaction(conn):
         summary = ingest_data.publish_items(conn, image_rows)
