@@ -17,7 +17,7 @@ from typing import Literal
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from convrec_dagster.checks import blocking_checks, failures, run_checks
+from convrec_dagster.checks import blocking_checks, failures, metadata_values, run_checks
 from convrec_dagster.data import evaluation_steps as steps
 from convrec_dagster.data.evaluation import (
     evaluation_metrics_cover_trained_models,
@@ -30,16 +30,6 @@ from models.metrics import DEFAULT_KS, PROTOCOLS, SPLITS
 from models.registry import MODELS
 
 TRAINING_ASSETS = [m.asset_name for m in MODELS]
-
-
-def _metadata(values: dict, md: tuple = (), json: tuple = (), path: tuple = ()) -> dict:
-    """``values`` with the named keys as markdown, JSON or path metadata values."""
-    kinds = {
-        **dict.fromkeys(md, dg.MetadataValue.md),
-        **dict.fromkeys(json, dg.MetadataValue.json),
-        **dict.fromkeys(path, dg.MetadataValue.path),
-    }
-    return {k: kinds[k](v) if k in kinds else v for k, v in values.items()}
 
 
 # --- evaluation_metrics ----------------------------------------------------------------------------
@@ -128,7 +118,7 @@ def evaluation_metrics(
             [evaluation_metrics_cover_trained_models], conn, result.trained, config.protocols, config.splits
         )
     return dg.MaterializeResult(
-        metadata=_metadata(
+        metadata=metadata_values(
             result.metadata(),
             md=("test_headline",),
             json=(
@@ -207,7 +197,7 @@ def evaluation_report(
             warn=context.log.warning,
         )
     return dg.MaterializeResult(
-        metadata=_metadata(
+        metadata=metadata_values(
             report.metadata(), md=("report", "findings"), json=("models",), path=("html", "json")
         )
     )
@@ -273,5 +263,5 @@ def recommendations(
             [recommendations_k_per_user], conn, config.k
         )
     return dg.MaterializeResult(
-        metadata=_metadata(result.metadata(), md=("sample",)), check_results=check_results
+        metadata=metadata_values(result.metadata(), md=("sample",)), check_results=check_results
     )

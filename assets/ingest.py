@@ -17,7 +17,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster import store
-from convrec_dagster.checks import blocking_checks, failures, run_checks
+from convrec_dagster.checks import blocking_checks, failures, metadata_values, run_checks
 from convrec_dagster.data import ingest_steps, rawdata
 from convrec_dagster.data.ingest import interactions_ordered_histories, items_unique, reviews_have_ids
 from convrec_dagster.data.rawdata import RawDataError
@@ -122,7 +122,7 @@ def reviews(
         check_results = run_checks([reviews_have_ids], conn)
     metadata = result.metadata(seconds=time.perf_counter() - t0)
     return dg.MaterializeResult(
-        metadata={**metadata, "files": dg.MetadataValue.md(metadata["files"])}, check_results=check_results
+        metadata=metadata_values(metadata, md=("files",)), check_results=check_results
     )
 
 
@@ -153,9 +153,8 @@ def items(
                 conn, plan, config.max_quarantine_share, config.prefer_local_images, log, warn
             )
         check_results = run_checks([items_unique], conn)
-    metadata = result.metadata()
     return dg.MaterializeResult(
-        metadata={**metadata, "files": dg.MetadataValue.md(metadata["files"])}, check_results=check_results
+        metadata=metadata_values(result.metadata(), md=("files",)), check_results=check_results
     )
 
 
@@ -186,8 +185,6 @@ def interactions(
                 context.log.warning,
             )
         check_results = run_checks([interactions_ordered_histories], conn)
-    metadata = result.metadata()
     return dg.MaterializeResult(
-        metadata={**metadata, "history_lengths": dg.MetadataValue.md(metadata["history_lengths"])},
-        check_results=check_results,
+        metadata=metadata_values(result.metadata(), md=("history_lengths",)), check_results=check_results
     )

@@ -47,6 +47,17 @@ def _metadata_value(value):
     return value
 
 
+def metadata_values(values: dict, md: tuple = (), json: tuple = (), path: tuple = ()) -> dict:
+    """A data-layer metadata dict for ``MaterializeResult``: the named keys as markdown, JSON or path
+    metadata values, the rest as they are."""
+    kinds = {
+        **dict.fromkeys(md, dg.MetadataValue.md),
+        **dict.fromkeys(json, dg.MetadataValue.json),
+        **dict.fromkeys(path, dg.MetadataValue.path),
+    }
+    return {k: kinds[k](v) if k in kinds else v for k, v in values.items()}
+
+
 def check_result(outcome: CheckOutcome, name: str) -> dg.AssetCheckResult:
     """The adapter: a data-layer ``CheckOutcome`` as the ``dg.AssetCheckResult`` of check ``name``."""
     return dg.AssetCheckResult(
