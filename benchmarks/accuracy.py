@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, write_json
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, HelpFormatter, machine_info, write_json
 from models.registry import MODELS as REGISTRY
 
 DATASETS = {
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         "the evaluation_metrics table, and write them beside the published numbers and the issue's targets "
         "(JSON, a bar chart and learning curves). 'cpu' reaches the targets on 2 CPU cores within an hour "
         "per model; 'paper' is the paper's Appendix C (needs a GPU).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--budget", default="cpu", choices=["cpu", "paper"])
@@ -260,7 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-dir", default="", help="override the dataset folder")
     parser.add_argument(
-        "--out", default="", help="JSON path (default benchmarks/results/accuracy_<dataset>_<budget>.json)"
+        "--out",
+        default="",
+        help="JSON path (default benchmarks/results/accuracy_<dataset>_<budget>[_<models>].json, the models "
+        "named when not all of them are trained)",
     )
     args = parser.parse_args(argv)
 

@@ -1,7 +1,9 @@
-"""Helpers the benchmark scripts share: machine info, git commit, JSON output, peak-RSS tracking."""
+"""Helpers the benchmark scripts share: machine info, git commit, JSON output, peak-RSS tracking,
+``--help`` formatting."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -13,6 +15,16 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is empty (None, "") or its help already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, "") or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _cpu_model() -> str | None:

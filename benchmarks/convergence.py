@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, write_json
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, HelpFormatter, machine_info, write_json
 
 DATA_DIRS = {
     "video": REPO_ROOT.parent / "shared" / "data" / "benchmarks" / "sasrec_video",
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.convergence",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--dataset", required=True, choices=sorted(DATA_DIRS))
     parser.add_argument("--model", required=True, choices=["sasrec", "convrec", "convrec_attention"])

@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, PeakRSS, machine_info, write_json
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, HelpFormatter, PeakRSS, machine_info, write_json
 
 MODELS = ("convrec", "convrec_attention")
 LABELS = {"convrec": "ConvRec (ours)", "convrec_attention": "attention counterpart (ours)"}
@@ -440,7 +440,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "beside it. The authors' reference figures are included as quoted (not measured) anchors.",
         epilog="Quick CPU check: python -m benchmarks.efficiency --device cpu --lengths 50,500 --batch-size 32 "
         "--out benchmarks/results/efficiency_cpu_quick.json",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--device", default="cpu", help="cpu or cuda (cuda uses bf16 autocast unless --precision)"

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, machine_info, write_json
+from benchmarks.common import REPO_ROOT, HelpFormatter, machine_info, write_json
 
 VIDEO = REPO_ROOT.parent / "shared" / "data" / "benchmarks" / "sasrec_video" / "Video.txt"
 LENGTHS = (50, 200, 500, 1000, 2000)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_check",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", required=True, help="folder for the JSON files")
     parser.add_argument(

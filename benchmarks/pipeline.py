@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, write_json
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, HelpFormatter, machine_info, write_json
 
 TARGET_S = 60.0
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Wall time of the whole full_pipeline job on the embedded sample dump (fresh CONVREC_HOME "
         "each time), in process and with the default multiprocess executor, with per-step "
         "durations from the Dagster event log. Target: < 60 s on 2 cores. Writes JSON + PNG.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--executors", default="in_process,multiprocess", help="comma-separated: in_process, multiprocess"
