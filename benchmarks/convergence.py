@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--proxy-top-fraction", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--seed", type=int, default=42, help="model init, batch order and negatives (run-to-run spread)"
+    )
+    parser.add_argument(
         "--home", default="", help="CONVREC_HOME of the prepared data (default /tmp/convrec_conv_<dataset>)"
     )
     parser.add_argument("--out", default="")
@@ -192,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         lr_schedule=args.lr_schedule,
         time_budget_s=args.time_budget_min * 60,
         resume=False,
+        seed=args.seed,
     )
     torch.manual_seed(config.seed)
     model = build_model(args.model, data, hparams)
