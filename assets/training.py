@@ -47,6 +47,8 @@ class TrainingConfig(dg.Config):
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
     random recent part of their history (both training-only augmentations). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
+    ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
+    candidates (0: off).
     ``ema_decay``: validate and keep an exponential moving average of the weights, updated after
     every step with this decay (0: off; None: the budget's; under ``cpu`` ConvRec averages over about
     one epoch of steps, at most 1,000, also across torchrun ranks).
@@ -83,6 +85,7 @@ class TrainingConfig(dg.Config):
     augment_prob: float | None = None
     crop_prob: float = 0.0
     negative_power: float = 0.0
+    label_smoothing: float = 0.0
     ema_decay: float | None = None
     grad_clip: float = 1.0
     seed: int = 42

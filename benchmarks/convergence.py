@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         "--proxy-min-count", type=int, default=None, help="proxy_ids: own id from this many training rows"
     )
     parser.add_argument("--proxy-top-fraction", type=float, default=None)
+    parser.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        help="softmax losses: share of the target spread over the candidates",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--seed", type=int, default=42, help="model init, batch order and negatives (run-to-run spread)"
@@ -188,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         augment_prob=args.augment_prob,
         crop_prob=args.crop_prob,
         negative_power=args.negative_power,
+        label_smoothing=args.label_smoothing,
         ema_decay=args.ema_decay,
         scheme=args.scheme,
         adam_beta2=args.adam_beta2,

@@ -6,7 +6,8 @@ A model reads a :class:`models.batching.Batch` and offers
 - ``predict(batch)``: scores ``(B, C)`` for ``batch.candidates``;
 - ``calculate_loss(batch)``: the training loss, where ``batch.candidates[:, 0]`` is the positive and
   the rest are negatives (``loss="full_softmax"``: the positive against every item; negatives unused;
-  ``loss="shared_softmax"``: the rest are one uniform sample of items, the same for every row);
+  ``loss="shared_softmax"``: the rest are one uniform sample of items, the same for every row); the
+  softmax losses smooth their target by ``label_smoothing`` (a training setting the loop sets);
 - ``calculate_positionwise_loss(items, targets, negatives)``: models with ``positionwise = True``
   (SASRec) predict the next item at every position of ``items`` in one pass;
 - ``full_sort_predict(batch)``: scores ``(B, n_items + 1)`` for every item (column 0, the padding,
@@ -29,7 +30,27 @@ LossName = Literal["bce", "softmax", "full_softmax", "shared_softmax"]
 LOSSES = ("bce", "softmax", "full_softmax", "shared_softmax")
 
 
-def candidate_loss(scores: torch.Tensor, loss: LossName) -> torch.Tensor:
+def softmax_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy of ``logits (N, C)`` against the classes ``targets (N,)``. With
+    ``label_smoothing`` ε the target is (1 - ε) on the class and ε spread evenly over the row's finite
+    logits: a masked (-inf) candidate is not a class of that row (``F.cross_entropy``'s own smoothing
+    would put mass on it and return inf)."""
+    if not label_smoothing:
+        return F.cross_entropy(logits, targets)
+    log_p = logits.log_softmax(-1)
+    finite = torch.isfinite(logits)
+    nll = -log_p.gather(1, targets[:, None]).squeeze(1)
+    spread = -log_p.masked_fill(~finite, 0.0).sum(1) / finite.sum(1)
+    return ((1.0 - label_smoothing) * nll + label_smoothing * spread).mean()
+
+
+def _first(rows: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(len(rows), dtype=torch.long, device=rows.device)
+
+
+def candidate_loss(scores: torch.Tensor, loss: LossName, label_smoothing: float = 0.0) -> torch.Tensor:
     """Loss over ``scores (B, 1 + n_neg)`` whose column 0 is the positive.
 
     ``softmax``: cross-entropy over [positive + negatives] (the authors' code). ``bce``: binary
@@ -38,22 +59,28 @@ def candidate_loss(scores: torch.Tensor, loss: LossName) -> torch.Tensor:
     """
     scores = scores.float()
     if loss == "softmax":
-        return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+        return softmax_cross_entropy(scores, _first(scores), label_smoothing)
     if loss == "bce":
         return (F.softplus(-scores[:, 0]) + F.softplus(scores[:, 1:]).mean(1)).mean()
     raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
 
 
-def full_softmax_loss(seq: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def full_softmax_loss(
+    seq: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy of ``seq (N, d)`` against every item ``item_vectors (n_items + 1, d)`` (row 0,
     the padding, never competes); ``targets (N,)`` are item ids >= 1."""
     with torch.autocast(seq.device.type, enabled=False):
         logits = seq.float() @ item_vectors[1:].float().T
-    return F.cross_entropy(logits, targets - 1)
+    return softmax_cross_entropy(logits, targets - 1, label_smoothing)
 
 
 def shared_softmax_loss(
-    seq: torch.Tensor, vectors_of, targets: torch.Tensor, negatives: torch.Tensor
+    seq: torch.Tensor,
+    vectors_of,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Sampled softmax: ``seq (N, d)`` against its positive ``targets (N,)`` and one uniform sample of
     items ``negatives (M,)`` shared by all rows. ``vectors_of(ids)`` gives item vectors; each distinct
@@ -67,7 +94,7 @@ def shared_softmax_loss(
         seq = seq.float()
         logits = torch.cat([(seq * pos.float()).sum(-1, keepdim=True), seq @ neg.float().T], 1)
     logits[:, 1:] = logits[:, 1:].masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
-    return F.cross_entropy(logits, torch.zeros(len(seq), dtype=torch.long, device=seq.device))
+    return softmax_cross_entropy(logits, _first(seq), label_smoothing)
 
 
 def dot_scores(cand: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
@@ -82,6 +109,7 @@ class SequentialRecommender(nn.Module):
     name: str = "base"
     trainable: bool = True  # False: nothing to learn (popularity)
     positionwise: bool = False  # True: ``forward_all`` gives a vector per position
+    label_smoothing: float = 0.0  # of the softmax losses; set by the training loop (TrainConfig)
 
     def __init__(self, n_items: int, max_len: int, loss: LossName = "softmax"):
         super().__init__()
@@ -116,13 +144,18 @@ class SequentialRecommender(nn.Module):
         return dot_scores(self.encode_candidates(batch, seq), seq)
 
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        smooth = self.label_smoothing
         if self.loss == "full_softmax":
-            return full_softmax_loss(self.forward(batch), self.item_vectors(), batch.candidates[:, 0])
+            return full_softmax_loss(self.forward(batch), self.item_vectors(), batch.candidates[:, 0], smooth)
         if self.loss == "shared_softmax":
             return shared_softmax_loss(
-                self.forward(batch), self.item_vectors_of, batch.candidates[:, 0], batch.candidates[0, 1:]
+                self.forward(batch),
+                self.item_vectors_of,
+                batch.candidates[:, 0],
+                batch.candidates[0, 1:],
+                smooth,
             )
-        return candidate_loss(self.predict(batch), self.loss)
+        return candidate_loss(self.predict(batch), self.loss, smooth)
 
     def calculate_positionwise_loss(
         self, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None
@@ -130,14 +163,14 @@ class SequentialRecommender(nn.Module):
         """Next-item loss at every position: ``items (B, L)`` input, ``targets (B, L)`` the next item
         (0: no target), ``negatives (B, L, n)`` per position (unused by ``full_softmax``; under
         ``shared_softmax`` the same ``n`` items at every position)."""
-        keep = targets > 0
+        keep, smooth = targets > 0, self.label_smoothing
         seq = self.forward_all(items)[keep]
         if self.loss == "full_softmax":
-            return full_softmax_loss(seq, self.item_vectors(), targets[keep])
+            return full_softmax_loss(seq, self.item_vectors(), targets[keep], smooth)
         if self.loss == "shared_softmax":
-            return shared_softmax_loss(seq, self.item_vectors_of, targets[keep], negatives[0, 0])
+            return shared_softmax_loss(seq, self.item_vectors_of, targets[keep], negatives[0, 0], smooth)
         cands = torch.cat([targets[keep].unsqueeze(1), negatives[keep]], 1)
-        return candidate_loss(dot_scores(self.item_vectors()[cands], seq), self.loss)
+        return candidate_loss(dot_scores(self.item_vectors()[cands], seq), self.loss, smooth)
 
     @torch.no_grad()
     def full_sort_predict(self, batch: Batch, chunk_size: int = 8192) -> torch.Tensor:

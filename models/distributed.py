@@ -253,6 +253,7 @@ def train_distributed(
     rng = seed_everything(config.seed)  # the same NumPy stream on every rank: the same global batches
     torch.manual_seed(config.seed + env.rank)  # dropout: each rank its own stream
     model.to(device)
+    model.label_smoothing = config.label_smoothing
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and env.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,9 @@ class TrainConfig:
     augment_prob: float = 0.01
     crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
     negative_power: float = 0.0  # shared_softmax: negatives drawn ∝ training count ** this (0: uniform)
+    label_smoothing: float = (
+        0.0  # softmax losses: (1 - this) on the positive, this spread over the candidates
+    )
     # validate and keep an exponential moving average of the weights (0: off; "auto": auto_ema_decay)
     ema_decay: float | str = 0.0
     grad_clip: float = 1.0
@@ -85,6 +88,8 @@ class TrainConfig:
             isinstance(self.ema_decay, int | float) and 0.0 <= self.ema_decay < 1.0
         ):
             raise ValueError(f"ema_decay must be 'auto' or in [0, 1), not {self.ema_decay!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing!r}")
 
 
 SCHEMES = ("one_cut", "all_cuts")
@@ -107,7 +112,7 @@ class TrainResult:
 
 _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
 # settings added after checkpoints were written: at their default they leave the hash as it was
-_HASHED_WHEN_SET = {"crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0}
+_HASHED_WHEN_SET = {"crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0}
 
 
 def config_hash(name: str, hparams: dict, config: TrainConfig) -> str:
@@ -429,6 +434,7 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     rng = seed_everything(config.seed)
     model.to(device)
+    model.label_smoothing = config.label_smoothing
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

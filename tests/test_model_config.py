@@ -55,8 +55,14 @@ def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoint
     # The hash that decides whether a finished model is reused: the same as before typed configs
     # (the plain-dict hparams of model_kwargs), so earlier checkpoints stay reusable.
     assert config_hash("convrec", config.to_hparams(), train) == "a613b78a63cd7661"
-    # settings added later (crop_prob, negative_power, ema_decay) leave the hash alone at their default, and change it when set
-    for later in ({"crop_prob": 0.5}, {"negative_power": 0.5}, {"ema_decay": 0.999}):
+    # settings added later (crop_prob, negative_power, ema_decay, label_smoothing) leave the hash alone at their
+    # default, and change it when set
+    for later in (
+        {"crop_prob": 0.5},
+        {"negative_power": 0.5},
+        {"ema_decay": 0.999},
+        {"label_smoothing": 0.1},
+    ):
         assert (
             config_hash("convrec", config.to_hparams(), dataclasses.replace(train, **later))
             != "a613b78a63cd7661"

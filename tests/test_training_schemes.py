@@ -141,9 +141,11 @@ def test_full_softmax_needs_row_independent_candidates():
     assert resolve_loss("full_softmax", 256, row_dependent=False) == ("full_softmax", 256)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("name", ["convrec", "sasrec"])
-def test_shared_softmax_over_every_item_equals_the_full_softmax(ids_only, name):
-    """A shared sample that holds every item (in any order) is the full softmax, term for term."""
+def test_shared_softmax_over_every_item_equals_the_full_softmax(ids_only, name, smoothing):
+    """A shared sample that holds every item (in any order) is the full softmax, term for term, also
+    with label smoothing (the positive's own copy among the negatives is masked, not a class)."""
     data = ids_only
     torch.manual_seed(0)
     hp = (
@@ -152,6 +154,7 @@ def test_shared_softmax_over_every_item_equals_the_full_softmax(ids_only, name):
         else {"d": 16, "max_len": 8}
     )
     model = build_model(name, data, {**hp, "loss": "shared_softmax"}).eval()
+    model.label_smoothing = smoothing
     config = TrainConfig(scheme="all_cuts", batch_size=32, n_negatives=10_000, augment_prob=0.0)
     _, batch = next(_epoch_batches(model, data, NegativeSampler(data), np.random.default_rng(0), config))
     if isinstance(batch, tuple):  # SASRec's position-wise batch: (items, targets, negatives)
@@ -168,6 +171,30 @@ def test_shared_softmax_over_every_item_equals_the_full_softmax(ids_only, name):
         model.loss = "full_softmax"
         full = model.calculate_loss(batch)
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(shared)
+
+
+def test_label_smoothing_spreads_over_the_finite_candidates_only():
+    """``softmax_cross_entropy`` is ``F.cross_entropy``'s label smoothing where every logit is finite,
+    and leaves a masked (-inf) candidate out of the row's classes instead of returning inf."""
+    import torch.nn.functional as F
+
+    from models.base import softmax_cross_entropy
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 9), torch.randint(0, 9, (6,))
+    for eps in (0.0, 0.1, 0.3):
+        torch.testing.assert_close(
+            softmax_cross_entropy(logits, targets, eps), F.cross_entropy(logits, targets, label_smoothing=eps)
+        )
+    masked = torch.cat([logits[:1], torch.full((1, 1), float("-inf"))], 1)  # one row, a 10th masked class
+    target = targets[:1]
+    assert torch.isinf(F.cross_entropy(masked, target, label_smoothing=0.1))
+    torch.testing.assert_close(
+        softmax_cross_entropy(masked, target, 0.1), F.cross_entropy(logits[:1], target, label_smoothing=0.1)
+    )
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)
 
 
 def test_convrec_learns_with_a_shared_sample_of_negatives(ids_only):
@@ -273,17 +300,23 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
     if with_time:  # a per-row softmax over sampled negatives, dropout .2
         assert (conv["dropout"], conv["augment_prob"], conv["loss"]) == (0.2, 0.0, "softmax")
         assert (conv["ema_decay"], conv["lr"]) == (CPU_CONVREC["ema_decay"], CPU_ENCODER["lr"])
+        assert conv["weight_decay"] == 0.0
         assert not any("no time path" in line for line in lines)
     else:
         assert (conv["dropout"], conv["augment_prob"], conv["loss"], conv["n_negatives"]) == (
             0.0, 0.2, "shared_softmax", 2048,
         )  # fmt: skip
         assert conv["loss"] == CPU_CONVREC_WITHOUT_TIME["loss"]
+        assert conv["weight_decay"] == CPU_CONVREC_WITHOUT_TIME["weight_decay"] == 0.1
+        assert any("weight_decay 0.1" in line for line in lines)
         assert conv["ema_decay"] == CPU_CONVREC["ema_decay"] == "auto"
         assert any("no time path" in line and "dropout 0.0" in line for line in lines)
         assert conv["lr"] == CPU_CONVREC_IDS_ONLY["lr"] and any("item ids only" in line for line in lines)
-        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4)
+        mine, _ = resolved(
+            "convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4, weight_decay=0.0
+        )
         assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "full_softmax", 0.2)
+        assert mine["weight_decay"] == 0.0
         assert (mine["ema_decay"], mine["lr"]) == (0.0, 5e-4)
         # the ids-only learning rate needs ids only: with item attributes the encoder's lr stays
         with_attributes = chain_data(n_users=30, n_items=20, seed=1, with_time=False, with_attributes=True)
@@ -291,7 +324,7 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
         assert attrs["lr"] == CPU_ENCODER["lr"] and attrs["ema_decay"] == conv["ema_decay"]
         assert not any("item ids only" in line for line in lines)
     attention, _ = resolved("convrec_attention")  # measured on ConvRec only: its counterpart keeps .2
-    assert (attention["dropout"], attention["ema_decay"]) == (0.2, 0.0)
+    assert (attention["dropout"], attention["ema_decay"], attention["weight_decay"]) == (0.2, 0.0, 0.0)
 
 
 def test_shared_negatives_follow_the_training_counts_to_the_chosen_power(ids_only):

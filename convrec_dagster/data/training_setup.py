@@ -96,6 +96,7 @@ def train_config(s: dict) -> TrainConfig:
         augment_prob=s["augment_prob"],
         crop_prob=s["crop_prob"],
         negative_power=s["negative_power"],
+        label_smoothing=s["label_smoothing"],
         ema_decay=s["ema_decay"],
         grad_clip=s["grad_clip"],
         seed=s["seed"],
