@@ -307,8 +307,7 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
             0.0, 0.2, "shared_softmax", 2048,
         )  # fmt: skip
         assert conv["loss"] == CPU_CONVREC_WITHOUT_TIME["loss"]
-        assert conv["weight_decay"] == CPU_CONVREC_WITHOUT_TIME["weight_decay"] == 0.1
-        assert any("weight_decay 0.1" in line for line in lines)
+        assert conv["weight_decay"] == 0.0  # measured neutral (BENCHMARKS.md, stop 25)
         assert conv["ema_decay"] == CPU_CONVREC["ema_decay"] == "auto"
         assert any("no time path" in line and "dropout 0.0" in line for line in lines)
         assert conv["lr"] == CPU_CONVREC_IDS_ONLY["lr"] and any("item ids only" in line for line in lines)
