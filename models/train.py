@@ -64,9 +64,7 @@ class TrainConfig:
     augment_prob: float = 0.01
     crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
     negative_power: float = 0.0  # shared_softmax: negatives drawn ∝ training count ** this (0: uniform)
-    label_smoothing: float = (
-        0.0  # softmax losses: (1 - this) on the positive, this spread over the candidates
-    )
+    label_smoothing: float = 0.0  # softmax losses: 1 - this on the positive, this over all candidates
     # validate and keep an exponential moving average of the weights (0: off; "auto": auto_ema_decay)
     ema_decay: float | str = 0.0
     grad_clip: float = 1.0
