@@ -300,7 +300,7 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
     if with_time:  # a per-row softmax over sampled negatives, dropout .2
         assert (conv["dropout"], conv["augment_prob"], conv["loss"]) == (0.2, 0.0, "softmax")
         assert (conv["ema_decay"], conv["lr"]) == (CPU_CONVREC["ema_decay"], CPU_ENCODER["lr"])
-        assert conv["weight_decay"] == 0.0
+        assert (conv["weight_decay"], conv["batch_size"]) == (0.0, CPU_ENCODER["batch_size"])
         assert not any("no time path" in line for line in lines)
     else:
         assert (conv["dropout"], conv["augment_prob"], conv["loss"], conv["n_negatives"]) == (
@@ -308,14 +308,13 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
         )  # fmt: skip
         assert conv["loss"] == CPU_CONVREC_WITHOUT_TIME["loss"]
         assert conv["weight_decay"] == 0.0  # measured neutral (BENCHMARKS.md, stop 25)
+        assert conv["batch_size"] == CPU_CONVREC_WITHOUT_TIME["batch_size"] == 512
         assert conv["ema_decay"] == CPU_CONVREC["ema_decay"] == "auto"
         assert any("no time path" in line and "dropout 0.0" in line for line in lines)
         assert conv["lr"] == CPU_CONVREC_IDS_ONLY["lr"] and any("item ids only" in line for line in lines)
-        mine, _ = resolved(
-            "convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4, weight_decay=0.0
-        )
+        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4, batch_size=64)
         assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "full_softmax", 0.2)
-        assert mine["weight_decay"] == 0.0
+        assert mine["batch_size"] == 64
         assert (mine["ema_decay"], mine["lr"]) == (0.0, 5e-4)
         # the ids-only learning rate needs ids only: with item attributes the encoder's lr stays
         with_attributes = chain_data(n_users=30, n_items=20, seed=1, with_time=False, with_attributes=True)
