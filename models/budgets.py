@@ -91,8 +91,9 @@ CPU_CONVREC = {"ema_decay": "auto"}
 # gave Video .5227 and Beauty .3872 / .0458 against .5239 and .3899 / .0447 without it, within the spread of
 # repeated runs (stop 25). Batch 512 instead of 128: each step's 2,048 shared negatives serve four times the
 # rows and the gradient is less noisy. Video: valid .585 and test .5464 against .566 and .5239 (batch 256:
-# .579, .5382; 64: behind), in fewer seconds per epoch; Beauty at 256: .3955 against .3899 (BENCHMARKS.md,
-# stop 25). Only the keys a user left unset are replaced.
+# .579, .5382; 64: behind), in fewer seconds per epoch; Beauty .3968 / .0427 against .3899 / .0447 (full inside
+# the old interval), both through the pipeline (BENCHMARKS.md, stop 25). Only the keys a user left unset are
+# replaced.
 CPU_CONVREC_WITHOUT_TIME = {
     "dropout": 0.0,
     "augment_prob": 0.2,
