@@ -18,11 +18,12 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default unless it is empty (None, "") or its help already says what it is."""
+    """Shows an option's default unless it is empty (None, "") or its help already gives it in words
+    ("(default ...")."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, "") or "default" in text:
+        if action.default in (None, "") or "(default" in text:
             return text
         return super()._get_help_string(action)
 
