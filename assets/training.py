@@ -49,6 +49,9 @@ class TrainingConfig(dg.Config):
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
     candidates (0: off).
+    ``valid_protocol``: the validation NDCG@10 that picks the best epoch and stops early,
+    ``sampled_100`` (the stored 100 negatives per user) or ``full`` (every item, history masked; the
+    sampled figures are logged beside it); ``auto``: the budget's.
     ``ema_decay``: validate and keep an exponential moving average of the weights, updated after
     every step with this decay (0: off; None: the budget's; under ``cpu`` ConvRec averages over about
     one epoch of steps, at most 1,000, also across torchrun ranks).
@@ -86,6 +89,7 @@ class TrainingConfig(dg.Config):
     crop_prob: float = 0.0
     negative_power: float = 0.0
     label_smoothing: float = 0.0
+    valid_protocol: Literal["auto", "sampled_100", "full"] = "auto"
     ema_decay: float | None = None
     grad_clip: float = 1.0
     seed: int = 42
@@ -115,6 +119,7 @@ class TrainingConfig(dg.Config):
 
 
 ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
+AUTO_CHOICES = ("scheme", "loss", "valid_protocol")  # settings whose "auto" means the budget's
 
 
 def resolve_settings(
@@ -128,7 +133,7 @@ def resolve_settings(
     settings = config.model_dump()
     from_budget = set()
     for key, value in base.items():
-        if settings.get(key) is None or settings.get(key) == "auto" and key in ("scheme", "loss"):
+        if settings.get(key) is None or settings.get(key) == "auto" and key in AUTO_CHOICES:
             settings[key] = value
             from_budget.add(key)
     # data-dependent budget settings (applied in prepare_training) never override a user's value
@@ -154,7 +159,12 @@ def train_model_asset(
     import torch
 
     from convrec_dagster.data.dataset import load_rec_data
-    from convrec_dagster.data.training_setup import data_features, prepare_training
+    from convrec_dagster.data.training_setup import (
+        best_full_metadata,
+        data_features,
+        epoch_line,
+        prepare_training,
+    )
     from models.registry import build_model
     from models.train import train
 
@@ -194,16 +204,7 @@ def train_model_asset(
         out_dir = paths.model_path(name)
 
         def on_epoch(record: dict) -> None:
-            loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
-            speed = "" if record["examples_per_s"] is None else f", {record['examples_per_s']:.0f} examples/s"
-            timing = ""
-            if "elapsed_s" in record:
-                timing = f", elapsed {record['elapsed_s'] / 60:.1f} min, ETA {record['eta_s'] / 60:.1f} min"
-            context.log.info(
-                f"{name} epoch {record['epoch']}: loss {loss}, valid HR@10 {record['valid_HR@10']:.4f}, "
-                f"NDCG@10 {record['valid_NDCG@10']:.4f}{' (best)' if record['best'] else ''}, "
-                f"{record['epoch_time_s']:.2f} s{speed}{timing}"
-            )
+            context.log.info(epoch_line(name, record))
 
         result = train(
             model,
@@ -235,6 +236,7 @@ def train_model_asset(
         "best_epoch": result.best_epoch,
         "best_valid_HR@10": float(result.best_metrics["HR@10"]),
         "best_valid_NDCG@10": float(result.best_metrics["NDCG@10"]),
+        **best_full_metadata(result.best_metrics, train_config),
         "epochs_run": result.epochs_run,
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,
@@ -265,7 +267,13 @@ def train_model_asset(
         "curves": dg.MetadataValue.md(training_curves_markdown(result.history, f"{name}: training curves")),
     }
     context.log.info(
-        f"{name}: best epoch {result.best_epoch}, valid NDCG@10 {result.best_metrics['NDCG@10']:.4f}, "
+        f"{name}: best epoch {result.best_epoch}, valid NDCG@10 {result.best_metrics['NDCG@10']:.4f}"
+        + (
+            f" (full ranking {result.best_metrics['full_NDCG@10']:.4f}, which picked the epoch)"
+            if "full_NDCG@10" in result.best_metrics
+            else ""
+        )
+        + ", "
         f"{result.epochs_run} epochs in {wall:.1f} s"
     )
     return dg.MaterializeResult(metadata=metadata)

@@ -149,6 +149,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="softmax losses: share of the target spread over the candidates",
     )
+    parser.add_argument(
+        "--valid-protocol",
+        choices=("sampled_100", "full"),
+        default="sampled_100",
+        help="the validation NDCG@10 that picks the best epoch (full: every item; sampled figures logged too)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--seed", type=int, default=42, help="model init, batch order and negatives (run-to-run spread)"
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         crop_prob=args.crop_prob,
         negative_power=args.negative_power,
         label_smoothing=args.label_smoothing,
+        valid_protocol=args.valid_protocol,
         ema_decay=args.ema_decay,
         scheme=args.scheme,
         adam_beta2=args.adam_beta2,
@@ -230,7 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         write_json(res, out)
         print(
             f"[{args.model}] epoch {record['epoch']}: loss {record['loss']:.4f} valid NDCG@10 "
-            f"{record['valid_NDCG@10']:.4f} HR@10 {record['valid_HR@10']:.4f} ({record['epoch_time_s']:.0f} s, "
+            f"{record['valid_NDCG@10']:.4f} HR@10 {record['valid_HR@10']:.4f}"
+            + (f", full NDCG@10 {record['valid_full_NDCG@10']:.4f}" if "valid_full_NDCG@10" in record else "")
+            + f" ({record['epoch_time_s']:.0f} s, "
             f"elapsed {record['elapsed_s'] / 60:.1f} min, ETA {record['eta_s'] / 60:.1f} min)",
             flush=True,
         )

@@ -49,16 +49,6 @@ class Reporter:
             print(json.dumps({"materialization": metadata}, default=str), flush=True)
 
 
-def epoch_line(name: str, record: dict) -> str:
-    loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
-    return (
-        f"{name} epoch {record['epoch']}: loss {loss}, valid HR@10 {record['valid_HR@10']:.4f}, "
-        f"NDCG@10 {record['valid_NDCG@10']:.4f}{' (best)' if record['best'] else ''}, "
-        f"{record['epoch_time_s']:.2f} s, {record['examples_per_s']:.0f} examples/s, "
-        f"elapsed {record['elapsed_s'] / 60:.1f} min, ETA {record['eta_s'] / 60:.1f} min"
-    )
-
-
 def _json(value) -> dict:
     return {"raw_value": value, "type": "json"}
 
@@ -69,7 +59,12 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
     import torch.distributed as dist
 
     from convrec_dagster.data.dataset import load_rec_data_from_parquet
-    from convrec_dagster.data.training_setup import data_features, prepare_training
+    from convrec_dagster.data.training_setup import (
+        best_full_metadata,
+        data_features,
+        epoch_line,
+        prepare_training,
+    )
     from models.distributed import DistEnv, init_process_group, rank_device, train_distributed
     from models.registry import build_model
 
@@ -128,6 +123,7 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         "best_epoch": result.best_epoch,
         "best_valid_HR@10": float(result.best_metrics["HR@10"]),
         "best_valid_NDCG@10": float(result.best_metrics["NDCG@10"]),
+        **best_full_metadata(result.best_metrics, config),
         "epochs_run": result.epochs_run,
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,

@@ -58,9 +58,11 @@ from models.train import (
     load_resume_state,
     make_ema,
     make_optimizer,
+    no_best,
     peak_memory,
     resolved_ema_decay,
     seed_everything,
+    selection_score,
     validate,
 )
 
@@ -290,7 +292,7 @@ def train_distributed(
     evaluated = ema.module if ema is not None else model
     sampler = NegativeSampler(data)
     history: list[dict] = []
-    best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
+    best = no_best()
     start_epoch, resumed_from, finished = 1, None, False
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -343,8 +345,10 @@ def train_distributed(
         rows_run += mine_rows
         decision = None
         if env.is_main:
-            metrics = validate(evaluated, data, device, precision, config.eval_batch_size)
-            improved = metrics["NDCG@10"] > best["metrics"]["NDCG@10"]
+            metrics = validate(
+                evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol
+            )
+            improved = selection_score(metrics, config) > selection_score(best["metrics"], config)
             if improved:
                 best = {"epoch": epoch, "metrics": metrics, "bad_epochs": 0}
                 best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}

@@ -49,7 +49,7 @@ from models.base import SequentialRecommender
 from models.batching import NegativeSampler, all_cuts, make_batch, random_cuts, training_users
 from models.data import RecData, resolved_features
 from models.evaluate import autocast, rank_eval_users
-from models.metrics import per_user_metrics, summarize
+from models.metrics import PROTOCOLS, per_user_metrics, summarize
 from models.registry import save_checkpoint
 
 
@@ -65,6 +65,9 @@ class TrainConfig:
     crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
     negative_power: float = 0.0  # shared_softmax: negatives drawn ∝ training count ** this (0: uniform)
     label_smoothing: float = 0.0  # softmax losses: 1 - this on the positive, this over all candidates
+    # the validation NDCG@10 that picks the best epoch and stops early: "sampled_100" (the stored 100
+    # negatives) or "full" (every item; the sampled figures are logged beside it)
+    valid_protocol: str = "sampled_100"
     # validate and keep an exponential moving average of the weights (0: off; "auto": auto_ema_decay)
     ema_decay: float | str = 0.0
     grad_clip: float = 1.0
@@ -86,6 +89,8 @@ class TrainConfig:
             isinstance(self.ema_decay, int | float) and 0.0 <= self.ema_decay < 1.0
         ):
             raise ValueError(f"ema_decay must be 'auto' or in [0, 1), not {self.ema_decay!r}")
+        if self.valid_protocol not in PROTOCOLS:
+            raise ValueError(f"valid_protocol must be one of {PROTOCOLS}, not {self.valid_protocol!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing!r}")
 
@@ -110,7 +115,10 @@ class TrainResult:
 
 _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
 # settings added after checkpoints were written: at their default they leave the hash as it was
-_HASHED_WHEN_SET = {"crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0}
+_HASHED_WHEN_SET = {
+    "crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0,
+    "valid_protocol": "sampled_100",
+}  # fmt: skip
 
 
 def config_hash(name: str, hparams: dict, config: TrainConfig) -> str:
@@ -159,11 +167,32 @@ def peak_memory(device: torch.device) -> int:
 
 
 def validate(
-    model: SequentialRecommender, data: RecData, device: torch.device, precision: str, batch_size: int
+    model: SequentialRecommender,
+    data: RecData,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    protocol: str = "sampled_100",
 ) -> dict:
-    _, greater, equal = rank_eval_users(model, data, "valid", "sampled_100", device, batch_size, precision)
-    summary = summarize(per_user_metrics(greater, equal, ks=(10,)))
-    return {"HR@10": summary["HR@10"], "NDCG@10": summary["NDCG@10"]}
+    """Validation HR@10 and NDCG@10 on the stored sampled-100 negatives; with ``protocol="full"`` also
+    ``full_HR@10`` and ``full_NDCG@10`` over every item (history masked)."""
+    out = {}
+    for name in ("sampled_100", "full") if protocol == "full" else ("sampled_100",):
+        _, greater, equal = rank_eval_users(model, data, "valid", name, device, batch_size, precision)
+        summary = summarize(per_user_metrics(greater, equal, ks=(10,)))
+        prefix = "full_" if name == "full" else ""
+        out |= {f"{prefix}HR@10": summary["HR@10"], f"{prefix}NDCG@10": summary["NDCG@10"]}
+    return out
+
+
+def no_best() -> dict:
+    """Early stopping's state before the first epoch: no best epoch yet, every score beats it."""
+    return {"epoch": -1, "metrics": {"NDCG@10": -math.inf, "full_NDCG@10": -math.inf}, "bad_epochs": 0}
+
+
+def selection_score(metrics: dict, config: TrainConfig) -> float:
+    """The validation figure that picks the best epoch: NDCG@10 under ``config.valid_protocol``."""
+    return metrics["full_NDCG@10" if config.valid_protocol == "full" else "NDCG@10"]
 
 
 def _rng_state(rng: np.random.Generator, device: torch.device) -> dict:
@@ -355,6 +384,7 @@ def epoch_record(
         "loss": loss,
         "valid_HR@10": metrics["HR@10"],
         "valid_NDCG@10": metrics["NDCG@10"],
+        **{f"valid_{k}": v for k, v in metrics.items() if k.startswith("full_")},
         "epoch_time_s": epoch_time,
         "examples_per_s": n_examples / max(train_time, 1e-9),
         "best": improved,
@@ -484,7 +514,7 @@ def train(
     evaluated = ema.module if ema is not None else model  # the weights that are validated and kept
     sampler = NegativeSampler(data)
     history: list[dict] = []
-    best = {"epoch": -1, "metrics": {"NDCG@10": -math.inf}, "bad_epochs": 0}
+    best = no_best()
     start_epoch, resumed_from, finished, reused = 1, None, False, None
     resume_path = out / "resume.pt" if out is not None else None
     state = load_resume_state(resume_path, config, chash, fingerprint, log)
@@ -562,8 +592,8 @@ def train(
             model, optimizer, data, sampler, rng, config, device, precision, scheduler, estimate, ema
         )
         train_time = time.perf_counter() - t0
-        metrics = validate(evaluated, data, device, precision, config.eval_batch_size)
-        improved = metrics["NDCG@10"] > best["metrics"]["NDCG@10"]
+        metrics = validate(evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol)
+        improved = selection_score(metrics, config) > selection_score(best["metrics"], config)
         if improved:
             best = {"epoch": epoch, "metrics": metrics, "bad_epochs": 0}
             best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}

@@ -347,3 +347,7 @@ def test_training_findings_flag_models_still_improving_and_tiny_catalogues():
     assert "still improving at its last epoch (3)" in notes[0] and "SASRec" not in notes[0]
     assert "only 145 items" in notes[1] and "69%" in notes[1]
     assert R.training_findings({"sasrec": peaked}, {"items": 23715}) == []
+    # picked by full-ranking validation: the loop's own "best" flag, not the sampled figure, says which
+    by_full = [{**h, "best": e in (1, 3)} for e, h in enumerate(peaked, 1)]
+    assert "still improving at its last epoch (3)" in R.training_findings({"convrec": by_full}, {})[0]
+    assert R.best_record(by_full)["epoch"] == 3 and R.best_record(peaked)["epoch"] == 2

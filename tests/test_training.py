@@ -15,7 +15,7 @@ from models.metrics import per_user_metrics, summarize
 from models.popularity import Popularity
 from models.registry import build_model
 from models.synthetic import chain_data
-from models.train import TrainConfig, auto_ema_decay, resolved_ema_decay, train, validate
+from models.train import TrainConfig, auto_ema_decay, config_hash, resolved_ema_decay, train, validate
 
 HP = {"d": 32, "hidden": 64, "dropout": 0.1, "max_len": 16}
 
@@ -160,6 +160,29 @@ def test_a_checkpoint_for_other_data_or_config_is_not_resumed(data, tmp_path):
     )
     assert result.resumed_from is None and result.epochs_run == 1
     assert any("not resuming" in m and "starting over" in m for m in messages)
+
+
+def test_full_validation_picks_the_best_epoch_by_full_ranking(data):
+    """``valid_protocol="full"``: every epoch logs both protocols, the best epoch is the one with the
+    highest full-ranking NDCG@10, and the kept weights score exactly that."""
+    config = TrainConfig(batch_size=64, lr=3e-3, max_epochs=4, patience=10, seed=1, valid_protocol="full")
+    torch.manual_seed(0)
+    model = build_model("convrec", data, HP)
+    result = train(model, data, "convrec", HP, config, log=lambda m: None)
+    full = [h["valid_full_NDCG@10"] for h in result.history]
+    sampled = [h["valid_NDCG@10"] for h in result.history]
+    assert len(full) == 4 and full != sampled
+    assert result.best_epoch == int(np.argmax(full)) + 1
+    kept = validate(model, data, torch.device("cpu"), "fp32", 256, protocol="full")
+    assert kept["full_NDCG@10"] == pytest.approx(max(full))
+    _, greater, equal = rank_eval_users(model, data, "valid", "full", "cpu")
+    assert kept["full_NDCG@10"] == pytest.approx(
+        summarize(per_user_metrics(greater, equal, ks=(10,)))["NDCG@10"]
+    )
+    default = dataclasses.replace(config, valid_protocol="sampled_100")
+    assert config_hash("convrec", HP, default) != config_hash("convrec", HP, config)  # no resume across them
+    with pytest.raises(ValueError, match="valid_protocol"):
+        TrainConfig(valid_protocol="sampled")
 
 
 def test_early_stopping_counts_epochs_without_improvement(data):

@@ -153,6 +153,25 @@ def test_training_assets_write_checkpoints_and_metadata_then_resume(prepared):
     assert meta["epochs_total"].value == 3
 
 
+def test_full_ranking_validation_picks_the_epoch_and_is_reported(prepared):
+    """``valid_protocol: full``: each epoch's log line and the curves carry the full-ranking figure,
+    and the metadata names the protocol and the best epoch's full-ranking figures."""
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(prepared, ["convrec"], {**TINY, "valid_protocol": "full"}, instance)
+    meta = result.asset_materializations_for_node("convrec_model")[0].metadata
+    assert meta["valid_protocol"].value == "full" and meta["train_config"].value["valid_protocol"] == "full"
+    assert 0 < meta["best_valid_full_NDCG@10"].value <= meta["best_valid_full_HR@10"].value <= 1
+    history = json.loads((prepared["paths"].model_path("convrec") / "history.json").read_text())
+    best = max(history, key=lambda h: h["valid_full_NDCG@10"])
+    assert meta["best_epoch"].value == best["epoch"]
+    assert meta["best_valid_full_NDCG@10"].value == pytest.approx(best["valid_full_NDCG@10"])
+    text = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
+    assert "full-ranking NDCG@10" in text and "which picked the epoch" in text
+    sampled = _materialize(prepared, ["convrec"], TINY).asset_materializations_for_node("convrec_model")[0]
+    assert sampled.metadata["valid_protocol"].value == "sampled_100"  # the sample budget's
+    assert "best_valid_full_NDCG@10" not in sampled.metadata
+
+
 def test_cpu_budget_trains_every_cut_over_all_items_with_a_window_from_the_data(prepared):
     """The cpu budget on ids with time context: ConvRec falls back to a sampled softmax (its candidate
     vectors depend on the row's time), SASRec keeps the softmax over all items; max_len comes from

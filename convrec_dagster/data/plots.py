@@ -36,7 +36,7 @@ def markdown_image(data: bytes, alt: str) -> str:
 
 
 def training_curves_markdown(history: list[dict], title: str) -> str:
-    """Training loss and validation NDCG@10 / HR@10 per epoch."""
+    """Training loss and validation NDCG@10 / HR@10 per epoch (and full-ranking NDCG@10 where logged)."""
     fig, (ax,) = figure(6, 3.2, dpi=90)
     epochs = [h["epoch"] for h in history]
     losses = [h["loss"] for h in history]
@@ -50,6 +50,14 @@ def training_curves_markdown(history: list[dict], title: str) -> str:
     other.plot(
         epochs, [h["valid_HR@10"] for h in history], color="tab:green", marker=".", label="valid HR@10"
     )
+    if any("valid_full_NDCG@10" in h for h in history):  # valid_protocol full: what picked the epoch
+        other.plot(
+            epochs,
+            [h.get("valid_full_NDCG@10") for h in history],
+            color="tab:red",
+            marker=".",
+            label="valid full-ranking NDCG@10",
+        )
     other.set_ylabel("validation metric")
     other.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("epoch")

@@ -335,13 +335,20 @@ def findings(rows: list[dict], comparisons: list[dict] | None = None) -> list[st
     return out
 
 
+def best_record(history: list[dict]) -> dict:
+    """The best epoch's record: the last one the training loop flagged ``best`` (it knows which
+    validation protocol picked it), else, for histories without the flag, the highest valid NDCG@10."""
+    flagged = [h for h in history if h.get("best")]
+    return flagged[-1] if flagged else max(history, key=lambda h: h.get("valid_NDCG@10") or 0)
+
+
 def training_findings(histories: dict[str, list[dict]], data_summary: dict[str, Any]) -> list[str]:
     """Caveats a reader would otherwise miss: models still improving when training stopped, and a
     catalogue so small that sampled and full ranking nearly coincide."""
     out = []
     for name, history in histories.items():
         trained = [h for h in history if h.get("loss") is not None]
-        if len(trained) > 1 and max(trained, key=lambda h: h.get("valid_NDCG@10") or 0) is trained[-1]:
+        if len(trained) > 1 and best_record(trained) is trained[-1]:
             out.append(
                 f"{model_label(name)} was still improving at its last epoch ({trained[-1]['epoch']}): "
                 "more epochs (or a larger time budget) would likely raise its numbers."
@@ -365,7 +372,7 @@ def training_table(histories: dict[str, list[dict]], model_configs: dict[str, di
         trained = [h for h in history if h.get("loss") is not None]
         best_epoch = info.get("epoch")
         if best_epoch is None and history:
-            best_epoch = max(history, key=lambda h: h.get("valid_NDCG@10") or 0).get("epoch")
+            best_epoch = best_record(history).get("epoch")
         last = trained[-1] if trained else None
         out.append(
             {

@@ -97,6 +97,7 @@ def train_config(s: dict) -> TrainConfig:
         crop_prob=s["crop_prob"],
         negative_power=s["negative_power"],
         label_smoothing=s["label_smoothing"],
+        valid_protocol=s["valid_protocol"],
         ema_decay=s["ema_decay"],
         grad_clip=s["grad_clip"],
         seed=s["seed"],
@@ -107,3 +108,29 @@ def train_config(s: dict) -> TrainConfig:
         lr_schedule=s["lr_schedule"],
         time_budget_s=s["time_budget_s"],
     )
+
+
+def epoch_line(name: str, record: dict) -> str:
+    """One epoch's run-log line: loss, validation (full ranking too where it picks the epoch), time, ETA."""
+    loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
+    full = record.get("valid_full_NDCG@10")
+    line = (
+        f"{name} epoch {record['epoch']}: loss {loss}, valid HR@10 {record['valid_HR@10']:.4f}, "
+        f"NDCG@10 {record['valid_NDCG@10']:.4f}"
+        + (f", full-ranking NDCG@10 {full:.4f}" if full is not None else "")
+        + f"{' (best)' if record['best'] else ''}, {record['epoch_time_s']:.2f} s"
+    )
+    if record.get("examples_per_s") is not None:
+        line += f", {record['examples_per_s']:.0f} examples/s"
+    if "elapsed_s" in record:
+        line += f", elapsed {record['elapsed_s'] / 60:.1f} min, ETA {record['eta_s'] / 60:.1f} min"
+    return line
+
+
+def best_full_metadata(best_metrics: dict, config: TrainConfig) -> dict:
+    """The training asset's metadata on the validation protocol (and, under ``full``, its best figures)."""
+    out: dict = {"valid_protocol": config.valid_protocol}
+    if "full_NDCG@10" in best_metrics:
+        out["best_valid_full_HR@10"] = float(best_metrics["full_HR@10"])
+        out["best_valid_full_NDCG@10"] = float(best_metrics["full_NDCG@10"])
+    return out
