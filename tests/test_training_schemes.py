@@ -259,6 +259,10 @@ def test_budgets_auto_and_per_model_settings():
     sasrec = budget_settings("cpu", "sasrec", "games")
     assert (sasrec["d"], sasrec["dropout"], sasrec["lr"], sasrec["adam_beta2"]) == (50, 0.5, 1e-3, 0.98)
     assert sasrec["scheme"] == "all_cuts" and sasrec["time_budget_min"] == 60
+    sample = {m: budget_settings("sample", m, "games") for m in ("convrec", "convrec_attention", "sasrec")}
+    assert (sample["convrec"]["ema_decay"], sample["convrec"]["max_epochs"]) == ("auto", 4)
+    assert (sample["convrec_attention"]["ema_decay"], sample["convrec_attention"]["max_epochs"]) == (0.0, 3)
+    assert sample["sasrec"]["max_epochs"] == 15 and sample["sasrec"]["ema_decay"] == 0.0
     paper = budget_settings("paper", "convrec", "beauty")
     assert (paper["scheme"], paper["lr"], paper["max_len"]) == ("one_cut", 4e-5, 70)
     assert budget_settings("paper", "sasrec", "beauty")["loss"] == "bce"
