@@ -20,8 +20,12 @@ from models.synthetic import chain_data
 from models.train import TrainConfig
 
 HP = {"d": 16, "hidden": 32, "dropout": 0.0, "max_len": 8, "loss": "softmax"}
-# (model, scheme, ema_decay): ConvRec validates a moving average of its weights, kept on rank 0
-JOBS = {"convrec_one_cut": ("convrec", "one_cut", 0.8), "sasrec_all_cuts": ("sasrec", "all_cuts", 0.0)}
+# (model, scheme, ema_decay, valid_protocol): ConvRec validates a moving average of its weights, kept on
+# rank 0; SASRec's best epoch is picked by full-ranking validation
+JOBS = {
+    "convrec_one_cut": ("convrec", "one_cut", 0.8, "sampled_100"),
+    "sasrec_all_cuts": ("sasrec", "all_cuts", 0.0, "full"),
+}
 MAX_EPOCHS = 4
 
 
@@ -29,7 +33,9 @@ def data():
     return chain_data(n_users=100, n_items=30, min_len=5, max_len=12, seed=1)
 
 
-def config(scheme: str, seed: int = 5, ema_decay: float = 0.0) -> TrainConfig:
+def config(
+    scheme: str, seed: int = 5, ema_decay: float = 0.0, valid_protocol: str = "sampled_100"
+) -> TrainConfig:
     # 100 training users in global batches of 33: the last batch has one row, so rank 1 has none there
     return TrainConfig(
         batch_size=33,
@@ -39,6 +45,7 @@ def config(scheme: str, seed: int = 5, ema_decay: float = 0.0) -> TrainConfig:
         seed=seed,
         scheme=scheme,
         ema_decay=ema_decay,
+        valid_protocol=valid_protocol,
     )
 
 
@@ -63,7 +70,7 @@ def rank_main(
     init_process_group(env, torch.device("cpu"), timeout_min=2)
     out = {}
     for key in jobs:
-        name, scheme, ema_decay = JOBS[key]
+        name, scheme, ema_decay, protocol = JOBS[key]
         rec = data()
         torch.manual_seed(0)
         model = build_model(name, rec, HP)
@@ -78,7 +85,7 @@ def rank_main(
             rec,
             name,
             HP,
-            config(scheme, ema_decay=ema_decay),
+            config(scheme, ema_decay=ema_decay, valid_protocol=protocol),
             env,
             torch.device("cpu"),
             out_dir=os.path.join(out_root, key) if out_root else None,
@@ -89,6 +96,8 @@ def rank_main(
             "loss": [h["loss"] for h in result.history],
             "best": result.best_metrics["NDCG@10"],
             "valid": [h["valid_NDCG@10"] for h in result.history],
+            "valid_full": [h.get("valid_full_NDCG@10") for h in result.history],
+            "best_epoch": result.best_epoch,
             "rows_per_rank": result.extra["rows_per_rank"],
             "resumed_from": result.resumed_from,
             "epochs_run": result.epochs_run,

@@ -34,16 +34,23 @@ LOSS_RTOL, NDCG_ATOL = 1e-4, 1e-3
 def one_process() -> dict:
     torch.set_num_threads(1)
     out = {}
-    for key, (name, scheme, ema_decay) in JOBS.items():
+    for key, (name, scheme, ema_decay, protocol) in JOBS.items():
         rec = data()
         torch.manual_seed(0)
         result = train(
-            build_model(name, rec, HP), rec, name, HP, config(scheme, ema_decay=ema_decay), log=lambda m: None
+            build_model(name, rec, HP),
+            rec,
+            name,
+            HP,
+            config(scheme, ema_decay=ema_decay, valid_protocol=protocol),
+            log=lambda m: None,
         )
         out[key] = {
             "loss": [h["loss"] for h in result.history],
             "best": result.best_metrics["NDCG@10"],
             "valid": [h["valid_NDCG@10"] for h in result.history],
+            "valid_full": [h.get("valid_full_NDCG@10") for h in result.history],
+            "best_epoch": result.best_epoch,
         }
     return out
 
@@ -79,6 +86,9 @@ def test_two_gloo_ranks_match_the_one_process_run(one_process, two_ranks):
         assert abs(two["best"] - one["best"]) <= NDCG_ATOL, (key, one["best"], two["best"])
         # every epoch's validation, of the weight average where the job keeps one (ConvRec's)
         np.testing.assert_allclose(two["valid"], one["valid"], atol=NDCG_ATOL, err_msg=key)
+        if JOBS[key][3] == "full":  # full-ranking validation on rank 0 picks the same epoch
+            np.testing.assert_allclose(two["valid_full"], one["valid_full"], atol=NDCG_ATOL, err_msg=key)
+            assert two["best_epoch"] == one["best_epoch"] == int(np.argmax(one["valid_full"])) + 1
         # the ranks split the work: every example once, half each (the last one-row batch to rank 0)
         rows = two["rows_per_rank"]
         assert sum(rows) > 0 and abs(rows[0] - rows[1]) <= MAX_EPOCHS * 4, (key, rows)
