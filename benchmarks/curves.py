@@ -5,7 +5,9 @@
 Reads ``benchmarks/results/convergence/<dataset>_*.json`` (``benchmarks.convergence``) and the
 training histories inside ``benchmarks/results/accuracy_<dataset>_*.json`` (``benchmarks.accuracy``),
 and plots validation NDCG@10 (sampled 100) against training minutes, one line per run, with the
-published test figures of ``benchmarks.accuracy.PUBLISHED`` as dashed lines. Writes
+published test figures of ``benchmarks.accuracy.PUBLISHED`` as dashed lines; runs that also logged
+full-ranking validation (``--valid-protocol full``) get a second panel beside the published
+full-ranking figures. Writes
 ``benchmarks/results/curves_<dataset>.png``.
 """
 
@@ -33,38 +35,70 @@ def runs(dataset: str) -> list[tuple[str, list[dict]]]:
     return [(label, h) for label, h in out if any(r.get("loss") is not None for r in h)]
 
 
-def plot(dataset: str, out: Path) -> Path:
-    import matplotlib
+def _minutes(history: list[dict]) -> list[float]:
+    minutes, total = [], 0.0
+    for record in history:
+        total += record.get("epoch_time_s") or 0.0
+        minutes.append(total / 60)
+    return minutes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
-    colors = plt.get_cmap("tab20").colors  # more runs than the default cycle's 10 colours
-    for i, (label, history) in enumerate(runs(dataset)):
-        minutes, total = [], 0.0
-        for record in history:
-            total += record.get("epoch_time_s") or 0.0
-            minutes.append(total / 60)
-        style = {"color": colors[i % len(colors)], "ls": "-" if i < len(colors) else ":"}
-        ax.plot(minutes, [r["valid_NDCG@10"] for r in history], marker=".", label=label, **style)
+def _published(ax, dataset: str, protocol: str) -> None:
+    """Dashed lines at the published test figures of ``protocol``."""
     for row in PUBLISHED[dataset]["rows"]:
-        if row["protocol"] == "sampled_100":
+        if row["protocol"] == protocol:
             ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
             ax.text(
                 0.99,
                 row["NDCG@10"],
-                f"{row['model']} (published, test) ",
+                f"{row['model']}{'' if 'published' in row['model'] else ' (published)'}, test ",
                 fontsize=7,
                 va="bottom",
                 ha="right",
                 transform=ax.get_yaxis_transform(),
             )
+
+
+def plot(dataset: str, out: Path) -> Path:
+    """Sampled validation curves of every run; beside them, where runs logged it (``valid_protocol:
+    full``), full-ranking validation curves against the published full-ranking figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = runs(dataset)
+    legend_in = 0.14 * ((len(found) + 1) // 2) + 0.1  # one shared legend below the panels, two columns
+    height = 5 + legend_in
+    with_full = [(label, h) for label, h in found if any("valid_full_NDCG@10" in r for r in h)]
+    fig, axes = plt.subplots(
+        1, 2 if with_full else 1, figsize=(15 if with_full else 9, height), dpi=100, squeeze=False
+    )
+    ax = axes[0, 0]
+    colors = plt.get_cmap("tab20").colors  # more runs than the default cycle's 10 colours
+    style = {
+        label: {"color": colors[i % len(colors)], "ls": "-" if i < len(colors) else ":"}
+        for i, (label, _) in enumerate(found)
+    }
+    for label, history in found:
+        ax.plot(
+            _minutes(history), [r["valid_NDCG@10"] for r in history], marker=".", label=label, **style[label]
+        )
+    _published(ax, dataset, "sampled_100")
     ax.set_xlabel("training minutes (2-core CPU, 1 torch thread per run)")
     ax.set_ylabel("validation NDCG@10, sampled 100")
     ax.set_title(f"{dataset}: learning curves")
-    ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=6, loc="lower center", ncol=2, frameon=False)
+    if with_full:
+        full = axes[0, 1]
+        for label, history in with_full:
+            values = [r.get("valid_full_NDCG@10") for r in history]
+            full.plot(_minutes(history), values, marker=".", label=label, **style[label])
+        _published(full, dataset, "full")
+        full.set_xlabel("training minutes (2-core CPU, 1 torch thread per run)")
+        full.set_ylabel("validation NDCG@10, full ranking")
+        full.set_title(f"{dataset}: full-ranking validation (runs with valid_protocol full)")
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     fig.savefig(out)
     plt.close(fig)
     return out

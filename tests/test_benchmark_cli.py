@@ -44,3 +44,27 @@ def test_help_formatter_keeps_real_defaults():
     assert "epoch cap (default: 40)" in text
     assert "learning rate" in text and "learning rate (default" not in text
     assert text.count("(default:") == 2  # 40 and the home's own words
+
+
+def test_curves_add_a_full_ranking_panel_only_for_runs_that_logged_it(tmp_path, monkeypatch):
+    """``benchmarks.curves``: one panel of sampled validation curves; a second beside it once a run
+    logged full-ranking validation (``--valid-protocol full``)."""
+    import json
+
+    import matplotlib.image
+
+    from benchmarks import curves
+
+    (tmp_path / "convergence").mkdir()
+    monkeypatch.setattr(curves, "RESULTS_DIR", tmp_path)
+    epochs = [{"epoch": e, "loss": 1.0 / e, "valid_NDCG@10": 0.1 * e, "epoch_time_s": 60.0} for e in (1, 2)]
+    (tmp_path / "convergence" / "beauty_a.json").write_text(json.dumps({"history": epochs}))
+    one = matplotlib.image.imread(curves.plot("beauty", tmp_path / "one.png"))
+    full = [{**h, "valid_full_NDCG@10": 0.01 * h["epoch"]} for h in epochs]
+    (tmp_path / "convergence" / "beauty_b.json").write_text(json.dumps({"history": full}))
+    two = matplotlib.image.imread(curves.plot("beauty", tmp_path / "two.png"))
+    assert [label for label, _ in curves.runs("beauty")] == [
+        "beauty_a (convergence)",
+        "beauty_b (convergence)",
+    ]
+    assert one.shape[1] == 900 and two.shape[1] == 1500  # 9 and 15 inches at 100 dpi
