@@ -18,8 +18,9 @@ rows to a random recent part of their history (rows of position-wise models are 
 optional linear warm-up and cosine decay. With ``ema_decay`` set (a decay, or ``"auto"``: about one
 epoch of steps, ``auto_ema_decay``) an exponential moving average of the
 weights (``torch.optim.swa_utils.AveragedModel``) is what validation scores and what the run keeps.
-Validation NDCG@10 (sampled_100) picks the best epoch; training stops after ``patience`` epochs
-without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
+Validation NDCG@10 picks the best epoch: on the stored sampled-100 negatives, or with
+``valid_protocol="full"`` over every item (the sampled figures are then logged too); training stops
+after ``patience`` epochs without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
 
 ``out_dir`` receives ``best.pt`` (the best model), ``resume.pt`` (model, optimizer, epoch, RNG
 states, history, best so far) and ``history.json``. A run that finds a ``resume.pt`` with the same
