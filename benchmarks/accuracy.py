@@ -143,9 +143,13 @@ def run_config(
     lr: float | None = None,
     proxy: dict | None = None,
     threads: int | None = None,
+    **overrides,
 ) -> dict:
+    """The Dagster run config: every training asset on ``budget``, with the given settings over it
+    (``overrides``: more training settings, e.g. ``loss``, ``valid_protocol``; None: the budget's)."""
     training: dict = {"budget": budget, "dataset": DATASETS[dataset]["paper_dataset"]}
-    for key, value in (("max_epochs", max_epochs), ("lr", lr), ("num_threads", threads)):
+    settings = {"max_epochs": max_epochs, "lr": lr, "num_threads": threads, **overrides}
+    for key, value in settings.items():
         if value is not None:
             training[key] = value
     ops = {name: {"config": dict(training)} for name in TRAINING_ASSETS}
@@ -240,6 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="override the budget's epoch cap")
     parser.add_argument("--lr", type=float, default=None, help="override the budget's learning rate")
     parser.add_argument(
+        "--loss",
+        choices=("softmax", "bce", "full_softmax", "shared_softmax"),
+        default=None,
+        help="override the budget's training loss",
+    )
+    parser.add_argument(
+        "--valid-protocol",
+        choices=("sampled_100", "full"),
+        default=None,
+        help="the validation NDCG@10 that picks each model's best epoch (default: the budget's, sampled_100)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per training (default: the budget's)"
     )
     parser.add_argument(
@@ -297,7 +313,16 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in (("min_count", args.proxy_min_count), ("top_fraction", args.proxy_top_fraction))
         if v is not None
     }
-    config = run_config(args.dataset, args.budget, args.max_epochs, args.lr, proxy, args.threads)
+    config = run_config(
+        args.dataset,
+        args.budget,
+        args.max_epochs,
+        args.lr,
+        proxy,
+        args.threads,
+        loss=args.loss,
+        valid_protocol=args.valid_protocol,
+    )
     for asset in skipped:
         config["ops"].pop(asset)
     assets = [a for a in defs.assets or [] if not any(k.to_user_string() in skipped for k in a.keys)]
@@ -356,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
             f"budget {args.budget} (models.budgets), models {','.join(models)}, proxy {proxy or 'default'}"
             + (f", max_epochs {args.max_epochs}" if args.max_epochs else "")
             + (f", lr {args.lr}" if args.lr else "")
+            + (f", loss {args.loss}" if args.loss else "")
+            + (f", valid_protocol {args.valid_protocol}" if args.valid_protocol else "")
             + "; test split, 200 bootstrap resamples"
         ),
         "run_config": config,

@@ -140,6 +140,16 @@ def test_run_config_example_is_valid_for_full_pipeline(defs):
     validated = dg.validate_run_config(defs.resolve_job_def("full_pipeline"), run_config)
     assert validated["ops"]["convrec_model"]["config"]["budget"] == "auto"
     assert validated["loggers"]["console"]["config"]["log_level"] == "INFO"
+    # the accuracy benchmark's run config, with every override it offers, is valid config too
+    from benchmarks.accuracy import run_config as accuracy_run_config
+
+    overrides = accuracy_run_config(
+        "beauty", "cpu", 5, 1e-3, {"min_count": 1}, 1, loss="full_softmax", valid_protocol="full"
+    )
+    checked = dg.validate_run_config(defs.resolve_job_def("full_pipeline"), overrides)
+    assert checked["ops"]["convrec_model"]["config"]["valid_protocol"] == "full"
+    assert checked["ops"]["sasrec_model"]["config"]["loss"] == "full_softmax"
+    assert "valid_protocol" not in accuracy_run_config("video", "cpu")["ops"]["convrec_model"]["config"]
     with pytest.raises(dg.DagsterInvalidConfigError):  # a typo is caught, not ignored
         dg.validate_run_config(
             defs.resolve_job_def("full_pipeline"),
