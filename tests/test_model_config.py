@@ -34,11 +34,11 @@ def test_a_config_holds_exactly_its_model_constructor_arguments_with_the_same_de
 
 def _settings(model: str, **overrides) -> dict:
     """What assets/training.py resolve_settings hands prepare_training on the sample budget."""
-    from assets.training import ATTENTION_DEFAULTS, TrainingConfig
+    from assets.training import ATTENTION_DEFAULTS, AUTO_CHOICES, TrainingConfig
 
     s = TrainingConfig(budget="sample", features="none", **overrides).model_dump()
     for key, value in {**ATTENTION_DEFAULTS, **budget_settings("sample", model, "games")}.items():
-        if s.get(key) is None or s.get(key) == "auto" and key in ("scheme", "loss"):
+        if s.get(key) is None or s.get(key) == "auto" and key in AUTO_CHOICES:
             s[key] = value
     s["kernels"], s["strides"] = s["kernels"] or None, s["strides"] or None
     s["time_budget_s"] = float(s.pop("time_budget_min") or 0.0) * 60
@@ -47,21 +47,25 @@ def _settings(model: str, **overrides) -> dict:
 
 
 def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoints_is_kept(data):
-    # dropout .2: the sample budget's value when the hash below was pinned (it has none since)
-    config, train = prepare_training("convrec", _settings("convrec", dropout=0.2), data, lambda m: None)
+    # dropout .2, 3 epochs, no weight average: the sample budget's values when the hash below was pinned
+    # (since then it trains ConvRec without dropout, with the average, over 4 epochs)
+    pinned = {"dropout": 0.2, "max_epochs": 3, "ema_decay": 0.0}
+    config, train = prepare_training("convrec", _settings("convrec", **pinned), data, lambda m: None)
     assert isinstance(config, ConvRecConfig) and isinstance(train, TrainConfig)
     assert (config.d, config.hidden, config.max_len, config.features) == (64, 128, 20, "none")
     assert (train.lr, train.batch_size, train.scheme, train.eval_batch_size) == (3e-3, 128, "all_cuts", 256)
     # The hash that decides whether a finished model is reused: the same as before typed configs
     # (the plain-dict hparams of model_kwargs), so earlier checkpoints stay reusable.
     assert config_hash("convrec", config.to_hparams(), train) == "a613b78a63cd7661"
-    # settings added later (crop_prob, negative_power, ema_decay, label_smoothing) leave the hash alone at their
-    # default, and change it when set
+    # settings added later (crop_prob, negative_power, ema_decay, label_smoothing, valid_protocol) leave the
+    # hash alone at their default, and change it when set
+    assert train.valid_protocol == "sampled_100"
     for later in (
         {"crop_prob": 0.5},
         {"negative_power": 0.5},
         {"ema_decay": 0.999},
         {"label_smoothing": 0.1},
+        {"valid_protocol": "full"},
     ):
         assert (
             config_hash("convrec", config.to_hparams(), dataclasses.replace(train, **later))
