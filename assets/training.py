@@ -160,10 +160,10 @@ def train_model_asset(
 
     from convrec_dagster.data.dataset import load_rec_data
     from convrec_dagster.data.training_setup import (
-        best_full_metadata,
         data_features,
         epoch_line,
         prepare_training,
+        validation_metadata,
     )
     from models.registry import build_model
     from models.train import train
@@ -236,7 +236,7 @@ def train_model_asset(
         "best_epoch": result.best_epoch,
         "best_valid_HR@10": float(result.best_metrics["HR@10"]),
         "best_valid_NDCG@10": float(result.best_metrics["NDCG@10"]),
-        **best_full_metadata(result.best_metrics, train_config),
+        **validation_metadata(result.best_metrics, train_config),
         "epochs_run": result.epochs_run,
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,

@@ -60,10 +60,10 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
 
     from convrec_dagster.data.dataset import load_rec_data_from_parquet
     from convrec_dagster.data.training_setup import (
-        best_full_metadata,
         data_features,
         epoch_line,
         prepare_training,
+        validation_metadata,
     )
     from models.distributed import DistEnv, init_process_group, rank_device, train_distributed
     from models.registry import build_model
@@ -123,7 +123,7 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         "best_epoch": result.best_epoch,
         "best_valid_HR@10": float(result.best_metrics["HR@10"]),
         "best_valid_NDCG@10": float(result.best_metrics["NDCG@10"]),
-        **best_full_metadata(result.best_metrics, config),
+        **validation_metadata(result.best_metrics, config),
         "epochs_run": result.epochs_run,
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,

@@ -127,8 +127,9 @@ def epoch_line(name: str, record: dict) -> str:
     return line
 
 
-def best_full_metadata(best_metrics: dict, config: TrainConfig) -> dict:
-    """The training asset's metadata on the validation protocol (and, under ``full``, its best figures)."""
+def validation_metadata(best_metrics: dict, config: TrainConfig) -> dict:
+    """Training metadata on validation: the protocol that picked the epoch and, under ``full``, the best
+    epoch's full-ranking figures (its sampled ones are ``best_valid_*`` already)."""
     out: dict = {"valid_protocol": config.valid_protocol}
     if "full_NDCG@10" in best_metrics:
         out["best_valid_full_HR@10"] = float(best_metrics["full_HR@10"])
