@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
         "--home", default="", help="CONVREC_HOME of the prepared data (default /tmp/convrec_conv_<dataset>)"
     )
     parser.add_argument("--out", default="")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default="",
+        help="keep best.pt (the picked epoch's weights), resume.pt and history.json here "
+        "(for benchmarks.valid_test_gap); default: none",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         config,
         "cpu",
         "fp32",
-        None,
+        args.checkpoint_dir or None,
         on_epoch,
         lambda m: print(m, flush=True),
     )

@@ -68,3 +68,29 @@ def test_curves_add_a_full_ranking_panel_only_for_runs_that_logged_it(tmp_path, 
         "beauty_b (convergence)",
     ]
     assert one.shape[1] == 900 and two.shape[1] == 1500  # 9 and 15 inches at 100 dpi
+
+
+def test_valid_test_gap_buckets_cover_every_evaluated_user_once():
+    import numpy as np
+
+    from benchmarks.valid_test_gap import COUNT_EDGES, bucket_labels, bucketize, user_groups
+    from models.synthetic import chain_data
+
+    assert bucket_labels((0, 1, 5)) == ["0", "1-4", "5+"]
+    assert bucketize(np.array([0, 1, 4, 5, 99]), (0, 1, 5)).tolist() == [0, 1, 1, 2, 2]
+    data = chain_data(n_users=40, n_items=15, min_len=4, max_len=10, seed=3)
+    users = data.eval_users()
+    groups = user_groups(data)
+    for split in ("valid", "test"):
+        for index, labels in groups[split].values():
+            assert len(index) == len(users) and 0 <= index.min() and index.max() < len(labels)
+    # the validation target's training count, bucketed, for the first evaluated user
+    target = data.items[data.user_ptr[users[0] + 1] - 2]
+    count = data.train_item_counts()[target]
+    label = groups["valid"]["target_train_count"][1][groups["valid"]["target_train_count"][0][0]]
+    assert label == bucket_labels(COUNT_EDGES)[bucketize(np.array([count]), COUNT_EDGES)[0]]
+    # a target the user already had: counted as a repeat
+    repeats = groups["test"]["repeat_of_last"][0]
+    for user, flag in zip(users, repeats):
+        end = data.user_ptr[user + 1]
+        assert bool(flag) == (data.items[end - 1] in set(data.items[data.user_ptr[user] : end - 1].tolist()))

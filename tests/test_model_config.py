@@ -34,16 +34,13 @@ def test_a_config_holds_exactly_its_model_constructor_arguments_with_the_same_de
 
 def _settings(model: str, **overrides) -> dict:
     """What assets/training.py resolve_settings hands prepare_training on the sample budget."""
-    from assets.training import ATTENTION_DEFAULTS, AUTO_CHOICES, TrainingConfig
+    from assets.training import TrainingConfig, resolve_settings
+    from convrec_dagster.data.dataset_info import configured_dataset
 
-    s = TrainingConfig(budget="sample", features="none", **overrides).model_dump()
-    for key, value in {**ATTENTION_DEFAULTS, **budget_settings("sample", model, "games")}.items():
-        if s.get(key) is None or s.get(key) == "auto" and key in AUTO_CHOICES:
-            s[key] = value
-    s["kernels"], s["strides"] = s["kernels"] or None, s["strides"] or None
-    s["time_budget_s"] = float(s.pop("time_budget_min") or 0.0) * 60
-    s["emb_init_std_user"], s["emb_init_std_budget"] = None, None
-    return s
+    config = TrainingConfig(budget="sample", features="none", **overrides)
+    budget, _, settings = resolve_settings(config, configured_dataset(None, True), model, cuda=False)
+    assert budget == "sample"
+    return settings
 
 
 def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoints_is_kept(data):

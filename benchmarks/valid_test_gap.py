@@ -1,0 +1,176 @@
+"""Where a model loses accuracy from validation to test: per-user NDCG@10 on both splits, by bucket.
+
+    python -m benchmarks.valid_test_gap --dataset video --home /tmp/s27/video \\
+        --checkpoint convrec=/tmp/ckpt_convrec/best.pt --checkpoint sasrec=/tmp/ckpt_sasrec/best.pt
+
+Two models can reach the same validation figure and still differ on test (ConvRec and SASRec on
+Video: .585 and .588 on validation, .546 and .557 on test). The test target is one step later in each
+user's timeline than the validation target, so a model that has learnt the training period's
+popularity, or that ranks rarely-seen items badly, loses more from one to the other. This script
+loads checkpoints written by ``benchmarks.convergence --checkpoint-dir`` (``best.pt``), ranks every
+evaluated user's validation and test target under both protocols, and splits the users by:
+
+- ``target_train_count``: how often the target item occurs in the training rows;
+- ``target_late_count``: how often it occurs among all users' validation targets (a proxy for how
+  popular it is at the end of the timeline, when the dataset has no timestamps);
+- ``history_length``: the user's training interactions;
+- ``repeat_of_last``: whether the target is an item the user already had in the history.
+
+The JSON holds, per model, split, protocol and bucket: users and mean NDCG@10, HR@10, HR@1 and MRR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RESULTS_DIR, HelpFormatter, machine_info, write_json
+from benchmarks.convergence import DATA_DIRS
+
+COUNT_EDGES = (0, 1, 5, 20, 100, 500)  # bucket i: edges[i] <= count < edges[i + 1]; last is open
+LENGTH_EDGES = (3, 5, 10, 20, 50)
+
+
+def bucket_labels(edges: tuple[int, ...]) -> list[str]:
+    return [f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo) for lo, hi in zip(edges, edges[1:])] + [
+        f"{edges[-1]}+"
+    ]
+
+
+def bucketize(values: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
+    """Bucket index per value (values below the first edge go to bucket 0)."""
+    return np.clip(np.searchsorted(np.asarray(edges), values, side="right") - 1, 0, len(edges) - 1)
+
+
+def user_groups(data) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Per evaluated user, one bucket index per grouping (and the buckets' labels), per split."""
+    users = data.eval_users()
+    ends = data.user_ptr[users + 1]
+    valid_items, test_items = data.items[ends - 2], data.items[ends - 1]
+    train_counts = data.train_item_counts()
+    late_counts = np.bincount(valid_items, minlength=data.n_items + 1)
+    lengths = np.array([data.n_train(int(u)) for u in users])
+    groups = {}
+    for split, targets in (("valid", valid_items), ("test", test_items)):
+        seen = np.array(
+            [
+                t in set(data.items[data.user_ptr[u] : e - (2 if split == "valid" else 1)].tolist())
+                for u, e, t in zip(users, ends, targets)
+            ]
+        )
+        groups[split] = {
+            "target_train_count": (bucketize(train_counts[targets], COUNT_EDGES), bucket_labels(COUNT_EDGES)),
+            "target_late_count": (bucketize(late_counts[targets], COUNT_EDGES), bucket_labels(COUNT_EDGES)),
+            "history_length": (bucketize(lengths, LENGTH_EDGES), bucket_labels(LENGTH_EDGES)),
+            "repeat_of_last": (seen.astype(np.int64), ["new item", "already in history"]),
+        }
+    return groups
+
+
+def per_user_scores(model, data, split: str, protocol: str) -> dict[str, np.ndarray]:
+    from models.evaluate import rank_eval_users
+    from models.metrics import per_user_metrics
+
+    _, greater, equal = rank_eval_users(model, data, split, protocol, "cpu", 256)
+    metrics = per_user_metrics(greater, equal, ks=(1, 10))
+    return {k: metrics[k] for k in ("NDCG@10", "HR@10", "HR@1", "MRR")}
+
+
+def summarize_buckets(values: dict[str, np.ndarray], index: np.ndarray, labels: list[str]) -> list[dict]:
+    rows = []
+    for i, label in enumerate(labels):
+        mask = index == i
+        if mask.any():
+            rows.append(
+                {
+                    "bucket": label,
+                    "users": int(mask.sum()),
+                    **{k: round(float(v[mask].mean()), 4) for k, v in values.items()},
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.valid_test_gap",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--dataset", required=True, choices=sorted(DATA_DIRS))
+    parser.add_argument("--home", required=True, help="the CONVREC_HOME benchmarks.convergence prepared")
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a label and a best.pt (repeat for each model)",
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--out", default="", help="JSON (default benchmarks/results/valid_test_gap_<dataset>.json)"
+    )
+    args = parser.parse_args(argv)
+
+    import duckdb
+    import torch
+
+    from convrec_dagster.data import settings
+    from convrec_dagster.data.dataset import load_rec_data
+    from models.registry import load_model
+
+    torch.set_num_threads(args.threads)
+    loaded: dict[str, object] = {}
+    res: dict = {
+        "benchmark": "valid_test_gap",
+        "command": "python -m benchmarks.valid_test_gap " + " ".join(argv or sys.argv[1:]),
+        "machine": machine_info("cpu"),
+        "dataset": args.dataset,
+        "models": {},
+    }
+    for spec in args.checkpoint:
+        label, _, path = spec.partition("=")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        features = (
+            "none" if checkpoint["model"] == "sasrec" else checkpoint["hparams"].get("features", "auto")
+        )
+        if features not in loaded:
+            with duckdb.connect(str(settings.duckdb_path(Path(args.home))), read_only=True) as conn:
+                loaded[features] = load_rec_data(conn, features=features)
+        data = loaded[features]
+        model, checkpoint = load_model(path, data)
+        groups = user_groups(data)
+        out = {"checkpoint": path, "epoch": checkpoint["extra"].get("epoch"), "splits": {}}
+        for split in ("valid", "test"):
+            out["splits"][split] = {}
+            for protocol in ("sampled_100", "full"):
+                values = per_user_scores(model, data, split, protocol)
+                out["splits"][split][protocol] = {
+                    "all": {k: round(float(v.mean()), 4) for k, v in values.items()},
+                    **{
+                        name: summarize_buckets(values, index, labels)
+                        for name, (index, labels) in groups[split].items()
+                    },
+                }
+                print(f"[{label}] {split} {protocol}: {out['splits'][split][protocol]['all']}", flush=True)
+        res["models"][label] = out
+    path = Path(args.out or RESULTS_DIR / f"valid_test_gap_{args.dataset}.json")
+    write_json(res, path)
+    for label, out in res["models"].items():
+        print(f"\n{label}: sampled NDCG@10 valid -> test by bucket")
+        for name in groups["valid"]:
+            for v, t in zip(
+                out["splits"]["valid"]["sampled_100"][name], out["splits"]["test"]["sampled_100"][name]
+            ):
+                print(
+                    f"  {name:20s} {v['bucket']:>18s}: valid {v['NDCG@10']:.3f} ({v['users']:6d})"
+                    f"  test {t['NDCG@10']:.3f} ({t['users']:6d})"
+                )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
