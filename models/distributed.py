@@ -64,6 +64,7 @@ from models.train import (
     seed_everything,
     selection_score,
     validate,
+    validation_seconds,
 )
 
 
@@ -327,10 +328,17 @@ def train_distributed(
             return
         probe["done"] = True
         per_epoch = (time.perf_counter() - probe["t0"]) / done * total
+        if not env.is_main:  # rank 0 validates, so it alone measures what that costs
+            return
+        valid_s = validation_seconds(
+            evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol
+        )
+        epochs_left = config.max_epochs - start_epoch + 1
         say(
-            f"{name}: expected ~{per_epoch:.0f} s per epoch on {env.world_size} ranks ({total} global batches "
-            f"of {config.batch_size}, validation not counted); at most {config.max_epochs - start_epoch + 1} more "
-            f"epochs; early stopping after {config.patience} epochs without gain"
+            f"{name}: expected ~{per_epoch:.0f} s of training on {env.world_size} ranks ({total} global batches "
+            f"of {config.batch_size}) and ~{valid_s:.0f} s of validation ({config.valid_protocol}) on rank 0 per "
+            f"epoch; at most {epochs_left} more epochs = {(per_epoch + valid_s) * epochs_left / 60:.1f} min; "
+            f"early stopping after {config.patience} epochs without gain"
         )
 
     for epoch in range(start_epoch, config.max_epochs + 1):

@@ -58,14 +58,16 @@ def rank_eval_users(
     device: torch.device | str,
     batch_size: int = 256,
     precision: str = "fp32",
+    users: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(users, n_greater, n_equal) over every evaluated user; ties are left to the metrics."""
+    """(users, n_greater, n_equal) over every evaluated user (or the evaluated ``users`` given);
+    ties are left to the metrics."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    users = data.eval_users()
+    users = data.eval_users() if users is None else np.asarray(users, dtype=np.int64)
     greater, equal = [], []
     try:
         for start in range(0, len(users), batch_size):

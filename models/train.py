@@ -186,6 +186,25 @@ def validate(
     return out
 
 
+def validation_seconds(
+    model: SequentialRecommender,
+    data: RecData,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    protocol: str = "sampled_100",
+) -> float:
+    """What one ``validate`` call costs, extrapolated from its first two batches of users."""
+    users = data.eval_users()
+    sample = users[: 2 * batch_size]
+    if not len(sample):
+        return 0.0
+    started = time.perf_counter()
+    for name in ("sampled_100", "full") if protocol == "full" else ("sampled_100",):
+        rank_eval_users(model, data, "valid", name, device, batch_size, precision, sample)
+    return (time.perf_counter() - started) * len(users) / len(sample)
+
+
 def no_best() -> dict:
     """Early stopping's state before the first epoch: no best epoch yet, every score beats it."""
     return {"epoch": -1, "metrics": {"NDCG@10": -math.inf, "full_NDCG@10": -math.inf}, "bad_epochs": 0}
@@ -570,12 +589,16 @@ def train(
         probe["done"] = True
         probe["last"] = now
         per_epoch = (time.perf_counter() - t0) / done * total
+        valid_s = validation_seconds(
+            evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol
+        )
         epochs_left = config.max_epochs - start_epoch + 1
-        expected = per_epoch * epochs_left
+        expected = (per_epoch + valid_s) * epochs_left
         budget = f"; time budget {config.time_budget_s / 60:.0f} min" if config.time_budget_s else ""
         log(
-            f"{name}: expected ~{per_epoch:.0f} s per epoch ({total} batches, validation not counted); "
-            f"at most {epochs_left} more epochs = {expected / 60:.1f} min"
+            f"{name}: expected ~{per_epoch:.0f} s of training ({total} batches) and ~{valid_s:.0f} s of "
+            f"validation ({config.valid_protocol}) per epoch; at most {epochs_left} more epochs = "
+            f"{expected / 60:.1f} min"
             + (
                 f", capped at {max(config.time_budget_s - spent, 0) / 60:.1f} min by the time budget"
                 if config.time_budget_s and expected > config.time_budget_s - spent

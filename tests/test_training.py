@@ -168,7 +168,10 @@ def test_full_validation_picks_the_best_epoch_by_full_ranking(data):
     config = TrainConfig(batch_size=64, lr=3e-3, max_epochs=4, patience=10, seed=1, valid_protocol="full")
     torch.manual_seed(0)
     model = build_model("convrec", data, HP)
-    result = train(model, data, "convrec", HP, config, log=lambda m: None)
+    messages: list[str] = []
+    result = train(model, data, "convrec", HP, config, log=messages.append)
+    # the time estimate counts both validations, measured on the first users
+    assert any("expected ~" in m and "s of validation (full) per epoch" in m for m in messages)
     full = [h["valid_full_NDCG@10"] for h in result.history]
     sampled = [h["valid_NDCG@10"] for h in result.history]
     assert len(full) == 4 and full != sampled
@@ -179,6 +182,10 @@ def test_full_validation_picks_the_best_epoch_by_full_ranking(data):
     assert kept["full_NDCG@10"] == pytest.approx(
         summarize(per_user_metrics(greater, equal, ks=(10,)))["NDCG@10"]
     )
+    some = data.eval_users()[3:9]  # a subset of users ranks exactly as it does among all of them
+    sub_users, sub_greater, sub_equal = rank_eval_users(model, data, "valid", "full", "cpu", users=some)
+    assert sub_users.tolist() == some.tolist()
+    assert sub_greater.tolist() == greater[3:9].tolist() and sub_equal.tolist() == equal[3:9].tolist()
     default = dataclasses.replace(config, valid_protocol="sampled_100")
     assert config_hash("convrec", HP, default) != config_hash("convrec", HP, config)  # no resume across them
     with pytest.raises(ValueError, match="valid_protocol"):
