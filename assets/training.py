@@ -49,6 +49,9 @@ class TrainingConfig(dg.Config):
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
     candidates (0: off).
+    ``max_len_choices``: windows L to choose among by validation before training, each trained
+    ``max_len_search_epochs`` epochs from scratch (``models.window_search``; ``[]``: off, and off when
+    ``max_len`` is set); the ``sample`` budget searches ConvRec's window.
     ``valid_protocol``: the validation NDCG@10 that picks the best epoch and stops early,
     ``sampled_100`` (the stored 100 negatives per user) or ``full`` (every item, history masked; the
     sampled figures are logged beside it); ``auto``: the budget's.
@@ -71,6 +74,8 @@ class TrainingConfig(dg.Config):
     d: int | None = None
     hidden: int | None = None
     max_len: int | None = None  # 0: chosen from the data (models.budgets.auto_max_len)
+    max_len_choices: list[int] | None = None  # windows to choose L among by validation (None: budget's)
+    max_len_search_epochs: int | None = None  # epochs per window of that search (None: the budget's)
     batch_size: int | None = None
     lr: float | None = None
     dropout: float | None = None
@@ -139,6 +144,8 @@ def resolve_settings(
     # data-dependent budget settings (applied in prepare_training) never override a user's value
     for rule in ("without_time", "ids_only"):
         settings[rule] = {k: v for k, v in base.get(rule, {}).items() if k in from_budget}
+    if config.max_len is not None and config.max_len_choices is None:
+        settings["max_len_choices"] = []  # a window the user set is not searched
     settings["kernels"] = settings["kernels"] or None
     settings["strides"] = settings["strides"] or None
     settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
@@ -160,10 +167,12 @@ def train_model_asset(
 
     from convrec_dagster.data.dataset import load_rec_data
     from convrec_dagster.data.training_setup import (
+        choose_window,
         data_features,
         epoch_line,
         prepare_training,
         validation_metadata,
+        window_search_markdown,
     )
     from models.registry import build_model
     from models.train import train
@@ -176,6 +185,9 @@ def train_model_asset(
         s["resume"] = False
     if s["nproc_per_node"] > 1 or s["nnodes"] > 1:
         if name != "popularity" and pipes_client is not None:
+            if s.get("max_len_choices"):
+                context.log.info(f"{name}: the window search runs in one process only; L {s['max_len']}")
+                s["max_len_choices"] = []
             return _distributed(
                 name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started
             )
@@ -194,8 +206,11 @@ def train_model_asset(
             + (f" ({dataset} preset)" if budget == "paper" else "")
         )
         model_config, train_config = prepare_training(name, s, data, context.log.info)
-        hparams = model_config.to_hparams()
         device, precision = torch_device.torch_device, torch_device.effective_precision()
+        model_config, window_trials = choose_window(
+            name, s, data, model_config, train_config, device, precision, context.log.info
+        )
+        hparams = model_config.to_hparams()
         torch.manual_seed(train_config.seed)
         model = build_model(name, data, model_config)
         if torch_device.compile and hasattr(model, "mix"):
@@ -266,6 +281,10 @@ def train_model_asset(
         "checkpoint": dg.MetadataValue.path(str(out_dir / "best.pt")),
         "curves": dg.MetadataValue.md(training_curves_markdown(result.history, f"{name}: training curves")),
     }
+    if window_trials:
+        metadata["window_search"] = dg.MetadataValue.md(
+            window_search_markdown(window_trials, hparams["max_len"])
+        )
     context.log.info(
         f"{name}: best epoch {result.best_epoch}, valid NDCG@10 {result.best_metrics['NDCG@10']:.4f}"
         + (

@@ -231,3 +231,25 @@ def test_rank_counts_count_nan_scores_against_the_model():
     assert above.tolist() == [[False, True, True]] and not tied.any()
     above, tied = _compare(cand, torch.tensor([[float("nan")]]))
     assert above.all() and not tied.any()
+
+
+def test_window_search_keeps_the_window_whose_short_run_validates_best(data):
+    """Each trial is an ordinary training run: training the chosen window alone, with the same
+    settings, reproduces its trial's validation figure to the last digit."""
+    from models.config import ConvRecConfig
+    from models.window_search import search_max_len
+
+    config = ConvRecConfig.from_hparams(HP)
+    train_config = TrainConfig(batch_size=64, lr=3e-3, max_epochs=9, patience=9, seed=1)
+    messages: list[str] = []
+    chosen, trials = search_max_len("convrec", data, config, train_config, [2, 6], 2, log=messages.append)
+    assert [t["max_len"] for t in trials] == [2, 6] and len(messages) == 2
+    assert chosen == max(trials, key=lambda t: t["valid_NDCG@10"])["max_len"]
+    torch.manual_seed(train_config.seed)
+    alone = build_model("convrec", data, dataclasses.replace(config, max_len=chosen))
+    short = dataclasses.replace(train_config, max_epochs=2, patience=2)
+    result = train(alone, data, "convrec", {**HP, "max_len": chosen}, short, log=lambda m: None)
+    best = next(t for t in trials if t["max_len"] == chosen)
+    assert round(result.best_metrics["NDCG@10"], 4) == best["valid_NDCG@10"]
+    with pytest.raises(ValueError, match="choices"):
+        search_max_len("convrec", data, config, train_config, [], 1)

@@ -172,6 +172,26 @@ def test_full_ranking_validation_picks_the_epoch_and_is_reported(prepared):
     assert "best_valid_full_NDCG@10" not in sampled.metadata
 
 
+def test_convrec_window_is_chosen_by_validation_unless_the_user_sets_it(prepared):
+    """``max_len_choices``: a short run per window, the best validation figure's window trains, and the
+    metadata shows the search; an explicit ``max_len`` is not searched (the other tests' TINY)."""
+    instance = dg.DagsterInstance.ephemeral()
+    search = {k: v for k, v in TINY.items() if k != "max_len"}
+    search |= {"max_len_choices": [2, 8], "max_len_search_epochs": 1}
+    result = _materialize(prepared, ["convrec"], search, instance)
+    meta = result.asset_materializations_for_node("convrec_model")[0].metadata
+    table = meta["window_search"].value
+    scores = {int(row.split("|")[1].split()[0]): float(row.split("|")[2]) for row in table.splitlines()[2:]}
+    assert set(scores) == {2, 8}
+    chosen = meta["hparams"].value["max_len"]
+    assert scores[chosen] == max(scores.values()) and f"| {chosen} (chosen) |" in table
+    text = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
+    assert "window search, L 2" in text and f"convrec: L {chosen} (the best validation figure" in text
+    fixed = _materialize(prepared, ["convrec"], {**TINY, "max_len_choices": None})
+    meta = fixed.asset_materializations_for_node("convrec_model")[0].metadata
+    assert "window_search" not in meta and meta["hparams"].value["max_len"] == TINY["max_len"]
+
+
 def test_cpu_budget_trains_every_cut_over_all_items_with_a_window_from_the_data(prepared):
     """The cpu budget on ids with time context: ConvRec falls back to a sampled softmax (its candidate
     vectors depend on the row's time), SASRec keeps the softmax over all items; max_len comes from

@@ -260,8 +260,12 @@ def test_budgets_auto_and_per_model_settings():
     assert (sasrec["d"], sasrec["dropout"], sasrec["lr"], sasrec["adam_beta2"]) == (50, 0.5, 1e-3, 0.98)
     assert sasrec["scheme"] == "all_cuts" and sasrec["time_budget_min"] == 60
     sample = {m: budget_settings("sample", m, "games") for m in ("convrec", "convrec_attention", "sasrec")}
-    assert (sample["convrec"]["ema_decay"], sample["convrec"]["max_epochs"]) == ("auto", 4)
+    assert (sample["convrec"]["ema_decay"], sample["convrec"]["max_epochs"]) == ("auto", 10)
     assert (sample["convrec_attention"]["ema_decay"], sample["convrec_attention"]["max_epochs"]) == (0.0, 3)
+    # only ConvRec's window is searched, and only under the sample budget
+    assert sample["convrec"]["max_len_choices"] == [2, 5, 10, 20]
+    assert sample["convrec_attention"]["max_len_choices"] == sample["sasrec"]["max_len_choices"] == []
+    assert all(budget_settings(b, "convrec", "games")["max_len_choices"] == [] for b in ("cpu", "paper"))
     assert sample["sasrec"]["max_epochs"] == 15 and sample["sasrec"]["ema_decay"] == 0.0
     paper = budget_settings("paper", "convrec", "beauty")
     assert (paper["scheme"], paper["lr"], paper["max_len"]) == ("one_cut", 4e-5, 70)

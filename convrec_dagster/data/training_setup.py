@@ -25,6 +25,46 @@ from models.registry import spec
 from models.train import TrainConfig
 
 
+def choose_window(
+    name: str,
+    settings: dict,
+    data: RecData,
+    model_config: ModelConfig,
+    train: TrainConfig,
+    device,
+    precision: str,
+    log: Callable[[str], None],
+) -> tuple[ModelConfig, list[dict]]:
+    """Under ``max_len_choices`` (the budget's unless the user set ``max_len``), pick the window by
+    validation (``models.window_search``) and return the config with it, and the trials; else the
+    config as it is and no trials. Explicit ``kernels`` fit one window only, so they keep theirs."""
+    import dataclasses
+
+    from models.window_search import search_max_len
+
+    choices = [int(c) for c in settings.get("max_len_choices") or []]
+    if not choices:
+        return model_config, []
+    if getattr(model_config, "kernels", None) or getattr(model_config, "single_conv", False):
+        log(f"{name}: kernels are set, so no window search: L {model_config.max_len}")
+        return model_config, []
+    epochs = int(settings.get("max_len_search_epochs") or 1)
+    log(f"{name}: choosing the window L among {choices} by validation, {epochs} epoch(s) each")
+    chosen, trials = search_max_len(name, data, model_config, train, choices, epochs, device, precision, log)
+    log(f"{name}: L {chosen} (the best validation figure of the window search)")
+    return dataclasses.replace(model_config, max_len=chosen), trials
+
+
+def window_search_markdown(trials: list[dict], chosen: int) -> str:
+    """The window search as a Markdown table (asset metadata)."""
+    rows = [
+        f"| {t['max_len']}{' (chosen)' if t['max_len'] == chosen else ''} | {t['valid_NDCG@10']:.4f} | "
+        f"{t['best_epoch']} | {t['seconds']:.1f} |"
+        for t in trials
+    ]
+    return "\n".join(["| L | valid NDCG@10 | best epoch | seconds |", "|---|---|---|---|", *rows])
+
+
 def data_features(name: str, settings: dict) -> str:
     """The item features to load for ``name`` (only ConvRec and its attention counterpart use any)."""
     return settings["features"] if spec(name).item_features else "none"
