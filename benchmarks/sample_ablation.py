@@ -214,7 +214,7 @@ WINDOW_VARIANTS = [
         "all",
         False,
         "sasrec",
-        {"loss": "full_softmax"},
+        {"loss": "full_softmax", "dropout": 0.2},
         {"batch_size": 32, "lr": 3e-3},
     ),
     *[
