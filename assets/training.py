@@ -207,16 +207,17 @@ def train_model_asset(
         )
         model_config, train_config = prepare_training(name, s, data, context.log.info)
         device, precision = torch_device.torch_device, torch_device.effective_precision()
+        out_dir = paths.model_path(name)
         model_config, window_trials = choose_window(
-            name, s, data, model_config, train_config, device, precision, context.log.info
-        )
+            name, s, data, model_config, train_config, device, precision, context.log.info,
+            out_dir / "window_search.json",
+        )  # fmt: skip
         hparams = model_config.to_hparams()
         torch.manual_seed(train_config.seed)
         model = build_model(name, data, model_config)
         if torch_device.compile and hasattr(model, "mix"):
             model.mix = torch.compile(model.mix)
             context.log.info("torch.compile applied to the sequence mixer")
-        out_dir = paths.model_path(name)
 
         def on_epoch(record: dict) -> None:
             context.log.info(epoch_line(name, record))

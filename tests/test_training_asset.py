@@ -187,6 +187,12 @@ def test_convrec_window_is_chosen_by_validation_unless_the_user_sets_it(prepared
     assert scores[chosen] == max(scores.values()) and f"| {chosen} (chosen) |" in table
     text = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
     assert "window search, L 2" in text and f"convrec: L {chosen} (the best validation figure" in text
+    # the same settings and data again: the kept search stands, nothing is trained for it
+    again = _materialize(prepared, ["convrec"], search, instance)
+    meta = again.asset_materializations_for_node("convrec_model")[0].metadata
+    assert meta["window_search"].value == table and meta["hparams"].value["max_len"] == chosen
+    text = "\n".join(e.user_message for e in instance.all_logs(again.run_id))
+    assert "its choice stands" in text and "window search, L 2" not in text
     fixed = _materialize(prepared, ["convrec"], {**TINY, "max_len_choices": None})
     meta = fixed.asset_materializations_for_node("convrec_model")[0].metadata
     assert "window_search" not in meta and meta["hparams"].value["max_len"] == TINY["max_len"]

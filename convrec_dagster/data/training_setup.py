@@ -34,10 +34,12 @@ def choose_window(
     device,
     precision: str,
     log: Callable[[str], None],
+    record=None,
 ) -> tuple[ModelConfig, list[dict]]:
     """Under ``max_len_choices`` (the budget's unless the user set ``max_len``), pick the window by
-    validation (``models.window_search``) and return the config with it, and the trials; else the
-    config as it is and no trials. Explicit ``kernels`` fit one window only, so they keep theirs."""
+    validation (``models.window_search``; ``record``: the JSON that keeps the search for an unchanged
+    rerun) and return the config with it, and the trials; else the config as it is and no trials.
+    Explicit ``kernels`` fit one window only, so they keep theirs."""
     import dataclasses
 
     from models.window_search import search_max_len
@@ -50,7 +52,9 @@ def choose_window(
         return model_config, []
     epochs = int(settings.get("max_len_search_epochs") or 1)
     log(f"{name}: choosing the window L among {choices} by validation, {epochs} epoch(s) each")
-    chosen, trials = search_max_len(name, data, model_config, train, choices, epochs, device, precision, log)
+    chosen, trials = search_max_len(
+        name, data, model_config, train, choices, epochs, device, precision, log, record
+    )
     log(f"{name}: L {chosen} (the best validation figure of the window search)")
     return dataclasses.replace(model_config, max_len=chosen), trials
 
