@@ -120,9 +120,12 @@ SAMPLE = {
     "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1,
 }  # fmt: skip
 SAMPLE_SASREC = {"max_epochs": 15, "patience": 5, "loss": "full_softmax", "batch_size": 32, "dropout": 0.2}
-# ConvRec validates and keeps the weight average (as under ``cpu``: about one epoch of steps, here ~60) over
-# one more epoch: on the sample, test NDCG@10 .5006 against .4759 for the 3 epochs without it (.4880 with
-# the average at 3 epochs, .5114 at 6); each epoch is ~3 s (BENCHMARKS.md, "the embedded sample", stop 26).
+# ConvRec validates and keeps the weight average (as under ``cpu``: about one epoch of steps, here ~60):
+# on the sample, test NDCG@10 .5006 against .4759 without it (stop 26). And it chooses its window by
+# validation, one epoch at each of L 2 / 5 / 10 / 20 (~8 s; models.window_search), then trains 10 epochs:
+# its pooled convolutions blur the last item in a long window, and the sample's next item follows from the
+# last one (L 20 .5189, L 5 .5890, L 2 .6301 test; SASRec .6585; through `make run` .5006 -> .6251).
+# The search picks L 2 there; BENCHMARKS.md, "the embedded sample", stop 27.
 SAMPLE_CONVREC = {
     "ema_decay": "auto",
     "max_epochs": 10,
