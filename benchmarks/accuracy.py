@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
         help="override the budget's training loss",
     )
     parser.add_argument(
+        "--max-len", type=int, default=None, help="override the budget's window L (0: from the data)"
+    )
+    parser.add_argument(
         "--valid-protocol",
         choices=("sampled_100", "full"),
         default=None,
@@ -322,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         args.threads,
         loss=args.loss,
         valid_protocol=args.valid_protocol,
+        max_len=args.max_len,
     )
     for asset in skipped:
         config["ops"].pop(asset)
@@ -383,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f", lr {args.lr}" if args.lr else "")
             + (f", loss {args.loss}" if args.loss else "")
             + (f", valid_protocol {args.valid_protocol}" if args.valid_protocol else "")
+            + (f", max_len {args.max_len}" if args.max_len is not None else "")
             + "; test split, 200 bootstrap resamples"
         ),
         "run_config": config,
