@@ -330,9 +330,7 @@ def train_distributed(
         per_epoch = (time.perf_counter() - probe["t0"]) / done * total
         if not env.is_main:  # rank 0 validates, so it alone measures what that costs
             return
-        valid_s = validation_seconds(
-            evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol
-        )
+        valid_s = validation_seconds(evaluated, data, device, precision, config)
         epochs_left = config.max_epochs - start_epoch + 1
         say(
             f"{name}: expected ~{per_epoch:.0f} s of training on {env.world_size} ranks ({total} global batches "

@@ -174,12 +174,14 @@ def validate(
     precision: str,
     batch_size: int,
     protocol: str = "sampled_100",
+    users: np.ndarray | None = None,
 ) -> dict:
     """Validation HR@10 and NDCG@10 on the stored sampled-100 negatives; with ``protocol="full"`` also
-    ``full_HR@10`` and ``full_NDCG@10`` over every item (history masked)."""
+    ``full_HR@10`` and ``full_NDCG@10`` over every item (history masked). ``users``: a subset of the
+    evaluated users (default all)."""
     out = {}
     for name in ("sampled_100", "full") if protocol == "full" else ("sampled_100",):
-        _, greater, equal = rank_eval_users(model, data, "valid", name, device, batch_size, precision)
+        _, greater, equal = rank_eval_users(model, data, "valid", name, device, batch_size, precision, users)
         summary = summarize(per_user_metrics(greater, equal, ks=(10,)))
         prefix = "full_" if name == "full" else ""
         out |= {f"{prefix}HR@10": summary["HR@10"], f"{prefix}NDCG@10": summary["NDCG@10"]}
@@ -187,21 +189,15 @@ def validate(
 
 
 def validation_seconds(
-    model: SequentialRecommender,
-    data: RecData,
-    device: torch.device,
-    precision: str,
-    batch_size: int,
-    protocol: str = "sampled_100",
+    model: SequentialRecommender, data: RecData, device: torch.device, precision: str, config: TrainConfig
 ) -> float:
-    """What one ``validate`` call costs, extrapolated from its first two batches of users."""
+    """What one ``validate`` call under ``config`` costs, extrapolated from its first two batches of users."""
     users = data.eval_users()
-    sample = users[: 2 * batch_size]
+    sample = users[: 2 * config.eval_batch_size]
     if not len(sample):
         return 0.0
     started = time.perf_counter()
-    for name in ("sampled_100", "full") if protocol == "full" else ("sampled_100",):
-        rank_eval_users(model, data, "valid", name, device, batch_size, precision, sample)
+    validate(model, data, device, precision, config.eval_batch_size, config.valid_protocol, sample)
     return (time.perf_counter() - started) * len(users) / len(sample)
 
 
@@ -589,9 +585,7 @@ def train(
         probe["done"] = True
         probe["last"] = now
         per_epoch = (time.perf_counter() - t0) / done * total
-        valid_s = validation_seconds(
-            evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol
-        )
+        valid_s = validation_seconds(evaluated, data, device, precision, config)
         epochs_left = config.max_epochs - start_epoch + 1
         expected = (per_epoch + valid_s) * epochs_left
         budget = f"; time budget {config.time_budget_s / 60:.0f} min" if config.time_budget_s else ""
