@@ -45,6 +45,21 @@ def bucketize(values: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
     return np.clip(np.searchsorted(np.asarray(edges), values, side="right") - 1, 0, len(edges) - 1)
 
 
+def repeats(data, users: np.ndarray, target_rows: np.ndarray) -> np.ndarray:
+    """bool per user: the item at ``target_rows`` already occurs in the user's history before it."""
+    starts = data.user_ptr[users]
+    lengths = target_rows - starts
+    owner = np.repeat(np.arange(len(users)), lengths)
+    rows = (
+        np.arange(lengths.sum())
+        - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        + np.repeat(starts, lengths)
+    )
+    width = data.n_items + 1
+    history = owner * width + data.items[rows]
+    return np.isin(np.arange(len(users)) * width + data.items[target_rows], history)
+
+
 def user_groups(data) -> dict[str, tuple[np.ndarray, list[str]]]:
     """Per evaluated user, one bucket index per grouping (and the buckets' labels), per split."""
     users = data.eval_users()
@@ -52,15 +67,10 @@ def user_groups(data) -> dict[str, tuple[np.ndarray, list[str]]]:
     valid_items, test_items = data.items[ends - 2], data.items[ends - 1]
     train_counts = data.train_item_counts()
     late_counts = np.bincount(valid_items, minlength=data.n_items + 1)
-    lengths = np.array([data.n_train(int(u)) for u in users])
+    lengths = ends - data.user_ptr[users] - 2  # training rows (every evaluated user has two targets)
     groups = {}
-    for split, targets in (("valid", valid_items), ("test", test_items)):
-        seen = np.array(
-            [
-                t in set(data.items[data.user_ptr[u] : e - (2 if split == "valid" else 1)].tolist())
-                for u, e, t in zip(users, ends, targets)
-            ]
-        )
+    for split, targets, offset in (("valid", valid_items, 2), ("test", test_items, 1)):
+        seen = repeats(data, users, ends - offset)
         groups[split] = {
             "target_train_count": (bucketize(train_counts[targets], COUNT_EDGES), bucket_labels(COUNT_EDGES)),
             "target_late_count": (bucketize(late_counts[targets], COUNT_EDGES), bucket_labels(COUNT_EDGES)),
