@@ -60,8 +60,22 @@ def repeats(data, users: np.ndarray, target_rows: np.ndarray) -> np.ndarray:
     return np.isin(np.arange(len(users)) * width + data.items[target_rows], history)
 
 
-def user_groups(data) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """Per evaluated user, one bucket index per grouping (and the buckets' labels), per split."""
+def sample_successors(data) -> np.ndarray | None:
+    """On the embedded sample: each item's chain successor (item index, 0 where unknown); None
+    without item names."""
+    from convrec_dagster.data.sample_dump import SampleDumpConfig, build_catalog
+
+    if data.item_names is None:
+        return None
+    index = {name: i for i, name in enumerate(data.item_names.tolist())}
+    successor = build_catalog(SampleDumpConfig()).successor_asin()
+    return np.array([index.get(successor.get(name), 0) for name in data.item_names.tolist()], dtype=np.int64)
+
+
+def user_groups(data, successors: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Per evaluated user, one bucket index per grouping (and the buckets' labels), per split.
+    ``successors`` (item -> item, 0 unknown) adds ``next_item``: whether the target is the successor
+    of the last history item."""
     users = data.eval_users()
     ends = data.user_ptr[users + 1]
     valid_items, test_items = data.items[ends - 2], data.items[ends - 1]
@@ -77,6 +91,9 @@ def user_groups(data) -> dict[str, tuple[np.ndarray, list[str]]]:
             "history_length": (bucketize(lengths, LENGTH_EDGES), bucket_labels(LENGTH_EDGES)),
             "repeat_of_last": (seen.astype(np.int64), ["new item", "already in history"]),
         }
+        if successors is not None:
+            follows = successors[data.items[ends - offset - 1]] == targets
+            groups[split]["next_item"] = ((~follows).astype(np.int64), ["successor of the last item", "another"])
     return groups
 
 
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
                 loaded[features] = load_rec_data(conn, features=features)
         data = loaded[features]
         model, checkpoint = load_model(path, data)
-        groups = user_groups(data)
+        groups = user_groups(data, sample_successors(data) if args.dataset == "sample" else None)
         out = {"checkpoint": path, "epoch": checkpoint["extra"].get("epoch"), "splits": {}}
         for split in ("valid", "test"):
             out["splits"][split] = {}

@@ -89,6 +89,13 @@ def test_valid_test_gap_buckets_cover_every_evaluated_user_once():
     count = data.train_item_counts()[target]
     label = groups["valid"]["target_train_count"][1][groups["valid"]["target_train_count"][0][0]]
     assert label == bucket_labels(COUNT_EDGES)[bucketize(np.array([count]), COUNT_EDGES)[0]]
+    # with a successor map (chain_data: item i is followed by i + 1 mod n), the target's relation to the last item
+    successors = np.concatenate([[0], np.arange(2, data.n_items + 1), [1]])
+    follows = user_groups(data, successors)["test"]["next_item"][0] == 0
+    for user, flag in zip(users, follows):
+        end = data.user_ptr[user + 1]
+        assert bool(flag) == (data.items[end - 1] == data.items[end - 2] % data.n_items + 1)
+    assert 0 < follows.mean() < 1
     # a target the user already had: counted as a repeat
     repeats = groups["test"]["repeat_of_last"][0]
     for user, flag in zip(users, repeats):
