@@ -93,7 +93,10 @@ def user_groups(data, successors: np.ndarray | None = None) -> dict[str, tuple[n
         }
         if successors is not None:
             follows = successors[data.items[ends - offset - 1]] == targets
-            groups[split]["next_item"] = ((~follows).astype(np.int64), ["successor of the last item", "another"])
+            groups[split]["next_item"] = (
+                (~follows).astype(np.int64),
+                ["successor of the last item", "another"],
+            )
     return groups
 
 
