@@ -241,19 +241,16 @@ SETS = {
 def successor_first_share(model, data, split: str = "test") -> float | None:
     """On the embedded sample: the share of users whose target is the chain successor of their last item
     and whose model ranks it first over every item (history masked); None without item names."""
-    import numpy as np
-
-    from convrec_dagster.data.sample_dump import SampleDumpConfig, build_catalog
+    from benchmarks.valid_test_gap import sample_successors
     from models.evaluate import rank_eval_users
     from models.metrics import per_user_metrics
 
-    if data.item_names is None:
+    successors = sample_successors(data)
+    if successors is None:
         return None
-    successor = build_catalog(SampleDumpConfig()).successor_asin()
     users, greater, equal = rank_eval_users(model, data, split, "full", "cpu")
     ends = data.user_ptr[users + 1] - (1 if split == "test" else 2)
-    targets, last = data.item_names[data.items[ends]], data.item_names[data.items[ends - 1]]
-    is_successor = np.array([successor.get(a) == b for a, b in zip(last, targets)])
+    is_successor = successors[data.items[ends - 1]] == data.items[ends]
     first = per_user_metrics(greater, equal, ks=(1,))["HR@1"]
     return round(float(first[is_successor].mean()), 4) if is_successor.any() else None
 

@@ -15,6 +15,8 @@ evaluated user's validation and test target under both protocols, and splits the
   popular it is at the end of the timeline, when the dataset has no timestamps);
 - ``history_length``: the user's training interactions;
 - ``repeat_of_last``: whether the target is an item the user already had in the history.
+- ``next_item`` (the embedded sample only): whether the target is the chain successor of the last
+  history item, the generator's most frequent rule.
 
 The JSON holds, per model, split, protocol and bucket: users and mean NDCG@10, HR@10, HR@1 and MRR.
 """
