@@ -44,9 +44,9 @@ def _settings(model: str, **overrides) -> dict:
 
 
 def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoints_is_kept(data):
-    # dropout .2, 3 epochs, no weight average: the sample budget's values when the hash below was pinned
-    # (since then it trains ConvRec without dropout, with the average, over 4 epochs)
-    pinned = {"dropout": 0.2, "max_epochs": 3, "ema_decay": 0.0}
+    # dropout .2, 3 epochs, no weight average, 100 negatives: the sample budget's values when the hash below
+    # was pinned (since then it trains ConvRec without dropout, with the average, over 10 epochs and 256 negatives)
+    pinned = {"dropout": 0.2, "max_epochs": 3, "ema_decay": 0.0, "n_negatives": 100}
     config, train = prepare_training("convrec", _settings("convrec", **pinned), data, lambda m: None)
     assert isinstance(config, ConvRecConfig) and isinstance(train, TrainConfig)
     assert (config.d, config.hidden, config.max_len, config.features) == (64, 128, 20, "none")
