@@ -106,7 +106,12 @@ CPU_CONVREC_WITHOUT_TIME = {
 # ... and where ConvRec also reads no item features (ids only): twice the learning rate. Every signal then
 # sits in the id table, which Adam moves by about lr per step. Video: test .5239 against .5151 at lr 1e-3;
 # with Beauty's attributes lr 2e-3 gave the same sampled figure (.3899) and full .0421 against .0447 (stop 23).
-CPU_CONVREC_IDS_ONLY = {"lr": 2e-3}
+# And the softmax over every item at batch 1,024: with ids only an item's vector is one row of the id table
+# through the encoder, cheap for all items at once, and the larger batch steadies the gradient of that table.
+# Video: valid .592, test .5542 / full .0598 against .585, .5464 / .0571 (batch 512, 2,048 shared negatives;
+# batch 1,024 alone .5492, the full softmax alone .5486; stop 28, BENCHMARKS.md). On Beauty, with attributes,
+# batch 1,024 was behind (.3947 / .0410 against .3968 / .0427), so this stays with the ids-only rule.
+CPU_CONVREC_IDS_ONLY = {"lr": 2e-3, "batch_size": 1024, "loss": "full_softmax"}
 MAX_LEN_CHOICES = (10, 20, 30, 50)
 # The embedded sample (~600 users, ~240 items, ~8k interactions): small and quick on 2 CPU cores.
 # Every cut each epoch (4 epochs of it beat 15 of one cut: BENCHMARKS.md), 3 epochs to stay near a minute; the id embeddings keep
