@@ -185,12 +185,11 @@ def train_model_asset(
         s["resume"] = False
     if s["nproc_per_node"] > 1 or s["nnodes"] > 1:
         if name != "popularity" and pipes_client is not None:
-            if s.get("max_len_choices"):
-                context.log.info(f"{name}: the window search runs in one process only; L {s['max_len']}")
-                s["max_len_choices"] = []
+            window_trials = _window_before_torchrun(name, context, duckdb, paths, torch_device, s)
             return _distributed(
-                name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started
-            )
+                name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started,
+                window_trials,
+            )  # fmt: skip
         context.log.info(
             f"{name}: nothing to train, so one process despite nproc_per_node {s['nproc_per_node']}"
         )
@@ -299,10 +298,30 @@ def train_model_asset(
     return dg.MaterializeResult(metadata=metadata)
 
 
+def _window_before_torchrun(name, context, duckdb, paths, torch_device, s) -> list[dict]:
+    """Under ``max_len_choices``, the window search runs here, in one process on the asset's device,
+    before the ranks start; they then train the chosen L (``s`` is updated). Returns the trials."""
+    if not s.get("max_len_choices"):
+        return []
+    from convrec_dagster.data.dataset import load_rec_data
+    from convrec_dagster.data.training_setup import choose_window, data_features, prepare_training
+
+    with duckdb.get_connection() as conn:
+        data = load_rec_data(conn, features=data_features(name, s))
+    model_config, train_config = prepare_training(name, s, data, context.log.info)
+    model_config, trials = choose_window(
+        name, s, data, model_config, train_config, torch_device.torch_device,
+        torch_device.effective_precision(), context.log.info, paths.model_path(name) / "window_search.json",
+    )  # fmt: skip
+    s["max_len"], s["max_len_choices"] = model_config.max_len, []
+    return trials
+
+
 def _distributed(
-    name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started
+    name, context, config, duckdb, paths, torch_device, pipes_client, s, budget, started, window_trials
 ) -> dg.MaterializeResult:
     """The torchrun path (``convrec_dagster.pipes_training``); same metadata as the one-process path."""
+    from convrec_dagster.data.training_setup import window_search_markdown
     from convrec_dagster.pipes_training import run_distributed_training
 
     metadata, history, streamed = run_distributed_training(
@@ -321,6 +340,8 @@ def _distributed(
             ),
         }
     )
+    if window_trials:
+        metadata["window_search"] = dg.MetadataValue.md(window_search_markdown(window_trials, s["max_len"]))
     context.log.info(
         f"{name}: best epoch {metadata['best_epoch'].value}, valid NDCG@10 "
         f"{metadata['best_valid_NDCG@10'].value:.4f}, {metadata['epochs_run'].value} epochs on "

@@ -172,3 +172,31 @@ def test_torchrun_under_pipes_trains_like_the_one_process_asset(make_resources, 
     logs = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
     assert "rank 0 of 2 (gloo" in logs and "sasrec epoch 3:" in logs  # streamed from rank 0 over Pipes
     assert (convrec_home / "export" / "sequences.parquet").exists()
+
+
+def test_window_search_runs_before_torchrun_and_the_ranks_train_its_choice(
+    make_resources, convrec_home, tmp_path
+):
+    """convrec_model with max_len_choices and nproc_per_node=2: the search runs in the asset's process,
+    then both ranks train the chosen window, and the metadata shows the search."""
+    from test_training_asset import TINY, _materialize, write_split_tables
+
+    from convrec_dagster.data import settings
+
+    (tmp_path / "dump").mkdir()
+    resources = make_resources(tmp_path / "dump")
+    write_split_tables(
+        settings.duckdb_path(convrec_home), chain_data(n_users=60, n_items=40, max_len=14, seed=2)
+    )
+    search = {k: v for k, v in TINY.items() if k != "max_len"}
+    search |= {"max_len_choices": [2, 8], "max_len_search_epochs": 1, "max_epochs": 1, "num_threads": 1}
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(resources, ["convrec"], {**search, "nproc_per_node": 2, "resume": False}, instance)
+    assert result.success
+    meta = result.asset_materializations_for_node("convrec_model")[0].metadata
+    chosen = meta["hparams"].value["max_len"]
+    assert meta["world_size"].value == 2 and chosen in (2, 8)
+    assert f"| {chosen} (chosen) |" in meta["window_search"].value
+    logs = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
+    assert "window search, L 2" in logs and "window search, L 8" in logs
+    assert "runs in one process only" not in logs
