@@ -252,6 +252,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-len", type=int, default=None, help="override the budget's window L (0: from the data)"
     )
+    parser.add_argument("--batch-size", type=int, default=None, help="override the budget's batch size")
+    parser.add_argument(
+        "--weight-decay", type=float, default=None, help="override the budget's weight decay (AdamW)"
+    )
+    parser.add_argument(
+        "--augment-prob",
+        type=float,
+        default=None,
+        help="override the budget's share of history items replaced at random",
+    )
     parser.add_argument(
         "--valid-protocol",
         choices=("sampled_100", "full"),
@@ -326,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
         loss=args.loss,
         valid_protocol=args.valid_protocol,
         max_len=args.max_len,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        augment_prob=args.augment_prob,
     )
     for asset in skipped:
         config["ops"].pop(asset)
@@ -388,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
             + (f", loss {args.loss}" if args.loss else "")
             + (f", valid_protocol {args.valid_protocol}" if args.valid_protocol else "")
             + (f", max_len {args.max_len}" if args.max_len is not None else "")
+            + (f", batch_size {args.batch_size}" if args.batch_size else "")
+            + (f", weight_decay {args.weight_decay}" if args.weight_decay is not None else "")
+            + (f", augment_prob {args.augment_prob}" if args.augment_prob is not None else "")
             + "; test split, 200 bootstrap resamples"
         ),
         "run_config": config,

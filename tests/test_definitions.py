@@ -144,11 +144,14 @@ def test_run_config_example_is_valid_for_full_pipeline(defs):
     from benchmarks.accuracy import run_config as accuracy_run_config
 
     overrides = accuracy_run_config(
-        "beauty", "cpu", 5, 1e-3, {"min_count": 1}, 1, loss="full_softmax", valid_protocol="full", max_len=2
-    )
+        "beauty", "cpu", 5, 1e-3, {"min_count": 1}, 1, loss="full_softmax", valid_protocol="full", max_len=2,
+        batch_size=1024, weight_decay=0.5, augment_prob=0.0,
+    )  # fmt: skip
     checked = dg.validate_run_config(defs.resolve_job_def("full_pipeline"), overrides)
     assert checked["ops"]["convrec_model"]["config"]["valid_protocol"] == "full"
     assert checked["ops"]["convrec_model"]["config"]["max_len"] == 2
+    assert checked["ops"]["convrec_model"]["config"]["weight_decay"] == 0.5
+    assert checked["ops"]["convrec_model"]["config"]["augment_prob"] == 0.0  # 0 is a value, not "unset"
     assert checked["ops"]["sasrec_model"]["config"]["loss"] == "full_softmax"
     assert "valid_protocol" not in accuracy_run_config("video", "cpu")["ops"]["convrec_model"]["config"]
     with pytest.raises(dg.DagsterInvalidConfigError):  # a typo is caught, not ignored
