@@ -312,20 +312,24 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
         assert not any("no time path" in line for line in lines)
     else:
         assert (conv["dropout"], conv["augment_prob"]) == (0.0, 0.2)
-        assert conv["weight_decay"] == 0.0  # measured neutral (BENCHMARKS.md, stop 25)
+        # ids only: weight decay .5 on the id table (stop 29); with attributes it stays 0 (below)
+        assert conv["weight_decay"] == CPU_CONVREC_IDS_ONLY["weight_decay"] == 0.5
         assert conv["ema_decay"] == CPU_CONVREC["ema_decay"] == "auto"
         assert any("no time path" in line and "dropout 0.0" in line for line in lines)
         # ids only: the softmax over every item at batch 1,024 and lr 2e-3 (stop 28)
         assert (conv["loss"], conv["batch_size"], conv["lr"]) == ("full_softmax", 1024, 2e-3)
         assert conv["lr"] == CPU_CONVREC_IDS_ONLY["lr"] and any("item ids only" in line for line in lines)
-        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4, batch_size=64)
+        mine, _ = resolved(
+            "convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4, batch_size=64, weight_decay=0.0
+        )
         assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "full_softmax", 0.2)
-        assert mine["batch_size"] == 64
+        assert (mine["batch_size"], mine["weight_decay"]) == (64, 0.0)
         assert (mine["ema_decay"], mine["lr"]) == (0.0, 5e-4)
         # the ids-only learning rate needs ids only: with item attributes the encoder's lr stays
         with_attributes = chain_data(n_users=30, n_items=20, seed=1, with_time=False, with_attributes=True)
         attrs, lines = resolved("convrec", on=with_attributes)
         assert attrs["lr"] == CPU_ENCODER["lr"] and attrs["ema_decay"] == conv["ema_decay"]
+        assert attrs["weight_decay"] == 0.0  # measured neutral with attributes (stops 25, 29)
         assert (attrs["loss"], attrs["n_negatives"]) == (CPU_CONVREC_WITHOUT_TIME["loss"], 2048)
         assert attrs["batch_size"] == CPU_CONVREC_WITHOUT_TIME["batch_size"] == 512
         assert (attrs["dropout"], attrs["augment_prob"]) == (0.0, 0.2)
