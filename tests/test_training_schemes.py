@@ -319,8 +319,8 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
         # ids only: the softmax over every item at batch 1,024 and lr 2e-3 (stop 28)
         assert (conv["loss"], conv["batch_size"], conv["lr"]) == ("full_softmax", 1024, 2e-3)
         assert conv["lr"] == CPU_CONVREC_IDS_ONLY["lr"] and any("item ids only" in line for line in lines)
-        user = {"dropout": 0.3, "loss": "full_softmax", "ema_decay": 0.0, "lr": 5e-4, "batch_size": 64}
-        mine, _ = resolved("convrec", **user, weight_decay=0.0)
+        mine, _ = resolved("convrec", dropout=0.3, loss="full_softmax", ema_decay=0.0, lr=5e-4, batch_size=64,
+                           weight_decay=0.0)  # fmt: skip
         assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "full_softmax", 0.2)
         assert (mine["batch_size"], mine["weight_decay"]) == (64, 0.0)
         assert (mine["ema_decay"], mine["lr"]) == (0.0, 5e-4)
