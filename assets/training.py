@@ -112,6 +112,7 @@ class TrainingConfig(dg.Config):
     residuals: bool = True
     single_conv: bool = False
     avg_pool_only: bool = False
+    residual_pool: Literal["auto", "avg", "last"] = "auto"  # down-scale residuals by mean (paper) or last
     interval_scale: Literal["raw", "calendar"] = "raw"  # Δ in (years, months, days) or over their ranges
     side_init: Literal["default", "zero", "zero_time"] = "default"  # where attributes/images/time start
     # attention models
@@ -124,7 +125,8 @@ class TrainingConfig(dg.Config):
 
 
 ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
-AUTO_CHOICES = ("scheme", "loss", "valid_protocol")  # settings whose "auto" means the budget's
+# settings whose "auto" means the budget's
+AUTO_CHOICES = ("scheme", "loss", "valid_protocol", "residual_pool")
 
 
 def resolve_settings(

@@ -263,6 +263,12 @@ def main(argv: list[str] | None = None) -> None:
         help="override the budget's share of history items replaced at random",
     )
     parser.add_argument(
+        "--residual-pool",
+        choices=("avg", "last"),
+        default=None,
+        help="override the budget's ConvRec residual down-scaling (avg: the paper's; last: the window's last position)",
+    )
+    parser.add_argument(
         "--valid-protocol",
         choices=("sampled_100", "full"),
         default=None,
@@ -339,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         weight_decay=args.weight_decay,
         augment_prob=args.augment_prob,
+        residual_pool=args.residual_pool,
     )
     for asset in skipped:
         config["ops"].pop(asset)
@@ -404,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f", batch_size {args.batch_size}" if args.batch_size else "")
             + (f", weight_decay {args.weight_decay}" if args.weight_decay is not None else "")
             + (f", augment_prob {args.augment_prob}" if args.augment_prob is not None else "")
+            + (f", residual_pool {args.residual_pool}" if args.residual_pool else "")
             + "; test split, 200 bootstrap resamples"
         ),
         "run_config": config,

@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-budget-min", type=float, default=60.0)
     parser.add_argument("--d", type=int, default=50)
     parser.add_argument("--hidden", type=int, default=0, help="ConvRec encoder width (0: 4 d)")
+    parser.add_argument(
+        "--residual-pool",
+        default="avg",
+        choices=["avg", "last"],
+        help="ConvRec: down-scale the block residuals by the window's mean (the paper) or its last position",
+    )
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--augment-prob", type=float, default=0.0)
@@ -196,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     hparams = {"d": args.d, "max_len": args.max_len, "dropout": args.dropout, "loss": args.loss}
     if args.model != "sasrec":
         hparams.update(features=args.features, hidden=args.hidden or None, emb_init_std=args.emb_init_std)
+    if args.model == "convrec" and args.residual_pool != "avg":
+        hparams["residual_pool"] = args.residual_pool
     config = TrainConfig(
         batch_size=args.batch_size,
         lr=args.lr,

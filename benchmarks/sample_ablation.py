@@ -229,6 +229,17 @@ WINDOW_VARIANTS = [
         {"max_len": 2, "features": "none"},
         SAMPLE_TRAIN,
     ),
+    *[
+        (
+            f"ConvRec, the sample budget at L {n}, residuals keep the last position",
+            "all",
+            True,
+            "convrec",
+            {"max_len": n, "residual_pool": "last"},
+            SAMPLE_TRAIN,
+        )
+        for n in (20, 10, 5, 2)
+    ],
 ]
 SETS = {
     "causes": (BASE, VARIANTS),

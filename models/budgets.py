@@ -61,7 +61,7 @@ def dataset_preset(dataset_name: str) -> str:
 PAPER_DEFAULTS = {
     "d": 256, "batch_size": 128, "max_epochs": 1000, "patience": 20, "num_threads": 0, "scheme": "one_cut",
     "loss": "softmax", "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0, "ema_decay": 0.0,
-    "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1,
+    "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg",
 }  # fmt: skip
 # Kang & McAuley's SASRec settings (their paper and code), whatever the budget's other models use.
 SASREC_PAPER = {"d": 50, "max_len": 50, "dropout": 0.5, "lr": 1e-3, "batch_size": 128, "adam_beta2": 0.98,
@@ -70,7 +70,7 @@ CPU_COMMON = {
     "scheme": "all_cuts", "loss": "full_softmax", "n_negatives": 256, "max_len": 50, "max_epochs": 40,
     "patience": 3, "num_threads": 0, "time_budget_min": 60.0, "adam_beta2": 0.98, "weight_decay": 0.0,
     "augment_prob": 0.0, "ema_decay": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [],
-    "max_len_search_epochs": 1,
+    "max_len_search_epochs": 1, "residual_pool": "avg",
 }  # fmt: skip
 # ConvRec and its attention counterpart. emb_init_std: id and attribute embeddings start at N(0, .02²) (the
 # GPT/BERT convention) instead of PyTorch's N(0, 1): with unit-scale ids the convolution stack
@@ -128,7 +128,7 @@ SAMPLE = {
     "d": 64, "hidden": 128, "batch_size": 128, "lr": 3e-3, "dropout": 0.0, "weight_decay": 0.0,
     "max_len": 20, "max_epochs": 3, "patience": 3, "num_threads": 1, "scheme": "all_cuts", "loss": "softmax",
     "n_negatives": 100, "adam_beta2": 0.98, "time_budget_min": 0.0, "augment_prob": 0.0, "ema_decay": 0.0,
-    "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1,
+    "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg",
 }  # fmt: skip
 SAMPLE_SASREC = {"max_epochs": 15, "patience": 5, "loss": "full_softmax", "batch_size": 32, "dropout": 0.2}
 # ConvRec validates and keeps the weight average (as under ``cpu``: about one epoch of steps, here ~60):

@@ -128,6 +128,7 @@ class ConvRecConfig(EncoderConfig):
     residuals: bool = True
     single_conv: bool = False
     avg_pool_only: bool = False
+    residual_pool: str = "avg"
 
     @classmethod
     def from_settings(cls, s: dict[str, Any]) -> ConvRecConfig:
@@ -139,7 +140,16 @@ class ConvRecConfig(EncoderConfig):
             residuals=s["residuals"],
             single_conv=s["single_conv"],
             avg_pool_only=s["avg_pool_only"],
+            residual_pool=s["residual_pool"],
         )
+
+    def to_hparams(self) -> dict[str, Any]:
+        """As the base, without ``residual_pool`` at the paper's ``avg``: a setting added later stays out
+        of the config hash at its default, so earlier checkpoints stay reusable."""
+        hparams = super().to_hparams()
+        if hparams["residual_pool"] == "avg":
+            del hparams["residual_pool"]
+        return hparams
 
 
 @dataclass

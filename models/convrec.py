@@ -350,8 +350,16 @@ def default_kernels(max_len: int, max_blocks: int = 3, max_prime: int = 7) -> li
     return sorted(bins)
 
 
-def _pool(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """Average pool along the sequence of channel-last x (B, L, d)."""
+# How a block's two residuals are down-scaled to its output length: "avg", the paper's average pool of each
+# window, or "last", each window's most recent position (the progressive residual then ends as the last
+# item's vector, unblurred).
+RESIDUAL_POOLS = ("avg", "last")
+
+
+def _pool(x: torch.Tensor, kernel: int, stride: int, mode: str = "avg") -> torch.Tensor:
+    """Down-scale channel-last x (B, L, d) by windows of ``kernel`` every ``stride``: mean or last."""
+    if mode == "last":
+        return x[:, kernel - 1 :: stride]
     if kernel == stride:
         return x.view(x.shape[0], -1, kernel, x.shape[2]).mean(2)
     return F.avg_pool1d(x.transpose(1, 2), kernel, stride).transpose(1, 2)
@@ -360,8 +368,19 @@ def _pool(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 class ConvBlock(nn.Module):
     """Left pad, Conv1d (heads = groups), projection, GELU, dropout, LN(y + α·pool(x) + β·pool(r))."""
 
-    def __init__(self, d: int, kernel: int, stride: int, heads: int, dropout: float, residual: bool):
+    def __init__(
+        self,
+        d: int,
+        kernel: int,
+        stride: int,
+        heads: int,
+        dropout: float,
+        residual: bool,
+        residual_pool: str = "avg",
+    ):
         super().__init__()
+        if residual_pool not in RESIDUAL_POOLS:
+            raise ValueError(f"residual_pool must be one of {RESIDUAL_POOLS}, not {residual_pool!r}")
         if d % heads:
             raise ValueError(f"d={d} must be divisible by heads={heads}")
         self.kernel, self.stride = kernel, stride
@@ -369,7 +388,7 @@ class ConvBlock(nn.Module):
         self.proj = nn.Linear(d, d)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d)
-        self.residual = residual
+        self.residual, self.residual_pool = residual, residual_pool
         if residual:
             self.alpha = nn.Parameter(torch.tensor(0.5))
             self.beta = nn.Parameter(torch.tensor(0.5))
@@ -396,8 +415,8 @@ class ConvBlock(nn.Module):
         y = self.dropout(F.gelu(self.proj(self._conv(x))))
         if not self.residual:
             return self.norm(y), r
-        pooled_r = _pool(r, self.kernel, self.stride)
-        pooled_x = pooled_r if same else _pool(x, self.kernel, self.stride)
+        pooled_r = _pool(r, self.kernel, self.stride, self.residual_pool)
+        pooled_x = pooled_r if same else _pool(x, self.kernel, self.stride, self.residual_pool)
         return self.norm(y + self.alpha * pooled_x + self.beta * pooled_r), pooled_r
 
 
@@ -407,6 +426,8 @@ class ConvRec(EncodedSequenceModel):
     ``intervals=False``: no (year, month, day) intervals. ``residuals=False``: blocks without the two
     weighted residuals. ``single_conv=True``: one block with kernel = stride = L. ``avg_pool_only``:
     the sequence vector is the mean of the history's item vectors (no convolution at all).
+    ``residual_pool="last"`` (not in the paper): the residuals keep each window's most recent position
+    instead of its mean, so the last item reaches the sequence vector unblurred.
     """
 
     name = "convrec"
@@ -425,6 +446,7 @@ class ConvRec(EncodedSequenceModel):
         residuals: bool = True,
         single_conv: bool = False,
         avg_pool_only: bool = False,
+        residual_pool: str = "avg",
         hidden: int | None = None,
         loss: LossName = "softmax",
         emb_init_std: float | None = None,
@@ -459,7 +481,9 @@ class ConvRec(EncodedSequenceModel):
         blocks = (
             []
             if avg_pool_only
-            else [ConvBlock(d, k, s, heads, dropout, residuals) for k, s in zip(kernels, strides)]
+            else [
+                ConvBlock(d, k, s, heads, dropout, residuals, residual_pool) for k, s in zip(kernels, strides)
+            ]
         )
         self.blocks = nn.ModuleList(blocks)
 

@@ -11,6 +11,7 @@ import torch
 from convrec_dagster.data.training_setup import prepare_training, train_config
 from models.budgets import PAPER_PRESETS, budget_settings, dataset_preset
 from models.config import ConvRecAttentionConfig, ConvRecConfig, SASRecConfig
+from models.convrec import ConvRec
 from models.registry import MODELS, build_model, load_model, model_config, save_checkpoint
 from models.synthetic import chain_data
 from models.train import TrainConfig, config_hash
@@ -68,10 +69,31 @@ def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoint
             config_hash("convrec", config.to_hparams(), dataclasses.replace(train, **later))
             != "a613b78a63cd7661"
         )
+    last = dataclasses.replace(config, residual_pool="last")
+    assert config_hash("convrec", last.to_hparams(), train) != "a613b78a63cd7661"
+    assert ConvRecConfig.from_hparams(last.to_hparams()).residual_pool == "last"
+    assert ConvRecConfig.from_hparams(config.to_hparams()).residual_pool == "avg"
     attention, _ = prepare_training("convrec_attention", _settings("convrec_attention"), data, lambda m: None)
     assert isinstance(attention, ConvRecAttentionConfig) and attention.n_layers == 2
     sasrec, _ = prepare_training("sasrec", _settings("sasrec"), data, lambda m: None)
     assert isinstance(sasrec, SASRecConfig) and "hidden" not in sasrec.to_hparams()
+
+
+@pytest.mark.parametrize("budget", ["sample", "cpu", "paper"])
+def test_residual_pool_auto_is_the_papers_average_and_a_users_choice_wins(data, budget):
+    from assets.training import TrainingConfig, resolve_settings
+    from convrec_dagster.data.dataset_info import configured_dataset
+
+    def built(**user) -> ConvRec:
+        config = TrainingConfig(budget=budget, features="none", d=16, hidden=32, max_len=10, **user)
+        _, _, s = resolve_settings(
+            config, configured_dataset(None, budget == "sample"), "convrec", cuda=False
+        )
+        model_config, _ = prepare_training("convrec", s, data, lambda m: None)
+        return build_model("convrec", data, model_config.to_hparams())
+
+    assert {b.residual_pool for b in built().blocks} == {"avg"}
+    assert {b.residual_pool for b in built(residual_pool="last").blocks} == {"last"}
 
 
 def test_a_missing_setting_fails_loudly_instead_of_falling_back():

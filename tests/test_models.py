@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.batching import make_batch
-from models.convrec import ConvBlock, ConvRec, default_kernels
+from models.convrec import ConvBlock, ConvRec, _pool, default_kernels
 from models.registry import MODEL_NAMES, build_model, load_model, save_checkpoint
 from models.synthetic import chain_data
 
@@ -109,6 +110,7 @@ ABLATIONS = {
     "residuals": {"residuals": False},
     "single_conv": {"single_conv": True},
     "avg_pool_only": {"avg_pool_only": True},
+    "residual_pool": {"residual_pool": "last"},
 }
 
 
@@ -136,8 +138,36 @@ def test_each_ablation_switch_changes_the_computation(data, switch):
         assert not any("alpha" in n or "beta" in n for n in names)
     elif switch == "single_conv":
         assert len(ablated.blocks) == 1 and ablated.blocks[0].kernel == HP["max_len"]
+    elif switch == "residual_pool":
+        assert names == set(dict(full.named_parameters()))  # the same weights, read differently
     else:
         assert len(ablated.blocks) == 0 and not any(n.startswith("blocks") for n in names)
+
+
+def test_last_residual_pool_keeps_each_window_s_most_recent_position():
+    x = torch.arange(2 * 7 * 3, dtype=torch.float32).view(2, 7, 3)
+    torch.testing.assert_close(_pool(x[:, 1:], 2, 2, "last"), x[:, [2, 4, 6]])
+    torch.testing.assert_close(_pool(x, 3, 2, "last"), x[:, [2, 4, 6]])  # windows 0-2, 2-4, 4-6
+    torch.testing.assert_close(_pool(x[:, 1:], 2, 2), (x[:, [1, 3, 5]] + x[:, [2, 4, 6]]) / 2)
+    with pytest.raises(ValueError, match="residual_pool"):
+        ConvBlock(8, 2, 2, heads=1, dropout=0.0, residual=True, residual_pool="max")
+
+
+def test_with_last_residual_pool_the_last_item_reaches_the_sequence_vector_unblurred():
+    """Blocks whose convolution path is silenced and whose input residual is off: the output is
+    LayerNorm(β · progressive residual), which under "last" is the last item's vector alone."""
+    torch.manual_seed(0)
+    blocks = [ConvBlock(8, k, k, heads=1, dropout=0.0, residual=True, residual_pool="last") for k in (2, 5)]
+    for b in blocks:
+        torch.nn.init.zeros_(b.proj.weight)
+        torch.nn.init.zeros_(b.proj.bias)
+        b.alpha.data.zero_()
+    z = torch.randn(2, 10, 8)
+    x = r = z
+    for b in blocks:
+        x, r = b(x, r)
+    torch.testing.assert_close(x[:, 0], F.layer_norm(z[:, -1], (8,)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(r[:, 0], z[:, -1])
 
 
 def test_residual_weights_start_at_one_half(data):
