@@ -80,7 +80,10 @@ def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoint
 
 
 @pytest.mark.parametrize("budget", ["sample", "cpu", "paper"])
-def test_residual_pool_auto_is_the_papers_average_and_a_users_choice_wins(data, budget):
+def test_residual_pool_auto_is_the_papers_average_with_a_time_path_and_a_users_choice_wins(data, budget):
+    """``data`` has time context; without it the ``cpu`` budget keeps the last position
+    (``test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_without_a_time_path``)."""
+    assert data.has_context
     from assets.training import TrainingConfig, resolve_settings
     from convrec_dagster.data.dataset_info import configured_dataset
 

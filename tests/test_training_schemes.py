@@ -309,9 +309,13 @@ def test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_with
         assert (conv["dropout"], conv["augment_prob"], conv["loss"]) == (0.2, 0.0, "softmax")
         assert (conv["ema_decay"], conv["lr"]) == (CPU_CONVREC["ema_decay"], CPU_ENCODER["lr"])
         assert (conv["weight_decay"], conv["batch_size"]) == (0.0, CPU_ENCODER["batch_size"])
+        assert conv.get("residual_pool", "avg") == "avg"  # the paper's residuals where time enters
         assert not any("no time path" in line for line in lines)
     else:
         assert (conv["dropout"], conv["augment_prob"]) == (0.0, 0.2)
+        # the residuals keep each window's last position (stop 31), unless the user chose
+        assert conv["residual_pool"] == CPU_CONVREC_WITHOUT_TIME["residual_pool"] == "last"
+        assert resolved("convrec", residual_pool="avg")[0].get("residual_pool", "avg") == "avg"
         # ids only: weight decay .5 on the id table (stop 29); with attributes it stays 0 (below)
         assert conv["weight_decay"] == CPU_CONVREC_IDS_ONLY["weight_decay"] == 0.5
         assert conv["ema_decay"] == CPU_CONVREC["ema_decay"] == "auto"
