@@ -102,8 +102,9 @@ CPU_CONVREC = {"ema_decay": "auto"}
 # weight. Without a time path it helped on both sets measured: Video through the pipeline .5594 / full .0634
 # against .5600 / .0598 (23 minutes of training against 15), Beauty's budget .3990 / full .0501 against .3968 /
 # .0427, Beauty at L 20 (full softmax, full-ranking validation) full .0582 and .0567 (two seeds) against .0567
-# and .0565 at its best window L 2 with averages. With a time path it did not (Magazine .2506 against .2930, the sample .6284 against .6316
-# as the mean of three seeds), so it stays out of the budget there (BENCHMARKS.md, stop 31).
+# and .0565 at its best window L 2 with averages. With a time path it did not (Magazine .2506 against .2930,
+# the sample .6284 against .6316 as the mean of three seeds), so it stays out of the budget there
+# (BENCHMARKS.md, stop 31).
 CPU_CONVREC_WITHOUT_TIME = {
     "dropout": 0.0,
     "augment_prob": 0.2,
