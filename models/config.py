@@ -30,6 +30,10 @@ class ModelConfig:
     """Base: what every model's config can do."""
 
     model: ClassVar[str] = ""  # the registry name
+    # fields added after checkpoints were written: at these defaults ``to_hparams`` leaves them out, so the
+    # config hash of earlier checkpoints stays as it was (the model-side twin of ``models.train``'s
+    # ``_HASHED_WHEN_SET``)
+    omitted_at_default: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def from_settings(cls: type[C], s: dict[str, Any]) -> C:  # pragma: no cover - every model overrides
@@ -42,7 +46,8 @@ class ModelConfig:
 
     def to_hparams(self) -> dict[str, Any]:
         """A plain dict (what a checkpoint stores and the config hash covers)."""
-        return dataclasses.asdict(self)
+        skip = self.omitted_at_default
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in skip and v == skip[k])}
 
 
 @dataclass
@@ -122,6 +127,7 @@ class ConvRecConfig(EncoderConfig):
     ``strides`` None: from ``max_len`` (``default_kernels``)."""
 
     model: ClassVar[str] = "convrec"
+    omitted_at_default: ClassVar[dict[str, Any]] = {"residual_pool": "avg"}
     kernels: list[int] | None = None
     strides: list[int] | None = None
     heads: int = 1
@@ -142,14 +148,6 @@ class ConvRecConfig(EncoderConfig):
             avg_pool_only=s["avg_pool_only"],
             residual_pool=s["residual_pool"],
         )
-
-    def to_hparams(self) -> dict[str, Any]:
-        """As the base, without ``residual_pool`` at the paper's ``avg``: a setting added later stays out
-        of the config hash at its default, so earlier checkpoints stay reusable."""
-        hparams = super().to_hparams()
-        if hparams["residual_pool"] == "avg":
-            del hparams["residual_pool"]
-        return hparams
 
 
 @dataclass
