@@ -253,7 +253,7 @@ def train_model_asset(
         "best_epoch": result.best_epoch,
         "best_valid_HR@10": float(result.best_metrics["HR@10"]),
         "best_valid_NDCG@10": float(result.best_metrics["NDCG@10"]),
-        **validation_metadata(result.best_metrics, train_config),
+        **validation_metadata(result.best_metrics, train_config, result.extra.get("sampled_best")),
         "epochs_run": result.epochs_run,
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,

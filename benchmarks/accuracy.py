@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> None:
                     k: getattr(md[k], "value", None)
                     for k in (
                         "best_epoch",
+                        "valid_protocol",
+                        "sampled_100_best_epoch",
                         "epochs_run",
                         "best_valid_NDCG@10",
                         "wall_time_s",

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,12 +74,12 @@ def prepare(dataset: str, home: Path, data_dir: Path | None, proxy: dict) -> Non
     marker.write_text(json.dumps({"dataset": dataset, "proxy": proxy}))
 
 
-def test_metrics(model, data, device) -> dict:
+def test_metrics(model, data, device, protocols: tuple[str, ...] = ("sampled_100", "full")) -> dict:
     from models.evaluate import rank_eval_users
     from models.metrics import per_user_metrics, summarize
 
     out = {}
-    for protocol in ("sampled_100", "full"):
+    for protocol in protocols:
         _, greater, equal = rank_eval_users(model, data, "test", protocol, device, 256)
         summary = summarize(per_user_metrics(greater, equal, ks=(10, 20)))
         out[protocol] = {
@@ -259,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     started = time.perf_counter()
+    # under valid_protocol full the sampled figures come from their own pick (best_sampled_100.pt)
+    scratch = (
+        tempfile.TemporaryDirectory() if config.valid_protocol == "full" and not args.checkpoint_dir else None
+    )
     result = train(
         model,
         data,
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         config,
         "cpu",
         "fp32",
-        args.checkpoint_dir or None,
+        args.checkpoint_dir or (scratch.name if scratch else None),
         on_epoch,
         lambda m: print(m, flush=True),
     )
@@ -277,6 +282,18 @@ def main(argv: list[str] | None = None) -> None:
     res["minutes_to_best"] = round(sum(h["epoch_time_s"] for h in result.history[:best]) / 60, 2)
     res["best_valid"] = result.best_metrics
     res["test"] = test_metrics(model, data, "cpu")
+    if "sampled_best" in result.extra:
+        from models.registry import load_model
+        from models.train import SAMPLED_BEST
+
+        picked = Path(args.checkpoint_dir or scratch.name) / SAMPLED_BEST
+        res["sampled_100_best_epoch"] = result.extra["sampled_best"]["epoch"]
+        res["test_at_best_epoch"] = dict(res["test"])  # both protocols from the full-ranking pick
+        res["test"]["sampled_100"] = test_metrics(load_model(picked, data)[0], data, "cpu", ("sampled_100",))[
+            "sampled_100"
+        ]
+    if scratch is not None:
+        scratch.cleanup()
     write_json(res, out)
     print(f"[{args.model}] best epoch {best} ({res['minutes_to_best']} min); test {json.dumps(res['test'])}")
 

@@ -47,6 +47,7 @@ from models.data import RecData, resolved_features
 from models.evaluate import autocast
 from models.registry import save_checkpoint
 from models.train import (
+    SAMPLED_BEST,
     TrainConfig,
     TrainResult,
     _epoch_batches,
@@ -61,8 +62,9 @@ from models.train import (
     no_best,
     peak_memory,
     resolved_ema_decay,
+    sampled_best_summary,
     seed_everything,
-    selection_score,
+    update_best,
     validate,
     validation_seconds,
 )
@@ -273,6 +275,8 @@ def train_distributed(
         else None
     )
     ema_state = None
+    if state is None and env.is_main and out is not None:
+        (out / SAMPLED_BEST).unlink(missing_ok=True)  # an earlier run's pick: this run writes its own or none
     if state is not None:
         model.load_state_dict(state["model"])  # DDP below broadcasts rank 0's weights
         ema_state = state.get("ema")
@@ -354,20 +358,18 @@ def train_distributed(
             metrics = validate(
                 evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol
             )
-            improved = selection_score(metrics, config) > selection_score(best["metrics"], config)
+            improved, sampled_improved = update_best(best, metrics, epoch, config)
             if improved:
-                best = {"epoch": epoch, "metrics": metrics, "bad_epochs": 0}
                 best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
-                if out is not None:
+            for picked, path in ((improved, "best.pt"), (sampled_improved, SAMPLED_BEST)):
+                if picked and out is not None:
                     save_checkpoint(
-                        out / "best.pt",
+                        out / path,
                         evaluated,
                         name,
                         hparams,
                         {"epoch": epoch, "valid": metrics, "world_size": env.world_size, **meta},
                     )
-            else:
-                best["bad_epochs"] += 1
             epoch_time = time.perf_counter() - t0
             spent += epoch_time
             record = epoch_record(
@@ -428,5 +430,10 @@ def train_distributed(
         time.perf_counter() - started,
         int(peak.item()),
         stopped_early,
-        extra={"world_size": env.world_size, "backend": dist.get_backend(), "rows_per_rank": rows_per_rank},
+        extra={
+            "world_size": env.world_size,
+            "backend": dist.get_backend(),
+            "rows_per_rank": rows_per_rank,
+            **sampled_best_summary(best),
+        },
     )

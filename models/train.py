@@ -19,14 +19,18 @@ optional linear warm-up and cosine decay. With ``ema_decay`` set (a decay, or ``
 epoch of steps, ``auto_ema_decay``) an exponential moving average of the
 weights (``torch.optim.swa_utils.AveragedModel``) is what validation scores and what the run keeps.
 Validation NDCG@10 picks the best epoch: on the stored sampled-100 negatives, or with
-``valid_protocol="full"`` over every item (the sampled figures are then logged too); training stops
-after ``patience`` epochs without improvement, at ``max_epochs`` or when ``time_budget_s`` is spent.
+``valid_protocol="full"`` over every item. Under ``"full"`` the sampled figures are validated too and pick
+their own epoch: ``best_sampled_100.pt`` keeps the weights the sampled validation picks, from which the
+sampled test figures are reported (each protocol's figures come from the epoch its own validation picked;
+the full-ranking one, ``best.pt``, is the model that recommends). Training stops after ``patience`` epochs
+in which no kept validation figure improved, at ``max_epochs`` or when ``time_budget_s`` is spent.
 
-``out_dir`` receives ``best.pt`` (the best model), ``resume.pt`` (model, optimizer, epoch, RNG
-states, history, best so far) and ``history.json``. A run that finds a ``resume.pt`` with the same
-config hash and data fingerprint continues after its last epoch; otherwise it starts over and says so.
-If that run had finished, nothing is trained: the result's ``extra["reused"]`` names the run that
-trained the model (``run_id``), so the caller can say it is reused. ``resume=False`` starts over.
+``out_dir`` receives ``best.pt`` (the best model; ``best_sampled_100.pt`` beside it under "full"),
+``resume.pt`` (model, optimizer, epoch, RNG states, history, best so far) and ``history.json``. A run
+that finds a ``resume.pt`` with the same config hash and data fingerprint continues after its last
+epoch; otherwise it starts over and says so. If that run had finished, nothing is trained: the
+result's ``extra["reused"]`` names the run that trained the model (``run_id``), so the caller can say
+it is reused. ``resume=False`` starts over.
 """
 
 from __future__ import annotations
@@ -204,6 +208,35 @@ def validation_seconds(
 def no_best() -> dict:
     """Early stopping's state before the first epoch: no best epoch yet, every score beats it."""
     return {"epoch": -1, "metrics": {"NDCG@10": -math.inf, "full_NDCG@10": -math.inf}, "bad_epochs": 0}
+
+
+# Under valid_protocol "full": the weights of the epoch the sampled-100 validation picks, beside best.pt.
+SAMPLED_BEST = "best_sampled_100.pt"
+
+
+def update_best(best: dict, metrics: dict, epoch: int, config: TrainConfig) -> tuple[bool, bool]:
+    """Fold one epoch's validation into early stopping's state ``best`` (in place) and return
+    (improved, sampled_improved): whether the epoch is the best so far under ``config.valid_protocol``,
+    and, under ``"full"``, whether it is the best so far by the sampled-100 figure (``best["sampled"]``,
+    the epoch the sampled test figures come from). Patience counts the epochs in which neither improved,
+    so the run does not stop while the sampled figure still climbs."""
+    improved = selection_score(metrics, config) > selection_score(best["metrics"], config)
+    sampled_improved = False
+    if config.valid_protocol == "full":
+        kept = best.get("sampled") or {"metrics": {"NDCG@10": -math.inf}}
+        sampled_improved = metrics["NDCG@10"] > kept["metrics"]["NDCG@10"]
+        if sampled_improved:
+            best["sampled"] = {"epoch": epoch, "metrics": metrics}
+    if improved:
+        best.update(epoch=epoch, metrics=metrics)
+    best["bad_epochs"] = 0 if improved or sampled_improved else best["bad_epochs"] + 1
+    return improved, sampled_improved
+
+
+def sampled_best_summary(best: dict) -> dict:
+    """``TrainResult.extra`` entry for the sampled-100 pick under "full" (empty without one)."""
+    kept = best.get("sampled")
+    return {"sampled_best": {"epoch": int(kept["epoch"]), "metrics": dict(kept["metrics"])}} if kept else {}
 
 
 def selection_score(metrics: dict, config: TrainConfig) -> float:
@@ -508,6 +541,7 @@ def train(
             save_checkpoint(
                 out / "best.pt", model, name, hparams, {"epoch": 0, "valid": metrics, **ckpt_meta}
             )
+            (out / SAMPLED_BEST).unlink(missing_ok=True)
             (out / "history.json").write_text(json.dumps(history, indent=1))
         if on_epoch:
             on_epoch(history[0])
@@ -534,6 +568,8 @@ def train(
     start_epoch, resumed_from, finished, reused = 1, None, False, None
     resume_path = out / "resume.pt" if out is not None else None
     state = load_resume_state(resume_path, config, chash, fingerprint, log)
+    if state is None and out is not None:
+        (out / SAMPLED_BEST).unlink(missing_ok=True)  # an earlier run's pick: this run writes its own or none
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -611,16 +647,14 @@ def train(
         )
         train_time = time.perf_counter() - t0
         metrics = validate(evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol)
-        improved = selection_score(metrics, config) > selection_score(best["metrics"], config)
+        improved, sampled_improved = update_best(best, metrics, epoch, config)
         if improved:
-            best = {"epoch": epoch, "metrics": metrics, "bad_epochs": 0}
             best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
-            if out is not None:
+        for picked, path in ((improved, "best.pt"), (sampled_improved, SAMPLED_BEST)):
+            if picked and out is not None:
                 save_checkpoint(
-                    out / "best.pt", evaluated, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta}
+                    out / path, evaluated, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta}
                 )
-        else:
-            best["bad_epochs"] += 1
         epoch_time = time.perf_counter() - t0
         spent += epoch_time
         record = epoch_record(
@@ -669,5 +703,5 @@ def train(
         time.perf_counter() - started,
         peak_memory(device),
         stopped_early,
-        extra={"reused": reused} if reused else {},
+        extra={**({"reused": reused} if reused else {}), **sampled_best_summary(best)},
     )

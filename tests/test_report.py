@@ -175,7 +175,11 @@ def test_findings_say_better_or_worse_only_with_a_paired_test():
 
 
 def test_training_ingest_and_warning_tables():
-    configs = {"convrec": {"epoch": 4, "n_parameters": 12_345, "run_id": "run-a"}, "sasrec": {"epoch": 2}}
+    # SASRec validated by full ranking: its sampled figures come from the epoch the sampled validation picked
+    configs = {
+        "convrec": {"epoch": 4, "n_parameters": 12_345, "run_id": "run-a"},
+        "sasrec": {"epoch": 2, "sampled_100_epoch": 1},
+    }
     histories = {
         "convrec": [
             {
@@ -216,6 +220,7 @@ def test_training_ingest_and_warning_tables():
         "label": "ConvRec",
         "parameters": 12_345,
         "best_epoch": 4,
+        "sampled_100_epoch": None,
         "epochs": 4,
         "train_time_s": 8.0,
         "stopped_by": "max_epochs",
@@ -225,6 +230,7 @@ def test_training_ingest_and_warning_tables():
     assert training["sasrec"]["still_improving"] is False and training["sasrec"]["stopped_by"] == "patience"
     md = R.render_markdown(report)
     assert "| ConvRec | 12,345 | 4 | 4 | 8.0 s | max_epochs | yes | `run-a` |" in md
+    assert "| SASRec | – | 2 (sampled-100: 1) | 3 |" in md
     assert "| quarantined (reviews): malformed_json | 3 |" in md
     assert "| items | 7 items have no metadata |" in md
     html = R.render_html(report)

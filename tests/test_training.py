@@ -192,6 +192,57 @@ def test_full_validation_picks_the_best_epoch_by_full_ranking(data):
         TrainConfig(valid_protocol="sampled")
 
 
+def test_full_validation_keeps_the_sampled_pick_beside_it(tmp_path):
+    """Under ``valid_protocol="full"`` the sampled-100 validation picks its own epoch: ``best_sampled_100.pt``
+    holds that epoch's weights (the sampled figures are reported from it), ``best.pt`` the full-ranking
+    pick; a later run under the sampled protocol in the same folder leaves no stale pick behind."""
+    from models.registry import load_model
+    from models.train import SAMPLED_BEST
+
+    data = chain_data(
+        n_users=240, n_items=400, min_len=6, max_len=18, seed=0
+    )  # more items than 100 negatives
+    config = TrainConfig(batch_size=64, lr=1e-2, max_epochs=6, patience=10, seed=2, valid_protocol="full")
+    torch.manual_seed(0)
+    result = train(
+        build_model("convrec", data, HP), data, "convrec", HP, config, out_dir=tmp_path, log=lambda m: None
+    )
+    sampled = [h["valid_NDCG@10"] for h in result.history]
+    picked = result.extra["sampled_best"]
+    assert picked["epoch"] == int(np.argmax(sampled)) + 1
+    assert picked["epoch"] != result.best_epoch  # this run's two validations pick different epochs
+    model, checkpoint = load_model(tmp_path / SAMPLED_BEST, data)
+    assert checkpoint["extra"]["epoch"] == picked["epoch"]
+    kept = validate(model, data, torch.device("cpu"), "fp32", 256)
+    assert kept["NDCG@10"] == pytest.approx(max(sampled))
+    full_pick = torch.load(tmp_path / "best.pt", weights_only=True)["extra"]["epoch"]
+    assert full_pick == result.best_epoch
+    again = dataclasses.replace(config, valid_protocol="sampled_100", max_epochs=1)
+    result = train(
+        build_model("convrec", data, HP), data, "convrec", HP, again, out_dir=tmp_path, log=lambda m: None
+    )
+    assert not (tmp_path / SAMPLED_BEST).exists() and "sampled_best" not in result.extra
+
+
+def test_patience_waits_for_either_protocol():
+    """Under "full" an epoch that improves only the sampled figure is not a bad epoch (the sampled pick
+    may still come); under "sampled_100" the full figure plays no part."""
+    from models.train import no_best, update_best
+
+    full = TrainConfig(valid_protocol="full")
+    best = no_best()
+    epochs = [(0.30, 0.05), (0.32, 0.04), (0.31, 0.06), (0.29, 0.05)]  # (sampled, full) NDCG@10
+    flags = [
+        update_best(best, {"NDCG@10": s, "full_NDCG@10": f}, e, full) for e, (s, f) in enumerate(epochs, 1)
+    ]
+    assert flags == [(True, True), (False, True), (True, False), (False, False)]
+    assert best["epoch"] == 3 and best["sampled"]["epoch"] == 2 and best["bad_epochs"] == 1
+    best = no_best()
+    for e, (s, f) in enumerate(epochs, 1):
+        update_best(best, {"NDCG@10": s, "full_NDCG@10": f}, e, TrainConfig())
+    assert best["epoch"] == 2 and "sampled" not in best and best["bad_epochs"] == 2
+
+
 def test_early_stopping_counts_epochs_without_improvement(data):
     config = TrainConfig(batch_size=64, lr=0.0, max_epochs=30, patience=3)  # lr 0: nothing improves
     result = train(build_model("sasrec", data, HP), data, "sasrec", HP, config, log=lambda m: None)

@@ -13,7 +13,10 @@ import torch
 
 from assets import features, ingest, splits, training
 from convrec_dagster.data import settings
+from convrec_dagster.data.evaluation import model_configs
+from convrec_dagster.data.report import training_table
 from models.synthetic import chain_data
+from models.train import SAMPLED_BEST
 
 UPSTREAM = dg.load_assets_from_modules([ingest, features, splits])
 MODELS = ("popularity", "sasrec", "convrec_attention", "convrec")
@@ -167,9 +170,56 @@ def test_full_ranking_validation_picks_the_epoch_and_is_reported(prepared):
     assert meta["best_valid_full_NDCG@10"].value == pytest.approx(best["valid_full_NDCG@10"])
     text = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
     assert "full-ranking NDCG@10" in text and "which picked the epoch" in text
+    # the sampled figures come from the epoch the sampled validation picked (here the same epoch as the
+    # full one: the tiny catalogue has fewer items than 100 negatives); the report names both epochs
+    sampled_best = max(history, key=lambda h: h["valid_NDCG@10"])
+    assert meta["sampled_100_best_epoch"].value == sampled_best["epoch"]
+    home = prepared["paths"].model_path("convrec").parents[2]
+    training = training_table({}, model_configs(home, ["convrec"]))[0]
+    assert (training["best_epoch"], training["sampled_100_epoch"]) == (best["epoch"], sampled_best["epoch"])
+    # evaluation scores the sampled protocol with best_sampled_100.pt and the full one with best.pt:
+    # with other weights in the sampled pick, only the sampled figure follows them
+    folder = prepared["paths"].model_path("convrec")
+    picked = torch.load(folder / SAMPLED_BEST, weights_only=True)
+    picked["state_dict"] = {k: v.flip(0) if v.ndim == 2 else v for k, v in picked["state_dict"].items()}
+    torch.save(picked, folder / SAMPLED_BEST)
+    scores = _evaluate_valid(home)
+    assert scores["full"] == pytest.approx(best["valid_full_NDCG@10"], abs=1e-6)
+    assert scores["sampled_100"] == pytest.approx(scores["direct_sampled_100"], abs=1e-6)
+    assert abs(scores["sampled_100"] - sampled_best["valid_NDCG@10"]) > 1e-3
     sampled = _materialize(prepared, ["convrec"], TINY).asset_materializations_for_node("convrec_model")[0]
     assert sampled.metadata["valid_protocol"].value == "sampled_100"  # the sample budget's
     assert "best_valid_full_NDCG@10" not in sampled.metadata
+
+
+def _evaluate_valid(home) -> dict[str, float]:
+    """ConvRec's validation NDCG@10 per protocol as the evaluation stage scores its checkpoints, and
+    (``direct_sampled_100``) the sampled figure of best_sampled_100.pt's weights scored directly."""
+    from datetime import datetime
+
+    from convrec_dagster.data.evaluation import DataCache, evaluate_checkpoints, trained_models
+    from models.evaluate import EvalSettings
+    from models.registry import load_model
+    from models.train import validate
+
+    cache = DataCache(lambda: duckdb.connect(str(settings.duckdb_path(home)), read_only=True))
+    best = trained_models(home)["convrec"]
+    rows, _, _ = evaluate_checkpoints(
+        cache,
+        {"convrec": best},
+        EvalSettings(splits=("valid",), ks=(10,), n_boot=10),
+        "cpu",
+        "r",
+        datetime.now(),
+    )
+    out = {
+        r["protocol"]: r["value"]
+        for r in rows
+        if r["metric"] == "NDCG" and r["k"] == 10 and r["user_group"] == "all"
+    }
+    data = cache.for_checkpoint("convrec", best)
+    model, _ = load_model(best.with_name(SAMPLED_BEST), data)
+    return out | {"direct_sampled_100": validate(model, data, torch.device("cpu"), "fp32", 256)["NDCG@10"]}
 
 
 def test_convrec_window_is_chosen_by_validation_unless_the_user_sets_it(prepared):

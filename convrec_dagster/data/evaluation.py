@@ -7,6 +7,7 @@ Ranking and metrics are in ``models.evaluate`` / ``models.metrics``; report rend
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -70,6 +71,19 @@ def trained_models(home: Path) -> dict[str, Path]:
         if checkpoint.exists():
             found[name] = checkpoint
     return found
+
+
+def protocol_checkpoints(best: Path, protocols: Sequence[str]) -> dict[Path, tuple[str, ...]]:
+    """Which checkpoint scores which protocol: the sampled-100 figures come from ``best_sampled_100.pt``
+    where training kept one (the epoch its own validation picked, under ``valid_protocol: full``;
+    ``models.train``), every other protocol from ``best.pt``."""
+    from models.train import SAMPLED_BEST
+
+    sampled = best.with_name(SAMPLED_BEST)
+    if "sampled_100" not in protocols or not sampled.is_file():
+        return {best: tuple(protocols)}
+    rest = tuple(p for p in protocols if p != "sampled_100")
+    return {sampled: ("sampled_100",), **({best: rest} if rest else {})}
 
 
 class DataCache:
@@ -136,6 +150,10 @@ def model_configs(home: Path, models: list[str]) -> dict[str, dict]:
                 "hparams": checkpoint.get("hparams") or {},
                 **{k: v for k, v in extra.items() if k != "state_dict"},
             }
+            sampled = next(iter(protocol_checkpoints(path, ("sampled_100",))))
+            if sampled != path:  # the sampled-100 figures come from the epoch their own validation picked
+                picked = torch.load(sampled, map_location="cpu", weights_only=True).get("extra") or {}
+                configs[name]["sampled_100_epoch"] = picked.get("epoch")
     return configs
 
 
@@ -491,12 +509,17 @@ def evaluate_checkpoints(
     for name, path in checkpoints.items():
         started = time.perf_counter()
         model_data = cache.for_checkpoint(name, path)
-        model, _ = load_model(path, model_data, map_location=device)
-        if log is not None:
-            log(f"{name}: {path} (data features {model_data.info.get('features')})")
         per_user: dict = {}
-        records = evaluate_model(model, model_data, settings_, device, log=log, per_user=per_user)
-        rows += [{"model": name, **r, "run_id": run_id, "evaluated_at": evaluated_at} for r in records]
+        for checkpoint, protocols in protocol_checkpoints(path, settings_.protocols).items():
+            model, _ = load_model(checkpoint, model_data, map_location=device)
+            if log is not None:
+                log(
+                    f"{name}: {checkpoint} for {', '.join(protocols)} (data features {model_data.info.get('features')})"
+                )
+            protocol_settings = dataclasses.replace(settings_, protocols=protocols)
+            records = evaluate_model(model, model_data, protocol_settings, device, log=log, per_user=per_user)
+            rows += [{"model": name, **r, "run_id": run_id, "evaluated_at": evaluated_at} for r in records]
+            del model
         if user_frames is not None:
             user_frames += [
                 pd.DataFrame(
@@ -514,5 +537,4 @@ def evaluate_checkpoints(
             ]
         timings[name] = round(time.perf_counter() - started, 2)
         data_info[name] = model_data.info
-        del model
     return rows, timings, data_info

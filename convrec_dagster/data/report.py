@@ -380,6 +380,7 @@ def training_table(histories: dict[str, list[dict]], model_configs: dict[str, di
                 "label": model_label(name),
                 "parameters": info.get("n_parameters"),
                 "best_epoch": best_epoch,
+                "sampled_100_epoch": info.get("sampled_100_epoch"),  # under valid_protocol full only
                 "epochs": len(trained),
                 "train_time_s": round(sum(float(h.get("epoch_time_s") or 0) for h in trained), 1)
                 if trained
@@ -816,7 +817,10 @@ def _plain_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
         [
             t["label"],
             "–" if t["parameters"] is None else f"{int(t['parameters']):,}",
-            "–" if t["best_epoch"] is None else str(t["best_epoch"]),
+            "–"
+            if t["best_epoch"] is None
+            else str(t["best_epoch"])
+            + (f" (sampled-100: {t['sampled_100_epoch']})" if t.get("sampled_100_epoch") is not None else ""),
             str(t["epochs"]),
             _duration(t["train_time_s"]),
             str(t["stopped_by"] or "–"),

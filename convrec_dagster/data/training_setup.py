@@ -171,11 +171,15 @@ def epoch_line(name: str, record: dict) -> str:
     return line
 
 
-def validation_metadata(best_metrics: dict, config: TrainConfig) -> dict:
+def validation_metadata(best_metrics: dict, config: TrainConfig, sampled_best: dict | None = None) -> dict:
     """Training metadata on validation: the protocol that picked the epoch and, under ``full``, the best
-    epoch's full-ranking figures (its sampled ones are ``best_valid_*`` already)."""
+    epoch's full-ranking figures (its sampled ones are ``best_valid_*`` already) and the epoch the
+    sampled-100 validation picked for the sampled figures (``sampled_best``: ``TrainResult.extra``)."""
     out: dict = {"valid_protocol": config.valid_protocol}
     if "full_NDCG@10" in best_metrics:
         out["best_valid_full_HR@10"] = float(best_metrics["full_HR@10"])
         out["best_valid_full_NDCG@10"] = float(best_metrics["full_NDCG@10"])
+    if sampled_best:
+        out["sampled_100_best_epoch"] = int(sampled_best["epoch"])
+        out["sampled_100_best_valid_NDCG@10"] = float(sampled_best["metrics"]["NDCG@10"])
     return out
