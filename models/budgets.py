@@ -84,49 +84,40 @@ CPU_ENCODER = {"d": 128, "hidden": 256, "dropout": 0.2, "lr": 1e-3, "batch_size"
 # .3899 (full .0426 -> .0447) at .999; Magazine .2715 -> .2930 at .9 (10 steps per epoch; a fixed .999 there
 # lagged far behind: .1747).
 CPU_CONVREC = {"ema_decay": "auto"}
-# ConvRec where no candidate vector depends on the row (no time path), so a shared sample of negatives
-# applies: no dropout, 20 % of history items replaced at random (noise on the sequence side only), and a
-# softmax over 2,048 shared negatives. On Video test NDCG@10 .5012 against .4847 with dropout .2 and the
-# full softmax, in 20 minutes of training instead of 64; on Beauty the same plateau (.3829 against .3812) in
-# 23 instead of 57. With a time path dropout 0 was worse (Magazine .2455 against .2715), so there the
-# settings above stay (BENCHMARKS.md, "the cpu budget"). Weight decay stays 0 here: .1 (AdamW) through the
-# pipeline gave Video .5227 and Beauty .3872 / .0458 against .5239 and .3899 / .0447 without it, within the
-# spread of repeated runs (stop 25; .5 on Beauty: .3979 / .0449, stop 30). The ids-only rule below sets .5.
-# Batch 512 instead of 128: each step's 2,048 shared negatives serve four times the
-# rows and the gradient is less noisy. Video: valid .585 and test .5464 against .566 and .5239 (batch 256:
-# .579, .5382; 64: behind), in fewer seconds per epoch; Beauty .3968 / .0427 against .3899 / .0447 (full inside
-# the old interval), both through the pipeline (BENCHMARKS.md, stop 25). Only the keys a user left unset are
-# replaced.
-# The block residuals keep each window's last position (``residual_pool: last``; the paper averages): the
-# last item then reaches the sequence vector unblurred, so a long window no longer costs the last item its
-# weight. Without a time path it helped on both sets measured: Video through the pipeline .5594 / full .0634
-# against .5600 / .0598 (23 minutes of training against 15), Beauty's budget .3990 / full .0501 against .3968 /
-# .0427, Beauty at L 20 (full softmax, full-ranking validation) full .0582 and .0567 (two seeds) against .0567
-# and .0565 at its best window L 2 with averages. With a time path it did not (Magazine .2506 against .2930,
-# the sample .6284 against .6316 as the mean of three seeds), so it stays out of the budget there
-# (BENCHMARKS.md, stop 31).
+# ConvRec where no candidate vector depends on the row (no time path): an item's vector is then the same for
+# every row, so the softmax runs over every item (``full_softmax``), in batches of 1,024 rows, with no dropout
+# and AdamW weight decay .5. The block residuals keep each window's last position (``residual_pool: last``;
+# the paper averages), so a long window no longer blurs the last item. Validation is by full ranking
+# (``valid_protocol: full``), and the sampled-100 figures come from the epoch their own validation picks
+# (models.train), so neither protocol's figures are reported from the other's epoch. Measured (BENCHMARKS.md):
+# - stop 21-25: no dropout and the shared softmax beat dropout .2 (Video .5012 against .4847 in 20 minutes
+#   of training instead of 64); batch 512 beat 128 (Video .5464 against .5239);
+# - stop 28-29 (Video, ids only): the full softmax at batch 1,024 (.5542 / full .0598 against .5464 /
+#   .0571), weight decay .5 on top (.5600 / .0598; our SASRec .5581 / .0631);
+# - stop 31: ``last`` (Video .5594 / full .0634; Beauty's budget .3990 / .0501 against .3968 / .0427);
+#   with a time path it did not help (Magazine .2506 against .2930, the sample .6284 against .6316 as the
+#   mean of three seeds), so it stays out of the budget there;
+# - stop 26-31 (Beauty, with attributes): the epoch picked by full-ranking validation, the full softmax,
+#   batch 1,024, weight decay .5 and no item replacement at L 20 with ``last``: test full NDCG@10 .0582
+#   (a second seed .0567) against .0501 with the budget before (shared softmax, batch 512, item
+#   replacement .2, the epoch picked by sampled validation); item replacement .2 alone cost .005 (.0530).
+# - stop 32: the two picks, this rule as a whole (BENCHMARKS.md, "Stop 32").
 CPU_CONVREC_WITHOUT_TIME = {
     "dropout": 0.0,
-    "augment_prob": 0.2,
-    "loss": "shared_softmax",
-    "n_negatives": 2048,
-    "batch_size": 512,
+    "augment_prob": 0.0,
+    "loss": "full_softmax",
+    "batch_size": 1024,
+    "weight_decay": 0.5,
     "residual_pool": "last",
+    "valid_protocol": "full",
 }
 # ... and where ConvRec also reads no item features (ids only): twice the learning rate. Every signal then
 # sits in the id table, which Adam moves by about lr per step. Video: test .5239 against .5151 at lr 1e-3;
 # with Beauty's attributes lr 2e-3 gave the same sampled figure (.3899) and full .0421 against .0447 (stop 23).
-# And the softmax over every item at batch 1,024: with ids only an item's vector is one row of the id table
-# through the encoder, cheap for all items at once, and the larger batch steadies the gradient of that table.
-# Video: valid .592, test .5542 / full .0598 against .585, .5464 / .0571 (batch 512, 2,048 shared negatives;
-# batch 1,024 alone .5492, the full softmax alone .5486; stop 28, BENCHMARKS.md). On Beauty, with attributes,
-# batch 1,024 was behind (.3947 / .0410 against .3968 / .0427), so this stays with the ids-only rule.
-# Weight decay .5 (AdamW's decoupled decay) on top: the id table, the one place every signal sits, then keeps
-# rare items' rows small. Video through the pipeline: valid .597, test .5600 / full .0598 against .592,
-# .5542 / .0598, past our SASRec's .5581 (1.0: valid .602, test .5639 / full .0583; stop 29). With Beauty's
-# attributes (L 2, full-ranking validation) it moved full NDCG@10 by .001 (.0567 against .0557), inside the
-# spread of repeated runs, so it stays with the ids-only rule.
-CPU_CONVREC_IDS_ONLY = {"lr": 2e-3, "batch_size": 1024, "loss": "full_softmax", "weight_decay": 0.5}
+# And 20 % of the history items replaced at random (noise on the sequence side only): on Video sampled
+# validation peaks at .5965 with it against .5890 without (stop 32); with Beauty's attributes it cost full
+# ranking .005 (above).
+CPU_CONVREC_IDS_ONLY = {"lr": 2e-3, "augment_prob": 0.2}
 MAX_LEN_CHOICES = (10, 20, 30, 50)
 # The embedded sample (~600 users, ~240 items, ~8k interactions): small and quick on 2 CPU cores.
 # Every cut each epoch (4 epochs of it beat 15 of one cut: BENCHMARKS.md), 3 epochs to stay near a minute; the id embeddings keep
