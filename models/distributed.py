@@ -376,6 +376,8 @@ def train_distributed(
                 config, epoch, loss, metrics, (epoch_time, train_time, spent), n_examples, improved,
                 optimizer.param_groups[0]["lr"], best["bad_epochs"], len(history),
             )  # fmt: skip
+            if config.valid_protocol == "full":
+                record["best_sampled_100"] = sampled_improved
             history.append(record)
             decision = record["stop"] is not None
         finished = bool(_broadcast(decision, env))

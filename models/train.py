@@ -661,6 +661,8 @@ def train(
             config, epoch, loss, metrics, (epoch_time, train_time, spent), n_examples, improved,
             optimizer.param_groups[0]["lr"], best["bad_epochs"], len(history),
         )  # fmt: skip
+        if config.valid_protocol == "full":
+            record["best_sampled_100"] = sampled_improved  # the epoch the sampled figures would come from
         finished = record["stop"] is not None
         history.append(record)
         epochs_run += 1

@@ -211,6 +211,11 @@ def test_full_validation_keeps_the_sampled_pick_beside_it(tmp_path):
     picked = result.extra["sampled_best"]
     assert picked["epoch"] == int(np.argmax(sampled)) + 1
     assert picked["epoch"] != result.best_epoch  # this run's two validations pick different epochs
+    flagged = [h["epoch"] for h in result.history if h["best_sampled_100"]]
+    assert (
+        flagged[-1] == picked["epoch"]
+        and [h["epoch"] for h in result.history if h["best"]][-1] == result.best_epoch
+    )
     model, checkpoint = load_model(tmp_path / SAMPLED_BEST, data)
     assert checkpoint["extra"]["epoch"] == picked["epoch"]
     kept = validate(model, data, torch.device("cpu"), "fp32", 256)

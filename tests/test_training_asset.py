@@ -174,6 +174,7 @@ def test_full_ranking_validation_picks_the_epoch_and_is_reported(prepared):
     # full one: the tiny catalogue has fewer items than 100 negatives); the report names both epochs
     sampled_best = max(history, key=lambda h: h["valid_NDCG@10"])
     assert meta["sampled_100_best_epoch"].value == sampled_best["epoch"]
+    assert f"NDCG@10 {sampled_best['valid_NDCG@10']:.4f} (best), full-ranking NDCG@10" in text
     home = prepared["paths"].model_path("convrec").parents[2]
     training = training_table({}, model_configs(home, ["convrec"]))[0]
     assert (training["best_epoch"], training["sampled_100_epoch"]) == (best["epoch"], sampled_best["epoch"])

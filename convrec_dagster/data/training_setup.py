@@ -155,12 +155,14 @@ def train_config(s: dict) -> TrainConfig:
 
 
 def epoch_line(name: str, record: dict) -> str:
-    """One epoch's run-log line: loss, validation (full ranking too where it picks the epoch), time, ETA."""
+    """One epoch's run-log line: loss, validation (full ranking too where it picks the epoch; each figure
+    marked "(best)" in the epoch its protocol picks), time, ETA."""
     loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
     full = record.get("valid_full_NDCG@10")
     line = (
         f"{name} epoch {record['epoch']}: loss {loss}, valid HR@10 {record['valid_HR@10']:.4f}, "
         f"NDCG@10 {record['valid_NDCG@10']:.4f}"
+        + (" (best)" if record.get("best_sampled_100") else "")  # under valid_protocol full: its own pick
         + (f", full-ranking NDCG@10 {full:.4f}" if full is not None else "")
         + f"{' (best)' if record['best'] else ''}, {record['epoch_time_s']:.2f} s"
     )
