@@ -4,6 +4,7 @@
 
 Reads ``benchmarks/results/convergence/<dataset>_*.json`` (``benchmarks.convergence``) and the
 training histories inside ``benchmarks/results/accuracy_<dataset>_*.json`` (``benchmarks.accuracy``),
+or the JSONs that ``--runs`` names (globs under ``benchmarks/results``, subfolders included),
 and plots validation NDCG@10 (sampled 100) against training minutes, one line per run, with the
 published test figures of ``benchmarks.accuracy.PUBLISHED`` as dashed lines; runs that also logged
 full-ranking validation (``--valid-protocol full``) get a second panel beside the published
@@ -21,17 +22,26 @@ from benchmarks.accuracy import PUBLISHED
 from benchmarks.common import RESULTS_DIR
 
 
-def runs(dataset: str) -> list[tuple[str, list[dict]]]:
-    """(label, history) of every run with at least one trained epoch."""
-    out = []
-    for path in sorted((RESULTS_DIR / "convergence").glob(f"{dataset}_*.json")):
-        res = json.loads(path.read_text())
-        out.append((f"{path.stem} (convergence)", res.get("history") or []))
-    for path in sorted(RESULTS_DIR.glob(f"accuracy_{dataset}_*.json")):
-        res = json.loads(path.read_text())
-        for asset, meta in (res.get("training") or {}).items():
-            if meta.get("history") and asset != "popularity_model":
-                out.append((f"{path.stem}: {asset}", meta["history"]))
+def _histories(path: Path) -> list[tuple[str, list[dict]]]:
+    """(label, history) of each trained model in one result JSON: a ``benchmarks.convergence`` run, or
+    each training asset of a ``benchmarks.accuracy`` run."""
+    res = json.loads(path.read_text())
+    if res.get("benchmark") == "accuracy" or "training" in res:
+        return [
+            (f"{path.stem}: {asset}", meta["history"])
+            for asset, meta in (res.get("training") or {}).items()
+            if meta.get("history") and asset != "popularity_model"
+        ]
+    return [(f"{path.stem} (convergence)", res.get("history") or [])]
+
+
+def runs(dataset: str, patterns: list[str] | None = None) -> list[tuple[str, list[dict]]]:
+    """(label, history) of every run with at least one trained epoch: by default every top-level
+    convergence and accuracy JSON of ``dataset``; with ``patterns``, the JSONs they match under
+    ``benchmarks/results`` (for example ``convergence/s32/beauty_*.json``)."""
+    patterns = patterns or [f"convergence/{dataset}_*.json", f"accuracy_{dataset}_*.json"]
+    paths = [path for pattern in patterns for path in sorted(RESULTS_DIR.glob(pattern))]
+    out = [run for path in dict.fromkeys(paths) for run in _histories(path)]
     return [(label, h) for label, h in out if any(r.get("loss") is not None for r in h)]
 
 
@@ -59,7 +69,7 @@ def _published(ax, dataset: str, protocol: str) -> None:
             )
 
 
-def plot(dataset: str, out: Path) -> Path:
+def plot(dataset: str, out: Path, patterns: list[str] | None = None) -> Path:
     """Sampled validation curves of every run; beside them, where runs logged it (``valid_protocol:
     full``), full-ranking validation curves against the published full-ranking figures."""
     import matplotlib
@@ -67,7 +77,7 @@ def plot(dataset: str, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    found = runs(dataset)
+    found = runs(dataset, patterns)
     legend_in = 0.14 * ((len(found) + 1) // 2) + 0.1  # one shared legend below the panels, two columns
     height = 5 + legend_in
     with_full = [(label, h) for label, h in found if any("valid_full_NDCG@10" in r for r in h)]
@@ -107,9 +117,16 @@ def plot(dataset: str, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.curves", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(PUBLISHED))
-    parser.add_argument("--out", default="")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="GLOB",
+        help="result JSONs to plot, as globs under benchmarks/results (default: every top-level "
+        "convergence/<dataset>_*.json and accuracy_<dataset>_*.json)",
+    )
+    parser.add_argument("--out", default="", help="default benchmarks/results/curves_<dataset>.png")
     args = parser.parse_args(argv)
-    print(plot(args.dataset, Path(args.out or RESULTS_DIR / f"curves_{args.dataset}.png")))
+    print(plot(args.dataset, Path(args.out or RESULTS_DIR / f"curves_{args.dataset}.png"), args.runs))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,34 @@ def test_curves_add_a_full_ranking_panel_only_for_runs_that_logged_it(tmp_path, 
     assert one.shape[1] == 900 and two.shape[1] == 1500  # 9 and 15 inches at 100 dpi
 
 
+def test_curves_plot_only_the_runs_named_including_subfolders_and_accuracy_runs(tmp_path, monkeypatch):
+    """``benchmarks.curves --runs``: globs under the results folder pick the runs, a stop's subfolder
+    and a pipeline run's training histories included; the default keeps to the top level."""
+    import json
+
+    from benchmarks import curves
+
+    (tmp_path / "convergence" / "s32").mkdir(parents=True)
+    monkeypatch.setattr(curves, "RESULTS_DIR", tmp_path)
+    epochs = [{"epoch": 1, "loss": 1.0, "valid_NDCG@10": 0.1, "epoch_time_s": 60.0}]
+    (tmp_path / "convergence" / "beauty_top.json").write_text(json.dumps({"history": epochs}))
+    (tmp_path / "convergence" / "s32" / "beauty_new.json").write_text(json.dumps({"history": epochs}))
+    (tmp_path / "convergence" / "s32" / "video_new.json").write_text(json.dumps({"history": epochs}))
+    accuracy = {
+        "benchmark": "accuracy",
+        "training": {"convrec_model": {"history": epochs}, "popularity_model": {}},
+    }
+    (tmp_path / "accuracy_beauty_cpu.json").write_text(json.dumps(accuracy))
+
+    assert [label for label, _ in curves.runs("beauty")] == [
+        "beauty_top (convergence)",
+        "accuracy_beauty_cpu: convrec_model",
+    ]
+    named = curves.runs("beauty", ["convergence/s32/beauty_*.json", "accuracy_beauty_cpu.json"])
+    assert [label for label, _ in named] == ["beauty_new (convergence)", "accuracy_beauty_cpu: convrec_model"]
+    assert curves.plot("beauty", tmp_path / "s32.png", ["convergence/s32/beauty_*.json"]).exists()
+
+
 def test_valid_test_gap_buckets_cover_every_evaluated_user_once():
     import numpy as np
 
