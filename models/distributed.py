@@ -45,7 +45,6 @@ from models.base import SequentialRecommender
 from models.batching import Batch, NegativeSampler
 from models.data import RecData, resolved_features
 from models.evaluate import autocast
-from models.registry import save_checkpoint
 from models.train import (
     SAMPLED_BEST,
     TrainConfig,
@@ -63,6 +62,7 @@ from models.train import (
     peak_memory,
     resolved_ema_decay,
     sampled_best_summary,
+    save_picks,
     seed_everything,
     update_best,
     validate,
@@ -358,26 +358,17 @@ def train_distributed(
             metrics = validate(
                 evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol
             )
-            improved, sampled_improved = update_best(best, metrics, epoch, config)
-            if improved:
+            picks = update_best(best, metrics, epoch, config)
+            if picks[0]:
                 best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
-            for picked, path in ((improved, "best.pt"), (sampled_improved, SAMPLED_BEST)):
-                if picked and out is not None:
-                    save_checkpoint(
-                        out / path,
-                        evaluated,
-                        name,
-                        hparams,
-                        {"epoch": epoch, "valid": metrics, "world_size": env.world_size, **meta},
-                    )
+            ckpt_meta = {"epoch": epoch, "valid": metrics, "world_size": env.world_size, **meta}
+            save_picks(out, evaluated, name, hparams, ckpt_meta, picks)
             epoch_time = time.perf_counter() - t0
             spent += epoch_time
             record = epoch_record(
-                config, epoch, loss, metrics, (epoch_time, train_time, spent), n_examples, improved,
+                config, epoch, loss, metrics, (epoch_time, train_time, spent), n_examples, picks,
                 optimizer.param_groups[0]["lr"], best["bad_epochs"], len(history),
             )  # fmt: skip
-            if config.valid_protocol == "full":
-                record["best_sampled_100"] = sampled_improved
             history.append(record)
             decision = record["stop"] is not None
         finished = bool(_broadcast(decision, env))

@@ -239,6 +239,18 @@ def sampled_best_summary(best: dict) -> dict:
     return {"sampled_best": {"epoch": int(kept["epoch"]), "metrics": dict(kept["metrics"])}} if kept else {}
 
 
+def save_picks(
+    out: Path | None, model, name: str, hparams: dict, meta: dict, picks: tuple[bool, bool]
+) -> None:
+    """Write ``best.pt`` and, under "full", ``best_sampled_100.pt`` for the picks (``update_best``'s
+    (improved, sampled_improved)) this epoch made."""
+    if out is None:
+        return
+    for picked, file in zip(picks, ("best.pt", SAMPLED_BEST)):
+        if picked:
+            save_checkpoint(out / file, model, name, hparams, meta)
+
+
 def selection_score(metrics: dict, config: TrainConfig) -> float:
     """The validation figure that picks the best epoch: NDCG@10 under ``config.valid_protocol``."""
     return metrics["full_NDCG@10" if config.valid_protocol == "full" else "NDCG@10"]
@@ -407,14 +419,16 @@ def epoch_record(
     metrics: dict,
     times: tuple[float, float, float],
     n_examples: int,
-    improved: bool,
+    picks: tuple[bool, bool],
     lr: float,
     bad_epochs: int,
     epochs_before: int,
 ) -> dict:
     """One epoch's history entry; its ``stop`` (patience, max_epochs, time_budget or None) says
-    whether training ends. ``times``: (this epoch's seconds, its training seconds, seconds spent so far)."""
+    whether training ends. ``times``: (this epoch's seconds, its training seconds, seconds spent so far);
+    ``picks``: ``update_best``'s (improved, sampled_improved)."""
     epoch_time, train_time, spent = times
+    improved, sampled_improved = picks
     out_of_time = bool(config.time_budget_s) and spent >= config.time_budget_s
     stop = (
         "patience"
@@ -441,6 +455,8 @@ def epoch_record(
         "elapsed_s": spent,
         "eta_s": eta,
         "stop": stop,
+        # under valid_protocol full: whether this is the epoch the sampled figures would come from
+        **({"best_sampled_100": sampled_improved} if config.valid_protocol == "full" else {}),
     }
 
 
@@ -647,22 +663,16 @@ def train(
         )
         train_time = time.perf_counter() - t0
         metrics = validate(evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol)
-        improved, sampled_improved = update_best(best, metrics, epoch, config)
-        if improved:
+        picks = update_best(best, metrics, epoch, config)
+        if picks[0]:
             best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
-        for picked, path in ((improved, "best.pt"), (sampled_improved, SAMPLED_BEST)):
-            if picked and out is not None:
-                save_checkpoint(
-                    out / path, evaluated, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta}
-                )
+        save_picks(out, evaluated, name, hparams, {"epoch": epoch, "valid": metrics, **ckpt_meta}, picks)
         epoch_time = time.perf_counter() - t0
         spent += epoch_time
         record = epoch_record(
-            config, epoch, loss, metrics, (epoch_time, train_time, spent), n_examples, improved,
+            config, epoch, loss, metrics, (epoch_time, train_time, spent), n_examples, picks,
             optimizer.param_groups[0]["lr"], best["bad_epochs"], len(history),
         )  # fmt: skip
-        if config.valid_protocol == "full":
-            record["best_sampled_100"] = sampled_improved  # the epoch the sampled figures would come from
         finished = record["stop"] is not None
         history.append(record)
         epochs_run += 1
