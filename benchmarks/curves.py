@@ -26,7 +26,7 @@ def _histories(path: Path) -> list[tuple[str, list[dict]]]:
     """(label, history) of each trained model in one result JSON: a ``benchmarks.convergence`` run, or
     each training asset of a ``benchmarks.accuracy`` run."""
     res = json.loads(path.read_text())
-    if res.get("benchmark") == "accuracy" or "training" in res:
+    if "training" in res:
         return [
             (f"{path.stem}: {asset}", meta["history"])
             for asset, meta in (res.get("training") or {}).items()
