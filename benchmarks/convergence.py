@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=["avg", "last"],
         help="ConvRec: down-scale the block residuals by the window's mean (the paper) or its last position",
     )
+    parser.add_argument(
+        "--heads", type=int, default=1, help="ConvRec: split the convolutions' channels into this many groups"
+    )
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--augment-prob", type=float, default=0.0)
@@ -205,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         hparams.update(features=args.features, hidden=args.hidden or None, emb_init_std=args.emb_init_std)
     if args.model == "convrec" and args.residual_pool != "avg":
         hparams["residual_pool"] = args.residual_pool
+    if args.model == "convrec" and args.heads != 1:
+        hparams["heads"] = args.heads
     config = TrainConfig(
         batch_size=args.batch_size,
         lr=args.lr,

@@ -51,6 +51,7 @@ def test_readme_config_example_passes_preflight(full_pipeline, one_torch_thread)
     estimates = metadata["training_estimate"].value
     assert {e["model"] for e in estimates} == {"sasrec", "convrec_attention", "convrec"}
     assert all(e["budget"] == "sample" and e["seconds_per_epoch"] > 0 for e in estimates)
+    assert all(0 < e["validation_seconds_per_epoch"] < e["seconds_per_epoch"] for e in estimates)
     assert metadata["expected_training_s"].value == pytest.approx(
         sum(e["expected_s"] for e in estimates), abs=0.5
     )
@@ -116,6 +117,8 @@ def test_estimate_advises_a_quicker_result_over_an_hour_on_cpu():
     assert total == 7_200 and "at most 2.0 h" in lines[-1] and "(capped by the time budget)" in lines[1]
     assert len(advice) == 1 and "budget: sample" in advice[0]
     assert estimate_lines(slow, size, "cuda")[1] == []
+    with_valid = [{**slow[0], "validation_seconds_per_epoch": 40.0, "valid_protocol": "full"}]
+    assert "+ 40 s of full validation) = 60 min" in estimate_lines(with_valid, size, "cpu")[0][1]
 
 
 # --- reuse said out loud ---------------------------------------------------------------------------

@@ -364,15 +364,19 @@ def _synthetic(size: DataSize, n_users: int, seed: int = 0):
     return data
 
 
-def time_batches(name: str, settings: dict, size: DataSize, device, precision: str = "fp32") -> float:
-    """Seconds per training batch of model ``name`` with ``settings`` (a resolved training config)
-    on synthetic data of ``size``: one warm-up batch, then the mean of TIMED_BATCHES."""
+def time_batches(
+    name: str, settings: dict, size: DataSize, device, precision: str = "fp32"
+) -> tuple[float, float]:
+    """(seconds per training batch, seconds of validation per evaluated user) of model ``name`` with
+    ``settings`` (a resolved training config) on synthetic data of ``size``: one warm-up batch, then the
+    mean of TIMED_BATCHES; then one batch of validation users under the config's ``valid_protocol`` (a
+    full-ranking validation scores every item of the catalogue for each user)."""
     import torch
 
     from convrec_dagster.data.training_setup import train_config
     from models.batching import NegativeSampler
     from models.registry import build_model, spec
-    from models.train import train_epoch
+    from models.train import train_epoch, validate
 
     batch = int(settings["batch_size"])
     data = _synthetic(size, batch * (TIMED_BATCHES + 1))
@@ -408,9 +412,15 @@ def time_batches(name: str, settings: dict, size: DataSize, device, precision: s
         )
     except _Enough:
         pass
-    if len(marks) >= 2:
-        return (marks[-1] - marks[0]) / (len(marks) - 1)
-    return marks[0] - started if marks else 0.0
+    per_batch = (
+        (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) >= 2 else marks[0] - started if marks else 0.0
+    )
+    users = data.eval_users()[: config.eval_batch_size]
+    started = time.perf_counter()
+    validate(
+        model, data, torch.device(device), precision, config.eval_batch_size, config.valid_protocol, users
+    )
+    return per_batch, (time.perf_counter() - started) / max(len(users), 1)
 
 
 def examples_per_epoch(name: str, settings: dict, size: DataSize) -> int:
@@ -431,9 +441,10 @@ def fmt_minutes(seconds: float) -> str:
 def estimate_model(name: str, budget: str, settings: dict, size: DataSize, device, precision: str) -> dict:
     """The expected training time of one model: measured seconds per batch x batches per epoch x
     epochs, capped by the time budget; early stopping can end it sooner."""
-    per_batch = time_batches(name, settings, size, device, precision)
+    per_batch, valid_per_user = time_batches(name, settings, size, device, precision)
     batches = math.ceil(examples_per_epoch(name, settings, size) / int(settings["batch_size"]))
-    per_epoch = per_batch * batches
+    valid_per_epoch = valid_per_user * size.users  # every user with a validation target, once per epoch
+    per_epoch = per_batch * batches + valid_per_epoch
     epochs = int(settings["max_epochs"])
     total = per_epoch * epochs
     cap = float(settings.get("time_budget_s") or 0.0)
@@ -446,6 +457,8 @@ def estimate_model(name: str, budget: str, settings: dict, size: DataSize, devic
         "batches_per_epoch": batches,
         "seconds_per_batch": round(per_batch, 4),
         "seconds_per_epoch": round(per_epoch, 1),
+        "validation_seconds_per_epoch": round(valid_per_epoch, 1),
+        "valid_protocol": settings.get("valid_protocol", "sampled_100"),
         "expected_s": round(min(total, cap) if capped else total, 1),
         "capped_by_time_budget": capped,
         "max_len": int(settings["max_len"]),
@@ -461,17 +474,22 @@ def estimate_lines(
     lines = [
         f"training time estimate: time per epoch measured by timing {TIMED_BATCHES} training batches of each "
         f"model on synthetic data of this size ({size.items:,} items, {size.users:,} users, {size.train_rows:,} "
-        f"training rows: {size.source}), validation not counted"
+        f"training rows: {size.source}), plus one validation pass per epoch timed on a batch of users"
     ]
     for e in estimates:
         lines.append(
             f"  {e['model']}: budget {e['budget']}, at most {e['max_epochs']} epochs x ~{fmt_minutes(e['seconds_per_epoch'])} "
-            f"({e['batches_per_epoch']:,} batches of {e['seconds_per_batch'] * 1000:.0f} ms) = "
-            f"{fmt_minutes(e['expected_s'])}"
+            f"({e['batches_per_epoch']:,} batches of {e['seconds_per_batch'] * 1000:.0f} ms"
+            + (
+                f" + {fmt_minutes(e['validation_seconds_per_epoch'])} of {e.get('valid_protocol', 'sampled_100')} validation"
+                if "validation_seconds_per_epoch" in e
+                else ""
+            )
+            + f") = {fmt_minutes(e['expected_s'])}"
             + (" (capped by the time budget)" if e["capped_by_time_budget"] else "")
             + f"; early stopping after {e['patience']} epochs without gain"
         )
-    lines.append(f"  expected total: at most {fmt_minutes(total)} of training")
+    lines.append(f"  expected total: at most {fmt_minutes(total)} of training and validation")
     advice = []
     if device_type == "cpu" and total > HOUR_S:
         advice.append(
