@@ -48,7 +48,9 @@ class TrainingConfig(dg.Config):
     random recent part of their history (both training-only augmentations). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
-    candidates (0: off).
+    candidates (0: off). ``embedding_lr_scale``: the embedding tables learn at lr x this (None: the
+    budget's rule, ``models.budgets.resolve_embedding_lr_scale``: under ``cpu`` and ``sample``, 50 for
+    ConvRec's encoder where its tables start at PyTorch's N(0, 1), i.e. with a time path; else 1).
     ``max_len_choices``: windows L to choose among by validation before training, each trained
     ``max_len_search_epochs`` epochs from scratch (``models.window_search``; ``[]``: off, and off when
     ``max_len`` is set); the ``sample`` budget searches ConvRec's window.
@@ -94,6 +96,7 @@ class TrainingConfig(dg.Config):
     crop_prob: float = 0.0
     negative_power: float = 0.0
     label_smoothing: float = 0.0
+    embedding_lr_scale: float | None = None  # lr multiplier of the embedding tables (None: the budget's rule)
     valid_protocol: Literal["auto", "sampled_100", "full"] = "auto"
     ema_decay: float | None = None
     grad_clip: float = 1.0

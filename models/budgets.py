@@ -62,6 +62,7 @@ PAPER_DEFAULTS = {
     "d": 256, "batch_size": 128, "max_epochs": 1000, "patience": 20, "num_threads": 0, "scheme": "one_cut",
     "loss": "softmax", "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0, "ema_decay": 0.0,
     "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg",
+    "embedding_lr_scale": 1.0,
 }  # fmt: skip
 # Kang & McAuley's SASRec settings (their paper and code), whatever the budget's other models use.
 SASREC_PAPER = {"d": 50, "max_len": 50, "dropout": 0.5, "lr": 1e-3, "batch_size": 128, "adam_beta2": 0.98,
@@ -70,7 +71,7 @@ CPU_COMMON = {
     "scheme": "all_cuts", "loss": "full_softmax", "n_negatives": 256, "max_len": 50, "max_epochs": 40,
     "patience": 3, "num_threads": 0, "time_budget_min": 60.0, "adam_beta2": 0.98, "weight_decay": 0.0,
     "augment_prob": 0.0, "ema_decay": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [],
-    "max_len_search_epochs": 1, "residual_pool": "avg",
+    "max_len_search_epochs": 1, "residual_pool": "avg", "embedding_lr_scale": "auto",
 }  # fmt: skip
 # ConvRec and its attention counterpart. emb_init_std: id and attribute embeddings start at N(0, .02²) (the
 # GPT/BERT convention) instead of PyTorch's N(0, 1): with unit-scale ids the convolution stack
@@ -129,6 +130,7 @@ SAMPLE = {
     "max_len": 20, "max_epochs": 3, "patience": 3, "num_threads": 1, "scheme": "all_cuts", "loss": "softmax",
     "n_negatives": 100, "adam_beta2": 0.98, "time_budget_min": 0.0, "augment_prob": 0.0, "ema_decay": 0.0,
     "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg",
+    "embedding_lr_scale": "auto",
 }  # fmt: skip
 SAMPLE_SASREC = {"max_epochs": 15, "patience": 5, "loss": "full_softmax", "batch_size": 32, "dropout": 0.2}
 # ConvRec validates and keeps the weight average (as under ``cpu``: about one epoch of steps, here ~60):
@@ -205,6 +207,24 @@ def resolve_emb_init(
         return user_value or None
     value = with_time_value if has_time and with_time_value is not None else budget_value
     return value or None
+
+
+# Adam moves a weight by about lr per step whatever the weight's size, so an embedding table that starts at
+# PyTorch's N(0, 1) changes, relative to its size, 1 / .02 = 50 times slower than one that starts at
+# N(0, .02²). ConvRec's encoder keeps N(0, 1) ids where it has a time path (their size keeps the ids from drowning
+# in the time features: ``emb_init_std_with_time``), and then learns item identities slowly: on the sample the
+# chain successor of the last item was ranked below a category-level move one time in five (BENCHMARKS.md, "Stop
+# 33"). ``auto`` gives those tables lr x 50, the relative step of the N(0, .02²) tables the budget uses elsewhere.
+EMB_REFERENCE_STD = 0.02
+
+
+def resolve_embedding_lr_scale(value: float | str, emb_init_std: float | None, item_features: bool) -> float:
+    """The embedding tables' learning-rate multiplier: a number as given; ``auto``: 1 / EMB_REFERENCE_STD
+    for ConvRec's encoder (``item_features``) when its tables start at PyTorch's N(0, 1) (``emb_init_std``
+    None), else 1."""
+    if value != "auto":
+        return float(value)
+    return 1 / EMB_REFERENCE_STD if item_features and emb_init_std is None else 1.0
 
 
 def apply_without_time(settings: dict, has_time: bool, ids_only: bool = False) -> dict:

@@ -70,6 +70,9 @@ class TrainConfig:
     crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
     negative_power: float = 0.0  # shared_softmax: negatives drawn ∝ training count ** this (0: uniform)
     label_smoothing: float = 0.0  # softmax losses: 1 - this on the positive, this over all candidates
+    # the embedding tables (item ids, attributes; SASRec's items and positions) learn at lr x this, with the
+    # same decoupled weight decay per step (models.budgets.resolve_embedding_lr_scale)
+    embedding_lr_scale: float = 1.0
     # the validation NDCG@10 that picks the best epoch and stops early: "sampled_100" (the stored 100
     # negatives) or "full" (every item; the sampled figures are logged beside it)
     valid_protocol: str = "sampled_100"
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"valid_protocol must be one of {PROTOCOLS}, not {self.valid_protocol!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing!r}")
+        if not self.embedding_lr_scale > 0:
+            raise ValueError(f"embedding_lr_scale must be > 0, not {self.embedding_lr_scale!r}")
 
 
 SCHEMES = ("one_cut", "all_cuts")
@@ -122,7 +127,7 @@ _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
 # settings added after checkpoints were written: at their default they leave the hash as it was
 _HASHED_WHEN_SET = {
     "crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0,
-    "valid_protocol": "sampled_100",
+    "valid_protocol": "sampled_100", "embedding_lr_scale": 1.0,
 }  # fmt: skip
 
 
@@ -402,8 +407,22 @@ def make_ema(model: SequentialRecommender, decay: float) -> torch.optim.swa_util
 
 def make_optimizer(model: SequentialRecommender, data: RecData, config: TrainConfig):
     """AdamW with ``adam_beta2`` and the per-step warm-up / decay schedule of ``lr_factor``."""
+    groups: list[dict] = [{"params": list(model.parameters())}]
+    if config.embedding_lr_scale != 1.0:
+        tables = {
+            id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag)
+        }
+        scale = config.embedding_lr_scale
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in tables]},
+            {
+                "params": [p for p in model.parameters() if id(p) in tables],
+                "lr": config.lr * scale,
+                "weight_decay": config.weight_decay / scale,  # AdamW decays by lr x weight_decay per step
+            },
+        ]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2)
+        groups, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2)
     )
     steps_per_epoch = math.ceil(epoch_examples(model, data, config) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

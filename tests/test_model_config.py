@@ -45,9 +45,16 @@ def _settings(model: str, **overrides) -> dict:
 
 
 def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoints_is_kept(data):
-    # dropout .2, 3 epochs, no weight average, 100 negatives: the sample budget's values when the hash below
-    # was pinned (since then it trains ConvRec without dropout, with the average, over 10 epochs and 256 negatives)
-    pinned = {"dropout": 0.2, "max_epochs": 3, "ema_decay": 0.0, "n_negatives": 100}
+    # dropout .2, 3 epochs, no weight average, 100 negatives, tables at lr x 1: the sample budget's values when the
+    # hash below was pinned (since then it trains ConvRec without dropout, with the average, over 10 epochs and 256
+    # negatives, and its N(0, 1) tables at lr x 50)
+    pinned = {
+        "dropout": 0.2,
+        "max_epochs": 3,
+        "ema_decay": 0.0,
+        "n_negatives": 100,
+        "embedding_lr_scale": 1.0,
+    }
     config, train = prepare_training("convrec", _settings("convrec", **pinned), data, lambda m: None)
     assert isinstance(config, ConvRecConfig) and isinstance(train, TrainConfig)
     assert (config.d, config.hidden, config.max_len, config.features) == (64, 128, 20, "none")
@@ -55,7 +62,8 @@ def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoint
     # The hash that decides whether a finished model is reused: the same as before typed configs
     # (the plain-dict hparams of model_kwargs), so earlier checkpoints stay reusable.
     assert config_hash("convrec", config.to_hparams(), train) == "a613b78a63cd7661"
-    # settings added later (crop_prob, negative_power, ema_decay, label_smoothing, valid_protocol) leave the
+    # settings added later (crop_prob, negative_power, ema_decay, label_smoothing, valid_protocol,
+    # embedding_lr_scale) leave the
     # hash alone at their default, and change it when set
     assert train.valid_protocol == "sampled_100"
     for later in (
@@ -64,6 +72,7 @@ def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoint
         {"ema_decay": 0.999},
         {"label_smoothing": 0.1},
         {"valid_protocol": "full"},
+        {"embedding_lr_scale": 50.0},
     ):
         assert (
             config_hash("convrec", config.to_hparams(), dataclasses.replace(train, **later))

@@ -286,6 +286,35 @@ def test_the_id_init_depends_on_whether_the_encoder_has_a_time_path():
     assert resolve_emb_init(0.0, budget, with_time, has_time=False) is None
 
 
+def test_unit_init_embedding_tables_learn_faster_by_the_ratio_of_init_scales(ids_only):
+    from models.budgets import EMB_REFERENCE_STD, resolve_embedding_lr_scale
+    from models.train import make_optimizer
+
+    assert resolve_embedding_lr_scale("auto", None, item_features=True) == 1 / EMB_REFERENCE_STD == 50
+    assert resolve_embedding_lr_scale("auto", 0.02, item_features=True) == 1.0  # small tables: as they are
+    assert (
+        resolve_embedding_lr_scale("auto", None, item_features=False) == 1.0
+    )  # SASRec keeps Kang & McAuley's
+    assert resolve_embedding_lr_scale(3, None, item_features=True) == 3.0  # the user's value wins
+    assert budget_settings("sample", "convrec", "games")["embedding_lr_scale"] == "auto"
+    assert budget_settings("paper", "convrec", "games")["embedding_lr_scale"] == 1.0
+
+    model = build_model("convrec", ids_only, {"d": 16, "max_len": 8, "loss": "full_softmax"})
+    config = TrainConfig(lr=2e-3, weight_decay=0.1, embedding_lr_scale=50)
+    groups = make_optimizer(model, ids_only, config)[0].param_groups
+    table = model.encoder.proxy.weight
+    (fast,) = [g for g in groups if any(p is table for p in g["params"])]
+    (rest,) = [g for g in groups if g is not fast]
+    assert fast["lr"] == pytest.approx(0.1) and rest["lr"] == pytest.approx(2e-3)
+    assert fast["lr"] * fast["weight_decay"] == pytest.approx(
+        rest["lr"] * rest["weight_decay"]
+    )  # same decay/step
+    assert len(fast["params"]) == 1 and len(rest["params"]) == len(list(model.parameters())) - 1
+    assert len(make_optimizer(model, ids_only, TrainConfig())[0].param_groups) == 1
+    with pytest.raises(ValueError, match="embedding_lr_scale"):
+        TrainConfig(embedding_lr_scale=0)
+
+
 @pytest.mark.parametrize("with_time", [False, True])
 def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_time_path(with_time):
     """``budgets.CPU_CONVREC_WITHOUT_TIME`` applies where no candidate vector depends on the row, and

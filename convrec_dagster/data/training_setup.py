@@ -13,10 +13,12 @@ import numpy as np
 
 from models.budgets import (
     CPU_CONVREC_IDS_ONLY,
+    EMB_REFERENCE_STD,
     MAX_LEN_CHOICES,
     apply_without_time,
     auto_max_len,
     resolve_emb_init,
+    resolve_embedding_lr_scale,
     resolve_loss,
 )
 from models.config import ModelConfig
@@ -96,6 +98,14 @@ def prepare_training(
         s.pop("emb_init_std_with_time", None),
         row_dependent,
     )
+    s["embedding_lr_scale"] = resolve_embedding_lr_scale(
+        s["embedding_lr_scale"], s["emb_init_std"], spec(name).item_features
+    )
+    if s["embedding_lr_scale"] != 1.0:
+        log(
+            f"{name}: the embedding tables start at PyTorch's N(0, 1), so they learn at lr x "
+            f"{s['embedding_lr_scale']:g} (the relative step of N(0, {EMB_REFERENCE_STD}²) tables)"
+        )
     ids_only = not (spec(name).item_features and (data.has_attributes or data.has_images))
     applied = apply_without_time(s, row_dependent, ids_only)
     if applied:
@@ -141,6 +151,7 @@ def train_config(s: dict) -> TrainConfig:
         crop_prob=s["crop_prob"],
         negative_power=s["negative_power"],
         label_smoothing=s["label_smoothing"],
+        embedding_lr_scale=s["embedding_lr_scale"],
         valid_protocol=s["valid_protocol"],
         ema_decay=s["ema_decay"],
         grad_clip=s["grad_clip"],
