@@ -155,7 +155,10 @@ class SequentialRecommender(nn.Module):
                 batch.candidates[0, 1:],
                 smooth,
             )
-        return candidate_loss(self.predict(batch), self.loss, smooth)
+        scores = self.predict(batch)
+        if batch.blocked is not None:
+            scores = scores.masked_fill(batch.blocked, float("-inf"))
+        return candidate_loss(scores, self.loss, smooth)
 
     def calculate_positionwise_loss(
         self, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None

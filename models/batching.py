@@ -26,6 +26,9 @@ class Batch:
     ymd: torch.Tensor | None = None  # (B, L, 3) (year, month, day) of the history
     cand_context: torch.Tensor | None = None  # (B, 6) time features of the target interaction
     cand_ymd: torch.Tensor | None = None  # (B, 3) (year, month, day) of the target interaction
+    blocked: torch.Tensor | None = (
+        None  # (B, C) bool: training candidates that do not compete (the user's items)
+    )
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
@@ -120,6 +123,12 @@ class NegativeSampler:
                 break
             out[bad] = rng.integers(1, self.n_items + 1, int(bad.sum()))
         return out
+
+
+def every_other_item(positives: np.ndarray, n_items: int) -> np.ndarray:
+    """(B, n_items - 1): for each row every item id (1..n_items) but its positive, each once."""
+    others = np.broadcast_to(np.arange(1, n_items, dtype=np.int64), (len(positives), n_items - 1))
+    return others + (others >= np.asarray(positives)[:, None])
 
 
 def training_users(data: RecData) -> np.ndarray:

@@ -10,7 +10,9 @@ Two schemes (``TrainConfig.scheme``):
   (Kang & McAuley's scheme); the others take each cut as its own example.
 
 Negatives: ``n_negatives`` per positive, drawn uniformly from the items the user never interacted
-with (per position under ``all_cuts`` for position-wise models); none under ``loss="full_softmax"``,
+with (per position under ``all_cuts`` for position-wise models); where a per-row ``softmax`` asks for about
+the whole catalogue (``n_negatives`` >= n_items - 1) every item the user never interacted with, once each: the
+exact softmax such draws estimate, without their repeats (``exact_unseen_softmax``); none under ``loss="full_softmax"``,
 which scores the positive against every item; under ``loss="shared_softmax"`` one uniform sample of
 ``n_negatives`` items per batch, shared by its rows (a full softmax's cheap stand-in on big catalogues).
 1 % of input items are replaced by random items (``augment_prob``); ``crop_prob`` cuts that share of
@@ -51,7 +53,14 @@ import numpy as np
 import torch
 
 from models.base import SequentialRecommender
-from models.batching import NegativeSampler, all_cuts, make_batch, random_cuts, training_users
+from models.batching import (
+    NegativeSampler,
+    all_cuts,
+    every_other_item,
+    make_batch,
+    random_cuts,
+    training_users,
+)
 from models.data import RecData, resolved_features
 from models.evaluate import autocast, rank_eval_users
 from models.metrics import PROTOCOLS, per_user_metrics, summarize
@@ -352,27 +361,39 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
         targets = random_cuts(data, users, rng)
     order = rng.permutation(len(users))
     users, targets = users[order], targets[order]
+    exact = exact_unseen_softmax(model, data, config)
     for start in range(0, len(users), config.batch_size):
         sl = slice(start, start + config.batch_size)
         cands = data.items[targets[sl]][:, None]
-        if shared:
+        blocked = None
+        if exact:
+            others = every_other_item(cands[:, 0], data.n_items)
+            blocked = np.concatenate([np.zeros_like(cands, bool), sampler.interacted(users[sl], others)], 1)
+            cands = np.concatenate([cands, others], 1)
+        elif shared:
             negatives = _shared_negatives(data, config, rng, neg_p)
             cands = np.concatenate([cands, np.broadcast_to(negatives, (len(cands), len(negatives)))], 1)
         elif not full:
             cands = np.concatenate([cands, sampler.sample(users[sl], config.n_negatives, rng)], 1)
-        yield (
-            len(cands),
-            make_batch(
-                data,
-                users[sl],
-                targets[sl],
-                model.max_len,
-                cands,
-                rng=rng,
-                augment_prob=config.augment_prob,
-                crop_prob=config.crop_prob,
-            ),
+        batch = make_batch(
+            data,
+            users[sl],
+            targets[sl],
+            model.max_len,
+            cands,
+            rng=rng,
+            augment_prob=config.augment_prob,
+            crop_prob=config.crop_prob,
         )
+        batch.blocked = torch.from_numpy(blocked) if blocked is not None else None
+        yield len(cands), batch
+
+
+def exact_unseen_softmax(model, data: RecData, config: TrainConfig) -> bool:
+    """Whether a per-row ``softmax`` scores every item the user never interacted with, once each, instead of
+    ``n_negatives`` uniform draws from them: where the draws would be about the whole catalogue anyway
+    (``n_negatives`` >= n_items - 1), the exact softmax they estimate costs no more and has no repeats."""
+    return model.loss == "softmax" and config.n_negatives >= data.n_items - 1
 
 
 EMA_MAX_STEPS = 1000

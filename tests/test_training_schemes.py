@@ -400,3 +400,36 @@ def test_shared_negatives_follow_the_training_counts_to_the_chosen_power(ids_onl
     assert drawn[0.0][popular].sum() < 1.5 * drawn[0.0][rare].sum()
     batch = _shared_negatives(data, config, rng, p)
     assert len(set(batch.tolist())) == 5 and batch.min() >= 1 and batch.max() <= data.n_items
+
+
+def test_a_per_row_softmax_over_about_the_whole_catalogue_scores_every_unseen_item_once(ids_only):
+    """``n_negatives`` >= n_items - 1: the candidates are the positive and every other item once, and the
+    user's own items do not compete (the exact softmax the uniform draws from the unseen items estimate)."""
+    data = ids_only
+    sampler = NegativeSampler(data)
+    model = build_model("convrec", data, {"d": 16, "max_len": 8, "loss": "softmax"}).eval()  # no dropout
+    config = TrainConfig(scheme="all_cuts", batch_size=32, n_negatives=256, augment_prob=0.0)
+    _, batch = next(_epoch_batches(model, data, sampler, np.random.default_rng(0), config))
+    cands, blocked = batch.candidates.numpy(), batch.blocked.numpy()
+    assert cands.shape == (32, data.n_items) and not blocked[:, 0].any()
+    for row in cands:
+        assert sorted(row) == list(range(1, data.n_items + 1))  # every item once, the positive first
+    np.testing.assert_array_equal(
+        blocked, sampler.interacted(batch.users.numpy(), cands) & (cands != cands[:, :1])
+    )
+    scores = model.predict(batch)
+    expected = torch.nn.functional.cross_entropy(
+        scores.masked_fill(batch.blocked, float("-inf")), torch.zeros(32).long()
+    )
+    assert model.calculate_loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    # fewer negatives than that: uniform draws from the unseen items, as before
+    _, sampled = next(
+        _epoch_batches(
+            model,
+            data,
+            sampler,
+            np.random.default_rng(0),
+            TrainConfig(scheme="all_cuts", batch_size=32, n_negatives=10),
+        )
+    )
+    assert sampled.candidates.shape == (32, 11) and sampled.blocked is None
