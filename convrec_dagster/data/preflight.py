@@ -431,6 +431,8 @@ def examples_per_epoch(name: str, settings: dict, size: DataSize) -> int:
 
 
 def fmt_minutes(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 2 * HOUR_S:
