@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--adam-beta2", type=float, default=0.98)
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument(
+        "--embedding-lr-scale", type=float, default=1.0, help="the embedding tables learn at lr x this"
+    )
     parser.add_argument("--warmup-epochs", type=float, default=0.0)
     parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
     parser.add_argument("--batch-size", type=int, default=128)
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        embedding_lr_scale=args.embedding_lr_scale,
         max_epochs=args.max_epochs,
         patience=args.patience,
         n_negatives=args.n_negatives,
