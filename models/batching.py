@@ -26,9 +26,8 @@ class Batch:
     ymd: torch.Tensor | None = None  # (B, L, 3) (year, month, day) of the history
     cand_context: torch.Tensor | None = None  # (B, 6) time features of the target interaction
     cand_ymd: torch.Tensor | None = None  # (B, 3) (year, month, day) of the target interaction
-    blocked: torch.Tensor | None = (
-        None  # (B, C) bool: training candidates that do not compete (the user's items)
-    )
+    # (B, C) bool: training candidates left out of the softmax (the user's own items; exact_unseen_softmax)
+    blocked: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
