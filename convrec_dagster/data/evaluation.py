@@ -137,14 +137,15 @@ def histories(home: Path, models: list[str]) -> dict[str, list[dict]]:
 
 
 def model_configs(home: Path, models: list[str]) -> dict[str, dict]:
-    """Hyper-parameters and provenance (best epoch, validation metrics, data fingerprint) per model."""
+    """Hyper-parameters and provenance (best epoch, validation metrics, data fingerprint) per model. The
+    checkpoints are memory-mapped (``mmap=True``): only their small metadata is read, not the weights."""
     import torch
 
     configs = {}
     for name in models:
         path = settings.model_dir(home, name) / "best.pt"
         if path.exists():
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             extra = checkpoint.get("extra") or {}
             configs[name] = {
                 "hparams": checkpoint.get("hparams") or {},
@@ -152,7 +153,9 @@ def model_configs(home: Path, models: list[str]) -> dict[str, dict]:
             }
             sampled = next(iter(protocol_checkpoints(path, ("sampled_100",))))
             if sampled != path:  # the sampled-100 figures come from the epoch their own validation picked
-                picked = torch.load(sampled, map_location="cpu", weights_only=True).get("extra") or {}
+                picked = (
+                    torch.load(sampled, map_location="cpu", weights_only=True, mmap=True).get("extra") or {}
+                )
                 configs[name]["sampled_100_epoch"] = picked.get("epoch")
     return configs
 
