@@ -54,7 +54,7 @@ def preflight(
 
     from assets.features import ItemImageFeaturesConfig
     from assets.training import TrainingConfig, resolve_settings
-    from models.budgets import apply_without_time, auto_max_len, resolve_embedding_lr_scale, resolve_loss
+    from models.budgets import apply_without_time, auto_max_len, resolve_loss
 
     started = time.perf_counter()
     found = pf.Findings()
@@ -106,8 +106,9 @@ def preflight(
                         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
                     row_dependent = name in ("convrec", "convrec_attention") and size.has_context
                     apply_without_time(s, row_dependent)
-                    # the step time does not depend on the tables' learning rate
-                    s["embedding_lr_scale"] = resolve_embedding_lr_scale(s["embedding_lr_scale"], 0.02, False)
+                    s["embedding_lr_scale"] = (
+                        1.0  # the step time does not depend on the tables' learning rate
+                    )
                     s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
                     estimates.append(
                         pf.estimate_model(name, budget, s, size, device, torch_device.effective_precision())

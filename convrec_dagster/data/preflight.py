@@ -369,14 +369,14 @@ def time_batches(
 ) -> tuple[float, float]:
     """(seconds per training batch, seconds of validation per evaluated user) of model ``name`` with
     ``settings`` (a resolved training config) on synthetic data of ``size``: one warm-up batch, then the
-    mean of TIMED_BATCHES; then one batch of validation users under the config's ``valid_protocol`` (a
-    full-ranking validation scores every item of the catalogue for each user)."""
+    mean of TIMED_BATCHES; then validation under the config's ``valid_protocol``, timed on its first users
+    (``models.train.validation_seconds``; a full-ranking validation scores the whole catalogue per user)."""
     import torch
 
     from convrec_dagster.data.training_setup import train_config
     from models.batching import NegativeSampler
     from models.registry import build_model, spec
-    from models.train import train_epoch, validate
+    from models.train import train_epoch, validation_seconds
 
     batch = int(settings["batch_size"])
     data = _synthetic(size, batch * (TIMED_BATCHES + 1))
@@ -412,15 +412,12 @@ def time_batches(
         )
     except _Enough:
         pass
-    per_batch = (
-        (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) >= 2 else marks[0] - started if marks else 0.0
-    )
-    users = data.eval_users()[: config.eval_batch_size]
-    started = time.perf_counter()
-    validate(
-        model, data, torch.device(device), precision, config.eval_batch_size, config.valid_protocol, users
-    )
-    return per_batch, (time.perf_counter() - started) / max(len(users), 1)
+    if len(marks) >= 2:
+        per_batch = (marks[-1] - marks[0]) / (len(marks) - 1)
+    else:
+        per_batch = marks[0] - started if marks else 0.0
+    valid_s = validation_seconds(model, data, torch.device(device), precision, config)
+    return per_batch, valid_s / max(len(data.eval_users()), 1)
 
 
 def examples_per_epoch(name: str, settings: dict, size: DataSize) -> int:
