@@ -97,14 +97,17 @@ class NegativeSampler:
 
     Membership is a binary search in the sorted keys ``user * (n_items + 1) + item``; collisions
     are redrawn until none is left (users who interacted with every item keep what they got).
+    ``training_only``: a user's interactions are their training rows only (not the validation and test
+    targets), for a loss that must not learn which items those targets are.
     """
 
-    def __init__(self, data: RecData):
+    def __init__(self, data: RecData, training_only: bool = False):
         self.n_items = data.n_items
         user_of_row = np.repeat(
             np.arange(data.n_users + 1, dtype=np.int64), np.diff(data.user_ptr[: data.n_users + 2])
         )
-        self.keys = np.unique(user_of_row * (data.n_items + 1) + data.items)
+        keys = user_of_row * (data.n_items + 1) + data.items
+        self.keys = np.unique(keys[data.train_mask()] if training_only else keys)
         self.n_distinct = np.bincount(self.keys // (data.n_items + 1), minlength=data.n_users + 1)
 
     def interacted(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -44,7 +44,9 @@ def _settings(model: str, **overrides) -> dict:
     return settings
 
 
-def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoints_is_kept(data):
+def test_settings_become_typed_configs_and_the_config_hash_changes_only_with_what_shapes_the_result(
+    data, monkeypatch
+):
     # dropout .2, 3 epochs, no weight average, 100 negatives, tables at lr x 1: the sample budget's values when the
     # hash below was pinned (since then it trains ConvRec without dropout, with the average, over 10 epochs and 256
     # negatives, and its N(0, 1) tables at lr x 50)
@@ -59,9 +61,12 @@ def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoint
     assert isinstance(config, ConvRecConfig) and isinstance(train, TrainConfig)
     assert (config.d, config.hidden, config.max_len, config.features) == (64, 128, 20, "none")
     assert (train.lr, train.batch_size, train.scheme, train.eval_batch_size) == (3e-3, 128, "all_cuts", 256)
-    # The hash that decides whether a finished model is reused: the same as before typed configs
-    # (the plain-dict hparams of model_kwargs), so earlier checkpoints stay reusable.
-    assert config_hash("convrec", config.to_hparams(), train) == "a613b78a63cd7661"
+    # The hash that decides whether a finished model is reused: pinned, so a refactor cannot change it unnoticed
+    # (a613b78a63cd7661 from typed configs to stop 33; TRAINING_REVISION 1 since stop 34)
+    assert config_hash("convrec", config.to_hparams(), train) == "1151ab0f8915b0a6"
+    monkeypatch.setattr("models.train.TRAINING_REVISION", 2)  # training code that changes results: retrain
+    assert config_hash("convrec", config.to_hparams(), train) != "1151ab0f8915b0a6"
+    monkeypatch.undo()
     # settings added later (crop_prob, negative_power, ema_decay, label_smoothing, valid_protocol,
     # embedding_lr_scale) leave the
     # hash alone at their default, and change it when set
@@ -76,10 +81,10 @@ def test_settings_become_typed_configs_and_the_config_hash_of_earlier_checkpoint
     ):
         assert (
             config_hash("convrec", config.to_hparams(), dataclasses.replace(train, **later))
-            != "a613b78a63cd7661"
+            != "1151ab0f8915b0a6"
         )
     last = dataclasses.replace(config, residual_pool="last")
-    assert config_hash("convrec", last.to_hparams(), train) != "a613b78a63cd7661"
+    assert config_hash("convrec", last.to_hparams(), train) != "1151ab0f8915b0a6"
     assert ConvRecConfig.from_hparams(last.to_hparams()).residual_pool == "last"
     assert ConvRecConfig.from_hparams(config.to_hparams()).residual_pool == "avg"
     attention, _ = prepare_training("convrec_attention", _settings("convrec_attention"), data, lambda m: None)

@@ -14,7 +14,7 @@ from models.budgets import budget_settings, resolve_budget, resolve_loss
 from models.popularity import Popularity
 from models.registry import build_model
 from models.synthetic import chain_data
-from models.train import TrainConfig, _epoch_batches, epoch_examples, lr_factor, train
+from models.train import TrainConfig, _epoch_batches, epoch_examples, lr_factor, make_sampler, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUIET = {"log": lambda m: None}
@@ -404,19 +404,24 @@ def test_shared_negatives_follow_the_training_counts_to_the_chosen_power(ids_onl
 
 def test_a_per_row_softmax_over_about_the_whole_catalogue_scores_every_unseen_item_once(ids_only):
     """``n_negatives`` >= n_items - 1: the candidates are the positive and every other item once, and the
-    user's own items do not compete (the exact softmax the uniform draws from the unseen items estimate)."""
+    user's own training items do not compete (the exact softmax the uniform draws from the unseen items
+    estimate); the validation and test targets do, so the loss does not reveal them."""
     data = ids_only
-    sampler = NegativeSampler(data)
     model = build_model("convrec", data, {"d": 16, "max_len": 8, "loss": "softmax"}).eval()  # no dropout
     config = TrainConfig(scheme="all_cuts", batch_size=32, n_negatives=256, augment_prob=0.0)
+    sampler = make_sampler(model, data, config)
     _, batch = next(_epoch_batches(model, data, sampler, np.random.default_rng(0), config))
     cands, blocked = batch.candidates.numpy(), batch.blocked.numpy()
     assert cands.shape == (32, data.n_items) and not blocked[:, 0].any()
-    for row in cands:
+    for row, user, row_blocked in zip(cands, batch.users.numpy(), blocked):
         assert sorted(row) == list(range(1, data.n_items + 1))  # every item once, the positive first
-    np.testing.assert_array_equal(
-        blocked, sampler.interacted(batch.users.numpy(), cands) & (cands != cands[:, :1])
-    )
+        rows = data.items[data.user_slice(user)]
+        n_train = data.n_train(user)
+        training = set(rows[:n_train].tolist()) - {row[0]}
+        assert set(row[row_blocked].tolist()) == training
+        held_out = set(rows[n_train:].tolist()) - set(rows[:n_train].tolist())
+        assert not held_out & set(row[row_blocked].tolist())
+    assert any(data.n_train(u) < len(data.items[data.user_slice(u)]) for u in batch.users.numpy())
     scores = model.predict(batch)
     expected = torch.nn.functional.cross_entropy(
         scores.masked_fill(batch.blocked, float("-inf")), torch.zeros(32).long()
