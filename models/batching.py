@@ -93,21 +93,23 @@ def make_batch(
 
 
 class NegativeSampler:
-    """Uniform negatives over the items a user never interacted with (any split), vectorised.
+    """Uniform negatives over the items a user never interacted with in training, vectorised.
 
-    Membership is a binary search in the sorted keys ``user * (n_items + 1) + item``; collisions
-    are redrawn until none is left (users who interacted with every item keep what they got).
-    ``training_only``: a user's interactions are their training rows only (not the validation and test
-    targets), for a loss that must not learn which items those targets are.
+    A user's validation and test targets stay possible negatives: a loss that never pushed them down for
+    their own user would tell the model which items they are. Where the draws cover a small catalogue
+    that is worth something: on Magazine (157 items, 256 draws) leaving them out as well lifted test
+    NDCG@10 .2669 -> .2838 (stop 34). Membership is a binary search in the sorted keys
+    ``user * (n_items + 1) + item``; collisions are redrawn until none is left (users who interacted with
+    every item keep what they got).
     """
 
-    def __init__(self, data: RecData, training_only: bool = False):
+    def __init__(self, data: RecData):
         self.n_items = data.n_items
         user_of_row = np.repeat(
             np.arange(data.n_users + 1, dtype=np.int64), np.diff(data.user_ptr[: data.n_users + 2])
         )
         keys = user_of_row * (data.n_items + 1) + data.items
-        self.keys = np.unique(keys[data.train_mask()] if training_only else keys)
+        self.keys = np.unique(keys[data.train_mask()])
         self.n_distinct = np.bincount(self.keys // (data.n_items + 1), minlength=data.n_users + 1)
 
     def interacted(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.base import SequentialRecommender
-from models.batching import Batch
+from models.batching import Batch, NegativeSampler
 from models.data import RecData, resolved_features
 from models.evaluate import autocast
 from models.train import (
@@ -58,7 +58,6 @@ from models.train import (
     load_resume_state,
     make_ema,
     make_optimizer,
-    make_sampler,
     no_best,
     peak_memory,
     resolved_ema_decay,
@@ -296,7 +295,7 @@ def train_distributed(
     if ema is not None and ema_state is not None:
         ema.load_state_dict(ema_state)
     evaluated = ema.module if ema is not None else model
-    sampler = make_sampler(model, data, config)
+    sampler = NegativeSampler(data)
     history: list[dict] = []
     best = no_best()
     start_epoch, resumed_from, finished = 1, None, False

@@ -14,7 +14,7 @@ from models.budgets import budget_settings, resolve_budget, resolve_loss
 from models.popularity import Popularity
 from models.registry import build_model
 from models.synthetic import chain_data
-from models.train import TrainConfig, _epoch_batches, epoch_examples, lr_factor, make_sampler, train
+from models.train import TrainConfig, _epoch_batches, epoch_examples, lr_factor, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUIET = {"log": lambda m: None}
@@ -409,7 +409,7 @@ def test_a_per_row_softmax_over_about_the_whole_catalogue_scores_every_unseen_it
     data = ids_only
     model = build_model("convrec", data, {"d": 16, "max_len": 8, "loss": "softmax"}).eval()  # no dropout
     config = TrainConfig(scheme="all_cuts", batch_size=32, n_negatives=256, augment_prob=0.0)
-    sampler = make_sampler(model, data, config)
+    sampler = NegativeSampler(data)
     _, batch = next(_epoch_batches(model, data, sampler, np.random.default_rng(0), config))
     cands, blocked = batch.candidates.numpy(), batch.blocked.numpy()
     assert cands.shape == (32, data.n_items) and not blocked[:, 0].any()
