@@ -397,7 +397,7 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
 
 
 def exact_unseen_softmax(model, data: RecData, config: TrainConfig) -> bool:
-    """Whether a per-row ``softmax`` scores every item the user never interacted with, once each, instead of
+    """Whether a per-row ``softmax`` scores every item the user never interacted with in training, once each, instead of
     ``n_negatives`` uniform draws from them: where the draws would be about the whole catalogue anyway
     (``n_negatives`` >= n_items - 1), the exact softmax they estimate costs no more and has no repeats."""
     return model.loss == "softmax" and config.n_negatives >= data.n_items - 1
