@@ -20,6 +20,11 @@ timestamps (``--dataset magazine``), into ``sample_ablation_time[_<dataset>].jso
 trains it, and also records test figures and, on the sample, how often the chain successor of the last
 item is ranked first (``sample_ablation_window.json``; ``--epochs 12`` as in BENCHMARKS.md).
 
+``--set successor`` trains the ``sample`` budget's ConvRec as it ships (L 2; the paper's and the ``last``
+residuals) beside SASRec and splits the successor rows of both splits by how often the training rows hold
+the transition and by the sub-category of the item before the last (``successor_breakdown``,
+``sample_ablation_successor.json``; BENCHMARKS.md, "Stop 34").
+
 ``--set mixer`` trains on item ids alone (no time, no dropout) and varies the convolution stack
 (kernels, residuals, one convolution, pooling only, heads), the window L, the width and the
 regularisation (dropout, item replacement, weight decay, crop), into ``sample_ablation_mixer.json``.
@@ -30,6 +35,8 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.common import RESULTS_DIR, machine_info, write_json
 from benchmarks.convergence import DATA_DIRS, prepare, test_metrics
@@ -241,11 +248,28 @@ WINDOW_VARIANTS = [
         for n in (20, 10, 5, 2)
     ],
 ]
+# The `sample` budget as it ships (stop 34: 256 negatives, i.e. the exact softmax over the unseen items, and
+# the N(0, 1) tables at lr x 50) at its searched window L 2, with the paper's and the `last` residuals, beside
+# SASRec: where in the successor rows ConvRec's misses sit (``successor_breakdown``).
+BUDGET_TRAIN = {**SAMPLE_TRAIN, "n_negatives": 256, "embedding_lr_scale": 50.0}
+SUCCESSOR_VARIANTS = [
+    WINDOW_VARIANTS[0],
+    ("ConvRec, the sample budget (L 2)", "all", True, "convrec", {"max_len": 2}, BUDGET_TRAIN),
+    (
+        "ConvRec, the sample budget (L 2), residuals keep the last position",
+        "all",
+        True,
+        "convrec",
+        {"max_len": 2, "residual_pool": "last"},
+        BUDGET_TRAIN,
+    ),
+]
 SETS = {
     "causes": (BASE, VARIANTS),
     "time": (TIME_BASE, TIME_VARIANTS),
     "mixer": (MIXER_BASE, MIXER_VARIANTS),
     "window": (WINDOW_BASE, WINDOW_VARIANTS),
+    "successor": (WINDOW_BASE, SUCCESSOR_VARIANTS),
 }
 
 
@@ -264,6 +288,78 @@ def successor_first_share(model, data, split: str = "test") -> float | None:
     is_successor = successors[data.items[ends - 1]] == data.items[ends]
     first = per_user_metrics(greater, equal, ks=(1,))["HR@1"]
     return round(float(first[is_successor].mean()), 4) if is_successor.any() else None
+
+
+def sample_subcategories(data) -> np.ndarray | None:
+    """On the embedded sample: each item's (category, sub-category) as one number (-1 where unknown);
+    None without item names."""
+    from convrec_dagster.data.sample_dump import SampleDumpConfig, build_catalog
+
+    if data.item_names is None:
+        return None
+    by_asin = {item.asin: item for item in build_catalog(SampleDumpConfig()).items}
+    items = [by_asin.get(name) for name in data.item_names.tolist()]
+    return np.array(
+        [-1 if it is None else it.category * 1000 + it.subcategory for it in items], dtype=np.int64
+    )
+
+
+def transition_counts(data, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """How many times the training rows hold ``first[i]`` directly followed by ``second[i]`` (same user)."""
+    train = data.train_mask()
+    rows = np.flatnonzero(train[1:] & train[:-1]) + 1  # a training row whose predecessor is a training row...
+    user_start = np.zeros(len(data.items), dtype=bool)
+    user_start[data.user_ptr[1 : data.n_users + 1]] = True
+    rows = rows[~user_start[rows]]  # ...of the same user
+    width = data.n_items + 1
+    keys, counts = np.unique(data.items[rows - 1] * width + data.items[rows], return_counts=True)
+    wanted = np.asarray(first) * width + np.asarray(second)
+    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[pos] == wanted, counts[pos], 0)
+
+
+TRANSITION_BUCKETS = ((1, 2), (3, 5), (6, 10), (11, np.inf))
+
+
+def successor_breakdown(model, data, split: str = "test", well_learned: int = 11) -> dict | None:
+    """On the embedded sample, the rows whose target is the chain successor of the last item: the share
+    ranked first over every item (history masked), by how often the training rows hold that transition,
+    and, for transitions seen ``well_learned`` times or more, by whether the item before the last shares
+    the last one's sub-category (stop 34: ConvRec's misses sit there; SASRec's do not). None without
+    item names."""
+    from benchmarks.valid_test_gap import sample_successors
+    from models.evaluate import rank_eval_users
+    from models.metrics import per_user_metrics
+
+    successors, subcategories = sample_successors(data), sample_subcategories(data)
+    if successors is None or subcategories is None:
+        return None
+    users, greater, equal = rank_eval_users(model, data, split, "full", "cpu")
+    ends = data.user_ptr[users + 1] - (1 if split == "test" else 2)
+    last, before = data.items[ends - 1], data.items[np.maximum(ends - 2, data.user_ptr[users])]
+    rows = successors[last] == data.items[ends]
+    first = per_user_metrics(greater, equal, ks=(1,))["HR@1"]
+    seen = transition_counts(data, last, data.items[ends])
+
+    def share(mask: np.ndarray) -> dict:
+        return {
+            "rows": int(mask.sum()),
+            "ranked_first": round(float(first[mask].mean()), 3) if mask.any() else None,
+        }
+
+    by_count = {
+        f"{lo}+" if hi == np.inf else f"{lo}-{hi}": share(rows & (seen >= lo) & (seen <= hi))
+        for lo, hi in TRANSITION_BUCKETS
+    }
+    well = rows & (seen >= well_learned) & (ends - 2 >= data.user_ptr[users])
+    same = subcategories[before] == subcategories[last]
+    return {
+        "split": split,
+        "successor_rows": share(rows),
+        "by_training_transitions": by_count,
+        f"seen_{well_learned}+_item_before_last_same_subcategory": share(well & same),
+        f"seen_{well_learned}+_item_before_last_other_subcategory": share(well & ~same),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -362,9 +458,14 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         model = build_model(name, data, hp)
         result = train(model, data, name, hp, config, log=lambda m: None)
-        test = test_metrics(model, data, "cpu") if args.set == "window" else None
-        successor_first = (
-            successor_first_share(model, data) if args.set == "window" and args.dataset == "sample" else None
+        with_test = args.set in ("window", "successor")
+        test = test_metrics(model, data, "cpu") if with_test else None
+        on_sample = with_test and args.dataset == "sample"
+        successor_first = successor_first_share(model, data) if on_sample else None
+        breakdown = (
+            [successor_breakdown(model, data, split) for split in ("valid", "test")]
+            if on_sample and args.set == "successor"
+            else None
         )
         data.context, data.ymd = saved
         curve = [round(h["valid_NDCG@10"], 4) for h in result.history]
@@ -381,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
                 "best_epoch": result.best_epoch,
                 "seconds": round(time.perf_counter() - started, 1),
                 **({"test": test, "successor_first_share": successor_first} if test else {}),
+                **({"successor_breakdown": breakdown} if breakdown else {}),
             }
         )
         print(

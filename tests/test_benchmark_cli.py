@@ -129,3 +129,23 @@ def test_valid_test_gap_buckets_cover_every_evaluated_user_once():
     for user, flag in zip(users, repeats):
         end = data.user_ptr[user + 1]
         assert bool(flag) == (data.items[end - 1] in set(data.items[data.user_ptr[user] : end - 1].tolist()))
+
+
+def test_transition_counts_count_consecutive_training_rows_of_one_user():
+    import numpy as np
+
+    from benchmarks.sample_ablation import transition_counts
+    from models.synthetic import chain_data
+
+    data = chain_data(n_users=40, n_items=15, min_len=4, max_len=10, seed=3)
+    pairs: dict[tuple[int, int], int] = {}
+    for user in range(1, data.n_users + 1):
+        rows = data.items[data.user_ptr[user] : data.user_ptr[user] + data.n_train(user)].tolist()
+        for a, b in zip(rows, rows[1:]):
+            pairs[a, b] = pairs.get((a, b), 0) + 1
+    first, second = np.meshgrid(np.arange(1, data.n_items + 1), np.arange(1, data.n_items + 1))
+    counted = transition_counts(data, first.ravel(), second.ravel())
+    expected = [pairs.get((a, b), 0) for a, b in zip(first.ravel().tolist(), second.ravel().tolist())]
+    assert counted.tolist() == expected and counted.sum() > 0
+    # a validation or test target never counts, nor does a pair across two users
+    assert counted.sum() == sum(max(data.n_train(u) - 1, 0) for u in range(1, data.n_users + 1))
