@@ -106,9 +106,8 @@ def preflight(
                         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
                     row_dependent = name in ("convrec", "convrec_attention") and size.has_context
                     apply_without_time(s, row_dependent)
-                    s["embedding_lr_scale"] = (
-                        1.0  # the step time does not depend on the tables' learning rate
-                    )
+                    # the step time does not depend on the tables' learning rate
+                    s["embedding_lr_scale"] = 1.0
                     s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
                     estimates.append(
                         pf.estimate_model(name, budget, s, size, device, torch_device.effective_precision())
