@@ -54,7 +54,7 @@ def preflight(
 
     from assets.features import ItemImageFeaturesConfig
     from assets.training import TrainingConfig, resolve_settings
-    from models.budgets import apply_without_time, auto_max_len, resolve_loss
+    from models.budgets import apply_large_catalogue, apply_without_time, auto_max_len, resolve_loss
 
     started = time.perf_counter()
     found = pf.Findings()
@@ -106,6 +106,7 @@ def preflight(
                         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
                     row_dependent = name in ("convrec", "convrec_attention") and size.has_context
                     apply_without_time(s, row_dependent)
+                    apply_large_catalogue(s, size.items)
                     # the step time does not depend on the tables' learning rate
                     s["embedding_lr_scale"] = 1.0
                     s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)

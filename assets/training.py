@@ -56,7 +56,11 @@ class TrainingConfig(dg.Config):
     ``max_len`` is set); the ``sample`` budget searches ConvRec's window.
     ``valid_protocol``: the validation NDCG@10 that picks the best epoch and stops early,
     ``sampled_100`` (the stored 100 negatives per user) or ``full`` (every item, history masked; the
-    sampled figures are logged beside it); ``auto``: the budget's.
+    sampled figures are logged beside it); ``auto``: the budget's. ``max_validation_scores``: a full-ranking
+    validation of more (user, item) scores than this runs on a fixed random sample of the users (0: every
+    user; None: the budget's, under ``cpu`` 10⁹: every user up to Video's size, a sample on larger data).
+    On a catalogue over 50,000 items the ``cpu`` budget's ``full_softmax`` becomes a ``shared_softmax``
+    over 4,096 items per batch (``models.budgets.apply_large_catalogue``), unless ``loss`` is set.
     ``ema_decay``: validate and keep an exponential moving average of the weights, updated after
     every step with this decay (0: off; None: the budget's; under ``cpu`` ConvRec averages over about
     one epoch of steps, at most 1,000, also across torchrun ranks).
@@ -98,6 +102,7 @@ class TrainingConfig(dg.Config):
     label_smoothing: float = 0.0
     embedding_lr_scale: float | None = None  # lr multiplier of the embedding tables (None: the budget's rule)
     valid_protocol: Literal["auto", "sampled_100", "full"] = "auto"
+    max_validation_scores: int | None = None  # full-ranking validation on a user sample above it (0: off)
     ema_decay: float | None = None
     grad_clip: float = 1.0
     seed: int = 42
@@ -147,7 +152,7 @@ def resolve_settings(
             settings[key] = value
             from_budget.add(key)
     # data-dependent budget settings (applied in prepare_training) never override a user's value
-    for rule in ("without_time", "ids_only"):
+    for rule in ("without_time", "ids_only", "large_catalogue"):
         settings[rule] = {k: v for k, v in base.get(rule, {}).items() if k in from_budget}
     if config.max_len is not None and config.max_len_choices is None:
         settings["max_len_choices"] = []  # a window the user set is not searched

@@ -269,6 +269,18 @@ def main(argv: list[str] | None = None) -> None:
         help="override the budget's ConvRec residual down-scaling (avg: the paper's; last: the window's last position)",
     )
     parser.add_argument(
+        "--n-negatives",
+        type=int,
+        default=None,
+        help="override the budget's negatives (shared_softmax: per batch)",
+    )
+    parser.add_argument(
+        "--max-validation-scores",
+        type=int,
+        default=None,
+        help="override the budget's cap on full-ranking validation scores (above it: a fixed user sample; 0: off)",
+    )
+    parser.add_argument(
         "--valid-protocol",
         choices=("sampled_100", "full"),
         default=None,
@@ -346,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         weight_decay=args.weight_decay,
         augment_prob=args.augment_prob,
         residual_pool=args.residual_pool,
+        n_negatives=args.n_negatives,
+        max_validation_scores=args.max_validation_scores,
     )
     for asset in skipped:
         config["ops"].pop(asset)
@@ -414,6 +428,12 @@ def main(argv: list[str] | None = None) -> None:
             + (f", weight_decay {args.weight_decay}" if args.weight_decay is not None else "")
             + (f", augment_prob {args.augment_prob}" if args.augment_prob is not None else "")
             + (f", residual_pool {args.residual_pool}" if args.residual_pool else "")
+            + (f", n_negatives {args.n_negatives}" if args.n_negatives else "")
+            + (
+                f", max_validation_scores {args.max_validation_scores}"
+                if args.max_validation_scores is not None
+                else ""
+            )
             + "; test split, 200 bootstrap resamples"
         ),
         "run_config": config,

@@ -62,16 +62,26 @@ PAPER_DEFAULTS = {
     "d": 256, "batch_size": 128, "max_epochs": 1000, "patience": 20, "num_threads": 0, "scheme": "one_cut",
     "loss": "softmax", "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0, "ema_decay": 0.0,
     "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg",
-    "embedding_lr_scale": 1.0,
+    "embedding_lr_scale": 1.0, "max_validation_scores": 0,
 }  # fmt: skip
 # Kang & McAuley's SASRec settings (their paper and code), whatever the budget's other models use.
 SASREC_PAPER = {"d": 50, "max_len": 50, "dropout": 0.5, "lr": 1e-3, "batch_size": 128, "adam_beta2": 0.98,
                 "weight_decay": 0.0, "n_layers": 2, "n_heads": 1}  # fmt: skip
+# The cpu budget on large data. Its softmax over every item and its full-ranking validation both cost items x
+# rows: at the paper's Fashion size (166,270 items, 332k users) preflight measured 3.7 h per ConvRec epoch, 46
+# min of it validation (BENCHMARKS.md, "Large catalogues"). Above LARGE_CATALOGUE_ITEMS items the loss is a
+# softmax over one uniform sample of 4,096 items per batch (on Video, 23,715 items: .5463 against .5486 with
+# every item, stop 26), and validation scores at most MAX_VALIDATION_SCORES (user, item) pairs: Video (30,901
+# users x 23,715 items = 7.3e8) and Beauty keep every user; larger data validates on a fixed user sample.
+LARGE_CATALOGUE_ITEMS = 50_000
+CPU_LARGE_CATALOGUE = {"loss": "shared_softmax", "n_negatives": 4096}
+MAX_VALIDATION_SCORES = 1_000_000_000
 CPU_COMMON = {
     "scheme": "all_cuts", "loss": "full_softmax", "n_negatives": 256, "max_len": 50, "max_epochs": 40,
     "patience": 3, "num_threads": 0, "time_budget_min": 60.0, "adam_beta2": 0.98, "weight_decay": 0.0,
     "augment_prob": 0.0, "ema_decay": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [],
     "max_len_search_epochs": 1, "residual_pool": "avg", "embedding_lr_scale": "auto",
+    "max_validation_scores": MAX_VALIDATION_SCORES, "large_catalogue": CPU_LARGE_CATALOGUE,
 }  # fmt: skip
 # ConvRec and its attention counterpart. emb_init_std: id and attribute embeddings start at N(0, .02²) (the
 # GPT/BERT convention) instead of PyTorch's N(0, 1): with unit-scale ids the convolution stack
@@ -130,7 +140,7 @@ SAMPLE = {
     "max_len": 20, "max_epochs": 3, "patience": 3, "num_threads": 1, "scheme": "all_cuts", "loss": "softmax",
     "n_negatives": 100, "adam_beta2": 0.98, "time_budget_min": 0.0, "augment_prob": 0.0, "ema_decay": 0.0,
     "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg",
-    "embedding_lr_scale": "auto",
+    "embedding_lr_scale": "auto", "max_validation_scores": 0,
 }  # fmt: skip
 SAMPLE_SASREC = {"max_epochs": 15, "patience": 5, "loss": "full_softmax", "batch_size": 32, "dropout": 0.2}
 # ConvRec validates and keeps the weight average (as under ``cpu``: about one epoch of steps, here ~60):
@@ -241,6 +251,17 @@ def apply_without_time(settings: dict, has_time: bool, ids_only: bool = False) -
     applied = {**without_time, **(only_ids if ids_only else {})}
     settings.update(applied)
     return applied
+
+
+def apply_large_catalogue(settings: dict, n_items: int) -> dict:
+    """Pop the budget's ``large_catalogue`` settings (only the keys a user left unset: ``resolve_settings``)
+    and apply them where the catalogue has more than ``LARGE_CATALOGUE_ITEMS`` items and the budget's loss is
+    the softmax over every item. Returns those applied."""
+    rule = settings.pop("large_catalogue", None) or {}
+    if n_items <= LARGE_CATALOGUE_ITEMS or "loss" not in rule or settings["loss"] != "full_softmax":
+        return {}
+    settings.update(rule)
+    return rule
 
 
 # A shared sample is a few thousand items for the whole batch; per row that many would encode B times as

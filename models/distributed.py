@@ -67,6 +67,8 @@ from models.train import (
     update_best,
     validate,
     validation_seconds,
+    validation_users,
+    validation_users_line,
 )
 
 
@@ -296,6 +298,9 @@ def train_distributed(
         ema.load_state_dict(ema_state)
     evaluated = ema.module if ema is not None else model
     sampler = NegativeSampler(data)
+    valid_users = validation_users(data, config)
+    if valid_users is not None:
+        say(validation_users_line(name, data, valid_users, config))
     history: list[dict] = []
     best = no_best()
     start_epoch, resumed_from, finished = 1, None, False
@@ -356,7 +361,7 @@ def train_distributed(
         decision = None
         if env.is_main:
             metrics = validate(
-                evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol
+                evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol, valid_users
             )
             picks = update_best(best, metrics, epoch, config)
             if picks[0]:

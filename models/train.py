@@ -85,6 +85,9 @@ class TrainConfig:
     # the validation NDCG@10 that picks the best epoch and stops early: "sampled_100" (the stored 100
     # negatives) or "full" (every item; the sampled figures are logged beside it)
     valid_protocol: str = "sampled_100"
+    # full-ranking validation scores every item for every validation user; above this many (user, item) scores
+    # per validation it runs on a fixed random sample of the users (``validation_users``; 0: every user)
+    max_validation_scores: int = 0
     # validate and keep an exponential moving average of the weights (0: off; "auto": auto_ema_decay)
     ema_decay: float | str = 0.0
     grad_clip: float = 1.0
@@ -110,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"valid_protocol must be one of {PROTOCOLS}, not {self.valid_protocol!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing!r}")
+        if self.max_validation_scores < 0:
+            raise ValueError(f"max_validation_scores must be >= 0, not {self.max_validation_scores!r}")
         if not self.embedding_lr_scale > 0:
             raise ValueError(f"embedding_lr_scale must be > 0, not {self.embedding_lr_scale!r}")
 
@@ -141,7 +146,7 @@ _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
 # settings added after checkpoints were written: at their default they leave the hash as it was
 _HASHED_WHEN_SET = {
     "crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0,
-    "valid_protocol": "sampled_100", "embedding_lr_scale": 1.0,
+    "valid_protocol": "sampled_100", "embedding_lr_scale": 1.0, "max_validation_scores": 0,
 }  # fmt: skip
 
 
@@ -213,11 +218,42 @@ def validate(
     return out
 
 
+def validated_user_count(n_users: int, n_items: int, config: TrainConfig) -> int:
+    """How many of ``n_users`` validation users each validation scores: all, unless a full-ranking
+    validation of all would score more than ``max_validation_scores`` (user, item) pairs; then that many
+    scores' worth, at least 1,000 users."""
+    cap = config.max_validation_scores
+    if config.valid_protocol != "full" or not cap or n_users * n_items <= cap:
+        return n_users
+    return min(max(cap // n_items, 1000), n_users)
+
+
+def validation_users(data: RecData, config: TrainConfig) -> np.ndarray | None:
+    """The users every validation of a run scores: None (all of them), or a fixed random sample of
+    ``validated_user_count`` users, the same every epoch and across a resume."""
+    users = data.eval_users()
+    keep = validated_user_count(len(users), data.n_items, config)
+    if keep == len(users):
+        return None
+    return np.sort(np.random.default_rng(config.seed).choice(users, keep, replace=False))
+
+
+def validation_users_line(name: str, data: RecData, users: np.ndarray, config: TrainConfig) -> str:
+    """The run log's line for a validation on a sample of the users."""
+    n = len(data.eval_users())
+    return (
+        f"{name}: validating on a fixed random sample of {len(users):,} of {n:,} users: full ranking of all "
+        f"of them would score {n * data.n_items:,} (user, item) pairs per epoch, over max_validation_scores "
+        f"{config.max_validation_scores:,}"
+    )
+
+
 def validation_seconds(
     model: SequentialRecommender, data: RecData, device: torch.device, precision: str, config: TrainConfig
 ) -> float:
     """What one ``validate`` call under ``config`` costs, extrapolated from its first two batches of users."""
-    users = data.eval_users()
+    users = validation_users(data, config)
+    users = data.eval_users() if users is None else users
     sample = users[: 2 * config.eval_batch_size]
     if not len(sample):
         return 0.0
@@ -626,6 +662,9 @@ def train(
         )
     evaluated = ema.module if ema is not None else model  # the weights that are validated and kept
     sampler = NegativeSampler(data)
+    valid_users = validation_users(data, config)
+    if valid_users is not None:
+        log(validation_users_line(name, data, valid_users, config))
     history: list[dict] = []
     best = no_best()
     start_epoch, resumed_from, finished, reused = 1, None, False, None
@@ -709,7 +748,9 @@ def train(
             model, optimizer, data, sampler, rng, config, device, precision, scheduler, estimate, ema
         )
         train_time = time.perf_counter() - t0
-        metrics = validate(evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol)
+        metrics = validate(
+            evaluated, data, device, precision, config.eval_batch_size, config.valid_protocol, valid_users
+        )
         picks = update_best(best, metrics, epoch, config)
         if picks[0]:
             best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}

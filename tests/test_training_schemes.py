@@ -377,6 +377,85 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
     assert (attention["dropout"], attention["ema_decay"], attention["weight_decay"]) == (0.2, 0.0, 0.0)
 
 
+@pytest.mark.parametrize("with_time", [False, True])
+def test_the_cpu_budget_samples_the_softmax_only_on_a_large_catalogue(with_time, monkeypatch):
+    """Over ``LARGE_CATALOGUE_ITEMS`` items the cpu budget's softmax over every item becomes a shared sample
+    (with a time path: the per-row softmax it falls back to, as before), for every model; never over a loss
+    the user set."""
+    import models.budgets as budgets
+    from assets.training import TrainingConfig, resolve_settings
+    from convrec_dagster.data.dataset_info import DatasetInfo
+    from convrec_dagster.data.training_setup import prepare_training
+
+    data = chain_data(n_users=30, n_items=20, seed=1, with_time=with_time, with_attributes=False)
+    info = DatasetInfo(name="Video", format="sasrec_sequences", has_time=with_time)
+
+    def resolved(model: str, **user) -> tuple[tuple[str, int], list[str]]:
+        lines: list[str] = []
+        _, _, s = resolve_settings(TrainingConfig(budget="cpu", **user), info, model, cuda=False)
+        prepare_training(model, s, data, lines.append)
+        return (s["loss"], s["n_negatives"]), lines
+
+    small = {model: resolved(model)[0] for model in ("convrec", "sasrec")}
+    assert small["sasrec"] == ("full_softmax", 256)
+    assert small["convrec"] == (("softmax", 256) if with_time else ("full_softmax", 256))
+    monkeypatch.setattr(budgets, "LARGE_CATALOGUE_ITEMS", data.n_items - 1)
+    (sasrec, lines) = resolved("sasrec")
+    assert sasrec == ("shared_softmax", 4096) and any("items x rows" in line for line in lines)
+    assert resolved("convrec")[0] == (("softmax", 256) if with_time else ("shared_softmax", 4096))
+    assert resolved("sasrec", loss="full_softmax")[0] == ("full_softmax", 256)  # the user's choice
+    assert resolved("sasrec", n_negatives=1000)[0] == ("shared_softmax", 1000)
+    _, _, paper = resolve_settings(TrainingConfig(budget="paper"), info, "convrec", cuda=False)
+    assert budgets.apply_large_catalogue(paper, 10**6) == {}  # the paper budget samples 100 already
+
+
+def test_full_ranking_validation_runs_on_a_fixed_user_sample_only_over_the_score_cap():
+    """``max_validation_scores``: Video's size (30,901 users x 23,715 items) keeps every user under the cpu
+    budget's cap; the paper's Fashion size does not. The sample is the same every call (epochs, resumes)."""
+    from models.budgets import MAX_VALIDATION_SCORES
+    from models.train import validated_user_count, validation_users
+
+    full = TrainConfig(valid_protocol="full", max_validation_scores=MAX_VALIDATION_SCORES)
+    assert validated_user_count(30_901, 23_715, full) == 30_901
+    assert validated_user_count(332_000, 166_270, full) == MAX_VALIDATION_SCORES // 166_270 == 6_014
+    assert validated_user_count(332_000, 166_270, TrainConfig(valid_protocol="full")) == 332_000  # 0: off
+    sampled = TrainConfig(valid_protocol="sampled_100", max_validation_scores=MAX_VALIDATION_SCORES)
+    assert validated_user_count(332_000, 166_270, sampled) == 332_000  # 101 candidates per user: cheap
+    assert validated_user_count(5_000, 10**9, full) == 1_000  # never fewer than 1,000 users
+    with pytest.raises(ValueError, match="max_validation_scores"):
+        TrainConfig(max_validation_scores=-1)
+
+    data = chain_data(n_users=1_500, n_items=20, seed=3)
+    capped = TrainConfig(valid_protocol="full", max_validation_scores=1_200 * data.n_items)
+    users = validation_users(data, capped)
+    assert len(users) == 1_200 and np.all(np.diff(users) > 0) and np.isin(users, data.eval_users()).all()
+    assert np.array_equal(users, validation_users(data, capped))
+    assert validation_users(data, TrainConfig(valid_protocol="full")) is None
+
+
+def test_training_validates_on_the_user_sample_and_says_so():
+    data = chain_data(n_users=1_500, n_items=20, seed=3)
+    model = build_model("sasrec", data, {"d": 8, "max_len": 5, "n_layers": 1, "loss": "full_softmax"})
+    config = TrainConfig(
+        scheme="all_cuts",
+        batch_size=256,
+        max_epochs=1,
+        valid_protocol="full",
+        max_validation_scores=1_100 * 20,
+    )
+    lines: list[str] = []
+    result = train(model, data, "sasrec", {}, config, log=lines.append)
+    assert any("sample of 1,100 of 1,500 users" in line for line in lines)
+    from models.train import validate, validation_users
+
+    on_sample = validate(
+        model, data, torch.device("cpu"), "fp32", 256, "full", validation_users(data, config)
+    )
+    on_all = validate(model, data, torch.device("cpu"), "fp32", 256, "full")
+    assert result.best_metrics["full_NDCG@10"] == pytest.approx(on_sample["full_NDCG@10"])
+    assert on_sample["full_NDCG@10"] != on_all["full_NDCG@10"]
+
+
 def test_shared_negatives_follow_the_training_counts_to_the_chosen_power(ids_only):
     from models.train import _shared_negatives, negative_distribution
 

@@ -442,7 +442,12 @@ def estimate_model(name: str, budget: str, settings: dict, size: DataSize, devic
     epochs, capped by the time budget; early stopping can end it sooner."""
     per_batch, valid_per_user = time_batches(name, settings, size, device, precision)
     batches = math.ceil(examples_per_epoch(name, settings, size) / int(settings["batch_size"]))
-    valid_per_epoch = valid_per_user * size.users  # every user with a validation target, once per epoch
+    from convrec_dagster.data.training_setup import train_config
+    from models.train import validated_user_count
+
+    # every user with a validation target once per epoch, or the sample that max_validation_scores allows
+    valid_users = validated_user_count(size.users, size.items, train_config(settings))
+    valid_per_epoch = valid_per_user * valid_users
     per_epoch = per_batch * batches + valid_per_epoch
     epochs = int(settings["max_epochs"])
     total = per_epoch * epochs
@@ -458,10 +463,12 @@ def estimate_model(name: str, budget: str, settings: dict, size: DataSize, devic
         "seconds_per_epoch": round(per_epoch, 1),
         "validation_seconds_per_epoch": round(valid_per_epoch, 1),
         "valid_protocol": settings.get("valid_protocol", "sampled_100"),
+        "validated_users": valid_users,
         "expected_s": round(min(total, cap) if capped else total, 1),
         "capped_by_time_budget": capped,
         "max_len": int(settings["max_len"]),
         "loss": settings["loss"],
+        "n_negatives": int(settings["n_negatives"]),
     }
 
 
@@ -481,6 +488,11 @@ def estimate_lines(
             f"({e['batches_per_epoch']:,} batches of {e['seconds_per_batch'] * 1000:.0f} ms"
             + (
                 f" + {fmt_minutes(e['validation_seconds_per_epoch'])} of {e.get('valid_protocol', 'sampled_100')} validation"
+                + (
+                    f" on a sample of {e['validated_users']:,} users"
+                    if e.get("validated_users", size.users) < size.users
+                    else ""
+                )
                 if "validation_seconds_per_epoch" in e
                 else ""
             )

@@ -15,6 +15,7 @@ from models.budgets import (
     CPU_CONVREC_IDS_ONLY,
     EMB_REFERENCE_STD,
     MAX_LEN_CHOICES,
+    apply_large_catalogue,
     apply_without_time,
     auto_max_len,
     resolve_emb_init,
@@ -81,7 +82,8 @@ def prepare_training(
 ) -> tuple[ModelConfig, TrainConfig]:
     """Fill in what depends on the data (``max_len`` 0: from the histories; a ``full_softmax``
     that the model cannot take: a sampled softmax; the id init: ``resolve_emb_init``; the budget's
-    settings for data without a time path: ``apply_without_time``), log the choices, and return (the model's
+    settings for data without a time path: ``apply_without_time``, and for a large catalogue:
+    ``apply_large_catalogue``), log the choices, and return (the model's
     typed config, the loop's ``TrainConfig``). ``settings`` is updated in place."""
     s = settings
     if not s["max_len"]:
@@ -114,6 +116,12 @@ def prepare_training(
             + (", item ids only" if ids_only and applied.keys() & CPU_CONVREC_IDS_ONLY.keys() else "")
             + "), so the budget trains with "
             + ", ".join(f"{k} {v}" for k, v in applied.items())
+        )
+    large = apply_large_catalogue(s, data.n_items)
+    if large:
+        log(
+            f"{name}: {data.n_items:,} items: the softmax over every item would cost items x rows per epoch, so "
+            "the budget trains with " + ", ".join(f"{k} {v}" for k, v in large.items())
         )
     requested = s["n_negatives"]
     loss, s["n_negatives"] = resolve_loss(s["loss"], requested, row_dependent)
@@ -153,6 +161,7 @@ def train_config(s: dict) -> TrainConfig:
         label_smoothing=s["label_smoothing"],
         embedding_lr_scale=s["embedding_lr_scale"],
         valid_protocol=s["valid_protocol"],
+        max_validation_scores=s["max_validation_scores"],
         ema_decay=s["ema_decay"],
         grad_clip=s["grad_clip"],
         seed=s["seed"],
