@@ -149,3 +149,25 @@ def test_transition_counts_count_consecutive_training_rows_of_one_user():
     assert counted.tolist() == expected and counted.sum() > 0
     # a validation or test target never counts, nor does a pair across two users
     assert counted.sum() == sum(max(data.n_train(u) - 1, 0) for u in range(1, data.n_users + 1))
+
+
+def test_large_catalogue_compares_the_budget_with_and_without_its_rule_only_where_it_applies():
+    import numpy as np
+
+    from benchmarks.large_catalogue import budget_settings_for, changes_nothing
+    from convrec_dagster.data.preflight import DataSize
+
+    def size(users: int, items: int) -> DataSize:
+        return DataSize(users, items, 6 * users, False, True, "test", np.full(users, 6))
+
+    fashion, video = size(45_184, 166_270), size(31_013, 23_715)
+    without, with_rule = (budget_settings_for("convrec", fashion, rule) for rule in (False, True))
+    assert (without["loss"], with_rule["loss"], with_rule["n_negatives"]) == (
+        "full_softmax",
+        "shared_softmax",
+        4096,
+    )
+    assert (without["max_validation_scores"], with_rule["max_validation_scores"]) == (0, 10**9)
+    assert not changes_nothing(without, with_rule, fashion)
+    video_settings = [budget_settings_for("convrec", video, rule) for rule in (False, True)]
+    assert changes_nothing(*video_settings, video)
