@@ -4,7 +4,9 @@
   (BENCHMARKS.md). Every training row is a positive once per epoch (``scheme="all_cuts"``) and the
   loss is a cross-entropy over all items (``full_softmax``) wherever candidate vectors do not depend
   on the row; with time context, a sampled softmax over ``n_negatives`` negatives instead. SASRec is
-  Kang & McAuley's model and settings (d 50, L 50, dropout .5, lr 1e-3, batch 128, Adam β2 .98).
+  Kang & McAuley's model and settings (d 50, L 50, dropout .5, lr 1e-3, batch 128, Adam β2 .98). On a
+  catalogue over 50,000 items a shared softmax over 4,096 items per batch, and full-ranking validation on a
+  user sample (``apply_large_catalogue``, ``max_validation_scores``).
 - ``paper``: the paper's Appendix C (d 256, batch 128, one random cut per user per epoch, softmax
   over 100 negatives, up to 1,000 epochs, the dataset's lr / dropout / weight decay / L). For GPUs.
 - ``sample``: small and quick, for the embedded sample dump (about a minute on 2 cores).
@@ -68,11 +70,12 @@ PAPER_DEFAULTS = {
 SASREC_PAPER = {"d": 50, "max_len": 50, "dropout": 0.5, "lr": 1e-3, "batch_size": 128, "adam_beta2": 0.98,
                 "weight_decay": 0.0, "n_layers": 2, "n_heads": 1}  # fmt: skip
 # The cpu budget on large data. Its softmax over every item and its full-ranking validation both cost items x
-# rows: at the paper's Fashion size (166,270 items, 332k users) preflight measured 3.7 h per ConvRec epoch, 46
-# min of it validation (BENCHMARKS.md, "Large catalogues"). Above LARGE_CATALOGUE_ITEMS items the loss is a
-# softmax over one uniform sample of 4,096 items per batch (on Video, 23,715 items: .5463 against .5486 with
-# every item, stop 26), and validation scores at most MAX_VALIDATION_SCORES (user, item) pairs: Video (30,901
-# users x 23,715 items = 7.3e8) and Beauty keep every user; larger data validates on a fixed user sample.
+# rows. Above LARGE_CATALOGUE_ITEMS items the loss is a softmax over one uniform sample of 4,096 items per batch,
+# and validation scores at most MAX_VALIDATION_SCORES (user, item) pairs: Video (30,901 users x 23,715 items =
+# 7.3e8) and Beauty keep every user; larger data validates on a fixed user sample. At the paper's Fashion size
+# (45,184 users x 166,270 items) preflight estimates 3.0 min per ConvRec epoch with this rule, 38 without; forced
+# onto Video it gives test .5573 / full .0620 against .5596 / .0640, Beauty .0575 against .0582 (BENCHMARKS.md,
+# "Stop 35").
 LARGE_CATALOGUE_ITEMS = 50_000
 CPU_LARGE_CATALOGUE = {"loss": "shared_softmax", "n_negatives": 4096}
 MAX_VALIDATION_SCORES = 1_000_000_000
