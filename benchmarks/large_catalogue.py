@@ -11,6 +11,7 @@ paper's Table 1 and of the benchmark files. Writes JSON and a plot with the mach
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
     result = {
         "benchmark": "large_catalogue",
-        "command": "python -m benchmarks.large_catalogue " + " ".join(argv or []),
+        "command": "python -m benchmarks.large_catalogue "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info("cpu"),
         "threads": args.threads,
         "what": "preflight's estimate of one epoch (training batches timed on synthetic data of each size, "
