@@ -403,6 +403,7 @@ def test_the_cpu_budget_samples_the_softmax_only_on_a_large_catalogue(with_time,
     (sasrec, lines) = resolved("sasrec")
     assert sasrec == ("shared_softmax", 4096) and any("items x rows" in line for line in lines)
     assert resolved("convrec")[0] == (("softmax", 256) if with_time else ("shared_softmax", 4096))
+    assert not any("items x rows" in line for line in resolved("popularity")[1])  # nothing to train
     assert resolved("sasrec", loss="full_softmax")[0] == ("full_softmax", 256)  # the user's choice
     assert resolved("sasrec", n_negatives=1000)[0] == ("shared_softmax", 1000)
     _, _, paper = resolve_settings(TrainingConfig(budget="paper"), info, "convrec", cuda=False)

@@ -118,7 +118,7 @@ def prepare_training(
             + ", ".join(f"{k} {v}" for k, v in applied.items())
         )
     large = apply_large_catalogue(s, data.n_items)
-    if large:
+    if large and spec(name).model_class().trainable:  # popularity fits nothing: its loss is never used
         log(
             f"{name}: {data.n_items:,} items: the softmax over every item would cost items x rows per epoch, so "
             "the budget trains with " + ", ".join(f"{k} {v}" for k, v in large.items())
