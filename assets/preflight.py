@@ -32,6 +32,23 @@ def _op_config(context: dg.AssetExecutionContext, name: str) -> dict:
     return dict((ops.get(name) or {}).get("config") or {})
 
 
+def estimate_settings(name: str, config, dataset, size: pf.DataSize, cuda: bool) -> tuple[str, dict]:
+    """(budget, settings) of model ``name`` for the time estimate: ``config`` (its ``TrainingConfig``)
+    resolved as its training asset resolves it, with the data-dependent rules for data of ``size``."""
+    from assets.training import resolve_settings
+    from models.budgets import apply_large_catalogue, apply_without_time, auto_max_len, resolve_loss
+
+    budget, _, s = resolve_settings(config, dataset, name, cuda)
+    if not s["max_len"]:
+        s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
+    row_dependent = name in ("convrec", "convrec_attention") and size.has_context
+    apply_without_time(s, row_dependent)
+    apply_large_catalogue(s, size.items)
+    s["embedding_lr_scale"] = 1.0  # the step time does not depend on the tables' learning rate
+    s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
+    return budget, s
+
+
 @dg.asset(
     group_name="ingest",
     kinds={"python"},
@@ -53,8 +70,7 @@ def preflight(
     import duckdb as duckdb_lib
 
     from assets.features import ItemImageFeaturesConfig
-    from assets.training import TrainingConfig, resolve_settings
-    from models.budgets import apply_large_catalogue, apply_without_time, auto_max_len, resolve_loss
+    from assets.training import TrainingConfig
 
     started = time.perf_counter()
     found = pf.Findings()
@@ -101,15 +117,7 @@ def preflight(
             for name in models:
                 try:
                     cfg = TrainingConfig(**_op_config(context, f"{name}_model"))
-                    budget, _, s = resolve_settings(cfg, paths.dataset(), name, device.type == "cuda")
-                    if not s["max_len"]:
-                        s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
-                    row_dependent = name in ("convrec", "convrec_attention") and size.has_context
-                    apply_without_time(s, row_dependent)
-                    apply_large_catalogue(s, size.items)
-                    # the step time does not depend on the tables' learning rate
-                    s["embedding_lr_scale"] = 1.0
-                    s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
+                    budget, s = estimate_settings(name, cfg, paths.dataset(), size, device.type == "cuda")
                     estimates.append(
                         pf.estimate_model(name, budget, s, size, device, torch_device.effective_precision())
                     )

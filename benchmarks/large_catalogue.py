@@ -30,24 +30,17 @@ MODELS = ("convrec", "sasrec")
 
 
 def budget_settings_for(name: str, size, rule: bool) -> dict:
-    """The `cpu` budget's resolved settings for ``name`` on data of ``size`` (attributes, no time path),
-    as the preflight asset resolves them; ``rule`` False: without the large-catalogue rule."""
-    from assets.training import TrainingConfig, resolve_settings
+    """The `cpu` budget's settings for ``name`` on data of ``size`` (attributes, no time path), as preflight
+    resolves them (``assets.preflight.estimate_settings``); ``rule`` False: the softmax over every item and
+    every user validated, set as a user would, which the rule never overrides."""
+    from assets.preflight import estimate_settings
+    from assets.training import TrainingConfig
     from convrec_dagster.data.dataset_info import DatasetInfo
-    from models.budgets import apply_large_catalogue, apply_without_time, auto_max_len, resolve_loss
 
+    before = {} if rule else {"loss": "full_softmax", "max_validation_scores": 0}
+    config = TrainingConfig(budget="cpu", num_threads=0, **before)
     info = DatasetInfo(name="large", format="sasrec_sequences", has_time=False)
-    _, _, s = resolve_settings(TrainingConfig(budget="cpu", num_threads=0), info, name, cuda=False)
-    s["max_len"] = s["max_len"] or auto_max_len(size.lengths)
-    apply_without_time(s, False)
-    s["embedding_lr_scale"] = 1.0
-    if rule:
-        apply_large_catalogue(s, size.items)
-    else:
-        s.pop("large_catalogue", None)
-        s["max_validation_scores"] = 0
-    s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], False)
-    return s
+    return estimate_settings(name, config, info, size, cuda=False)[1]
 
 
 def changes_nothing(without: dict, with_rule: dict, size) -> bool:
