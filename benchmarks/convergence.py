@@ -124,6 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--heads", type=int, default=1, help="ConvRec: split the convolutions' channels into this many groups"
     )
+    parser.add_argument(
+        "--kernels",
+        default="",
+        help="ConvRec: the blocks' kernels, comma-separated (default: from --max-len, as the model does)",
+    )
+    parser.add_argument("--strides", default="", help="ConvRec: the blocks' strides (default: the kernels)")
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--augment-prob", type=float, default=0.0)
@@ -213,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
         hparams["residual_pool"] = args.residual_pool
     if args.model == "convrec" and args.heads != 1:
         hparams["heads"] = args.heads
+    if args.model == "convrec" and args.kernels:
+        hparams["kernels"] = [int(k) for k in args.kernels.split(",")]
+        hparams["strides"] = [int(k) for k in (args.strides or args.kernels).split(",")]
     config = TrainConfig(
         batch_size=args.batch_size,
         lr=args.lr,
