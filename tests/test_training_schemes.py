@@ -262,6 +262,13 @@ def test_budgets_auto_and_per_model_settings():
     sample = {m: budget_settings("sample", m, "games") for m in ("convrec", "convrec_attention", "sasrec")}
     assert (sample["convrec"]["ema_decay"], sample["convrec"]["max_epochs"]) == ("auto", 10)
     assert (sample["convrec_attention"]["ema_decay"], sample["convrec_attention"]["max_epochs"]) == (0.0, 3)
+    # ConvRec trains in SASRec's batches there (stop 36), its attention counterpart keeps the budget's
+    assert (
+        (sample["convrec"]["batch_size"], sample["convrec"]["lr"])
+        == (32, 1e-3)
+        == (sample["sasrec"]["batch_size"], 1e-3)
+    )
+    assert (sample["convrec_attention"]["batch_size"], sample["convrec_attention"]["lr"]) == (128, 3e-3)
     # only ConvRec's window is searched, and only under the sample budget
     assert sample["convrec"]["max_len_choices"] == [2, 5, 10, 20]
     assert sample["convrec_attention"]["max_len_choices"] == sample["sasrec"]["max_len_choices"] == []
