@@ -263,7 +263,11 @@ def test_budgets_auto_and_per_model_settings():
     assert (sample["convrec"]["ema_decay"], sample["convrec"]["max_epochs"]) == ("auto", 10)
     assert (sample["convrec_attention"]["ema_decay"], sample["convrec_attention"]["max_epochs"]) == (0.0, 3)
     # ConvRec trains in SASRec's batches there (stop 36), its attention counterpart keeps the budget's
-    assert (sample["convrec"]["batch_size"], sample["convrec"]["lr"]) == (32, 1e-3)
+    assert (sample["convrec"]["batch_size"], sample["convrec"]["lr"], sample["convrec"]["weight_decay"]) == (
+        32,
+        1e-3,
+        0.1,
+    )
     assert sample["convrec"]["batch_size"] == sample["sasrec"]["batch_size"]
     assert (sample["convrec_attention"]["batch_size"], sample["convrec_attention"]["lr"]) == (128, 3e-3)
     # only ConvRec's window is searched, and only under the sample budget
