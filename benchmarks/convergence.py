@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="ConvRec: the blocks' kernels, comma-separated (default: from --max-len, as the model does)",
     )
-    parser.add_argument("--strides", default="", help="ConvRec: the blocks' strides (default: the kernels)")
+    parser.add_argument(
+        "--strides", default="", help="ConvRec: the blocks' strides, with --kernels (default: the kernels)"
+    )
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--augment-prob", type=float, default=0.0)
@@ -189,6 +191,10 @@ def main(argv: list[str] | None = None) -> None:
         "(for benchmarks.valid_test_gap); default: none",
     )
     args = parser.parse_args(argv)
+    if args.strides and not args.kernels:
+        parser.error(
+            "--strides needs --kernels (without them the kernels, and so the strides, come from --max-len)"
+        )
 
     import torch
 

@@ -171,3 +171,13 @@ def test_large_catalogue_compares_the_budget_with_and_without_its_rule_only_wher
     assert not changes_nothing(without, with_rule, fashion)
     video_settings = [budget_settings_for("convrec", video, rule) for rule in (False, True)]
     assert changes_nothing(*video_settings, video)
+
+
+def test_convergence_refuses_strides_without_kernels(capsys):
+    """``--strides`` alone would be dropped (the kernels, and so the strides, come from ``--max-len``)."""
+    from benchmarks import convergence
+
+    with pytest.raises(SystemExit) as stop:
+        convergence.main(["--dataset", "sample", "--model", "convrec", "--strides", "1,1"])
+    assert stop.value.code == 2
+    assert "--strides needs --kernels" in capsys.readouterr().err
