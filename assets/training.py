@@ -45,7 +45,8 @@ class TrainingConfig(dg.Config):
     ``shared_softmax`` then keeps at most 256 negatives per row).
     ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine. ``augment_prob``:
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
-    random recent part of their history (both training-only augmentations). ``negative_power``
+    random recent part of their history (both training-only augmentations; None: the budget's, .5 for
+    ConvRec under ``sample``, else 0). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
     candidates (0: off). ``embedding_lr_scale``: the embedding tables learn at lr x this (None: the
@@ -97,7 +98,7 @@ class TrainingConfig(dg.Config):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     time_budget_min: float | None = None
     augment_prob: float | None = None
-    crop_prob: float = 0.0
+    crop_prob: float | None = None
     negative_power: float = 0.0
     label_smoothing: float = 0.0
     embedding_lr_scale: float | None = None  # lr multiplier of the embedding tables (None: the budget's rule)

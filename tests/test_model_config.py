@@ -50,8 +50,9 @@ def test_settings_become_typed_configs_and_the_config_hash_changes_only_with_wha
     # dropout .2, 3 epochs, no weight average, 100 negatives, tables at lr x 1, batch 128 at lr 3e-3, no weight
     # decay: the sample budget's values when the hash below was pinned (since then it trains ConvRec without
     # dropout, with the average, over 10 epochs and 256 negatives, its N(0, 1) tables at lr x 50, and in batches
-    # of 32 at lr 1e-3 with weight decay .1)
+    # of 32 at lr 1e-3 with weight decay .1, and crops half its rows)
     pinned = {
+        "crop_prob": 0.0,
         "batch_size": 128,
         "lr": 3e-3,
         "weight_decay": 0.0,
@@ -115,6 +116,14 @@ def test_residual_pool_auto_is_the_papers_average_with_a_time_path_and_a_users_c
 
     assert {b.residual_pool for b in built().blocks} == {"avg"}
     assert {b.residual_pool for b in built(residual_pool="last").blocks} == {"last"}
+
+
+def test_the_sample_budget_crops_convrec_rows_and_a_users_crop_wins():
+    assert (_settings("convrec")["crop_prob"], _settings("sasrec")["crop_prob"]) == (0.5, 0.0)
+    assert (
+        _settings("convrec", crop_prob=0.0)["crop_prob"],
+        _settings("sasrec", crop_prob=0.2)["crop_prob"],
+    ) == (0.0, 0.2)
 
 
 def test_a_missing_setting_fails_loudly_instead_of_falling_back():

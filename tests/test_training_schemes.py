@@ -269,6 +269,9 @@ def test_budgets_auto_and_per_model_settings():
         0.1,
     )
     assert sample["convrec"]["batch_size"] == sample["sasrec"]["batch_size"]
+    # ConvRec alone crops half its rows there (stop 37); no other budget or model crops
+    assert [sample[m]["crop_prob"] for m in ("convrec", "convrec_attention", "sasrec")] == [0.5, 0.0, 0.0]
+    assert all(budget_settings(b, m, "games")["crop_prob"] == 0.0 for b in ("cpu", "paper") for m in sample)
     assert (sample["convrec_attention"]["batch_size"], sample["convrec_attention"]["lr"]) == (128, 3e-3)
     # only ConvRec's window is searched, and only under the sample budget
     assert sample["convrec"]["max_len_choices"] == [2, 5, 10, 20]
