@@ -249,9 +249,9 @@ WINDOW_VARIANTS = [
     ],
 ]
 # The `sample` budget of stops 34-35 (256 negatives, i.e. the exact softmax over the unseen items, and the N(0, 1)
-# tables at lr x 50, batch 128 at lr 3e-3; since stop 36 it trains in batches of 32 at lr 1e-3) at its searched
-# window L 2, with the paper's and the `last` residuals, beside SASRec: where in the successor rows ConvRec's misses
-# sit (``successor_breakdown``).
+# tables at lr x 50, batch 128 at lr 3e-3; since stop 36 it trains in batches of 32 at lr 1e-3 with weight decay .1,
+# and since stop 37 crops half its rows) at its searched window L 2, with the paper's and the `last` residuals,
+# beside SASRec: where in the successor rows ConvRec's misses sit (``successor_breakdown``).
 BUDGET_TRAIN = {**SAMPLE_TRAIN, "n_negatives": 256, "embedding_lr_scale": 50.0}
 SUCCESSOR_VARIANTS = [
     WINDOW_VARIANTS[0],
