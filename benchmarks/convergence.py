@@ -177,6 +177,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the validation NDCG@10 that picks the best epoch (full: every item; sampled figures logged too)",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the machine is recorded)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: autocast, as the pipeline trains on CUDA",
+    )
     parser.add_argument(
         "--seed", type=int, default=42, help="model init, batch order and negatives (run-to-run spread)"
     )
@@ -259,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     res = {
         "benchmark": "convergence",
         "command": "python -m benchmarks.convergence " + " ".join(argv or sys.argv[1:]),
-        "machine": machine_info("cpu"),
+        "machine": machine_info(args.device),
+        "device": args.device,
+        "precision": args.precision,
         "dataset": args.dataset,
         "model": args.model,
         "hparams": hparams,
@@ -294,8 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         args.model,
         hparams,
         config,
-        "cpu",
-        "fp32",
+        args.device,
+        args.precision,
         args.checkpoint_dir or (scratch.name if scratch else None),
         on_epoch,
         lambda m: print(m, flush=True),
@@ -305,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     res["best_epoch"] = best
     res["minutes_to_best"] = round(sum(h["epoch_time_s"] for h in result.history[:best]) / 60, 2)
     res["best_valid"] = result.best_metrics
-    res["test"] = test_metrics(model, data, "cpu")
+    res["test"] = test_metrics(model, data, args.device)
     if "sampled_best" in result.extra:
         from models.registry import load_model
         from models.train import SAMPLED_BEST
@@ -313,9 +322,9 @@ def main(argv: list[str] | None = None) -> None:
         picked = Path(args.checkpoint_dir or scratch.name) / SAMPLED_BEST
         res["sampled_100_best_epoch"] = result.extra["sampled_best"]["epoch"]
         res["test_at_best_epoch"] = dict(res["test"])  # both protocols from the full-ranking pick
-        res["test"]["sampled_100"] = test_metrics(load_model(picked, data)[0], data, "cpu", ("sampled_100",))[
-            "sampled_100"
-        ]
+        res["test"]["sampled_100"] = test_metrics(
+            load_model(picked, data, args.device)[0], data, args.device, ("sampled_100",)
+        )["sampled_100"]
     if scratch is not None:
         scratch.cleanup()
     write_json(res, out)

@@ -56,18 +56,27 @@ def _free_port() -> int:
 
 
 def rank_main(
-    rank: int, world: int, port: int, jobs: list[str], out_root: str | None, kill_at_epoch: int, results: str
+    rank: int,
+    world: int,
+    port: int,
+    jobs: list[str],
+    out_root: str | None,
+    kill_at_epoch: int,
+    results: str,
+    device_kind: str = "cpu",
 ) -> None:
     """One rank: train each job, rank 0 writes the results; ``kill_at_epoch``: rank 0 SIGKILLs itself
-    right after that epoch (its checkpoint is written by then)."""
+    right after that epoch (its checkpoint is written by then). ``device_kind`` cuda: one GPU per rank
+    (nccl)."""
     import torch.distributed as dist
 
-    from models.distributed import init_process_group, train_distributed
+    from models.distributed import init_process_group, rank_device, train_distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     env = DistEnv(rank, rank, world)
-    init_process_group(env, torch.device("cpu"), timeout_min=2)
+    device = rank_device(device_kind, env)
+    init_process_group(env, device, timeout_min=2)
     out = {}
     for key in jobs:
         name, scheme, ema_decay, protocol = JOBS[key]
@@ -87,7 +96,7 @@ def rank_main(
             HP,
             config(scheme, ema_decay=ema_decay, valid_protocol=protocol),
             env,
-            torch.device("cpu"),
+            device,
             out_dir=os.path.join(out_root, key) if out_root else None,
             on_epoch=on_epoch,
             log=messages.append,
@@ -99,6 +108,7 @@ def rank_main(
             "valid_full": [h.get("valid_full_NDCG@10") for h in result.history],
             "best_epoch": result.best_epoch,
             "rows_per_rank": result.extra["rows_per_rank"],
+            "backend": result.extra["backend"],
             "resumed_from": result.resumed_from,
             "epochs_run": result.epochs_run,
             "messages": messages,
@@ -109,12 +119,15 @@ def rank_main(
     dist.destroy_process_group()
 
 
-def spawn(folder, jobs: list[str], out_root=None, kill_at_epoch: int = -1) -> dict:
-    """Run ``jobs`` on 2 CPU ranks (gloo); rank 0's results."""
+def spawn(
+    folder, jobs: list[str], out_root=None, kill_at_epoch: int = -1, world: int = 2, device_kind: str = "cpu"
+) -> dict:
+    """Run ``jobs`` on ``world`` ranks (2 CPU ranks with gloo by default); rank 0's results."""
     results = folder / "results.json"
+    out = str(out_root) if out_root else None
     mp.spawn(
         rank_main,
-        args=(2, _free_port(), jobs, str(out_root) if out_root else None, kill_at_epoch, str(results)),
-        nprocs=2,
+        args=(world, _free_port(), jobs, out, kill_at_epoch, str(results), device_kind),
+        nprocs=world,
     )
     return json.loads(results.read_text())

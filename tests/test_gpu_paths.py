@@ -94,3 +94,42 @@ def test_bf16_training_on_cuda(data, compile_mix):
     result = train(model, data, "convrec", HP, config, "cuda", "bf16", log=lambda m: None)
     assert all(math.isfinite(h["loss"]) for h in result.history)
     assert result.peak_memory_bytes > 0  # torch.cuda.max_memory_allocated
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_full_pipeline_trains_every_model_on_cuda(convrec_home, make_resources):
+    """``full_pipeline`` on the embedded sample with the torch_device resource on CUDA: the product's
+    GPU path end to end (images through ResNet-50 on the GPU, every model trained in bf16)."""
+    import dagster as dg
+    from test_pipeline_e2e import _assert_pipeline_outputs, build_defs
+
+    job = build_defs(make_resources(device="cuda")).resolve_job_def("full_pipeline")
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = job.execute_in_process(instance=instance)
+        assert result.success
+        _assert_pipeline_outputs(convrec_home, instance, result.run_id)
+    trained = {
+        event.asset_key.to_user_string(): event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.to_user_string().endswith("_model")
+    }
+    assert {"sasrec_model", "convrec_model", "convrec_attention_model"} <= set(trained)
+    for name in ("sasrec_model", "convrec_model", "convrec_attention_model"):
+        assert trained[name]["device"].value.startswith("cuda"), (name, trained[name]["device"])
+        assert trained[name]["precision"].value == "bf16"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_one_nccl_rank_trains_on_cuda(tmp_path):
+    """The data-parallel path on a GPU: one rank, NCCL, DDP with ``device_id``, CUDA RNG state in the
+    checkpoint (tests/test_distributed.py runs two gloo ranks on CPU)."""
+    from distributed_ranks import MAX_EPOCHS, spawn
+
+    out = spawn(tmp_path, ["convrec_one_cut"], out_root=tmp_path / "ckpt", world=1, device_kind="cuda")
+    run = out["convrec_one_cut"]
+    assert run["backend"] == "nccl" and run["epochs_run"] == MAX_EPOCHS
+    assert all(math.isfinite(loss) for loss in run["loss"]) and run["best"] > 0
+    assert (tmp_path / "ckpt" / "convrec_one_cut" / "resume.pt").exists()
