@@ -82,6 +82,15 @@ def test_gpu_check_exits_at_once_without_cuda(tmp_path):
     assert '"status": "no_cuda"' in (tmp_path / "gpu_check.json").read_text()
 
 
+def test_gpu_check_refuses_an_unknown_part(tmp_path, capsys):
+    from benchmarks.gpu_check import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--parts", "tests,benchmarks"])
+    assert exit_info.value.code == 2
+    assert "--parts takes tests, training and efficiency" in capsys.readouterr().err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("compile_mix", [False, True])
