@@ -130,11 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="", help="default benchmarks/results/curves_<dataset>.png")
     parser.add_argument("--xlabel", default=CPU_MINUTES, help="the x axis: the machine the runs trained on")
     args = parser.parse_args(argv)
-    print(
-        plot(
-            args.dataset, Path(args.out or RESULTS_DIR / f"curves_{args.dataset}.png"), args.runs, args.xlabel
-        )
-    )
+    out = Path(args.out or RESULTS_DIR / f"curves_{args.dataset}.png")
+    print(plot(args.dataset, out, args.runs, args.xlabel))
 
 
 if __name__ == "__main__":
