@@ -41,8 +41,9 @@ def estimate_settings(name: str, config, dataset, size: pf.DataSize, cuda: bool)
     budget, _, s = resolve_settings(config, dataset, name, cuda)
     if not s["max_len"]:
         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
-    row_dependent = name in ("convrec", "convrec_attention") and size.has_context
-    apply_without_time(s, row_dependent)
+    item_features = name in ("convrec", "convrec_attention")
+    row_dependent = item_features and size.has_context
+    apply_without_time(s, row_dependent, ids_only=not (item_features and size.has_attributes))
     apply_large_catalogue(s, size.items)
     s["embedding_lr_scale"] = 1.0  # the step time does not depend on the tables' learning rate
     s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)

@@ -43,13 +43,15 @@ class TrainingConfig(dg.Config):
     ``full_softmax`` over all items, or ``shared_softmax`` over one uniform sample of ``n_negatives``
     items per batch (both fall back to ``softmax`` when candidate vectors depend on the row's time;
     ``shared_softmax`` then keeps at most 256 negatives per row).
-    ``warmup_epochs`` / ``lr_schedule``: linear warm-up, then constant or cosine. ``augment_prob``:
+    ``warmup_epochs`` / ``lr_schedule``: linear warm-up (None: the budget's, 1 epoch for ConvRec with
+    item features and no time path under ``cpu``, else 0), then constant or cosine. ``augment_prob``:
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
     random recent part of their history (both training-only augmentations; None: the budget's, .5 for
     ConvRec under ``sample``, else 0). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
-    candidates (0: off). ``embedding_lr_scale``: the embedding tables learn at lr x this (None: the
+    candidates (0: off; None: the budget's, .1 where it warms up, else 0).
+    ``embedding_lr_scale``: the embedding tables learn at lr x this (None: the
     budget's rule, ``models.budgets.resolve_embedding_lr_scale``: under ``cpu`` and ``sample``, 50 for
     ConvRec's encoder where its tables start at PyTorch's N(0, 1), i.e. with a time path; else 1).
     ``max_len_choices``: windows L to choose among by validation before training, each trained
@@ -65,7 +67,7 @@ class TrainingConfig(dg.Config):
     ``ema_decay``: validate and keep an exponential moving average of the weights, updated after
     every step with this decay (0: off; None: the budget's; under ``cpu`` ConvRec averages over about
     one epoch of steps, at most 1,000, also across torchrun ranks).
-    ``time_budget_min``: stop after the epoch that spends it (0: no limit). ``resume``: continue a
+    ``time_budget_min``: a hard cap, stop before an epoch that would end past it (0: no limit). ``resume``: continue a
     killed run with the same config and data. ``retrain``: train again from scratch even when a
     finished model with the same config and data exists (by default it is reused, and the log says
     so). ``num_threads``: torch CPU threads (0: torch's default;
@@ -94,13 +96,13 @@ class TrainingConfig(dg.Config):
     loss: Literal["auto", "softmax", "bce", "full_softmax", "shared_softmax"] = "auto"
     n_negatives: int | None = None
     adam_beta2: float | None = None
-    warmup_epochs: float = 0.0
+    warmup_epochs: float | None = None
     lr_schedule: Literal["constant", "cosine"] = "constant"
     time_budget_min: float | None = None
     augment_prob: float | None = None
     crop_prob: float | None = None
     negative_power: float = 0.0
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None
     embedding_lr_scale: float | None = None  # lr multiplier of the embedding tables (None: the budget's rule)
     valid_protocol: Literal["auto", "sampled_100", "full"] = "auto"
     max_validation_scores: int | None = None  # full-ranking validation on a user sample above it (0: off)
@@ -153,7 +155,7 @@ def resolve_settings(
             settings[key] = value
             from_budget.add(key)
     # data-dependent budget settings (applied in prepare_training) never override a user's value
-    for rule in ("without_time", "ids_only", "large_catalogue"):
+    for rule in ("without_time", "ids_only", "with_features", "large_catalogue"):
         settings[rule] = {k: v for k, v in base.get(rule, {}).items() if k in from_budget}
     if config.max_len is not None and config.max_len_choices is None:
         settings["max_len_choices"] = []  # a window the user set is not searched

@@ -25,7 +25,8 @@ Validation NDCG@10 picks the best epoch: on the stored sampled-100 negatives, or
 their own epoch: ``best_sampled_100.pt`` keeps the weights the sampled validation picks, from which the
 sampled test figures are reported (each protocol's figures come from the epoch its own validation picked;
 the full-ranking one, ``best.pt``, is the model that recommends). Training stops after ``patience`` epochs
-in which no kept validation figure improved, at ``max_epochs`` or when ``time_budget_s`` is spent.
+in which no kept validation figure improved, at ``max_epochs``, or before an epoch that would end past
+``time_budget_s`` (a hard cap: the next epoch is expected to take the mean epoch time so far).
 
 ``out_dir`` receives ``best.pt`` (the best model; ``best_sampled_100.pt`` beside it under "full"),
 ``resume.pt`` (model, optimizer, epoch, RNG states, history, best so far) and ``history.json``. A run
@@ -98,7 +99,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs
     lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 at max_epochs, after warm-up)
-    time_budget_s: float = 0.0  # stop after the epoch that spends it (0: no limit)
+    time_budget_s: float = 0.0  # stop before an epoch that would end past it (0: no limit)
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -512,7 +513,8 @@ def epoch_record(
     ``picks``: ``update_best``'s (improved, sampled_improved)."""
     epoch_time, train_time, spent = times
     improved, sampled_improved = picks
-    out_of_time = bool(config.time_budget_s) and spent >= config.time_budget_s
+    # a hard cap: the next epoch (expected to take the mean epoch so far) must end within the budget
+    out_of_time = bool(config.time_budget_s) and spent + spent / epoch > config.time_budget_s
     stop = (
         "patience"
         if bad_epochs >= config.patience

@@ -241,6 +241,24 @@ def test_time_budget_stops_training_and_says_so(ids_only):
     assert result.history[0]["eta_s"] == 0.0 and result.history[0]["elapsed_s"] > 0
 
 
+def test_time_budget_is_a_hard_cap_that_never_starts_an_epoch_it_cannot_finish():
+    """Beauty's 14th epoch began at 58.8 of 60 minutes and ended at 63.4 (stop 38): the budget now stops
+    before an epoch expected (at the mean epoch time so far) to end past it."""
+    from models.train import epoch_record
+
+    config = TrainConfig(max_epochs=50, patience=50, time_budget_s=100.0)
+    metrics = {"HR@10": 0.5, "NDCG@10": 0.3}
+
+    def stop(epoch: int, spent: float) -> str | None:
+        times = (spent / epoch, spent / epoch, spent)
+        return epoch_record(config, epoch, 1.0, metrics, times, 10, (True, False), 1e-3, 0, epoch - 1)["stop"]
+
+    assert stop(2, 60.0) is None  # 60 + 30 <= 100: the third epoch fits
+    assert stop(2, 70.0) == "time_budget"  # 70 + 35 > 100: it would overrun, though 30 s are left
+    assert stop(3, 99.0) == "time_budget"
+    assert stop(1, 40.0) is None and stop(1, 51.0) == "time_budget"
+
+
 def test_training_logs_an_estimate_before_the_first_epoch_ends(ids_only):
     lines: list[str] = []
     config = TrainConfig(scheme="all_cuts", batch_size=8, max_epochs=2, patience=2)
@@ -333,7 +351,13 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
     from assets.training import TrainingConfig, resolve_settings
     from convrec_dagster.data.dataset_info import DatasetInfo
     from convrec_dagster.data.training_setup import prepare_training
-    from models.budgets import CPU_CONVREC, CPU_CONVREC_IDS_ONLY, CPU_CONVREC_WITHOUT_TIME, CPU_ENCODER
+    from models.budgets import (
+        CPU_CONVREC,
+        CPU_CONVREC_IDS_ONLY,
+        CPU_CONVREC_WITH_FEATURES,
+        CPU_CONVREC_WITHOUT_TIME,
+        CPU_ENCODER,
+    )
 
     data = chain_data(n_users=30, n_items=20, seed=1, with_time=with_time, with_attributes=False)
     info = DatasetInfo(name="Video", format="sasrec_sequences", has_time=with_time)
@@ -351,6 +375,7 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
         assert (conv["weight_decay"], conv["batch_size"]) == (0.0, CPU_ENCODER["batch_size"])
         assert conv.get("residual_pool", "avg") == "avg"  # the paper's residuals where time enters
         assert not any("no time path" in line for line in lines)
+        assert (conv["d"], conv["warmup_epochs"], conv["label_smoothing"]) == (CPU_ENCODER["d"], 0.0, 0.0)
         assert conv["valid_protocol"] == "sampled_100"  # full ranking per row with time costs too much
     else:
         # ids only: item replacement .2 and lr 2e-3 (stops 23, 32)
@@ -376,14 +401,31 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
         assert (mine["dropout"], mine["loss"], mine["augment_prob"]) == (0.3, "shared_softmax", 0.1)
         assert (mine["batch_size"], mine["weight_decay"]) == (64, 0.0)
         assert (mine["ema_decay"], mine["lr"]) == (0.0, 5e-4)
-        # the ids-only rule needs ids only: with item attributes the encoder's lr stays, and no item
-        # replacement (it cost Beauty .005 of full-ranking NDCG@10, stop 31)
+        assert (conv["d"], conv["warmup_epochs"], conv["label_smoothing"]) == (CPU_ENCODER["d"], 0.0, 0.0)
+        # the ids-only rule needs ids only: with item attributes no item replacement (it cost Beauty .005 of
+        # full-ranking NDCG@10, stop 31), and instead the features rule: twice the width with dropout .2,
+        # a one-epoch warm-up to lr 2e-3 and label smoothing .1 (stops 37-38)
         with_attributes = chain_data(n_users=30, n_items=20, seed=1, with_time=False, with_attributes=True)
         attrs, lines = resolved("convrec", on=with_attributes)
-        assert attrs["lr"] == CPU_ENCODER["lr"] and attrs["ema_decay"] == conv["ema_decay"]
+        assert attrs["ema_decay"] == conv["ema_decay"]
         assert (attrs["loss"], attrs["batch_size"], attrs["weight_decay"]) == ("full_softmax", 1024, 0.5)
-        assert (attrs["dropout"], attrs["augment_prob"], attrs["valid_protocol"]) == (0.0, 0.0, "full")
+        assert (attrs["augment_prob"], attrs["valid_protocol"]) == (0.0, "full")
+        features = {k: attrs[k] for k in CPU_CONVREC_WITH_FEATURES}
+        assert features == CPU_CONVREC_WITH_FEATURES == {
+            "d": 256, "hidden": 512, "dropout": 0.2, "warmup_epochs": 1.0, "lr": 2e-3, "label_smoothing": 0.1,
+        }  # fmt: skip
+        assert any("with item features" in line and "d 256" in line for line in lines)
         assert not any("item ids only" in line for line in lines)
+        mine, _ = resolved(
+            "convrec", on=with_attributes, d=64, dropout=0.0, label_smoothing=0.0, warmup_epochs=0.0
+        )
+        assert (mine["d"], mine["dropout"], mine["label_smoothing"], mine["warmup_epochs"]) == (
+            64,
+            0.0,
+            0.0,
+            0.0,
+        )
+        assert (mine["hidden"], mine["lr"]) == (512, 2e-3)  # the rule's keys the user left unset
     attention, _ = resolved("convrec_attention")  # measured on ConvRec only: its counterpart keeps .2
     assert (attention["dropout"], attention["ema_decay"], attention["weight_decay"]) == (0.2, 0.0, 0.0)
 
@@ -419,6 +461,29 @@ def test_the_cpu_budget_samples_the_softmax_only_on_a_large_catalogue(with_time,
     assert resolved("sasrec", n_negatives=1000)[0] == ("shared_softmax", 1000)
     _, _, paper = resolve_settings(TrainingConfig(budget="paper"), info, "convrec", cuda=False)
     assert budgets.apply_large_catalogue(paper, 10**6) == {}  # the paper budget samples 100 already
+
+
+@pytest.mark.parametrize(
+    "has_context,has_attributes,d", [(False, True, 256), (False, False, 128), (True, True, 128)]
+)
+def test_preflight_times_the_width_the_features_rule_will_train(has_context, has_attributes, d):
+    """Preflight's time estimate resolves the same data-dependent rules as training: ConvRec with item
+    features and no time path is timed at the features rule's d 256 (about 3x the step of d 128)."""
+    from assets.preflight import estimate_settings
+    from assets.training import TrainingConfig
+    from convrec_dagster.data.dataset_info import DatasetInfo
+    from convrec_dagster.data.preflight import DataSize
+
+    size = DataSize(users=100, items=50, train_rows=1_000, has_context=has_context,
+                    has_attributes=has_attributes, source="test")  # fmt: skip
+    budget, s = estimate_settings(
+        "convrec", TrainingConfig(budget="cpu"), DatasetInfo(name="Beauty"), size, False
+    )
+    assert budget == "cpu" and s["d"] == d and s["hidden"] == 2 * d
+    _, sasrec = estimate_settings(
+        "sasrec", TrainingConfig(budget="cpu"), DatasetInfo(name="Beauty"), size, False
+    )
+    assert sasrec["d"] == 50  # SASRec keeps Kang & McAuley's width whatever the data
 
 
 def test_full_ranking_validation_runs_on_a_fixed_user_sample_only_over_the_score_cap():

@@ -13,6 +13,7 @@ import numpy as np
 
 from models.budgets import (
     CPU_CONVREC_IDS_ONLY,
+    CPU_CONVREC_WITH_FEATURES,
     EMB_REFERENCE_STD,
     MAX_LEN_CHOICES,
     apply_large_catalogue,
@@ -114,6 +115,11 @@ def prepare_training(
         log(
             f"{name}: no candidate vector depends on the row (no time path"
             + (", item ids only" if ids_only and applied.keys() & CPU_CONVREC_IDS_ONLY.keys() else "")
+            + (
+                ", with item features"
+                if not ids_only and applied.keys() & CPU_CONVREC_WITH_FEATURES.keys()
+                else ""
+            )
             + "), so the budget trains with "
             + ", ".join(f"{k} {v}" for k, v in applied.items())
         )
