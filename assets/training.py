@@ -43,14 +43,14 @@ class TrainingConfig(dg.Config):
     ``full_softmax`` over all items, or ``shared_softmax`` over one uniform sample of ``n_negatives``
     items per batch (both fall back to ``softmax`` when candidate vectors depend on the row's time;
     ``shared_softmax`` then keeps at most 256 negatives per row).
-    ``warmup_epochs`` / ``lr_schedule``: linear warm-up (None: the budget's, 1 epoch for ConvRec with
-    item features and no time path under ``cpu``, else 0), then constant or cosine. ``augment_prob``:
+    ``warmup_epochs`` / ``lr_schedule``: linear warm-up (None: the budget's, 1 epoch under ``cpu`` for
+    ConvRec with item features and no time path, else 0), then constant or cosine. ``augment_prob``:
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
     random recent part of their history (both training-only augmentations; None: the budget's, .5 for
     ConvRec under ``sample``, else 0). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
-    candidates (0: off; None: the budget's, .1 where it warms up, else 0).
+    candidates (0: off; None: the budget's, .1 where its warm-up is 1 epoch, else 0).
     ``embedding_lr_scale``: the embedding tables learn at lr x this (None: the
     budget's rule, ``models.budgets.resolve_embedding_lr_scale``: under ``cpu`` and ``sample``, 50 for
     ConvRec's encoder where its tables start at PyTorch's N(0, 1), i.e. with a time path; else 1).
@@ -67,10 +67,10 @@ class TrainingConfig(dg.Config):
     ``ema_decay``: validate and keep an exponential moving average of the weights, updated after
     every step with this decay (0: off; None: the budget's; under ``cpu`` ConvRec averages over about
     one epoch of steps, at most 1,000, also across torchrun ranks).
-    ``time_budget_min``: a hard cap, stop before an epoch that would end past it (0: no limit). ``resume``: continue a
-    killed run with the same config and data. ``retrain``: train again from scratch even when a
-    finished model with the same config and data exists (by default it is reused, and the log says
-    so). ``num_threads``: torch CPU threads (0: torch's default;
+    ``time_budget_min``: a hard cap, training stops before an epoch that would end past it (0: no
+    limit). ``resume``: continue a killed run with the same config and data. ``retrain``: train again
+    from scratch even when a finished model with the same config and data exists (by default it is
+    reused, and the log says so). ``num_threads``: torch CPU threads (0: torch's default;
     per rank under torchrun). ``nproc_per_node`` > 1: data-parallel training on that many processes
     (one per GPU; CPU ranks for tests) started by ``torchrun`` as a Dagster Pipes subprocess
     (``convrec_dagster.pipes_training``); ``nnodes`` > 1 with ``rdzv_endpoint`` (host:port of node 0)
