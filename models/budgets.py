@@ -137,9 +137,10 @@ CPU_CONVREC_IDS_ONLY = {"lr": 2e-3, "augment_prob": 0.2}
 # ... and where it does read item features (Beauty's brands and categories): twice the width (d 256, hidden 512)
 # with dropout .2, a one-epoch warm-up to lr 2e-3 and label smoothing .1. The wider model alone overfits (Beauty
 # test full NDCG@10 .0558 against the d 128 budget's .0582); with dropout .2 it gains over three seeds (.0588 /
-# .0584 / .0584, mean .0585, against the budget's .0582 / .0567 / .0571, mean .0573), the warm-up, lr and
-# smoothing on top .0592 (BENCHMARKS.md, "Stop 37, second session" and "Stop 38"). An epoch takes about 3x as
-# long (Beauty ~270-300 s at 1 thread), so the 60-minute budget holds about 12 epochs.
+# .0584 / .0584 on a GPU, mean .0585, against the budget's .0582 / .0567 / .0571, mean .0573), the warm-up, lr
+# and smoothing on top .0592 there; on 2 CPU cores through the pipeline .0600 / HR .1008 (a second seed .0582)
+# (BENCHMARKS.md, "Stop 37, second session" and "Stop 38"). An epoch takes about 3x as long (Beauty ~272 s at
+# 1 thread against 89), so the 60-minute budget holds 13 epochs, still improving slightly at the end.
 CPU_CONVREC_WITH_FEATURES = {
     "d": 256,
     "hidden": 512,
