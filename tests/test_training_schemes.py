@@ -416,15 +416,9 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
         }  # fmt: skip
         assert any("with item features" in line and "d 256" in line for line in lines)
         assert not any("item ids only" in line for line in lines)
-        mine, _ = resolved(
-            "convrec", on=with_attributes, d=64, dropout=0.0, label_smoothing=0.0, warmup_epochs=0.0
-        )
-        assert (mine["d"], mine["dropout"], mine["label_smoothing"], mine["warmup_epochs"]) == (
-            64,
-            0.0,
-            0.0,
-            0.0,
-        )
+        users = {"d": 64, "dropout": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0}
+        mine, _ = resolved("convrec", on=with_attributes, **users)
+        assert {k: mine[k] for k in users} == users
         assert (mine["hidden"], mine["lr"]) == (512, 2e-3)  # the rule's keys the user left unset
     attention, _ = resolved("convrec_attention")  # measured on ConvRec only: its counterpart keeps .2
     assert (attention["dropout"], attention["ema_decay"], attention["weight_decay"]) == (0.2, 0.0, 0.0)
