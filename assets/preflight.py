@@ -37,11 +37,12 @@ def estimate_settings(name: str, config, dataset, size: pf.DataSize, cuda: bool)
     resolved as its training asset resolves it, with the data-dependent rules for data of ``size``."""
     from assets.training import resolve_settings
     from models.budgets import apply_large_catalogue, apply_without_time, auto_max_len, resolve_loss
+    from models.registry import spec
 
     budget, _, s = resolve_settings(config, dataset, name, cuda)
     if not s["max_len"]:
         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
-    item_features = name in ("convrec", "convrec_attention")
+    item_features = spec(name).item_features
     row_dependent = item_features and size.has_context
     apply_without_time(s, row_dependent, ids_only=not (item_features and size.has_attributes))
     apply_large_catalogue(s, size.items)

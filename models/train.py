@@ -513,8 +513,9 @@ def epoch_record(
     ``picks``: ``update_best``'s (improved, sampled_improved)."""
     epoch_time, train_time, spent = times
     improved, sampled_improved = picks
+    mean_epoch = spent / (epochs_before + 1)
     # a hard cap: the next epoch (expected to take the mean epoch so far) must end within the budget
-    out_of_time = bool(config.time_budget_s) and spent + spent / epoch > config.time_budget_s
+    out_of_time = bool(config.time_budget_s) and spent + mean_epoch > config.time_budget_s
     stop = (
         "patience"
         if bad_epochs >= config.patience
@@ -524,7 +525,7 @@ def epoch_record(
         if out_of_time
         else None
     )
-    eta = 0.0 if stop else spent / (epochs_before + 1) * (config.max_epochs - epoch)
+    eta = 0.0 if stop else mean_epoch * (config.max_epochs - epoch)
     if config.time_budget_s and not stop:
         eta = min(eta, config.time_budget_s - spent)
     return {
