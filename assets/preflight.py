@@ -44,7 +44,8 @@ def estimate_settings(name: str, config, dataset, size: pf.DataSize, cuda: bool)
         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
     item_features = spec(name).item_features
     row_dependent = item_features and size.has_context
-    apply_without_time(s, row_dependent, ids_only=not (item_features and size.has_attributes))
+    with_features = size.has_attributes or size.has_images
+    apply_without_time(s, row_dependent, ids_only=not (item_features and with_features))
     apply_large_catalogue(s, size.items)
     s["embedding_lr_scale"] = 1.0  # the step time does not depend on the tables' learning rate
     s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)
@@ -114,7 +115,7 @@ def preflight(
             except (duckdb_lib.Error, OSError):  # another process writes it: estimate from the raw files
                 size = None
         if size is None and raw.interactions:
-            size = pf.size_from_raw(raw)
+            size = pf.size_from_raw(raw, pretrained_weights=bool(weights))
         if size is not None:
             for name in models:
                 try:

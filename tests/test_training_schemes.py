@@ -458,22 +458,35 @@ def test_the_cpu_budget_samples_the_softmax_only_on_a_large_catalogue(with_time,
 
 
 @pytest.mark.parametrize(
-    "has_context,has_attributes,d", [(False, True, 256), (False, False, 128), (True, True, 128)]
+    "has_context,has_attributes,has_images,d",
+    [
+        (False, True, False, 256),
+        (False, False, False, 128),
+        (True, True, False, 128),
+        (False, False, True, 256),
+    ],
 )
-def test_preflight_times_the_width_the_features_rule_will_train(has_context, has_attributes, d):
+def test_preflight_times_the_width_the_features_rule_will_train(has_context, has_attributes, has_images, d):
     """Preflight's time estimate resolves the same data-dependent rules as training: ConvRec with item
-    features and no time path is timed at the features rule's d 256 (about 3x the step of d 128)."""
+    features (attributes or pretrained image vectors) and no time path is timed at the features rule's
+    d 256 (about 3x the step of d 128), on synthetic data that carries those features."""
     from assets.preflight import estimate_settings
     from assets.training import TrainingConfig
+    from convrec_dagster.data import preflight as pf
     from convrec_dagster.data.dataset_info import DatasetInfo
-    from convrec_dagster.data.preflight import DataSize
 
-    size = DataSize(users=100, items=50, train_rows=1_000, has_context=has_context,
-                    has_attributes=has_attributes, source="test")  # fmt: skip
+    size = pf.DataSize(users=100, items=50, train_rows=1_000, has_context=has_context,
+                       has_attributes=has_attributes, source="test", has_images=has_images)  # fmt: skip
     budget, s = estimate_settings(
         "convrec", TrainingConfig(budget="cpu"), DatasetInfo(name="Beauty"), size, False
     )
     assert budget == "cpu" and s["d"] == d and s["hidden"] == 2 * d
+    synthetic = pf._synthetic(size, 4)
+    assert synthetic.has_images == has_images and synthetic.has_attributes == has_attributes
+    if has_images:
+        assert synthetic.image_features.shape == (51, pf.IMAGE_DIM) and not synthetic.image_features[0].any()
+        per_batch, per_user = pf.time_batches("convrec", {**s, "batch_size": 8}, size, "cpu")
+        assert per_batch > 0 and per_user > 0
     _, sasrec = estimate_settings(
         "sasrec", TrainingConfig(budget="cpu"), DatasetInfo(name="Beauty"), size, False
     )
@@ -589,3 +602,31 @@ def test_a_per_row_softmax_over_about_the_whole_catalogue_scores_every_unseen_it
         )
     )
     assert sampled.candidates.shape == (32, 11) and sampled.blocked is None
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_preflight_counts_image_vectors_only_where_training_would_read_them(pretrained):
+    """ConvRec's ``features: auto`` reads image vectors only from a pretrained ResNet-50, so preflight's
+    size has images only then: from an earlier run's DuckDB (its `image_encoder` row) or from the raw
+    files with a weights file configured."""
+    import duckdb
+
+    from convrec_dagster.data import preflight as pf
+
+    raw = pf.RawSize(interactions=1_000, items=50, users=100, has_timestamps=False, has_metadata=True)
+    assert pf.size_from_raw(raw, pretrained_weights=pretrained).has_images == pretrained
+    assert not pf.size_from_raw(pf.RawSize(1_000, 50, 100), pretrained_weights=True).has_images  # no metadata
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE user_index AS SELECT range + 1 AS user_idx FROM range(3)")
+        conn.execute("CREATE TABLE item_index AS SELECT range + 1 AS item_idx FROM range(4)")
+        conn.execute(
+            "CREATE TABLE sequences AS SELECT range % 3 + 1 AS user_idx, 'train' AS split, NULL::BIGINT AS ts "
+            "FROM range(9)"
+        )
+        conn.execute(
+            "CREATE TABLE item_image_features AS SELECT range + 1 AS item_idx, true AS has_image, "
+            "[0.5, 1.0]::FLOAT[] AS feature FROM range(4)"
+        )
+        conn.execute(f"CREATE TABLE image_encoder AS SELECT {pretrained} AS pretrained")
+        size = pf.size_from_duckdb(conn)
+    assert size is not None and size.has_images == pretrained and not size.has_attributes

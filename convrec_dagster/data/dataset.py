@@ -68,7 +68,7 @@ def _attributes_available(conn: duckdb.DuckDBPyConnection) -> bool:
     return _one(conn, sql)[0] > 0
 
 
-def _images_available(conn: duckdb.DuckDBPyConnection) -> bool:
+def images_available(conn: duckdb.DuckDBPyConnection) -> bool:
     """Image vectors exist and come from a pretrained ResNet-50: features of a randomly initialised
     network carry little visual meaning and cost ConvRec accuracy (measured: BENCHMARKS.md), so
     ``auto`` leaves them out; ``image`` / ``both`` still use them."""
@@ -170,7 +170,7 @@ def load_rec_data(conn: duckdb.DuckDBPyConnection, features: Features = "auto") 
     n_proxy = int(proxy_ids.max()) + 1 if n_items else 1
 
     use_attrs = features in ("attributes", "both") or (features == "auto" and _attributes_available(conn))
-    use_images = features in ("image", "both") or (features == "auto" and _images_available(conn))
+    use_images = features in ("image", "both") or (features == "auto" and images_available(conn))
     attr_ptr = attr_ids = image_features = None
     n_attrs = n_items_with_image = 0
     if use_attrs:

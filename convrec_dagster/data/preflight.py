@@ -267,6 +267,9 @@ def check_raw_dir(raw_dir: Path) -> tuple[Findings, RawSize]:
 # --- the time estimate ----------------------------------------------------------------------------
 
 
+IMAGE_DIM = 2048  # a ResNet-50 image vector
+
+
 @dataclass
 class DataSize:
     """What the time of one epoch depends on."""
@@ -278,10 +281,12 @@ class DataSize:
     has_attributes: bool
     source: str  # where the numbers come from, in words
     lengths: np.ndarray | None = None  # training history length per user, when known
+    has_images: bool = False  # item image vectors that ConvRec's ``features: auto`` would read
 
 
 def size_from_duckdb(conn) -> DataSize | None:
     """The prepared data an earlier run left in DuckDB (this run rebuilds it), or None."""
+    from convrec_dagster.data.dataset import images_available
     from convrec_dagster.data.tables import table_exists
 
     if not all(table_exists(conn, t) for t in ("user_index", "item_index", "sequences")):
@@ -309,10 +314,13 @@ def size_from_duckdb(conn) -> DataSize | None:
         attributes,
         "the data an earlier run prepared in DuckDB (this run rebuilds it from the raw files)",
         next(iter(lengths.values())),
+        images_available(conn),
     )
 
 
-def size_from_raw(raw: RawSize) -> DataSize:
+def size_from_raw(raw: RawSize, pretrained_weights: bool = False) -> DataSize:
+    """``pretrained_weights``: a ResNet-50 weights file is configured, so items with metadata are
+    taken to have image vectors that ConvRec reads (without one ``features: auto`` leaves images out)."""
     return DataSize(
         raw.users,
         max(raw.items, 2),
@@ -321,6 +329,7 @@ def size_from_raw(raw: RawSize) -> DataSize:
         raw.has_metadata,
         "an upper bound from the raw files' sizes (the 5-core filter keeps fewer users, "
         "items and interactions)",
+        has_images=raw.has_metadata and pretrained_weights,
     )
 
 
@@ -361,6 +370,9 @@ def _synthetic(size: DataSize, n_users: int, seed: int = 0):
         )
         data.n_attrs = max(10, n_items // 50)
         data.attr_ids = rng.integers(1, data.n_attrs + 1, n_items * per_item).astype(np.int64)
+    if size.has_images:  # ResNet-50's 2,048-dim vectors
+        data.image_features = rng.standard_normal((n_items + 1, IMAGE_DIM)).astype(np.float32)
+        data.image_features[0] = 0.0
     return data
 
 
@@ -381,7 +393,8 @@ def time_batches(
     batch = int(settings["batch_size"])
     data = _synthetic(size, batch * (TIMED_BATCHES + 1))
     if spec(name).item_features:
-        settings = {**settings, "features": "attributes" if size.has_attributes else "none"}
+        features = {(True, True): "both", (True, False): "attributes", (False, True): "image"}
+        settings = {**settings, "features": features.get((size.has_attributes, size.has_images), "none")}
     model_config = spec(name).config.from_settings(settings)
     config = train_config(settings)
     torch.manual_seed(0)
