@@ -181,3 +181,37 @@ def test_convergence_refuses_strides_without_kernels(capsys):
         convergence.main(["--dataset", "sample", "--model", "convrec", "--strides", "1,1"])
     assert stop.value.code == 2
     assert "--strides needs --kernels" in capsys.readouterr().err
+
+
+def test_sample_dumps_summary_pairs_models_per_dump_and_runs_with_their_reference():
+    """``benchmarks.sample_dumps``: ConvRec - SASRec only over dumps where both ran (a run in progress
+    has dumps with one model), and a change paired with its reference row by (dump, model, seed)."""
+    from benchmarks.sample_dumps import summarize
+
+    def row(dump, model, seed, valid, test, full):
+        return {
+            "dump_seed": dump,
+            "model": model,
+            "seed": seed,
+            "valid": valid,
+            "test": test,
+            "test_full": full,
+        }
+
+    rows = [
+        row(1, "convrec", 0, 0.70, 0.66, 0.58), row(1, "sasrec", 0, 0.68, 0.67, 0.60),
+        row(2, "convrec", 0, 0.72, 0.70, 0.64), row(2, "sasrec", 0, 0.70, 0.68, 0.62),
+        row(3, "convrec", 0, 0.10, 0.10, 0.10),  # SASRec not trained yet on dump 3
+    ]  # fmt: skip
+    gap = summarize(rows, None)["convrec_minus_sasrec"]
+    assert gap["test_full"] == {"mean": 0.0, "dumps_ahead": 1, "dumps": 2}
+    assert gap["valid"] == {"mean": 0.02, "dumps_ahead": 2, "dumps": 2}
+    reference = [
+        {**r, "valid": r["valid"] - 0.01, "test": r["test"] + 0.01} for r in rows if r["model"] == "convrec"
+    ]
+    change = summarize(rows, reference)["against_reference"]
+    assert set(change) == {"convrec"}  # SASRec has no reference rows
+    assert change["convrec"]["valid"] == 0.01 and change["convrec"]["test"] == -0.01
+    assert (
+        change["convrec"]["valid_and_test_up"] == "3 of 6" and change["convrec"]["test_full_up"] == "0 of 3"
+    )

@@ -1,0 +1,224 @@
+"""The ``sample`` budget over several dumps of the sample generator, trained as the pipeline trains it.
+
+    python -m benchmarks.sample_dumps                                  # ConvRec and SASRec, 6 dumps x 2 seeds
+    python -m benchmarks.sample_dumps --models convrec --set crop_prob=0.3 --tag crop03 \\
+        --against benchmarks/results/sample_dumps/budget.json         # one change, paired with the budget
+
+Judging a change to the embedded sample's training on the sample's own test rows alone mistakes one
+draw of the generator for its behaviour. This harness generates the embedded dump (seed 20140723) and
+more dumps of the same generator (seeds 1-5 by default), prepares each with the pipeline's own assets
+(``benchmarks.convergence.prepare``), and trains each model there as the training asset does:
+``resolve_settings`` of ``budget: sample`` with the ``--set`` overrides, ``prepare_training``,
+``choose_window``, ``models.train.train``, then test figures in both protocols (``test_metrics``).
+It is deterministic on the CPU: the same settings give the same figures to the last digit.
+
+The JSON (``benchmarks/results/sample_dumps/<tag>.json``) keeps one row per (dump, model, seed) and a
+summary: each model's mean validation / test sampled NDCG@10 and test full-ranking NDCG@10, ConvRec
+minus SASRec per dump (when both ran), and with ``--against`` the change against a reference run
+of the same dumps and seeds (mean difference and how many of the figures went up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS_DIR, HelpFormatter, machine_info, write_json
+from benchmarks.convergence import prepare, test_metrics
+
+EMBEDDED_SEED = 20140723
+OUT_DIR = RESULTS_DIR / "sample_dumps"
+FIGURES = ("valid", "test", "test_full")
+
+
+def prepare_dump(seed: int, root: Path) -> Path:
+    """A prepared home for the dump of generator seed ``seed`` (the embedded sample for its own seed)."""
+    from convrec_dagster.data.sample_dump import SampleDumpConfig, generate_sample_dump
+
+    home = root / f"home_{seed}"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"prepare_{seed}.lock", "w") as lock:  # runs of this harness side by side share the root
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if seed == EMBEDDED_SEED:
+            prepare("sample", home, None, {})
+        else:
+            dump = generate_sample_dump(root / f"dump_{seed}", SampleDumpConfig(seed=seed))
+            prepare("sample", home, dump, {})
+    return home
+
+
+def parse_value(text: str):
+    """A ``--set`` value: JSON where it parses (numbers, true/false, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def train_one(home: Path, model_name: str, seed: int, overrides: dict) -> dict:
+    """Train ``model_name`` on the prepared ``home`` as the training asset does (``budget: sample``)."""
+    import duckdb
+    import torch
+
+    from assets.training import TrainingConfig, resolve_settings
+    from convrec_dagster.data import settings as paths
+    from convrec_dagster.data.dataset import load_rec_data
+    from convrec_dagster.data.dataset_info import read_dataset_info
+    from convrec_dagster.data.training_setup import choose_window, data_features, prepare_training
+    from models.registry import build_model, load_model
+    from models.train import SAMPLED_BEST, train
+
+    config = TrainingConfig(budget="sample", seed=seed, **overrides)
+    with duckdb.connect(str(paths.duckdb_path(home)), read_only=True) as conn:
+        identity = read_dataset_info(conn)
+        _, _, s = resolve_settings(config, identity, model_name, cuda=False)
+        data = load_rec_data(conn, features=data_features(model_name, s))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(s["num_threads"] or threads))
+    quiet = lambda message: None  # noqa: E731
+    try:
+        model_config, train_config = prepare_training(model_name, s, data, quiet)
+        with tempfile.TemporaryDirectory() as out_dir:
+            model_config, trials = choose_window(
+                model_name, s, data, model_config, train_config, torch.device("cpu"), "fp32", quiet
+            )
+            torch.manual_seed(train_config.seed)
+            model = build_model(model_name, data, model_config)
+            result = train(
+                model, data, model_name, model_config.to_hparams(), train_config, torch.device("cpu"), "fp32",
+                Path(out_dir), None, quiet,
+            )  # fmt: skip
+            test = test_metrics(model, data, torch.device("cpu"))
+            if "sampled_best" in result.extra:  # valid_protocol full: the sampled figures from their own pick
+                picked = load_model(Path(out_dir) / SAMPLED_BEST, data, torch.device("cpu"))[0]
+                test["sampled_100"] = test_metrics(picked, data, torch.device("cpu"), ("sampled_100",))[
+                    "sampled_100"
+                ]
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "max_len": model_config.max_len,
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "valid": round(
+            result.extra.get("sampled_best", {"metrics": result.best_metrics})["metrics"]["NDCG@10"], 4
+        ),
+        "valid_full": round(result.best_metrics["full_NDCG@10"], 4)
+        if "full_NDCG@10" in result.best_metrics
+        else None,
+        "test": test["sampled_100"]["NDCG@10"],
+        "test_full": test["full"]["NDCG@10"],
+    }
+
+
+def mean(rows: list[dict], key: str) -> float:
+    return round(statistics.mean(r[key] for r in rows), 4)
+
+
+def summarize(rows: list[dict], against: list[dict] | None) -> dict:
+    """Means per model; ConvRec - SASRec per dump; the change against ``against`` (same dumps, seeds)."""
+    models = sorted({r["model"] for r in rows})
+    summary: dict = {m: {k: mean([r for r in rows if r["model"] == m], k) for k in FIGURES} for m in models}
+    dumps = sorted({r["dump_seed"] for r in rows})
+
+    def per_dump(rs: list[dict], model: str, dump: int, key: str) -> float:
+        return statistics.mean(r[key] for r in rs if r["model"] == model and r["dump_seed"] == dump)
+
+    both = [d for d in dumps if {"convrec", "sasrec"} <= {r["model"] for r in rows if r["dump_seed"] == d}]
+    if both:
+        gaps = {
+            k: [per_dump(rows, "convrec", d, k) - per_dump(rows, "sasrec", d, k) for d in both]
+            for k in FIGURES
+        }
+        summary["convrec_minus_sasrec"] = {
+            k: {"mean": round(statistics.mean(v), 4), "dumps_ahead": sum(x > 0 for x in v), "dumps": len(v)}
+            for k, v in gaps.items()
+        }
+    if against:
+        key_of = lambda r: (r["dump_seed"], r["model"], r["seed"])  # noqa: E731
+        ref = {key_of(r): r for r in against}
+        paired = [(r, ref[key_of(r)]) for r in rows if key_of(r) in ref]
+        change = {}
+        for m in models:
+            pairs = [(r, q) for r, q in paired if r["model"] == m]
+            if not pairs:
+                continue
+            diffs = {k: [r[k] - q[k] for r, q in pairs] for k in FIGURES}
+            # the valid and test figures together, as stops 36-37 judged a change
+            both = diffs["valid"] + diffs["test"]
+            change[m] = {
+                **{k: round(statistics.mean(v), 4) for k, v in diffs.items()},
+                "valid_and_test": round(statistics.mean(both), 4),
+                "valid_and_test_up": f"{sum(x > 0 for x in both)} of {len(both)}",
+                "test_full_up": f"{sum(x > 0 for x in diffs['test_full'])} of {len(diffs['test_full'])}",
+            }
+        summary["against_reference"] = change
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.sample_dumps", description=__doc__, formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--dumps", default=f"{EMBEDDED_SEED},1,2,3,4,5", help="generator seeds, comma-separated"
+    )
+    parser.add_argument("--seeds", default="0,1", help="model seeds, comma-separated")
+    parser.add_argument("--models", default="convrec,sasrec", help="models, comma-separated")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a training-config override (TrainingConfig field), repeatable; VALUE as JSON where it parses",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tag", default="budget", help="the JSON's name under benchmarks/results/sample_dumps/"
+    )
+    parser.add_argument("--against", type=Path, help="a reference JSON of this harness to pair the rows with")
+    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "convrec_sample_dumps",
+                        help="where the dumps and their prepared homes live (reused across runs)")  # fmt: skip
+    args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = {k: parse_value(v) for k, v in overrides.items()}
+    dumps = [int(x) for x in args.dumps.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    models = args.models.split(",")
+    against = json.loads(args.against.read_text())["rows"] if args.against else None
+    out = OUT_DIR / f"{args.tag}.json"
+    res = {
+        "benchmark": "sample_dumps",
+        "command": "python -m benchmarks.sample_dumps " + " ".join(argv or __import__("sys").argv[1:]),
+        "machine": machine_info("cpu"),
+        "overrides": overrides,
+        "dumps": dumps,
+        "seeds": seeds,
+        "rows": [],
+    }
+    started = time.perf_counter()
+    homes = {dump: prepare_dump(dump, args.root) for dump in dumps}
+    for dump, home in homes.items():
+        for model_name in models:
+            for seed in seeds:
+                t0 = time.perf_counter()
+                row = {
+                    "dump_seed": dump,
+                    "model": model_name,
+                    "seed": seed,
+                    **train_one(home, model_name, seed, overrides),
+                }
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                res["rows"].append(row)
+                print(json.dumps(row), flush=True)
+                res["summary"] = summarize(res["rows"], against)
+                write_json(res, out)
+    res["wall_s"] = round(time.perf_counter() - started, 1)
+    res["summary"] = summarize(res["rows"], against)
+    write_json(res, out)
+    print(json.dumps(res["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
