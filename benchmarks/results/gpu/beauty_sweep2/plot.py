@@ -1,6 +1,6 @@
 """The stop 39 sweep as one picture: test full NDCG@10 per run, by change, against BSARec's .0611.
 
-    python benchmarks/results/gpu/beauty_sweep2/plot.py      # writes sweep.png beside this file
+python benchmarks/results/gpu/beauty_sweep2/plot.py      # writes sweep.png beside this file
 """
 
 import json
