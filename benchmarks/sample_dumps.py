@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -60,8 +61,9 @@ def parse_value(text: str):
         return text
 
 
-def train_one(home: Path, model_name: str, seed: int, overrides: dict) -> dict:
-    """Train ``model_name`` on the prepared ``home`` as the training asset does (``budget: sample``)."""
+def train_one(home: Path, model_name: str, seed: int, overrides: dict, keep: Path | None = None) -> dict:
+    """Train ``model_name`` on the prepared ``home`` as the training asset does (``budget: sample``);
+    ``keep``: copy the picked epoch's checkpoint there (for ``benchmarks.valid_test_gap``)."""
     import duckdb
     import torch
 
@@ -94,6 +96,9 @@ def train_one(home: Path, model_name: str, seed: int, overrides: dict) -> dict:
                 Path(out_dir), None, quiet,
             )  # fmt: skip
             test = test_metrics(model, data, torch.device("cpu"))
+            if keep is not None:
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(out_dir) / "best.pt", keep)
             if "sampled_best" in result.extra:  # valid_protocol full: the sampled figures from their own pick
                 picked = load_model(Path(out_dir) / SAMPLED_BEST, data, torch.device("cpu"))[0]
                 test["sampled_100"] = test_metrics(picked, data, torch.device("cpu"), ("sampled_100",))[
@@ -178,6 +183,10 @@ def main(argv: list[str] | None = None) -> None:
         "--tag", default="budget", help="the JSON's name under benchmarks/results/sample_dumps/"
     )
     parser.add_argument("--against", type=Path, help="a reference JSON of this harness to pair the rows with")
+    parser.add_argument(
+        "--keep-models", type=Path, metavar="DIR",
+        help="keep each run's picked checkpoint as DIR/<dump>_<model>_s<seed>.pt (for benchmarks.valid_test_gap)",
+    )  # fmt: skip
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "convrec_sample_dumps",
                         help="where the dumps and their prepared homes live (reused across runs)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -203,11 +212,12 @@ def main(argv: list[str] | None = None) -> None:
         for model_name in models:
             for seed in seeds:
                 t0 = time.perf_counter()
+                keep = args.keep_models / f"{dump}_{model_name}_s{seed}.pt" if args.keep_models else None
                 row = {
                     "dump_seed": dump,
                     "model": model_name,
                     "seed": seed,
-                    **train_one(home, model_name, seed, overrides),
+                    **train_one(home, model_name, seed, overrides, keep),
                 }
                 row["seconds"] = round(time.perf_counter() - t0, 1)
                 res["rows"].append(row)

@@ -16,7 +16,10 @@ evaluated user's validation and test target under both protocols, and splits the
 - ``history_length``: the user's training interactions;
 - ``repeat_of_last``: whether the target is an item the user already had in the history.
 - ``next_item`` (the embedded sample only): whether the target is the chain successor of the last
-  history item, the generator's most frequent rule.
+  history item, the generator's most frequent rule;
+- ``row_kind`` (the embedded sample only): which of the generator's rules could have drawn the target
+  (``row_kinds``): the next unseen item along the last item's chain, the same from an earlier
+  sub-category of the history (a revisit), or a fresh pick, of a brand the history holds or not.
 
 The JSON holds, per model, split, protocol and bucket: users and mean NDCG@10, HR@10, HR@1 and MRR.
 """
@@ -74,10 +77,72 @@ def sample_successors(data) -> np.ndarray | None:
     return np.array([index.get(successor.get(name), 0) for name in data.item_names.tolist()], dtype=np.int64)
 
 
-def user_groups(data, successors: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, list[str]]]:
+ROW_KINDS = [
+    "chain successor of the last item",
+    "successor in an earlier sub-category",
+    "fresh pick, a brand of the history",
+    "fresh pick, another brand",
+]
+
+
+def sample_catalog(data) -> dict[str, np.ndarray] | None:
+    """On the embedded sample: per item index its chain ``successor`` (0 unknown), ``subcategory``
+    and ``brand`` (-1 unknown); None without item names."""
+    from convrec_dagster.data.sample_dump import SampleDumpConfig, build_catalog
+
+    if data.item_names is None:
+        return None
+    catalog = build_catalog(SampleDumpConfig())
+    index = {name: i for i, name in enumerate(data.item_names.tolist())}
+    by_asin = {item.asin: item for item in catalog.items}
+    items = [by_asin.get(name) for name in data.item_names.tolist()]
+    return {
+        "successor": np.array(
+            [0 if it is None else index.get(catalog.items[it.successor].asin, 0) for it in items],
+            dtype=np.int64,
+        ),
+        "subcategory": np.array([-1 if it is None else it.category * 3 + it.subcategory for it in items]),
+        "brand": np.array([-1 if it is None else it.brand for it in items]),
+    }
+
+
+def row_kinds(
+    data, starts: np.ndarray, target_rows: np.ndarray, catalog: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Per user (history ``starts[i]`` .. ``target_rows[i]``), the first of the sample generator's rules,
+    in its order, that could have drawn the target (an index into ``ROW_KINDS``): 0 the first item
+    along the last item's successor chain that the history does not hold; 1 the same from the last
+    item of another sub-category of the history (a revisit); 2 a fresh pick of a brand the history
+    holds (the generator favours a user's brands 4x); 3 any other fresh pick."""
+    successor, subcategory, brand = catalog["successor"], catalog["subcategory"], catalog["brand"]
+    kinds = np.empty(len(starts), dtype=np.int64)
+    for k, (start, row) in enumerate(zip(starts.tolist(), target_rows.tolist())):
+        history = data.items[start:row].tolist()
+        target, seen = int(data.items[row]), set(history)
+
+        def next_unseen(item: int) -> int:
+            step, steps = int(successor[item]), 0
+            while step and step in seen and steps < len(successor):  # noqa: B023
+                step, steps = int(successor[step]), steps + 1
+            return step
+
+        last_in_subcategory = {int(subcategory[item]): item for item in history}
+        earlier = [item for key, item in last_in_subcategory.items() if key != subcategory[history[-1]]]
+        if next_unseen(history[-1]) == target:
+            kinds[k] = 0
+        elif any(next_unseen(item) == target for item in earlier):
+            kinds[k] = 1
+        else:
+            kinds[k] = 2 if brand[target] in {int(brand[item]) for item in history} else 3
+    return kinds
+
+
+def user_groups(
+    data, successors: np.ndarray | None = None, catalog: dict[str, np.ndarray] | None = None
+) -> dict[str, tuple[np.ndarray, list[str]]]:
     """Per evaluated user, one bucket index per grouping (and the buckets' labels), per split.
     ``successors`` (item -> item, 0 unknown) adds ``next_item``: whether the target is the successor
-    of the last history item."""
+    of the last history item; ``catalog`` (``sample_catalog``) adds ``row_kind`` (``row_kinds``)."""
     users = data.eval_users()
     ends = data.user_ptr[users + 1]
     valid_items, test_items = data.items[ends - 2], data.items[ends - 1]
@@ -98,6 +163,11 @@ def user_groups(data, successors: np.ndarray | None = None) -> dict[str, tuple[n
             groups[split]["next_item"] = (
                 (~follows).astype(np.int64),
                 ["successor of the last item", "another"],
+            )
+        if catalog is not None:
+            groups[split]["row_kind"] = (
+                row_kinds(data, data.user_ptr[users], ends - offset, catalog),
+                ROW_KINDS,
             )
     return groups
 
@@ -174,7 +244,10 @@ def main(argv: list[str] | None = None) -> None:
                 loaded[features] = load_rec_data(conn, features=features)
         data = loaded[features]
         model, checkpoint = load_model(path, data)
-        groups = user_groups(data, sample_successors(data) if args.dataset == "sample" else None)
+        on_sample = args.dataset == "sample"
+        groups = user_groups(
+            data, sample_successors(data) if on_sample else None, sample_catalog(data) if on_sample else None
+        )
         out = {"checkpoint": path, "epoch": checkpoint["extra"].get("epoch"), "splits": {}}
         for split in ("valid", "test"):
             out["splits"][split] = {}

@@ -215,3 +215,31 @@ def test_sample_dumps_summary_pairs_models_per_dump_and_runs_with_their_referenc
     assert (
         change["convrec"]["valid_and_test_up"] == "3 of 6" and change["convrec"]["test_full_up"] == "0 of 3"
     )
+
+
+def test_sample_row_kinds_follow_the_generator_rules_in_order():
+    """``valid_test_gap.row_kinds``: two sub-categories with chains 1-2-3-4 and 5-6-7-8, brands 0 / 1."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from benchmarks.valid_test_gap import ROW_KINDS, row_kinds
+
+    catalog = {
+        "successor": np.array([0, 2, 3, 4, 1, 6, 7, 8, 5]),
+        "subcategory": np.array([-1, 0, 0, 0, 0, 1, 1, 1, 1]),
+        "brand": np.array([-1, 0, 0, 1, 1, 0, 0, 1, 1]),
+    }
+    users = [  # (history, target, expected kind)
+        ([1, 2], 3, 0),  # the last item's successor
+        ([3, 2], 4, 0),  # its successor 3 is in the history: the next unseen one along the chain
+        ([1, 5], 2, 1),  # the successor of the last item of the earlier sub-category
+        ([3, 5], 8, 2),  # neither; brand 1 is in the history (item 3)
+        ([1, 5], 7, 3),  # neither; brand 1 is not
+    ]
+    items = np.array([i for history, target, _ in users for i in [*history, target]])
+    lengths = np.array([len(history) + 1 for history, _, _ in users])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    kinds = row_kinds(SimpleNamespace(items=items), starts, starts + lengths - 1, catalog)
+    assert kinds.tolist() == [kind for _, _, kind in users]
+    assert len(ROW_KINDS) == 4
