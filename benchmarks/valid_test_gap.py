@@ -19,7 +19,9 @@ evaluated user's validation and test target under both protocols, and splits the
   history item, the generator's most frequent rule;
 - ``row_kind`` (the embedded sample only): which of the generator's rules could have drawn the target
   (``row_kinds``): the next unseen item along the last item's chain, the same from an earlier
-  sub-category of the history (a revisit), or a fresh pick, of a brand the history holds or not.
+  sub-category of the history (a revisit), or a fresh pick, of a brand the history holds or not;
+  and ``successor_rows_by_item_before_last``: the successor rows split by whether the item before the
+  last shares the last one's sub-category (where a window of two items mixes two chains).
 
 The JSON holds, per model, split, protocol and bucket: users and mean NDCG@10, HR@10, HR@1 and MRR.
 """
@@ -165,9 +167,18 @@ def user_groups(
                 ["successor of the last item", "another"],
             )
         if catalog is not None:
-            groups[split]["row_kind"] = (
-                row_kinds(data, data.user_ptr[users], ends - offset, catalog),
-                ROW_KINDS,
+            kinds = row_kinds(data, data.user_ptr[users], ends - offset, catalog)
+            groups[split]["row_kind"] = (kinds, ROW_KINDS)
+            subcategory = catalog["subcategory"]
+            before, last = data.items[ends - offset - 2], data.items[ends - offset - 1]
+            mixed = (subcategory[before] != subcategory[last]) & (ends - offset - data.user_ptr[users] >= 2)
+            groups[split]["successor_rows_by_item_before_last"] = (
+                np.where(kinds == 0, mixed.astype(np.int64), 2),
+                [
+                    "successor row, the item before the last of the same sub-category",
+                    "successor row, the item before the last of another sub-category",
+                    "not a successor row",
+                ],
             )
     return groups
 

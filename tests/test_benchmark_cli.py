@@ -124,6 +124,18 @@ def test_valid_test_gap_buckets_cover_every_evaluated_user_once():
         end = data.user_ptr[user + 1]
         assert bool(flag) == (data.items[end - 1] == data.items[end - 2] % data.n_items + 1)
     assert 0 < follows.mean() < 1
+    # with a catalogue: the generator's rule per row, and the successor rows split by the item before the last
+    catalog = {
+        "successor": successors,
+        "subcategory": np.arange(data.n_items + 1) % 2,
+        "brand": np.zeros(data.n_items + 1),
+    }
+    with_catalog = user_groups(data, successors, catalog)["test"]
+    kinds, split = with_catalog["row_kind"][0], with_catalog["successor_rows_by_item_before_last"][0]
+    assert len(kinds) == len(users) and np.array_equal(split == 2, kinds != 0) and (kinds == 0).any()
+    ends = data.user_ptr[users + 1]
+    mixed = (data.items[ends - 3] % 2) != (data.items[ends - 2] % 2)
+    assert np.array_equal(split[kinds == 0], mixed[kinds == 0].astype(int))
     # a target the user already had: counted as a repeat
     repeats = groups["test"]["repeat_of_last"][0]
     for user, flag in zip(users, repeats):
