@@ -25,6 +25,7 @@ import fcntl
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,7 +87,7 @@ def train_one(home: Path, model_name: str, seed: int, overrides: dict, keep: Pat
     try:
         model_config, train_config = prepare_training(model_name, s, data, quiet)
         with tempfile.TemporaryDirectory() as out_dir:
-            model_config, trials = choose_window(
+            model_config, _ = choose_window(
                 model_name, s, data, model_config, train_config, torch.device("cpu"), "fp32", quiet
             )
             torch.manual_seed(train_config.seed)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     out = OUT_DIR / f"{args.tag}.json"
     res = {
         "benchmark": "sample_dumps",
-        "command": "python -m benchmarks.sample_dumps " + " ".join(argv or __import__("sys").argv[1:]),
+        "command": "python -m benchmarks.sample_dumps " + " ".join(argv or sys.argv[1:]),
         "machine": machine_info("cpu"),
         "overrides": overrides,
         "dumps": dumps,

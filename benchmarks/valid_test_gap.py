@@ -121,6 +121,9 @@ def row_kinds(
     for k, (start, row) in enumerate(zip(starts.tolist(), target_rows.tolist())):
         history = data.items[start:row].tolist()
         target, seen = int(data.items[row]), set(history)
+        if not history:
+            kinds[k] = 3
+            continue
 
         def next_unseen(item: int) -> int:
             step, steps = int(successor[item]), 0
@@ -144,7 +147,8 @@ def user_groups(
 ) -> dict[str, tuple[np.ndarray, list[str]]]:
     """Per evaluated user, one bucket index per grouping (and the buckets' labels), per split.
     ``successors`` (item -> item, 0 unknown) adds ``next_item``: whether the target is the successor
-    of the last history item; ``catalog`` (``sample_catalog``) adds ``row_kind`` (``row_kinds``)."""
+    of the last history item; ``catalog`` (``sample_catalog``) adds ``row_kind`` (``row_kinds``) and
+    ``successor_rows_by_item_before_last``."""
     users = data.eval_users()
     ends = data.user_ptr[users + 1]
     valid_items, test_items = data.items[ends - 2], data.items[ends - 1]
