@@ -36,16 +36,14 @@ def estimate_settings(name: str, config, dataset, size: pf.DataSize, cuda: bool)
     """(budget, settings) of model ``name`` for the time estimate: ``config`` (its ``TrainingConfig``)
     resolved as its training asset resolves it, with the data-dependent rules for data of ``size``."""
     from assets.training import resolve_settings
+    from convrec_dagster.data.training_setup import data_rules
     from models.budgets import apply_large_catalogue, apply_without_time, auto_max_len, resolve_loss
-    from models.registry import spec
 
     budget, _, s = resolve_settings(config, dataset, name, cuda)
     if not s["max_len"]:
         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
-    item_features = spec(name).item_features
-    row_dependent = item_features and size.has_context
-    with_features = size.has_attributes or size.has_images
-    apply_without_time(s, row_dependent, ids_only=not (item_features and with_features))
+    row_dependent, ids_only = data_rules(name, size.has_context, size.has_attributes, size.has_images)
+    apply_without_time(s, row_dependent, ids_only)
     apply_large_catalogue(s, size.items)
     s["embedding_lr_scale"] = 1.0  # the step time does not depend on the tables' learning rate
     s["loss"], s["n_negatives"] = resolve_loss(s["loss"], s["n_negatives"], row_dependent)

@@ -294,15 +294,10 @@ def successor_first_share(model, data, split: str = "test") -> float | None:
 def sample_subcategories(data) -> np.ndarray | None:
     """On the embedded sample: each item's (category, sub-category) as one number (-1 where unknown);
     None without item names."""
-    from convrec_dagster.data.sample_dump import SampleDumpConfig, build_catalog
+    from benchmarks.valid_test_gap import sample_catalog
 
-    if data.item_names is None:
-        return None
-    by_asin = {item.asin: item for item in build_catalog(SampleDumpConfig()).items}
-    items = [by_asin.get(name) for name in data.item_names.tolist()]
-    return np.array(
-        [-1 if it is None else it.category * 1000 + it.subcategory for it in items], dtype=np.int64
-    )
+    catalog = sample_catalog(data)
+    return None if catalog is None else catalog["subcategory"]
 
 
 def transition_counts(data, first: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -70,13 +70,8 @@ def repeats(data, users: np.ndarray, target_rows: np.ndarray) -> np.ndarray:
 def sample_successors(data) -> np.ndarray | None:
     """On the embedded sample: each item's chain successor (item index, 0 where unknown); None
     without item names."""
-    from convrec_dagster.data.sample_dump import SampleDumpConfig, build_catalog
-
-    if data.item_names is None:
-        return None
-    index = {name: i for i, name in enumerate(data.item_names.tolist())}
-    successor = build_catalog(SampleDumpConfig()).successor_asin()
-    return np.array([index.get(successor.get(name), 0) for name in data.item_names.tolist()], dtype=np.int64)
+    catalog = sample_catalog(data)
+    return None if catalog is None else catalog["successor"]
 
 
 ROW_KINDS = [
@@ -259,10 +254,8 @@ def main(argv: list[str] | None = None) -> None:
                 loaded[features] = load_rec_data(conn, features=features)
         data = loaded[features]
         model, checkpoint = load_model(path, data)
-        on_sample = args.dataset == "sample"
-        groups = user_groups(
-            data, sample_successors(data) if on_sample else None, sample_catalog(data) if on_sample else None
-        )
+        catalog = sample_catalog(data) if args.dataset == "sample" else None
+        groups = user_groups(data, None if catalog is None else catalog["successor"], catalog)
         out = {"checkpoint": path, "epoch": checkpoint["extra"].get("epoch"), "splits": {}}
         for split in ("valid", "test"):
             out["splits"][split] = {}

@@ -78,6 +78,14 @@ def data_features(name: str, settings: dict) -> str:
     return settings["features"] if spec(name).item_features else "none"
 
 
+def data_rules(name: str, has_context: bool, has_attributes: bool, has_images: bool) -> tuple[bool, bool]:
+    """(row_dependent, ids_only) of model ``name`` on data with these traits: its candidate vectors depend
+    on the row's time (a time path), and it reads no item features. Training (``prepare_training``) and
+    preflight's time estimate decide the budget's data-dependent rules with this one function."""
+    reads_features = spec(name).item_features
+    return reads_features and has_context, not (reads_features and (has_attributes or has_images))
+
+
 def prepare_training(
     name: str, settings: dict, data: RecData, log: Callable[[str], None]
 ) -> tuple[ModelConfig, TrainConfig]:
@@ -94,7 +102,7 @@ def prepare_training(
             f"{name}: max_len {s['max_len']} from the data (90 % of the users' training "
             f"histories fit; choices {MAX_LEN_CHOICES})"
         )
-    row_dependent = spec(name).item_features and data.has_context
+    row_dependent, ids_only = data_rules(name, data.has_context, data.has_attributes, data.has_images)
     s["emb_init_std"] = resolve_emb_init(
         s.pop("emb_init_std_user", None),
         s.pop("emb_init_std_budget", None),
@@ -109,7 +117,6 @@ def prepare_training(
             f"{name}: the embedding tables start at PyTorch's N(0, 1), so they learn at lr x "
             f"{s['embedding_lr_scale']:g} (the relative step of N(0, {EMB_REFERENCE_STD}²) tables)"
         )
-    ids_only = not (spec(name).item_features and (data.has_attributes or data.has_images))
     applied = apply_without_time(s, row_dependent, ids_only)
     if applied:
         log(
