@@ -15,7 +15,9 @@ Efficiency (docs/CONVREC_SPEC.md §7): the item encoder's cost is dominated by p
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -248,6 +250,24 @@ class EncodedSequenceModel(SequentialRecommender):
         self.encoder = ItemEncoder(
             data, d, hidden, dropout, features, intervals, emb_init_std, interval_scale, side_init
         )
+        self._item_table: torch.Tensor | None = None  # set by item_table_for_eval
+
+    @contextlib.contextmanager
+    def item_table_for_eval(self) -> Iterator[None]:
+        """Evaluation without a time path: every item is encoded once, and each batch's history and
+        candidate vectors are rows of that table. In eval mode (no dropout) an item's vector is then the
+        same at every position of every row, so the scores are the same up to float rounding, while the
+        encoder runs once per evaluation instead of over every batch's history and candidates (and, in
+        full ranking, over the whole catalogue for every batch). A no-op in training or with a time path."""
+        if self.training or self.encoder.row_dependent or self._item_table is not None:
+            yield
+            return
+        with torch.no_grad():
+            self._item_table = self.item_vectors()
+        try:
+            yield
+        finally:
+            self._item_table = None
 
     def mix(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """History vectors (B, L, d), zero at padding -> sequence vector (B, d)."""
@@ -262,6 +282,8 @@ class EncodedSequenceModel(SequentialRecommender):
     def encode(self, batch: Batch, with_candidates: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """History vectors (B, L, d) and candidate vectors (B, C, d), one encoder pass for both."""
         items, mask = batch.items[:, -self.max_len :], batch.mask[:, -self.max_len :]
+        if self._item_table is not None:  # row 0, the padding, is zero
+            return self._item_table[items], self._item_table[batch.candidates] if with_candidates else None
         rows, cols = mask.nonzero(as_tuple=True)
         enc = self.encoder
         hist_ctx = batch.context[:, -self.max_len :][rows, cols] if enc.use_context else None
@@ -313,14 +335,18 @@ class EncodedSequenceModel(SequentialRecommender):
     def score_item_chunk(self, batch: Batch, seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         ctx, delta = self._candidate_inputs(batch)
         if not self.encoder.row_dependent:
-            vectors = self.encoder.encode_grid(items, None, None)[0]
+            table = self._item_table
+            vectors = self.encoder.encode_grid(items, None, None)[0] if table is None else table[items]
             with torch.autocast(seq.device.type, enabled=False):
                 return seq.float() @ vectors.float().T
         return dot_scores(self.encoder.encode_grid(items, ctx, delta), seq)
 
     @torch.no_grad()
     def full_sort_predict(self, batch: Batch, chunk_size: int | None = None) -> torch.Tensor:
-        # row-dependent candidates cost B x chunk x d activations: keep that near 2^25 elements
+        # row-dependent candidates cost B x chunk x d activations: keep that near 2^25 elements; rows of the
+        # evaluation's item table cost only the B x chunk scores, which the output holds anyway
+        if chunk_size is None and self._item_table is not None:
+            chunk_size = self.n_items
         chunk_size = chunk_size or max(64, 2**25 // (len(batch.items) * self.d))
         return super().full_sort_predict(batch, chunk_size)
 

@@ -70,30 +70,31 @@ def rank_eval_users(
     users = data.eval_users() if users is None else np.asarray(users, dtype=np.int64)
     greater, equal = [], []
     try:
-        for start in range(0, len(users), batch_size):
-            batch_users = users[start : start + batch_size]
-            targets = eval_targets(data, batch_users, split)
-            positives = data.items[targets]
-            if protocol == "sampled_100":
-                cands = np.concatenate([positives[:, None], data.eval_negatives[batch_users]], 1)
-            else:
-                cands = positives[:, None]
-            batch = make_batch(data, batch_users, targets, model.max_len, cands).to(device)
-            with autocast(device, precision):
+        with model.item_table_for_eval():
+            for start in range(0, len(users), batch_size):
+                batch_users = users[start : start + batch_size]
+                targets = eval_targets(data, batch_users, split)
+                positives = data.items[targets]
                 if protocol == "sampled_100":
-                    scores = model.predict(batch).float()
-                    above, tied = _compare(scores[:, 1:], scores[:, :1])
-                    greater.append(above.sum(1).cpu())
-                    equal.append(tied.sum(1).cpu())
-                    continue
-                scores = model.full_sort_predict(batch).float()
-            pos_idx = torch.from_numpy(positives).to(device).unsqueeze(1)
-            pos = scores.gather(1, pos_idx)
-            masked = seen_items_mask(data, batch_users, targets, device)
-            masked.scatter_(1, pos_idx, True)  # the positive is compared, not counted against itself
-            above, tied = _compare(scores, pos)
-            greater.append((above & ~masked).sum(1).cpu())
-            equal.append((tied & ~masked).sum(1).cpu())
+                    cands = np.concatenate([positives[:, None], data.eval_negatives[batch_users]], 1)
+                else:
+                    cands = positives[:, None]
+                batch = make_batch(data, batch_users, targets, model.max_len, cands).to(device)
+                with autocast(device, precision):
+                    if protocol == "sampled_100":
+                        scores = model.predict(batch).float()
+                        above, tied = _compare(scores[:, 1:], scores[:, :1])
+                        greater.append(above.sum(1).cpu())
+                        equal.append(tied.sum(1).cpu())
+                        continue
+                    scores = model.full_sort_predict(batch).float()
+                pos_idx = torch.from_numpy(positives).to(device).unsqueeze(1)
+                pos = scores.gather(1, pos_idx)
+                masked = seen_items_mask(data, batch_users, targets, device)
+                masked.scatter_(1, pos_idx, True)  # the positive is compared, not counted against itself
+                above, tied = _compare(scores, pos)
+                greater.append((above & ~masked).sum(1).cpu())
+                equal.append((tied & ~masked).sum(1).cpu())
     finally:
         model.train(was_training)
     cat = lambda xs: torch.cat(xs).numpy().astype(np.int64) if xs else np.zeros(0, np.int64)  # noqa: E731
@@ -123,16 +124,19 @@ def recommend_top_k(
     k = min(k, data.n_items)
     out_items, out_scores = [], []
     try:
-        for start in range(0, len(users), batch_size):
-            batch_users = users[start : start + batch_size]
-            ends = data.user_ptr[batch_users + 1]
-            dummy = np.ones((len(batch_users), 1), dtype=np.int64)
-            batch = make_batch(data, batch_users, ends, model.max_len, dummy, time_rows=ends - 1).to(device)
-            scores = model.full_sort_predict(batch).float()
-            scores = scores.masked_fill(seen_items_mask(data, batch_users, ends, device), float("-inf"))
-            top = scores.topk(k, dim=1)
-            out_items.append(top.indices.cpu())
-            out_scores.append(top.values.cpu())
+        with model.item_table_for_eval():
+            for start in range(0, len(users), batch_size):
+                batch_users = users[start : start + batch_size]
+                ends = data.user_ptr[batch_users + 1]
+                dummy = np.ones((len(batch_users), 1), dtype=np.int64)
+                batch = make_batch(data, batch_users, ends, model.max_len, dummy, time_rows=ends - 1).to(
+                    device
+                )
+                scores = model.full_sort_predict(batch).float()
+                scores = scores.masked_fill(seen_items_mask(data, batch_users, ends, device), float("-inf"))
+                top = scores.topk(k, dim=1)
+                out_items.append(top.indices.cpu())
+                out_scores.append(top.values.cpu())
     finally:
         model.train(was_training)
     if not out_items:
