@@ -36,6 +36,7 @@ INTERVAL_SCALES = {"raw": (1.0, 1.0, 1.0), "calendar": (1.0, 1 / 12, 1 / 31)}
 # model starts as the id-only model and grows each side input only as far as it lowers the loss (the
 # zero-init-residual idea); "zero_time": only the time context starts at zero.
 SIDE_INITS = ("default", "zero", "zero_time")
+EVAL_CHUNK = 8192  # items per chunk of the evaluation's item table and of its full-ranking scores
 
 
 def resolve_features(data: RecData, features: str) -> tuple[bool, bool]:
@@ -262,8 +263,15 @@ class EncodedSequenceModel(SequentialRecommender):
         if self.training or self.encoder.row_dependent or self._item_table is not None:
             yield
             return
-        with torch.no_grad():
-            self._item_table = self.item_vectors()
+        device = self.encoder.proxy_ids.device
+        with torch.no_grad():  # in chunks, so a large catalogue's encoder activations stay bounded
+            chunks = [
+                self.item_vectors_of(
+                    torch.arange(start, min(start + EVAL_CHUNK, self.n_items + 1), device=device)
+                )
+                for start in range(1, self.n_items + 1, EVAL_CHUNK)
+            ]
+            self._item_table = torch.cat([chunks[0].new_zeros(1, self.d), *chunks])
         try:
             yield
         finally:
@@ -346,7 +354,7 @@ class EncodedSequenceModel(SequentialRecommender):
         # row-dependent candidates cost B x chunk x d activations: keep that near 2^25 elements; rows of the
         # evaluation's item table cost only the B x chunk scores, which the output holds anyway
         if chunk_size is None and self._item_table is not None:
-            chunk_size = self.n_items
+            chunk_size = EVAL_CHUNK
         chunk_size = chunk_size or max(64, 2**25 // (len(batch.items) * self.d))
         return super().full_sort_predict(batch, chunk_size)
 

@@ -230,6 +230,39 @@ def test_full_sort_predict_matches_predict(name, with_time):
     assert torch.isneginf(full[:, 0]).all()
 
 
+@pytest.mark.parametrize("with_time", [True, False])
+def test_evaluation_item_table_gives_the_same_scores(with_time, monkeypatch):
+    """Without a time path an evaluation reads history and candidate vectors from one table of every item
+    (built in chunks): the same scores as encoding each batch; with a time path, or in training, no table."""
+    import models.convrec
+    from models.evaluate import rank_eval_users
+
+    monkeypatch.setattr(models.convrec, "EVAL_CHUNK", 7)
+
+    data = chain_data(n_users=12, n_items=25, with_time=with_time, seed=5)
+    torch.manual_seed(0)
+    model = build_model("convrec", data, HP).eval()
+    batch = eval_batch(data, [1, 2, 3, 4], HP["max_len"], n_cand=10)
+    with torch.no_grad():
+        sampled, full = model.predict(batch), model.full_sort_predict(batch)
+        with model.item_table_for_eval():
+            assert (model._item_table is None) == with_time
+            torch.testing.assert_close(model.predict(batch), sampled, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model.full_sort_predict(batch), full, rtol=1e-5, atol=1e-5)
+        assert model._item_table is None
+        model.train()
+        with model.item_table_for_eval():
+            assert model._item_table is None  # dropout: a vector per position, no table
+    model.eval()
+    users = data.eval_users()
+    with torch.no_grad():  # encoded per batch, as before the table
+        scores = model.predict(
+            eval_batch(data, users, HP["max_len"], n_cand=data.eval_negatives.shape[1] + 1)
+        )
+    _, greater, _ = rank_eval_users(model, data, "valid", "sampled_100", "cpu", 5)  # enters the table itself
+    np.testing.assert_array_equal(greater, (scores[:, 1:] > scores[:, :1]).sum(1).numpy())
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_checkpoint_round_trip_with_weights_only(data, tmp_path, name):
     torch.manual_seed(0)

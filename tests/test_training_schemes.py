@@ -187,6 +187,11 @@ def test_label_smoothing_spreads_over_the_finite_candidates_only():
         torch.testing.assert_close(
             softmax_cross_entropy(logits, targets, eps), F.cross_entropy(logits, targets, label_smoothing=eps)
         )
+        fused = logits.clone().requires_grad_()
+        spread = logits.clone().requires_grad_()
+        softmax_cross_entropy(fused, targets, eps, masked=False).backward()
+        softmax_cross_entropy(spread, targets, eps).backward()
+        torch.testing.assert_close(fused.grad, spread.grad)  # the full softmax's fused path: the same loss
     masked = torch.cat([logits[:1], torch.full((1, 1), float("-inf"))], 1)  # one row, a 10th masked class
     target = targets[:1]
     assert torch.isinf(F.cross_entropy(masked, target, label_smoothing=0.1))
