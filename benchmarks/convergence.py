@@ -108,7 +108,13 @@ def main(argv: list[str] | None = None) -> None:
         "--embedding-lr-scale", type=float, default=1.0, help="the embedding tables learn at lr x this"
     )
     parser.add_argument("--warmup-epochs", type=float, default=0.0)
-    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "plateau"])
+    parser.add_argument(
+        "--plateau-factor",
+        type=float,
+        default=0.3,
+        help="lr-schedule plateau: the factor per epoch without gain",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=5)
@@ -253,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         adam_beta2=args.adam_beta2,
         warmup_epochs=args.warmup_epochs,
         lr_schedule=args.lr_schedule,
+        plateau_factor=args.plateau_factor,
         time_budget_s=args.time_budget_min * 60,
         resume=False,
         seed=args.seed,

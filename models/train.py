@@ -99,7 +99,10 @@ class TrainConfig:
     scheme: str = "one_cut"  # "one_cut" (paper) or "all_cuts"
     adam_beta2: float = 0.999
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs
-    lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 at max_epochs, after warm-up)
+    # "constant", "cosine" (to 0 at max_epochs, after warm-up) or "plateau" (x plateau_factor after each epoch
+    # whose validation figure did not improve)
+    lr_schedule: str = "constant"
+    plateau_factor: float = 0.3
     time_budget_s: float = 0.0  # stop before an epoch that would end past it (0: no limit)
 
     def __post_init__(self):
@@ -117,13 +120,15 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing!r}")
         if self.max_validation_scores < 0:
             raise ValueError(f"max_validation_scores must be >= 0, not {self.max_validation_scores!r}")
+        if not 0.0 < self.plateau_factor <= 1.0:
+            raise ValueError(f"plateau_factor must be in (0, 1], not {self.plateau_factor!r}")
         if not self.embedding_lr_scale > 0:
             raise ValueError(f"embedding_lr_scale must be > 0, not {self.embedding_lr_scale!r}")
 
 
 SCHEMES = ("one_cut", "all_cuts")
 PROGRESS_EVERY_S = 60.0  # a progress line inside an epoch at most this often
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "plateau")
 
 
 @dataclass
@@ -149,6 +154,7 @@ _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
 _HASHED_WHEN_SET = {
     "crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0,
     "valid_protocol": "sampled_100", "embedding_lr_scale": 1.0, "max_validation_scores": 0,
+    "plateau_factor": 0.3,
 }  # fmt: skip
 
 
@@ -340,6 +346,15 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
         total = max(config.max_epochs * steps_per_epoch - warmup, 1)
         return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / total, 1.0)))
     return 1.0
+
+
+def decay_on_plateau(optimizer, scheduler, factor: float) -> float:
+    """``lr_schedule: "plateau"``: multiply every group's learning rate by ``factor`` from the next step on
+    (the scheduler's base rates too, so warm-up's factor and a resumed run keep it); returns the new rate."""
+    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    return optimizer.param_groups[0]["lr"]
 
 
 def epoch_examples(model: SequentialRecommender, data: RecData, config: TrainConfig) -> int:
@@ -768,6 +783,9 @@ def train(
             optimizer.param_groups[0]["lr"], best["bad_epochs"], len(history),
         )  # fmt: skip
         finished = record["stop"] is not None
+        if config.lr_schedule == "plateau" and not picks[0] and not finished:
+            lr = decay_on_plateau(optimizer, scheduler, config.plateau_factor)
+            log(f"{name}: validation did not improve: learning rate x {config.plateau_factor} (now {lr:.2e})")
         history.append(record)
         epochs_run += 1
         if out is not None:
