@@ -236,6 +236,44 @@ def test_lr_warmup_then_cosine_decay():
         TrainConfig(scheme="every_other")
 
 
+def test_plateau_schedule_cuts_the_learning_rate_after_each_epoch_without_gain(ids_only, tmp_path):
+    """``lr_schedule: plateau``: an epoch whose validation did not improve sends the next epoch in at
+    ``plateau_factor`` x the rate; a resumed run keeps the cut rate (it lives in the scheduler's state)."""
+    hp = {"d": 16, "max_len": 8, "loss": "full_softmax"}
+    config = TrainConfig(
+        scheme="all_cuts",
+        batch_size=64,
+        lr=1e-9,
+        max_epochs=4,
+        patience=6,
+        lr_schedule="plateau",
+        plateau_factor=0.5,
+    )  # steps of 1e-9 leave float32 weights as they are: no epoch after the first improves
+    torch.manual_seed(0)
+    messages = []
+    result = train(
+        build_model("sasrec", ids_only, hp),
+        ids_only,
+        "sasrec",
+        hp,
+        config,
+        out_dir=tmp_path,
+        log=messages.append,
+    )
+    lrs = [h["lr"] for h in result.history]
+    assert [h["best"] for h in result.history] == [True, False, False, False]
+    for before, lr_before, lr_after in zip(result.history, lrs, lrs[1:]):
+        assert lr_after == pytest.approx(lr_before * (1.0 if before["best"] else 0.5))
+    assert sum("learning rate x 0.5" in m for m in messages) == sum(
+        not h["best"] for h in result.history[:-1]
+    )
+    state = torch.load(tmp_path / "resume.pt", weights_only=True)
+    cuts = sum(not h["best"] for h in result.history[:-1])
+    assert state["scheduler"]["base_lrs"][0] == pytest.approx(1e-9 * 0.5**cuts)
+    with pytest.raises(ValueError, match="plateau_factor"):
+        TrainConfig(plateau_factor=0.0)
+
+
 def test_time_budget_stops_training_and_says_so(ids_only):
     config = TrainConfig(
         scheme="all_cuts", batch_size=64, lr=1e-3, max_epochs=50, patience=50, time_budget_s=1e-6
