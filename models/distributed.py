@@ -54,6 +54,7 @@ from models.train import (
     _restore_rng,
     _rng_state,
     config_hash,
+    decay_on_plateau,
     epoch_examples,
     epoch_record,
     load_resume_state,
@@ -378,8 +379,11 @@ def train_distributed(
                 optimizer.param_groups[0]["lr"], best["bad_epochs"], len(history),
             )  # fmt: skip
             history.append(record)
-            decision = record["stop"] is not None
-        finished = bool(_broadcast(decision, env))
+            decision = (record["stop"] is not None, config.lr_schedule == "plateau" and not picks[0])
+        finished, cut_lr = _broadcast(decision, env)
+        if cut_lr and not finished:  # every rank steps its own optimizer: each cuts its rate
+            lr = decay_on_plateau(optimizer, scheduler, config.plateau_factor)
+            say(f"{name}: validation did not improve: learning rate x {config.plateau_factor} (now {lr:.2e})")
         rank_rng = [None] * env.world_size
         dist.all_gather_object(rank_rng, _torch_rng(device))
         epochs_run += 1
