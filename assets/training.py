@@ -44,7 +44,8 @@ class TrainingConfig(dg.Config):
     items per batch (both fall back to ``softmax`` when candidate vectors depend on the row's time;
     ``shared_softmax`` then keeps at most 256 negatives per row).
     ``warmup_epochs`` / ``lr_schedule``: linear warm-up (None: the budget's, 1 epoch under ``cpu`` for
-    ConvRec with item features and no time path, else 0), then constant or cosine. ``augment_prob``:
+    ConvRec with item features and no time path, else 0), then constant, cosine, or ``plateau``: x
+    ``plateau_factor`` after each epoch whose validation figure did not improve. ``augment_prob``:
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
     random recent part of their history (both training-only augmentations; None: the budget's, .5 for
     ConvRec under ``sample``, else 0). ``negative_power``
@@ -97,7 +98,8 @@ class TrainingConfig(dg.Config):
     n_negatives: int | None = None
     adam_beta2: float | None = None
     warmup_epochs: float | None = None
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    plateau_factor: float = 0.3
     time_budget_min: float | None = None
     augment_prob: float | None = None
     crop_prob: float | None = None

@@ -183,6 +183,7 @@ def train_config(s: dict) -> TrainConfig:
         adam_beta2=s["adam_beta2"],
         warmup_epochs=s["warmup_epochs"],
         lr_schedule=s["lr_schedule"],
+        plateau_factor=s["plateau_factor"],
         time_budget_s=s["time_budget_s"],
     )
 
