@@ -129,7 +129,7 @@ def worker(variant: str, home: Path, steps: int, warmup: int, valid_users: int) 
             NegativeSampler(data),
             rng,
             config,
-            "cpu",
+            torch.device("cpu"),
             precision,
             scheduler,
             on_batch,
