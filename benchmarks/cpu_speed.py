@@ -252,6 +252,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.bar(names, valid, bottom=train, label="validation (both protocols)")
     for i, r in enumerate(rows):
         ax.text(i, train[i] + valid[i], f"{r['speedup_vs_before']['epoch']:.2f}x", ha="center", va="bottom")
+    ax.set_ylim(0, max(t + v for t, v in zip(train, valid)) * 1.15)
     ax.set_ylabel("seconds per epoch (estimate)")
     ax.set_title("Beauty, cpu budget's ConvRec, 1 thread: each speed-up in turn")
     ax.legend(loc="upper right")
