@@ -184,7 +184,8 @@ class TorchDevice(dg.ConfigurableResource):
     """The torch device that models train and run on.
 
     ``device``: ``auto`` takes CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``.
-    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU, where fp32 is faster), ``bf16``
+    ``precision``: ``auto`` (bf16 autocast on CUDA; fp32 on CPU, where bf16 trains worse per minute even on a
+    CPU with native bf16: BENCHMARKS.md "Stop 40"), ``bf16``
     (bfloat16 autocast on either device; on CPU it exercises the GPU code path) or ``fp32``.
     ``compile``: wrap models with ``torch.compile``.
     """
