@@ -60,10 +60,6 @@ TRAIN = {
 }
 
 
-class _Enough(Exception):
-    """Raised from ``on_batch`` once enough steps are timed."""
-
-
 def _switch_off(variant: str) -> None:
     """Restore the code paths before stop 40 that ``variant`` does not yet include."""
     import models.base as base
@@ -87,7 +83,6 @@ def worker(variant: str, home: Path, steps: int, warmup: int, valid_users: int) 
     from convrec_dagster.data import settings
     from convrec_dagster.data.dataset import load_rec_data
     from models.allocator import reuse_freed_memory
-    from models.batching import NegativeSampler
     from models.registry import build_model
     from models.train import (
         TrainConfig,
@@ -96,7 +91,7 @@ def worker(variant: str, home: Path, steps: int, warmup: int, valid_users: int) 
         make_optimizer,
         resolved_ema_decay,
         seed_everything,
-        train_epoch,
+        step_times,
         validate,
     )
 
@@ -113,30 +108,11 @@ def worker(variant: str, home: Path, steps: int, warmup: int, valid_users: int) 
     optimizer, scheduler = make_optimizer(model, data, config)
     ema = make_ema(model, resolved_ema_decay(model, data, config))
     precision = "bf16" if variant == "bf16" else "fp32"
-    stamps = [time.perf_counter()]
-
-    def on_batch(done: int, total: int) -> None:
-        stamps.append(time.perf_counter())
-        if done >= warmup + steps:
-            raise _Enough
-
     peak = PeakRSS().start()
-    try:
-        train_epoch(
-            model,
-            optimizer,
-            data,
-            NegativeSampler(data),
-            rng,
-            config,
-            torch.device("cpu"),
-            precision,
-            scheduler,
-            on_batch,
-            ema,
-        )
-    except _Enough:
-        pass
+    stamps = step_times(
+        model, optimizer, data, config, torch.device("cpu"), precision,
+        lambda done, _: done >= warmup + steps, rng, scheduler, ema,
+    )  # fmt: skip
     step_s = [b - a for a, b in zip(stamps, stamps[1:])]
     users = data.eval_users()
     started = time.perf_counter()

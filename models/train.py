@@ -606,6 +606,52 @@ def train_epoch(
     return total / max(n, 1), n
 
 
+class _EnoughSteps(Exception):
+    """Raised from ``train_epoch``'s ``on_batch`` by ``step_times`` to stop timing."""
+
+
+def step_times(
+    model: SequentialRecommender,
+    optimizer,
+    data: RecData,
+    config: TrainConfig,
+    device: torch.device,
+    precision: str,
+    enough: Callable[[int, float], bool],
+    rng: np.random.Generator | None = None,
+    scheduler=None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
+) -> list[float]:
+    """``time.perf_counter()`` before ``train_epoch`` and after each of its optimizer steps, until
+    ``enough(steps done, seconds so far)`` or the epoch's end: the training steps exactly as an epoch runs them
+    (preflight's estimate, ``benchmarks.cpu_speed``)."""
+    marks = [time.perf_counter()]
+
+    def on_batch(done: int, total: int) -> None:
+        marks.append(time.perf_counter())
+        if enough(done, marks[-1] - marks[0]):
+            raise _EnoughSteps
+
+    rng = rng if rng is not None else np.random.default_rng(0)
+    try:
+        train_epoch(
+            model,
+            optimizer,
+            data,
+            NegativeSampler(data),
+            rng,
+            config,
+            device,
+            precision,
+            scheduler,
+            on_batch,
+            ema,
+        )
+    except _EnoughSteps:
+        pass
+    return marks
+
+
 def train(
     model: SequentialRecommender,
     data: RecData,

@@ -21,7 +21,6 @@ import gzip
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,9 +385,8 @@ def time_batches(
     import torch
 
     from convrec_dagster.data.training_setup import train_config
-    from models.batching import NegativeSampler
     from models.registry import build_model, spec
-    from models.train import train_epoch, validation_seconds
+    from models.train import step_times, validation_seconds
 
     batch = int(settings["batch_size"])
     data = _synthetic(size, batch * (TIMED_BATCHES + 1))
@@ -400,35 +398,15 @@ def time_batches(
     torch.manual_seed(0)
     model = build_model(name, data, model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    marks: list[float] = []
-    started = time.perf_counter()
-
-    class _Enough(Exception):
-        pass
-
-    def on_batch(done: int, total: int) -> None:
-        marks.append(time.perf_counter())
-        if time.perf_counter() - started > MAX_ESTIMATE_S and len(marks) >= 2:
-            raise _Enough
-
-    try:
-        train_epoch(
-            model,
-            optimizer,
-            data,
-            NegativeSampler(data),
-            np.random.default_rng(0),
-            config,
-            torch.device(device),
-            precision,
-            on_batch=on_batch,
-        )
-    except _Enough:
-        pass
-    if len(marks) >= 2:
-        per_batch = (marks[-1] - marks[0]) / (len(marks) - 1)
+    marks = step_times(
+        model, optimizer, data, config, torch.device(device), precision,
+        lambda done, spent: spent > MAX_ESTIMATE_S and done >= 2,
+    )  # fmt: skip
+    steps = marks[1:]
+    if len(steps) >= 2:
+        per_batch = (steps[-1] - steps[0]) / (len(steps) - 1)
     else:
-        per_batch = marks[0] - started if marks else 0.0
+        per_batch = steps[0] - marks[0] if steps else 0.0
     valid_s = validation_seconds(model, data, torch.device(device), precision, config)
     return per_batch, valid_s / max(len(data.eval_users()), 1)
 
