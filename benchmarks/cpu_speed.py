@@ -5,12 +5,15 @@
 
 Variants, each in a fresh Python process (so no allocator state carries over), in this order:
 
-- ``before``: the code as it was before stop 40 (the three changes below switched off);
+- ``before``: the code as it was before stop 40 (the two changes below switched off);
 - ``+fused_ce``: the full softmax's label smoothing through ``F.cross_entropy`` (``masked=False``);
-- ``+allocator``: glibc keeps freed memory for large tensors (``models.allocator``);
 - ``+item_table``: evaluation reads one table of every item's vector (``item_table_for_eval``): this is
   the code as it now runs in fp32;
-- ``bf16``: the same under CPU bf16 autocast (a precision choice, not the default; its accuracy is
+- ``+allocator``: the same with glibc keeping freed memory for large tensors (``mallopt`` of the mmap and
+  trim thresholds, ``keep_freed_memory`` below). Measured and **not adopted**: it saves about a tenth of a
+  step, but the heap fragments and a training process's peak memory grows epoch after epoch (Video: 9.3 GB
+  after two epochs against 2.9 GB, BENCHMARKS.md "Stop 40");
+- ``bf16``: the code now under CPU bf16 autocast (a precision choice, not the default; its accuracy is
   measured by a training run, BENCHMARKS.md).
 
 What is timed: ``--steps`` optimizer steps of ``models.train.train_epoch`` (data, forward, loss, backward,
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, HelpFormatter, machine_info, write_json
 
-VARIANTS = ("before", "+fused_ce", "+allocator", "+item_table", "bf16")
+VARIANTS = ("before", "+fused_ce", "+item_table", "+allocator", "bf16")
 # the cpu budget's Beauty settings (models.budgets: no time path, with item features)
 HPARAMS = {
     "d": 256,
@@ -60,6 +63,19 @@ TRAIN = {
 }
 
 
+def keep_freed_memory() -> bool:
+    """The ``+allocator`` variant: raise glibc's mmap threshold (1 GiB) and trim threshold (2 GiB), so that
+    freed tensors of tens of MB stay in the heap instead of going back to the kernel; False off glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(-3, 1 << 30)) and bool(mallopt(-1, 1 << 31))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+
 def _switch_off(variant: str) -> None:
     """Restore the code paths before stop 40 that ``variant`` does not yet include."""
     import models.base as base
@@ -82,7 +98,6 @@ def worker(variant: str, home: Path, steps: int, warmup: int, valid_users: int) 
     from benchmarks.common import PeakRSS
     from convrec_dagster.data import settings
     from convrec_dagster.data.dataset import load_rec_data
-    from models.allocator import reuse_freed_memory
     from models.registry import build_model
     from models.train import (
         TrainConfig,
@@ -97,8 +112,7 @@ def worker(variant: str, home: Path, steps: int, warmup: int, valid_users: int) 
 
     torch.set_num_threads(1)
     _switch_off(variant)
-    if VARIANTS.index(variant) >= VARIANTS.index("+allocator"):
-        reuse_freed_memory()
+    allocator = variant == "+allocator" and keep_freed_memory()
     with duckdb.connect(str(settings.duckdb_path(home)), read_only=True) as conn:
         data = load_rec_data(conn, features="auto")
     config = TrainConfig(**TRAIN)
@@ -129,7 +143,7 @@ def worker(variant: str, home: Path, steps: int, warmup: int, valid_users: int) 
         "validation_users": len(users),
         "valid_metrics_after_steps": {k: round(float(v), 5) for k, v in metrics.items()},
         "peak_rss_bytes": peak.stop(),
-        "allocator_applied": bool(reuse_freed_memory.cache_info().currsize and reuse_freed_memory()),
+        "allocator_applied": allocator,
     }
 
 

@@ -41,7 +41,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.allocator import reuse_freed_memory
 from models.base import SequentialRecommender
 from models.batching import Batch, NegativeSampler
 from models.data import RecData, resolved_features
@@ -259,8 +258,6 @@ def train_distributed(
     say = log if env.is_main else (lambda message: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        reuse_freed_memory()
     rng = seed_everything(config.seed)  # the same NumPy stream on every rank: the same global batches
     torch.manual_seed(config.seed + env.rank)  # dropout: each rank its own stream
     model.to(device)

@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.allocator import reuse_freed_memory
 from models.base import SequentialRecommender
 from models.batching import (
     NegativeSampler,
@@ -673,8 +672,6 @@ def train(
     started = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        reuse_freed_memory()
     rng = seed_everything(config.seed)
     model.to(device)
     model.label_smoothing = config.label_smoothing
