@@ -10,7 +10,8 @@ Efficiency (docs/CONVREC_SPEC.md §7): the item encoder's cost is dominated by p
   layer over ``[E_id ; A]``. Without dropout (evaluation) everything before the first non-linearity
   is per item + per position, so the wide layer never runs per position;
 - only real (non-padding) history positions are encoded; padding vectors are zero by definition;
-- a convolution whose kernel equals its stride is a reshape and one matrix product.
+- a convolution whose kernel equals its stride is a reshape and one matrix product;
+- evaluation without a time path encodes every item once and reads rows (``item_table_for_eval``).
 """
 
 from __future__ import annotations
