@@ -36,27 +36,30 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, HelpFormatter, machine_info, write_json
+from models.budgets import CPU_CONVREC_WITH_FEATURES
 
 VARIANTS = ("before", "+fused_ce", "+item_table", "+allocator", "bf16")
-# the cpu budget's Beauty settings (models.budgets: no time path, with item features)
+# the cpu budget's Beauty ConvRec: its rule for item features without a time path (models.budgets) on the
+# budget's settings for such data (full softmax, batch 1,024, weight decay .5, L 20 from the data, ...)
+RULE = CPU_CONVREC_WITH_FEATURES
 HPARAMS = {
-    "d": 256,
-    "hidden": 512,
+    "d": RULE["d"],
+    "hidden": RULE["hidden"],
+    "dropout": RULE["dropout"],
     "max_len": 20,
-    "dropout": 0.2,
     "loss": "full_softmax",
     "features": "auto",
     "emb_init_std": 0.02,
     "residual_pool": "last",
 }
 TRAIN = {
+    "lr": RULE["lr"],
+    "label_smoothing": RULE["label_smoothing"],
+    "warmup_epochs": RULE["warmup_epochs"],
     "batch_size": 1024,
-    "lr": 2e-3,
     "weight_decay": 0.5,
     "scheme": "all_cuts",
     "augment_prob": 0.0,
-    "label_smoothing": 0.1,
-    "warmup_epochs": 1.0,
     "ema_decay": "auto",
     "adam_beta2": 0.98,
     "valid_protocol": "full",
