@@ -65,7 +65,13 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         prepare_training,
         validation_metadata,
     )
-    from models.distributed import DistEnv, init_process_group, rank_device, train_distributed
+    from models.distributed import (
+        DistEnv,
+        init_process_group,
+        leave_process_group,
+        rank_device,
+        train_distributed,
+    )
     from models.registry import build_model
 
     env = DistEnv.from_env()
@@ -76,6 +82,7 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
         torch.set_num_threads(int(s.get("num_threads") or max(1, (os.cpu_count() or 1) // local_world)))
     init_process_group(env, device)
+    finished = False
     try:
         data = load_rec_data_from_parquet(Path(job["parquet_dir"]), features=data_features(name, s))
         say(
@@ -108,8 +115,9 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
             on_epoch if reporter is not None else None,
             say,
         )
+        finished = True
     finally:
-        dist.destroy_process_group()
+        leave_process_group(finished)
     if not env.is_main:
         return None
     gpu = (

@@ -124,6 +124,17 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_min: float | 
     )
 
 
+def leave_process_group(finished: bool = True) -> None:
+    """Destroy the process group. After a finished run every rank first meets the others at a
+    barrier, so no rank tears its connections down while a peer's last collective or DDP's final
+    all-reduce is still in flight: a rank that left early could abort the other at teardown (gloo,
+    SIGABRT "terminate called without an active exception"). After a failure the peers may never
+    arrive, so there is no barrier then."""
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """[start, stop) of ``rank``'s contiguous share of ``n`` rows; shares differ by at most one."""
     base, extra = divmod(n, world_size)

@@ -68,9 +68,7 @@ def rank_main(
     """One rank: train each job, rank 0 writes the results; ``kill_at_epoch``: rank 0 SIGKILLs itself
     right after that epoch (its checkpoint is written by then). ``device_kind`` cuda: one GPU per rank
     (nccl)."""
-    import torch.distributed as dist
-
-    from models.distributed import init_process_group, rank_device, train_distributed
+    from models.distributed import init_process_group, leave_process_group, rank_device, train_distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -116,7 +114,7 @@ def rank_main(
     if rank == 0:
         with open(results, "w") as fh:
             json.dump(out, fh)
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def spawn(
