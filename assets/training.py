@@ -182,15 +182,10 @@ def train_model_asset(
 
     from convrec_dagster.data.dataset import load_rec_data
     from convrec_dagster.data.training_setup import (
-        choose_window,
         data_features,
         epoch_line,
-        prepare_training,
-        validation_metadata,
-        window_search_markdown,
+        run_training,
     )
-    from models.registry import build_model
-    from models.train import train
 
     started = time.perf_counter()
     with duckdb.get_connection() as conn:
@@ -219,37 +214,14 @@ def train_model_asset(
             f"features {data.info.get('features')}, time context {data.has_context}; budget {budget}"
             + (f" ({dataset} preset)" if budget == "paper" else "")
         )
-        model_config, train_config = prepare_training(name, s, data, context.log.info)
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         out_dir = paths.model_path(name)
-        model_config, window_trials = choose_window(
-            name, s, data, model_config, train_config, device, precision, context.log.info,
-            out_dir / "window_search.json",
+        run = run_training(
+            name, s, data, device, precision, out_dir, context.log.info,
+            on_epoch=lambda record: context.log.info(epoch_line(name, record)),
+            compile_mixer=torch_device.compile, run_id=context.run_id,
         )  # fmt: skip
-        hparams = model_config.to_hparams()
-        torch.manual_seed(train_config.seed)
-        model = build_model(name, data, model_config)
-        if torch_device.compile and hasattr(model, "mix"):
-            model.mix = torch.compile(model.mix)
-            context.log.info("torch.compile applied to the sequence mixer")
-
-        def on_epoch(record: dict) -> None:
-            context.log.info(epoch_line(name, record))
-
-        result = train(
-            model,
-            data,
-            name,
-            hparams,
-            train_config,
-            device,
-            precision,
-            out_dir,
-            on_epoch,
-            context.log.info,
-            run_id=context.run_id,
-        )
-        reused = result.extra.get("reused")
+        reused = run.result.extra.get("reused")
         if reused:
             context.log.info(
                 f"{name}: unchanged config and data, reusing the model trained in run {reused['run_id'] or '(unknown)'} "
@@ -261,6 +233,29 @@ def train_model_asset(
         torch.set_num_threads(threads_before)
 
     wall = time.perf_counter() - started
+    metadata = _training_metadata(
+        name, run, data, budget, wall, device, device_description, precision, out_dir
+    )
+    result = run.result
+    context.log.info(
+        f"{name}: best epoch {result.best_epoch}, valid NDCG@10 {result.best_metrics['NDCG@10']:.4f}"
+        + (
+            f" (full ranking {result.best_metrics['full_NDCG@10']:.4f}, which picked the epoch)"
+            if "full_NDCG@10" in result.best_metrics
+            else ""
+        )
+        + f", {result.epochs_run} epochs in {wall:.1f} s"
+    )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _training_metadata(
+    name: str, run, data, budget: str, wall: float, device, device_description: str, precision: str, out_dir
+) -> dict:
+    """The one-process training asset's metadata (the torchrun path returns the same keys, and more)."""
+    from convrec_dagster.data.training_setup import validation_metadata, window_search_markdown
+
+    result, train_config, hparams = run.result, run.train_config, run.hparams
     epoch_times = [h["epoch_time_s"] for h in result.history if h["loss"] is not None]
     metadata = {
         "best_epoch": result.best_epoch,
@@ -277,7 +272,7 @@ def train_model_asset(
         if result.extra.get("reused")
         else "no",
         "train_time_s": round(sum(float(h.get("epoch_time_s") or 0) for h in result.history), 1),
-        "parameters": model.n_parameters(),
+        "parameters": run.model.n_parameters(),
         "device": device_description,
         "precision": precision,
         "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
@@ -296,21 +291,11 @@ def train_model_asset(
         "checkpoint": dg.MetadataValue.path(str(out_dir / "best.pt")),
         "curves": dg.MetadataValue.md(training_curves_markdown(result.history, f"{name}: training curves")),
     }
-    if window_trials:
+    if run.window_trials:
         metadata["window_search"] = dg.MetadataValue.md(
-            window_search_markdown(window_trials, hparams["max_len"])
+            window_search_markdown(run.window_trials, hparams["max_len"])
         )
-    context.log.info(
-        f"{name}: best epoch {result.best_epoch}, valid NDCG@10 {result.best_metrics['NDCG@10']:.4f}"
-        + (
-            f" (full ranking {result.best_metrics['full_NDCG@10']:.4f}, which picked the epoch)"
-            if "full_NDCG@10" in result.best_metrics
-            else ""
-        )
-        + ", "
-        f"{result.epochs_run} epochs in {wall:.1f} s"
-    )
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata
 
 
 def _window_before_torchrun(name, context, duckdb, paths, torch_device, s) -> list[dict]:
@@ -319,14 +304,13 @@ def _window_before_torchrun(name, context, duckdb, paths, torch_device, s) -> li
     if not s.get("max_len_choices"):
         return []
     from convrec_dagster.data.dataset import load_rec_data
-    from convrec_dagster.data.training_setup import choose_window, data_features, prepare_training
+    from convrec_dagster.data.training_setup import data_features, prepare_run
 
     with duckdb.get_connection() as conn:
         data = load_rec_data(conn, features=data_features(name, s))
-    model_config, train_config = prepare_training(name, s, data, context.log.info)
-    model_config, trials = choose_window(
-        name, s, data, model_config, train_config, torch_device.torch_device,
-        torch_device.effective_precision(), context.log.info, paths.model_path(name) / "window_search.json",
+    model_config, _, trials = prepare_run(
+        name, s, data, torch_device.torch_device, torch_device.effective_precision(), context.log.info,
+        paths.model_path(name) / "window_search.json",
     )  # fmt: skip
     s["max_len"], s["max_len_choices"] = model_config.max_len, []
     return trials

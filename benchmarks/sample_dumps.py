@@ -8,8 +8,9 @@ Judging a change to the embedded sample's training on the sample's own test rows
 draw of the generator for its behaviour. This harness generates the embedded dump (seed 20140723) and
 more dumps of the same generator (seeds 1-5 by default), prepares each with the pipeline's own assets
 (``benchmarks.convergence.prepare``), and trains each model there as the training asset does:
-``resolve_settings`` of ``budget: sample`` with the ``--set`` overrides, ``prepare_training``,
-``choose_window``, ``models.train.train``, then test figures in both protocols (``test_metrics``).
+``resolve_settings`` of ``budget: sample`` with the ``--set`` overrides, then the asset's own
+``run_training`` (``prepare_training``, ``choose_window``, ``models.train.train``), then test figures
+in both protocols (``test_metrics``).
 It is deterministic on the CPU: the same settings give the same figures to the last digit.
 
 The JSON (``benchmarks/results/sample_dumps/<tag>.json``) keeps one row per (dump, model, seed) and a
@@ -72,9 +73,9 @@ def train_one(home: Path, model_name: str, seed: int, overrides: dict, keep: Pat
     from convrec_dagster.data import settings as paths
     from convrec_dagster.data.dataset import load_rec_data
     from convrec_dagster.data.dataset_info import read_dataset_info
-    from convrec_dagster.data.training_setup import choose_window, data_features, prepare_training
-    from models.registry import build_model, load_model
-    from models.train import SAMPLED_BEST, train
+    from convrec_dagster.data.training_setup import data_features, run_training
+    from models.registry import load_model
+    from models.train import SAMPLED_BEST
 
     config = TrainingConfig(budget="sample", seed=seed, **overrides)
     with duckdb.connect(str(paths.duckdb_path(home)), read_only=True) as conn:
@@ -85,17 +86,9 @@ def train_one(home: Path, model_name: str, seed: int, overrides: dict, keep: Pat
     torch.set_num_threads(int(s["num_threads"] or threads))
     quiet = lambda message: None  # noqa: E731
     try:
-        model_config, train_config = prepare_training(model_name, s, data, quiet)
         with tempfile.TemporaryDirectory() as out_dir:
-            model_config, _ = choose_window(
-                model_name, s, data, model_config, train_config, torch.device("cpu"), "fp32", quiet
-            )
-            torch.manual_seed(train_config.seed)
-            model = build_model(model_name, data, model_config)
-            result = train(
-                model, data, model_name, model_config.to_hparams(), train_config, torch.device("cpu"), "fp32",
-                Path(out_dir), None, quiet,
-            )  # fmt: skip
+            run = run_training(model_name, s, data, torch.device("cpu"), "fp32", Path(out_dir), quiet)
+            model, result, model_config = run.model, run.result, run.model_config
             test = test_metrics(model, data, torch.device("cpu"))
             if keep is not None:
                 keep.parent.mkdir(parents=True, exist_ok=True)

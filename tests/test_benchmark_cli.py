@@ -255,3 +255,25 @@ def test_sample_row_kinds_follow_the_generator_rules_in_order():
     kinds = row_kinds(SimpleNamespace(items=items), starts, starts + lengths - 1, catalog)
     assert kinds.tolist() == [kind for _, _, kind in users]
     assert len(ROW_KINDS) == 4
+
+
+def test_sample_dumps_trains_through_the_assets_run_training(tmp_path):
+    """``sample_dumps.train_one`` trains as the asset does (``run_training``): ConvRec's window comes
+    from the window search (the budget's L would be 20), and a second run repeats the first to the digit."""
+    import duckdb
+    from test_training_asset import write_split_tables
+
+    from benchmarks.sample_dumps import train_one
+    from convrec_dagster.data import settings
+    from convrec_dagster.data.dataset_info import DatasetInfo, write_dataset_info
+    from models.synthetic import chain_data
+
+    db = settings.duckdb_path(tmp_path)
+    write_split_tables(db, chain_data(n_users=60, n_items=40, max_len=14, seed=2))
+    with duckdb.connect(str(db)) as conn:
+        write_dataset_info(conn, DatasetInfo(name="tiny", has_time=True, embedded_sample=True))
+    overrides = {"max_epochs": 2, "max_len_choices": [2, 5]}
+    first = train_one(tmp_path, "convrec", 0, overrides)
+    assert first["max_len"] in (2, 5) and first["epochs"] == 2
+    assert 0.0 < first["valid"] <= 1.0 and 0.0 < first["test_full"] <= 1.0
+    assert train_one(tmp_path, "convrec", 0, overrides) == first

@@ -1,16 +1,22 @@
-"""From a model's resolved settings and its loaded data to what the training loop takes (no Dagster).
+"""From a model's resolved settings and its loaded data to a trained model (no Dagster).
 
-One function for both ways a training asset trains: in its own process (``assets/training.py``)
-and on the ranks that ``torchrun`` starts (``convrec_dagster/torchrun_entry.py``), so that both
-build the same model with the same ``TrainConfig``.
+``prepare_training`` serves both ways a training asset trains: in its own process
+(``assets/training.py``) and on the ranks that ``torchrun`` starts (``convrec_dagster/torchrun_entry.py``),
+so that both build the same model with the same ``TrainConfig``. ``run_training`` is the one-process
+sequence (prepare, choose the window, seed, build, train) that the asset and
+``benchmarks.sample_dumps`` share.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import torch
 
+from models.base import SequentialRecommender
 from models.budgets import (
     CPU_CONVREC_IDS_ONLY,
     CPU_CONVREC_WITH_FEATURES,
@@ -25,8 +31,67 @@ from models.budgets import (
 )
 from models.config import ModelConfig
 from models.data import RecData
-from models.registry import spec
-from models.train import TrainConfig
+from models.registry import build_model, spec
+from models.train import TrainConfig, TrainResult, train
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """What ``run_training`` produced: the model (the picked epoch's weights), its typed config, the
+    loop's settings, the loop's result and the window search's trials (empty without a search)."""
+
+    model: SequentialRecommender
+    model_config: ModelConfig
+    train_config: TrainConfig
+    result: TrainResult
+    window_trials: list[dict]
+
+    @property
+    def hparams(self) -> dict:
+        return self.model_config.to_hparams()
+
+
+def prepare_run(
+    name: str, settings: dict, data: RecData, device, precision: str, log: Callable[[str], None], record=None
+) -> tuple[ModelConfig, TrainConfig, list[dict]]:
+    """``prepare_training`` then ``choose_window``: (the model's config with its window, the loop's
+    settings, the window search's trials). ``settings`` is updated in place."""
+    model_config, train_config = prepare_training(name, settings, data, log)
+    model_config, trials = choose_window(
+        name, settings, data, model_config, train_config, device, precision, log, record
+    )
+    return model_config, train_config, trials
+
+
+def run_training(
+    name: str,
+    settings: dict,
+    data: RecData,
+    device,
+    precision: str,
+    out_dir: Path,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict], None] | None = None,
+    compile_mixer: bool = False,
+    run_id: str | None = None,
+) -> TrainingRun:
+    """Train ``name`` in this process from its resolved ``settings`` (``assets.training.resolve_settings``):
+    ``prepare_run`` (the window search is kept in ``out_dir/window_search.json``), seed, build, and
+    ``models.train.train`` with checkpoints in ``out_dir``. ``compile_mixer``: ``torch.compile`` the
+    sequence mixer of models that have one."""
+    model_config, train_config, trials = prepare_run(
+        name, settings, data, device, precision, log, out_dir / "window_search.json"
+    )
+    torch.manual_seed(train_config.seed)
+    model = build_model(name, data, model_config)
+    if compile_mixer and hasattr(model, "mix"):
+        model.mix = torch.compile(model.mix)
+        log("torch.compile applied to the sequence mixer")
+    hparams = model_config.to_hparams()
+    result = train(
+        model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, log, run_id=run_id
+    )
+    return TrainingRun(model, model_config, train_config, result, trials)
 
 
 def choose_window(
@@ -44,8 +109,6 @@ def choose_window(
     validation (``models.window_search``; ``record``: the JSON that keeps the search for an unchanged
     rerun) and return the config with it, and the trials; else the config as it is and no trials.
     Explicit ``kernels`` fit one window only, so they keep theirs."""
-    import dataclasses
-
     from models.window_search import search_max_len
 
     choices = [int(c) for c in settings.get("max_len_choices") or []]
