@@ -52,6 +52,9 @@ class TrainingConfig(dg.Config):
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
     candidates (0: off; None: the budget's, .1 where its warm-up is 1 epoch, else 0).
+    ``attribute_loss`` (ConvRec, data with attributes): the loss adds this weight times a cross-entropy
+    that predicts the target item's attributes from the sequence vector (training only; 0: off; None:
+    the budget's).
     ``embedding_lr_scale``: the embedding tables learn at lr x this (None: the
     budget's rule, ``models.budgets.resolve_embedding_lr_scale``: under ``cpu`` and ``sample``, 50 for
     ConvRec's encoder where its tables start at PyTorch's N(0, 1), i.e. with a time path; else 1).
@@ -126,6 +129,7 @@ class TrainingConfig(dg.Config):
     single_conv: bool = False
     avg_pool_only: bool = False
     residual_pool: Literal["auto", "avg", "last"] = "auto"  # down-scale residuals by mean (paper) or last
+    attribute_loss: float | None = None  # weight of predicting the target's attributes (training only)
     interval_scale: Literal["raw", "calendar"] = "raw"  # Δ in (years, months, days) or over their ranges
     side_init: Literal["default", "zero", "zero_time"] = "default"  # where attributes/images/time start
     # attention models

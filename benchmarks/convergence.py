@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         "--heads", type=int, default=1, help="ConvRec: split the convolutions' channels into this many groups"
     )
     parser.add_argument(
+        "--attribute-loss",
+        type=float,
+        default=0.0,
+        help="ConvRec: weight of an auxiliary loss that predicts the target item's attributes (training only)",
+    )
+    parser.add_argument(
         "--kernels",
         default="",
         help="ConvRec: the blocks' kernels, comma-separated (default: from --max-len, as the model does)",
@@ -236,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         hparams.update(features=args.features, hidden=args.hidden or None, emb_init_std=args.emb_init_std)
     if args.model == "convrec" and args.residual_pool != "avg":
         hparams["residual_pool"] = args.residual_pool
+    if args.model == "convrec" and args.attribute_loss:
+        hparams["attribute_loss"] = args.attribute_loss
     if args.model == "convrec" and args.heads != 1:
         hparams["heads"] = args.heads
     if args.model == "convrec" and args.kernels:

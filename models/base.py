@@ -100,6 +100,20 @@ def shared_softmax_loss(
     return softmax_cross_entropy(logits, _first(seq), label_smoothing)
 
 
+def attribute_prediction_loss(logits: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits (N, n_attrs)`` over attributes 1..n_attrs against an even split of the
+    target item's attributes ``attrs (N, k)`` (0-padded; a row without any does not count)."""
+    target = logits.new_zeros(len(attrs), logits.shape[1] + 1, dtype=torch.float32)
+    target.scatter_(1, attrs, 1.0)
+    target = target[:, 1:]
+    count = target.sum(1)
+    keep = count > 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    log_p = logits[keep].float().log_softmax(-1)
+    return -((target[keep] / count[keep, None]) * log_p).sum(1).mean()
+
+
 def dot_scores(cand: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
     """``cand (B, C, d)`` · ``seq (B, d)`` -> ``(B, C)`` in fp32, autocast off."""
     with torch.autocast(cand.device.type, enabled=False):
@@ -149,25 +163,32 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError(f"{self.name} has no vector per position (positionwise is False)")
 
     def predict(self, batch: Batch) -> torch.Tensor:
+        return self.sequence_and_scores(batch)[1]
+
+    def sequence_and_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sequence vectors ``(B, d)`` and the scores ``(B, C)`` of ``batch.candidates``."""
         seq = self.forward(batch)
-        return dot_scores(self.encode_candidates(batch, seq), seq)
+        return seq, dot_scores(self.encode_candidates(batch, seq), seq)
 
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        return self.next_item_loss(batch)[1]
+
+    def next_item_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sequence vectors ``(B, d)`` and the next-item loss (``batch.candidates[:, 0]``: the targets)."""
         smooth = self.label_smoothing
         if self.loss == "full_softmax":
-            return full_softmax_loss(self.forward(batch), self.item_vectors(), batch.candidates[:, 0], smooth)
+            seq = self.forward(batch)
+            return seq, full_softmax_loss(seq, self.item_vectors(), batch.candidates[:, 0], smooth)
         if self.loss == "shared_softmax":
-            return shared_softmax_loss(
-                self.forward(batch),
-                self.item_vectors_of,
-                batch.candidates[:, 0],
-                batch.candidates[0, 1:],
-                smooth,
+            seq = self.forward(batch)
+            loss = shared_softmax_loss(
+                seq, self.item_vectors_of, batch.candidates[:, 0], batch.candidates[0, 1:], smooth
             )
-        scores = self.predict(batch)
+            return seq, loss
+        seq, scores = self.sequence_and_scores(batch)
         if batch.blocked is not None:
             scores = scores.masked_fill(batch.blocked, float("-inf"))
-        return candidate_loss(scores, self.loss, smooth)
+        return seq, candidate_loss(scores, self.loss, smooth)
 
     def calculate_positionwise_loss(
         self, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None

@@ -127,7 +127,7 @@ class ConvRecConfig(EncoderConfig):
     ``strides`` None: from ``max_len`` (``default_kernels``)."""
 
     model: ClassVar[str] = "convrec"
-    omitted_at_default: ClassVar[dict[str, Any]] = {"residual_pool": "avg"}
+    omitted_at_default: ClassVar[dict[str, Any]] = {"residual_pool": "avg", "attribute_loss": 0.0}
     kernels: list[int] | None = None
     strides: list[int] | None = None
     heads: int = 1
@@ -135,6 +135,7 @@ class ConvRecConfig(EncoderConfig):
     single_conv: bool = False
     avg_pool_only: bool = False
     residual_pool: str = "avg"
+    attribute_loss: float = 0.0  # training only: the weight of the target's attribute prediction
 
     @classmethod
     def from_settings(cls, s: dict[str, Any]) -> ConvRecConfig:
@@ -147,6 +148,7 @@ class ConvRecConfig(EncoderConfig):
             single_conv=s["single_conv"],
             avg_pool_only=s["avg_pool_only"],
             residual_pool=s["residual_pool"],
+            attribute_loss=s["attribute_loss"],
         )
 
 

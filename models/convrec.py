@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import LossName, SequentialRecommender, dot_scores
+from models.base import LossName, SequentialRecommender, attribute_prediction_loss, dot_scores
 from models.batching import Batch
 from models.data import FEATURE_CHOICES, N_CONTEXT, RecData
 
@@ -324,9 +324,10 @@ class EncodedSequenceModel(SequentialRecommender):
         z, _ = self.encode(batch, with_candidates=False)
         return self.mix(z, batch.mask[:, -self.max_len :])
 
-    def predict(self, batch: Batch) -> torch.Tensor:
-        z, cand = self.encode(batch)
-        return dot_scores(cand, self.mix(z, batch.mask[:, -self.max_len :]))
+    def sequence_and_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        z, cand = self.encode(batch)  # one encoder pass for the history and the candidates
+        seq = self.mix(z, batch.mask[:, -self.max_len :])
+        return seq, dot_scores(cand, seq)
 
     def item_vectors(self) -> torch.Tensor:
         items = torch.arange(1, self.n_items + 1, device=self.encoder.proxy_ids.device)
@@ -463,6 +464,10 @@ class ConvRec(EncodedSequenceModel):
     the sequence vector is the mean of the history's item vectors (no convolution at all).
     ``residual_pool="last"`` (not in the paper): the residuals keep each window's most recent position
     instead of its mean, so the last item reaches the sequence vector unblurred.
+    ``attribute_loss`` > 0 (not in the paper; training only): the loss adds this weight times a
+    cross-entropy that predicts the target item's attributes from the sequence vector, through a linear
+    head that starts at zero (S3-Rec's associated-attribute prediction, as an auxiliary term). Ranking
+    never reads the head. Without attributes in the data there is no head and no term.
     """
 
     name = "convrec"
@@ -487,6 +492,7 @@ class ConvRec(EncodedSequenceModel):
         emb_init_std: float | None = None,
         interval_scale: str = "raw",
         side_init: str = "default",
+        attribute_loss: float = 0.0,
     ):
         super().__init__(
             data,
@@ -501,6 +507,17 @@ class ConvRec(EncodedSequenceModel):
             interval_scale,
             side_init,
         )
+        if attribute_loss < 0:
+            raise ValueError(f"attribute_loss must be >= 0, not {attribute_loss!r}")
+        self.attribute_loss = attribute_loss if self.encoder.use_attr else 0.0
+        self.attribute_head = None
+        if self.attribute_loss:
+            with torch.random.fork_rng(
+                devices=[]
+            ):  # the rest of the model and run draw what they would without
+                self.attribute_head = nn.Linear(d, data.n_attrs)
+            nn.init.zeros_(self.attribute_head.weight)
+            nn.init.zeros_(self.attribute_head.bias)
         self.avg_pool_only = avg_pool_only
         if single_conv:
             kernels = strides = [max_len]
@@ -521,6 +538,13 @@ class ConvRec(EncodedSequenceModel):
             ]
         )
         self.blocks = nn.ModuleList(blocks)
+
+    def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        seq, loss = self.next_item_loss(batch)
+        if self.attribute_head is None:
+            return loss
+        attrs = self.encoder.item_attrs[batch.candidates[:, 0]]
+        return loss + self.attribute_loss * attribute_prediction_loss(self.attribute_head(seq), attrs)
 
     def mix(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.avg_pool_only:

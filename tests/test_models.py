@@ -309,3 +309,51 @@ def test_calendar_intervals_scale_months_and_days(data):
         assert not torch.allclose(raw.predict(batch), calendar.predict(batch))
     with pytest.raises(ValueError, match="interval_scale"):
         ConvRec(data, **HP, interval_scale="weeks")
+
+
+def test_attribute_prediction_loss_is_the_cross_entropy_against_the_target_s_attributes():
+    from models.base import attribute_prediction_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5], [1.0, 2.0, 3.0]])
+    attrs = torch.tensor([[1, 3], [0, 0], [2, 0]])  # ids 1..3, 0-padded; row 1 has none and does not count
+    log_p = logits.log_softmax(-1)
+    expected = (-(log_p[0, 0] + log_p[0, 2]) / 2 - log_p[2, 1]) / 2
+    torch.testing.assert_close(attribute_prediction_loss(logits, attrs), expected)
+
+
+def test_attribute_loss_adds_a_zero_started_head_that_ranking_never_reads(data, tmp_path):
+    """``attribute_loss``: the head starts at zero (so the term starts at log n_attrs on every row and the
+    rest of the model, built from the same seed, is the same), it learns, ranking does not read it, and
+    checkpoints keep it; data without attributes gets no head."""
+    hp = {**HP, "dropout": 0.0}
+    torch.manual_seed(0)
+    plain = build_model("convrec", data, hp)
+    torch.manual_seed(0)
+    model = build_model("convrec", data, {**hp, "attribute_loss": 0.5})
+    assert plain.attribute_head is None and model.attribute_head is not None
+    assert model.attribute_head.weight.abs().sum() == 0
+    batch = eval_batch(data, [1, 2, 3, 4], HP["max_len"])
+    assert (model.encoder.item_attrs[batch.candidates[:, 0]] > 0).any(1).all(), "every target has attributes"
+    extra = model.calculate_loss(batch) - plain.calculate_loss(batch)
+    torch.testing.assert_close(extra, torch.tensor(0.5 * np.log(data.n_attrs), dtype=extra.dtype))
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.calculate_loss(batch).backward()
+    opt.step()
+    assert model.attribute_head.weight.abs().sum() > 0
+    model.eval()
+    shared = {k: v for k, v in model.state_dict().items() if not k.startswith("attribute_head.")}
+    plain.load_state_dict(shared)
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(batch), plain.predict(batch))
+        torch.testing.assert_close(model.full_sort_predict(batch), plain.full_sort_predict(batch))
+
+    save_checkpoint(tmp_path / "best.pt", model, "convrec", {**hp, "attribute_loss": 0.5}, {})
+    loaded, _ = load_model(tmp_path / "best.pt", data, "cpu")
+    torch.testing.assert_close(loaded.attribute_head.weight, model.attribute_head.weight)
+
+    ids_only = chain_data(n_users=12, n_items=25, with_attributes=False, seed=5)
+    assert build_model("convrec", ids_only, {**hp, "attribute_loss": 0.5}).attribute_head is None
+    with pytest.raises(ValueError, match="attribute_loss"):
+        build_model("convrec", data, {**hp, "attribute_loss": -1.0})
