@@ -512,9 +512,9 @@ class ConvRec(EncodedSequenceModel):
         self.attribute_loss = attribute_loss if self.encoder.use_attr else 0.0
         self.attribute_head = None
         if self.attribute_loss:
-            with torch.random.fork_rng(
-                devices=[]
-            ):  # the rest of the model and run draw what they would without
+            # the head's own init draws nothing from the run's generator: the rest of the model and of the
+            # run draw what they would without it
+            with torch.random.fork_rng(devices=[]):
                 self.attribute_head = nn.Linear(d, data.n_attrs)
             nn.init.zeros_(self.attribute_head.weight)
             nn.init.zeros_(self.attribute_head.bias)
