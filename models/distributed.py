@@ -61,6 +61,7 @@ from models.train import (
     make_optimizer,
     no_best,
     peak_memory,
+    release_free_memory,
     resolved_ema_decay,
     sampled_best_summary,
     save_picks,
@@ -415,6 +416,7 @@ def train_distributed(
             )
             os.replace(out / "resume.pt.tmp", out / "resume.pt")
             (out / "history.json").write_text(json.dumps(history, indent=1))
+        release_free_memory()
         if env.is_main and on_epoch:
             on_epoch(history[-1])
         if finished:

@@ -313,3 +313,23 @@ def test_window_search_keeps_the_window_whose_short_run_validates_best(data):
     assert round(result.best_metrics["NDCG@10"], 4) == best["valid_NDCG@10"]
     with pytest.raises(ValueError, match="choices"):
         search_max_len("convrec", data, config, train_config, [], 1)
+
+
+def test_training_hands_the_heap_s_free_pages_back_after_every_epoch(data, monkeypatch):
+    """``release_free_memory`` (glibc's ``malloc_trim``) runs once per epoch; on glibc it reports success."""
+    import platform
+
+    import models.train
+
+    calls = []
+    real = models.train.release_free_memory
+    monkeypatch.setattr(models.train, "release_free_memory", lambda: calls.append(1) or real())
+    torch.manual_seed(0)
+    hp = {"d": 16, "hidden": 32, "dropout": 0.0, "max_len": 8}
+    model = build_model("convrec", data, hp)
+    result = train(
+        model, data, "convrec", hp, TrainConfig(batch_size=64, max_epochs=3, patience=10), log=print
+    )
+    assert len(calls) == len(result.history) == 3
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert real() is True

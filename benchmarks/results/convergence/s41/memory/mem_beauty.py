@@ -1,7 +1,8 @@
 # Scratch script of stop 41 (run as: [MALLOC_MMAP_THRESHOLD_=4194304] PYTHONPATH=. python mem_beauty.py EPOCHS, with a Beauty home
 # prepared by benchmarks.convergence at /tmp/s41/beauty_home): peak (maxrss) and current (VmRSS) resident memory after each
 # epoch of models.train.train with the cpu budget's Beauty ConvRec (the features rule), 1 thread. Logs beside it:
-# default.log (glibc's default, dynamic mmap threshold), mmap_threshold_4mb.log (the threshold fixed at 4 MB).
+# default.log (glibc's default, dynamic mmap threshold), mmap_threshold_4mb.log (the threshold fixed at 4 MB),
+# malloc_trim_each_epoch.log (malloc_trim(0) in the epoch callback, what models.train now does after each epoch).
 # peak and current resident memory per epoch of the cpu budget's Beauty ConvRec (the features rule), 1 thread
 import sys, resource, duckdb, torch
 from pathlib import Path
