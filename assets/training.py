@@ -55,6 +55,10 @@ class TrainingConfig(dg.Config):
     ``attribute_loss`` (ConvRec, data with attributes): the loss adds this weight times a cross-entropy
     that predicts the target item's attributes from the sequence vector (training only; 0: off; None:
     the budget's).
+    ``popularity_adjustment``: after training, rank by score - tau x log(1 + the item's training count),
+    which corrects a model that leans on past popularity (``models.calibration``): ``auto`` fits tau on
+    validation (0 when nothing helps), a number (as text, e.g. ``"0.3"``) sets it, ``"0"`` is off; None:
+    the budget's, 0 in every budget (BENCHMARKS.md, "Stop 42").
     ``embedding_lr_scale``: the embedding tables learn at lr x this (None: the
     budget's rule, ``models.budgets.resolve_embedding_lr_scale``: under ``cpu`` and ``sample``, 50 for
     ConvRec's encoder where its tables start at PyTorch's N(0, 1), i.e. with a time path; else 1).
@@ -108,6 +112,7 @@ class TrainingConfig(dg.Config):
     crop_prob: float | None = None
     negative_power: float = 0.0
     label_smoothing: float | None = None
+    popularity_adjustment: str | None = None  # "auto", a tau >= 0 as text, or None (the budget's)
     embedding_lr_scale: float | None = None  # lr multiplier of the embedding tables (None: the budget's rule)
     valid_protocol: Literal["auto", "sampled_100", "full"] = "auto"
     max_validation_scores: int | None = None  # full-ranking validation on a user sample above it (0: off)
@@ -265,7 +270,7 @@ def _training_metadata(
         "best_epoch": result.best_epoch,
         "best_valid_HR@10": float(result.best_metrics["HR@10"]),
         "best_valid_NDCG@10": float(result.best_metrics["NDCG@10"]),
-        **validation_metadata(result.best_metrics, train_config, result.extra.get("sampled_best")),
+        **validation_metadata(result.best_metrics, train_config, result.extra),
         "epochs_run": result.epochs_run,
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,

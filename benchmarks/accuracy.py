@@ -287,6 +287,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the validation NDCG@10 that picks each model's best epoch (default: the budget's, sampled_100)",
     )
     parser.add_argument(
+        "--popularity-adjustment",
+        default=None,
+        help="override the budget's popularity adjustment of the ranking scores after training ('auto': fitted "
+        "on validation; a tau; 0: off)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per training (default: the budget's)"
     )
     parser.add_argument(
@@ -360,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         residual_pool=args.residual_pool,
         n_negatives=args.n_negatives,
         max_validation_scores=args.max_validation_scores,
+        popularity_adjustment=args.popularity_adjustment,
     )
     for asset in skipped:
         config["ops"].pop(asset)
@@ -390,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
                         "parameters",
                         "device",
                         "peak_memory_mb",
+                        "popularity_adjustment_tau",
+                        "popularity_adjustment",
                         "budget",
                         "still_improving_at_end",
                         "hparams",

@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
         help="softmax losses: share of the target spread over the candidates",
     )
     parser.add_argument(
+        "--popularity-adjustment",
+        default="0",
+        help="after training, rank by score - tau x log(1 + training count): 'auto' (tau fitted on validation, "
+        "models.calibration) or tau (0: off)",
+    )
+    parser.add_argument(
         "--valid-protocol",
         choices=("sampled_100", "full"),
         default="sampled_100",
@@ -232,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from convrec_dagster.data import settings
     from convrec_dagster.data.dataset import load_rec_data
+    from models.budgets import resolve_popularity_adjustment
     from models.registry import build_model
     from models.train import TrainConfig, train
 
@@ -271,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         time_budget_s=args.time_budget_min * 60,
         resume=False,
         seed=args.seed,
+        popularity_adjustment=resolve_popularity_adjustment(args.popularity_adjustment),
     )
     torch.manual_seed(config.seed)
     model = build_model(args.model, data, hparams)
@@ -330,6 +338,12 @@ def main(argv: list[str] | None = None) -> None:
     res["minutes_to_best"] = round(sum(h["epoch_time_s"] for h in result.history[:best]) / 60, 2)
     res["best_valid"] = result.best_metrics
     res["test"] = test_metrics(model, data, args.device)
+    res["popularity_adjustment"] = result.extra.get("popularity_adjustment")
+    if model.popularity_adjustment:
+        from models.calibration import raw_scores
+
+        with raw_scores(model):
+            res["test_unadjusted"] = test_metrics(model, data, args.device)
     if "sampled_best" in result.extra:
         from models.registry import load_model
         from models.train import SAMPLED_BEST

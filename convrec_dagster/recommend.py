@@ -105,7 +105,7 @@ class Recommender:
         import torch
 
         from convrec_dagster.data.dataset import load_rec_data
-        from models.registry import MODEL_NAMES, build_model
+        from models.registry import MODEL_NAMES, model_from_checkpoint
 
         home = Path(home).expanduser().resolve() if home else settings.convrec_home()
         models_dir = settings.artifacts_dir(home) / "models"
@@ -155,8 +155,7 @@ class Recommender:
                 f"model {name!r} ({trained[name]}) was trained on other data than the data prepared in {home}",
                 "retrain it (`dagster job execute -j retrain`), or use the home it was trained in",
             )
-        net = build_model(checkpoint["model"], data, checkpoint["hparams"])
-        net.load_state_dict(checkpoint["state_dict"])
+        net = model_from_checkpoint(checkpoint, data)  # with its popularity adjustment, if any
         net.to(device).eval()
         index = (
             {str(item): i for i, item in enumerate(data.item_names) if i > 0}

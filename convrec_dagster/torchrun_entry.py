@@ -131,7 +131,7 @@ def run_job(job: dict, reporter: Reporter | None) -> dict | None:
         "best_epoch": result.best_epoch,
         "best_valid_HR@10": float(result.best_metrics["HR@10"]),
         "best_valid_NDCG@10": float(result.best_metrics["NDCG@10"]),
-        **validation_metadata(result.best_metrics, config, result.extra.get("sampled_best")),
+        **validation_metadata(result.best_metrics, config, result.extra),
         "epochs_run": result.epochs_run,
         "epochs_total": len(result.history),
         "stopped_early": result.stopped_early,

@@ -13,6 +13,9 @@ A model reads a :class:`models.batching.Batch` and offers
 - ``full_sort_predict(batch)``: scores ``(B, n_items + 1)`` for every item (column 0, the padding,
   is ``-inf``), computed in item chunks so that 100k+ item catalogues fit in memory.
 
+``predict`` and ``full_sort_predict`` subtract ``popularity_adjustment`` × log(1 + the item's training count)
+from every score (0 unless set: ``set_popularity_adjustment``; ``models.calibration`` fits it on validation).
+
 Final dot products run in fp32 even under bf16 autocast, so that bf16 does not manufacture ties.
 """
 
@@ -127,6 +130,7 @@ class SequentialRecommender(nn.Module):
     trainable: bool = True  # False: nothing to learn (popularity)
     positionwise: bool = False  # True: ``forward_all`` gives a vector per position
     label_smoothing: float = 0.0  # of the softmax losses; set by the training loop (TrainConfig)
+    popularity_adjustment: float = 0.0  # tau of the ranking scores (set_popularity_adjustment)
 
     def __init__(self, n_items: int, max_len: int, loss: LossName = "softmax"):
         super().__init__()
@@ -163,7 +167,27 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError(f"{self.name} has no vector per position (positionwise is False)")
 
     def predict(self, batch: Batch) -> torch.Tensor:
-        return self.sequence_and_scores(batch)[1]
+        return self.adjusted_scores(self.sequence_and_scores(batch)[1], batch.candidates)
+
+    def set_popularity_adjustment(self, tau: float, train_counts=None) -> None:
+        """Rank by ``score - tau * log(1 + training count)`` from now on (0: the scores as trained).
+        ``train_counts (n_items + 1,)``: the items' training interactions (``RecData.train_item_counts``);
+        needed the first time ``tau`` is not 0."""
+        if train_counts is not None:
+            device = next(iter(self.buffers()), next(iter(self.parameters()), torch.empty(0))).device
+            counts = torch.as_tensor(train_counts, dtype=torch.float32, device=device)
+            self.register_buffer("log_popularity", torch.log1p(counts), persistent=False)
+        if tau and not hasattr(self, "log_popularity"):
+            raise ValueError("a popularity adjustment needs the items' training counts (train_counts)")
+        self.popularity_adjustment = float(tau)
+
+    def adjusted_scores(self, scores: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``scores`` of ``items (B, C)`` (None: every item, ``(B, n_items + 1)``) less the popularity
+        adjustment; unchanged while it is 0."""
+        if not self.popularity_adjustment:
+            return scores
+        offset = self.log_popularity if items is None else self.log_popularity[items]
+        return scores - self.popularity_adjustment * offset
 
     def sequence_and_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The sequence vectors ``(B, d)`` and the scores ``(B, C)`` of ``batch.candidates``."""
@@ -214,7 +238,7 @@ class SequentialRecommender(nn.Module):
         for start in range(1, self.n_items + 1, chunk_size):
             items = torch.arange(start, min(start + chunk_size, self.n_items + 1), device=device)
             out[:, start : start + len(items)] = self.score_item_chunk(batch, seq, items).float()
-        return out
+        return self.adjusted_scores(out)
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

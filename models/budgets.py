@@ -65,7 +65,7 @@ PAPER_DEFAULTS = {
     "loss": "softmax", "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0, "ema_decay": 0.0,
     "crop_prob": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1,
     "residual_pool": "avg", "embedding_lr_scale": 1.0, "max_validation_scores": 0, "warmup_epochs": 0.0,
-    "label_smoothing": 0.0, "attribute_loss": 0.0,
+    "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": 0.0,
 }  # fmt: skip
 # Kang & McAuley's SASRec settings (their paper and code), whatever the budget's other models use.
 SASREC_PAPER = {"d": 50, "max_len": 50, "dropout": 0.5, "lr": 1e-3, "batch_size": 128, "adam_beta2": 0.98,
@@ -86,7 +86,7 @@ CPU_COMMON = {
     "augment_prob": 0.0, "crop_prob": 0.0, "ema_decay": 0.0, "valid_protocol": "sampled_100",
     "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg", "embedding_lr_scale": "auto",
     "max_validation_scores": MAX_VALIDATION_SCORES, "large_catalogue": CPU_LARGE_CATALOGUE,
-    "warmup_epochs": 0.0, "label_smoothing": 0.0, "attribute_loss": 0.0,
+    "warmup_epochs": 0.0, "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": 0.0,
 }  # fmt: skip
 # ConvRec and its attention counterpart. emb_init_std: id and attribute embeddings start at N(0, .02²) (the
 # GPT/BERT convention) instead of PyTorch's N(0, 1): with unit-scale ids the convolution stack
@@ -161,7 +161,7 @@ SAMPLE = {
     "n_negatives": 100, "adam_beta2": 0.98, "time_budget_min": 0.0, "augment_prob": 0.0, "crop_prob": 0.0,
     "ema_decay": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1,
     "residual_pool": "avg", "embedding_lr_scale": "auto", "max_validation_scores": 0, "warmup_epochs": 0.0,
-    "label_smoothing": 0.0, "attribute_loss": 0.0,
+    "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": 0.0,
 }  # fmt: skip
 SAMPLE_SASREC = {"max_epochs": 15, "patience": 5, "loss": "full_softmax", "batch_size": 32, "dropout": 0.2}
 # ConvRec validates and keeps the weight average (as under ``cpu``: about one epoch of steps, here ~60):
@@ -205,6 +205,20 @@ def auto_max_len(train_lengths, quantile: float = 0.9) -> int:
     lengths = np.asarray(train_lengths)
     need = float(np.quantile(lengths, quantile)) if len(lengths) else MAX_LEN_CHOICES[0]
     return next((n for n in MAX_LEN_CHOICES if n >= need), MAX_LEN_CHOICES[-1])
+
+
+def resolve_popularity_adjustment(value: float | str) -> float | str:
+    """``popularity_adjustment`` as the training loop takes it: ``auto`` (fitted on validation after
+    training, ``models.calibration``), or tau >= 0 as a number or its text (config fields are text)."""
+    if value == "auto":
+        return value
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        tau = -1.0
+    if not tau >= 0:
+        raise ValueError(f"popularity_adjustment must be 'auto' or a number >= 0 (0: off), not {value!r}")
+    return tau
 
 
 def resolve_budget(budget: str, embedded_sample: bool, cuda: bool) -> str:

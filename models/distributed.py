@@ -43,6 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.base import SequentialRecommender
 from models.batching import Batch, NegativeSampler
+from models.calibration import calibrate
 from models.data import RecData, resolved_features
 from models.evaluate import autocast
 from models.train import (
@@ -429,11 +430,17 @@ def train_distributed(
             model.load_state_dict(
                 torch.load(out / "best.pt", map_location=device, weights_only=True)["state_dict"]
             )
+        adjustment = calibrate(
+            model, data, config.popularity_adjustment, config.valid_protocol, out, SAMPLED_BEST, device,
+            config.eval_batch_size, precision, valid_users, say, name,
+        )  # fmt: skip
     peak = torch.tensor([peak_memory(device)], dtype=torch.float64, device=device)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     rows_per_rank = [None] * env.world_size
     dist.all_gather_object(rows_per_rank, rows_run)
-    summary = _broadcast({"history": history, "best": best}, env)
+    summary = _broadcast(
+        {"history": history, "best": best, "adjustment": adjustment if env.is_main else None}, env
+    )
     history, best = summary["history"], summary["best"]
     stopped_early = bool(history) and best["bad_epochs"] >= config.patience
     return TrainResult(
@@ -450,5 +457,6 @@ def train_distributed(
             "backend": dist.get_backend(),
             "rows_per_rank": rows_per_rank,
             **sampled_best_summary(best),
+            "popularity_adjustment": summary["adjustment"],
         },
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +50,51 @@ def seen_items_mask(data: RecData, users: np.ndarray, ends: np.ndarray, device: 
 
 
 @torch.no_grad()
+def scored_eval_batches(
+    model: SequentialRecommender,
+    data: RecData,
+    split: Literal["valid", "test"],
+    protocol: Literal["sampled_100", "full"],
+    device: torch.device,
+    batch_size: int = 256,
+    precision: str = "fp32",
+    users: np.ndarray | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Per batch of evaluated users: ``(scores, items, not_counted)``. ``sampled_100``: the scores of
+    ``items (B, 101)``, the positive first, and None. ``full``: the scores of every item, the positives
+    ``items (B, 1)``, and the items the rank does not count (the user's others, the positive, padding)."""
+    for start in range(0, len(users), batch_size):
+        batch_users = users[start : start + batch_size]
+        targets = eval_targets(data, batch_users, split)
+        positives = data.items[targets]
+        if protocol == "sampled_100":
+            cands = np.concatenate([positives[:, None], data.eval_negatives[batch_users]], 1)
+        else:
+            cands = positives[:, None]
+        batch = make_batch(data, batch_users, targets, model.max_len, cands).to(device)
+        with autocast(device, precision):
+            if protocol == "sampled_100":
+                yield model.predict(batch).float(), batch.candidates, None
+                continue
+            scores = model.full_sort_predict(batch).float()
+        pos_idx = torch.from_numpy(positives).to(device).unsqueeze(1)
+        masked = seen_items_mask(data, batch_users, targets, device)
+        masked.scatter_(1, pos_idx, True)  # the positive is compared, not counted against itself
+        yield scores, pos_idx, masked
+
+
+def rank_counts(
+    scores: torch.Tensor, items: torch.Tensor, not_counted: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(candidates above the positive, tied with it) per row of one ``scored_eval_batches`` batch."""
+    if not_counted is None:
+        above, tied = _compare(scores[:, 1:], scores[:, :1])
+        return above.sum(1), tied.sum(1)
+    above, tied = _compare(scores, scores.gather(1, items))
+    return (above & ~not_counted).sum(1), (tied & ~not_counted).sum(1)
+
+
+@torch.no_grad()
 def rank_eval_users(
     model: SequentialRecommender,
     data: RecData,
@@ -70,31 +115,12 @@ def rank_eval_users(
     users = data.eval_users() if users is None else np.asarray(users, dtype=np.int64)
     greater, equal = [], []
     try:
+        batches = scored_eval_batches(model, data, split, protocol, device, batch_size, precision, users)
         with model.item_table_for_eval():
-            for start in range(0, len(users), batch_size):
-                batch_users = users[start : start + batch_size]
-                targets = eval_targets(data, batch_users, split)
-                positives = data.items[targets]
-                if protocol == "sampled_100":
-                    cands = np.concatenate([positives[:, None], data.eval_negatives[batch_users]], 1)
-                else:
-                    cands = positives[:, None]
-                batch = make_batch(data, batch_users, targets, model.max_len, cands).to(device)
-                with autocast(device, precision):
-                    if protocol == "sampled_100":
-                        scores = model.predict(batch).float()
-                        above, tied = _compare(scores[:, 1:], scores[:, :1])
-                        greater.append(above.sum(1).cpu())
-                        equal.append(tied.sum(1).cpu())
-                        continue
-                    scores = model.full_sort_predict(batch).float()
-                pos_idx = torch.from_numpy(positives).to(device).unsqueeze(1)
-                pos = scores.gather(1, pos_idx)
-                masked = seen_items_mask(data, batch_users, targets, device)
-                masked.scatter_(1, pos_idx, True)  # the positive is compared, not counted against itself
-                above, tied = _compare(scores, pos)
-                greater.append((above & ~masked).sum(1).cpu())
-                equal.append((tied & ~masked).sum(1).cpu())
+            for batch in batches:
+                above, tied = rank_counts(*batch)
+                greater.append(above.cpu())
+                equal.append(tied.cpu())
     finally:
         model.train(was_training)
     cat = lambda xs: torch.cat(xs).numpy().astype(np.int64) if xs else np.zeros(0, np.int64)  # noqa: E731

@@ -7,7 +7,9 @@ are generated from it; a new model is one ``ModelSpec`` here (docs/ARCHITECTURE.
 Checkpoints hold only tensors and plain Python (``torch.load(weights_only=True)`` reads them):
 ``{"model": name, "hparams": {...}, "state_dict": {...}, "extra": {...}}``, where ``hparams`` is the
 model's typed config as a dict (``models/config.py``, ``ModelConfig.to_hparams``). Dataset arrays (proxy
-ids, attributes, image features) are rebuilt from the ``RecData`` given to :func:`load_model`.
+ids, attributes, image features) are rebuilt from the ``RecData`` given to :func:`load_model`, which also
+applies the popularity adjustment fitted after training (``extra["popularity_adjustment"]``,
+``models.calibration``).
 Importing this module does not import torch or the model classes (the report reads ``MODELS``).
 """
 
@@ -129,6 +131,14 @@ def load_model(
     import torch
 
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    return model_from_checkpoint(checkpoint, data).to(map_location), checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict, data: RecData) -> SequentialRecommender:
+    """The model a loaded checkpoint holds: built, its weights, and its popularity adjustment."""
     model = build_model(checkpoint["model"], data, checkpoint["hparams"])
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(map_location), checkpoint
+    tau = (checkpoint.get("extra") or {}).get("popularity_adjustment", 0.0)
+    if tau:
+        model.set_popularity_adjustment(tau, data.train_item_counts())
+    return model

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import LossName, SequentialRecommender, dot_scores
+from models.base import LossName, SequentialRecommender
 from models.batching import Batch
 
 
@@ -108,6 +108,3 @@ class SASRec(SequentialRecommender):
     def score_item_chunk(self, batch: Batch, seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         with torch.autocast(seq.device.type, enabled=False):
             return seq.float() @ self.items(items).float().T
-
-    def predict(self, batch: Batch) -> torch.Tensor:
-        return dot_scores(self.items(batch.candidates), self.forward(batch))

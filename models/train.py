@@ -63,6 +63,7 @@ from models.batching import (
     random_cuts,
     training_users,
 )
+from models.calibration import calibrate
 from models.data import RecData, resolved_features
 from models.evaluate import autocast, rank_eval_users
 from models.metrics import PROTOCOLS, per_user_metrics, summarize
@@ -104,6 +105,9 @@ class TrainConfig:
     lr_schedule: str = "constant"
     plateau_factor: float = 0.3
     time_budget_s: float = 0.0  # stop before an epoch that would end past it (0: no limit)
+    # after training, rank by score - tau * log(1 + training count): "auto" fits tau on validation
+    # (models.calibration), a number sets it; 0: the scores as trained
+    popularity_adjustment: float | str = 0.0
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -124,6 +128,12 @@ class TrainConfig:
             raise ValueError(f"plateau_factor must be in (0, 1], not {self.plateau_factor!r}")
         if not self.embedding_lr_scale > 0:
             raise ValueError(f"embedding_lr_scale must be > 0, not {self.embedding_lr_scale!r}")
+        if self.popularity_adjustment != "auto" and not (
+            isinstance(self.popularity_adjustment, int | float) and self.popularity_adjustment >= 0
+        ):
+            raise ValueError(
+                f"popularity_adjustment must be 'auto' or >= 0, not {self.popularity_adjustment!r}"
+            )
 
 
 SCHEMES = ("one_cut", "all_cuts")
@@ -149,7 +159,7 @@ class TrainResult:
 # 1: negatives and the exact softmax leave out only the user's training items, not their validation and test
 # targets (stop 34).
 TRAINING_REVISION = 1
-_NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s")
+_NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s", "popularity_adjustment")  # fitted after training
 # settings added after checkpoints were written: at their default they leave the hash as it was
 _HASHED_WHEN_SET = {
     "crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0,
@@ -876,6 +886,10 @@ def train(
         model.load_state_dict(
             torch.load(out / "best.pt", map_location=device, weights_only=True)["state_dict"]
         )
+    adjustment = calibrate(
+        model, data, config.popularity_adjustment, config.valid_protocol, out, SAMPLED_BEST, device,
+        config.eval_batch_size, precision, valid_users, log, name,
+    )  # fmt: skip
     stopped_early = bool(history) and best["bad_epochs"] >= config.patience
     return TrainResult(
         history,
@@ -886,5 +900,9 @@ def train(
         time.perf_counter() - started,
         peak_memory(device),
         stopped_early,
-        extra={**({"reused": reused} if reused else {}), **sampled_best_summary(best)},
+        extra={
+            **({"reused": reused} if reused else {}),
+            **sampled_best_summary(best),
+            "popularity_adjustment": adjustment,
+        },
     )

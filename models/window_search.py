@@ -46,7 +46,12 @@ def search_max_len(
     if not choices or epochs < 1:
         raise ValueError(f"a window search needs choices and epochs >= 1, not {choices!r} and {epochs}")
     probe = dataclasses.replace(
-        train_config, max_epochs=epochs, patience=epochs, time_budget_s=0.0, resume=False
+        train_config,
+        max_epochs=epochs,
+        patience=epochs,
+        time_budget_s=0.0,
+        resume=False,
+        popularity_adjustment=0.0,  # the trials compare windows by the scores as trained
     )
     key = {
         "config_hash": config_hash(name, {**model_config.to_hparams(), "max_len": None}, probe),

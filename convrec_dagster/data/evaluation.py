@@ -516,8 +516,10 @@ def evaluate_checkpoints(
         for checkpoint, protocols in protocol_checkpoints(path, settings_.protocols).items():
             model, _ = load_model(checkpoint, model_data, map_location=device)
             if log is not None:
+                tau = model.popularity_adjustment
                 log(
-                    f"{name}: {checkpoint} for {', '.join(protocols)} (data features {model_data.info.get('features')})"
+                    f"{name}: {checkpoint} for {', '.join(protocols)} (data features {model_data.info.get('features')}"
+                    + (f"; ranked by score - {tau:g} x log(1 + training count))" if tau else ")")
                 )
             protocol_settings = dataclasses.replace(settings_, protocols=protocols)
             records = evaluate_model(model, model_data, protocol_settings, device, log=log, per_user=per_user)

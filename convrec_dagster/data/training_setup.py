@@ -28,6 +28,7 @@ from models.budgets import (
     resolve_emb_init,
     resolve_embedding_lr_scale,
     resolve_loss,
+    resolve_popularity_adjustment,
 )
 from models.config import ModelConfig
 from models.data import RecData
@@ -248,6 +249,7 @@ def train_config(s: dict) -> TrainConfig:
         lr_schedule=s["lr_schedule"],
         plateau_factor=s["plateau_factor"],
         time_budget_s=s["time_budget_s"],
+        popularity_adjustment=resolve_popularity_adjustment(s["popularity_adjustment"]),
     )
 
 
@@ -270,15 +272,20 @@ def epoch_line(name: str, record: dict) -> str:
     return line
 
 
-def validation_metadata(best_metrics: dict, config: TrainConfig, sampled_best: dict | None = None) -> dict:
+def validation_metadata(best_metrics: dict, config: TrainConfig, extra: dict | None = None) -> dict:
     """Training metadata on validation: the protocol that picked the epoch and, under ``full``, the best
-    epoch's full-ranking figures (its sampled ones are ``best_valid_*`` already) and the epoch the
-    sampled-100 validation picked for the sampled figures (``sampled_best``: ``TrainResult.extra``)."""
+    epoch's full-ranking figures (its sampled ones are ``best_valid_*`` already), the epoch the sampled-100
+    validation picked for the sampled figures, and the popularity adjustment fitted after training
+    (``extra``: ``TrainResult.extra``)."""
+    extra = extra or {}
     out: dict = {"valid_protocol": config.valid_protocol}
     if "full_NDCG@10" in best_metrics:
         out["best_valid_full_HR@10"] = float(best_metrics["full_HR@10"])
         out["best_valid_full_NDCG@10"] = float(best_metrics["full_NDCG@10"])
-    if sampled_best:
+    if sampled_best := extra.get("sampled_best"):
         out["sampled_100_best_epoch"] = int(sampled_best["epoch"])
         out["sampled_100_best_valid_NDCG@10"] = float(sampled_best["metrics"]["NDCG@10"])
+    if fits := extra.get("popularity_adjustment"):
+        out["popularity_adjustment_tau"] = float(fits[config.valid_protocol]["tau"])
+        out["popularity_adjustment"] = fits
     return out
