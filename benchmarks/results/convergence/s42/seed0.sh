@@ -1,0 +1,3 @@
+#!/bin/bash
+cd /work/main
+PYTHONPATH=/work/main nohup .venv/bin/python -m benchmarks.convergence --dataset beauty --model convrec --scheme all_cuts --loss full_softmax --emb-init-std 0.02 --proxy-min-count 1 --max-epochs 40 --patience 3 --ema-decay auto --valid-protocol full --batch-size 1024 --weight-decay 0.5 --threads 1 --residual-pool last --max-len 20 --augment-prob 0.0 --time-budget-min 60 --d 256 --hidden 512 --dropout 0.2 --warmup-epochs 1 --lr 2e-3 --label-smoothing 0.1 --seed 0 --home /tmp/s42/beauty_home --checkpoint-dir /tmp/s42/ckpt_seed0 --out /tmp/s42/runs/beauty_convrec_budget_seed0.json > /tmp/s42/seed0.log 2>&1
