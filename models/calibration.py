@@ -110,6 +110,11 @@ def _device_of(model: SequentialRecommender) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
 
 
+def stored_tau(path: Path) -> float:
+    """The tau the checkpoint at ``path`` holds (0: none)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["extra"].get(EXTRA_KEY, 0.0)
+
+
 def write_tau(path: Path, tau: float) -> None:
     """Record ``tau`` in the checkpoint at ``path`` (its weights unchanged)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -139,19 +144,16 @@ def calibrate(
     holding its own tau."""
     if not model.trainable:
         return {}
-    paths = [out / "best.pt", out / sampled_best] if out is not None else []
+    best_path, sampled_path = (out / "best.pt", out / sampled_best) if out is not None else (None, None)
     if setting != "auto" and float(setting) == 0.0:  # off: undo a tau an earlier run left in these files
-        for path in paths:
-            if path.exists() and torch.load(path, map_location="cpu", weights_only=True)["extra"].get(
-                EXTRA_KEY
-            ):
+        for path in (best_path, sampled_path):
+            if path is not None and path.exists() and stored_tau(path):
                 write_tau(path, 0.0)
         model.set_popularity_adjustment(0.0)
         return {}
     fits = {valid_protocol: fit(model, data, setting, valid_protocol, device, batch_size, precision, users)}
-    if out is not None and (out / "best.pt").exists():
-        write_tau(out / "best.pt", fits[valid_protocol]["tau"])
-    sampled_path = out / sampled_best if out is not None else None
+    if best_path is not None and best_path.exists():
+        write_tau(best_path, fits[valid_protocol]["tau"])
     if sampled_path is not None and sampled_path.exists() and valid_protocol != "sampled_100":
         best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         best_tau = model.popularity_adjustment
