@@ -58,7 +58,6 @@ def validation_by_tau(
     """NDCG@10 of ``split`` under ``protocol`` for every ``tau``, from one pass of scoring."""
     device = torch.device(device)
     log_count = torch.log1p(torch.as_tensor(data.train_item_counts(), dtype=torch.float32, device=device))
-    users = data.eval_users() if users is None else np.asarray(users, dtype=np.int64)
     counts: dict[float, tuple[list, list]] = {tau: ([], []) for tau in taus}
     was_training = model.training
     model.eval()

@@ -62,7 +62,9 @@ def scored_eval_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Per batch of evaluated users: ``(scores, items, not_counted)``. ``sampled_100``: the scores of
     ``items (B, 101)``, the positive first, and None. ``full``: the scores of every item, the positives
-    ``items (B, 1)``, and the items the rank does not count (the user's others, the positive, padding)."""
+    ``items (B, 1)``, and the items the rank does not count (the user's others, the positive, padding).
+    ``users``: every evaluated user when None."""
+    users = data.eval_users() if users is None else np.asarray(users, dtype=np.int64)
     for start in range(0, len(users), batch_size):
         batch_users = users[start : start + batch_size]
         targets = eval_targets(data, batch_users, split)
