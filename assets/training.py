@@ -58,7 +58,7 @@ class TrainingConfig(dg.Config):
     ``popularity_adjustment``: after training, rank by score - tau x log(1 + the item's training count),
     which corrects a model that leans on past popularity (``models.calibration``): ``auto`` fits tau on
     validation (0 when nothing helps), a number (as text, e.g. ``"0.3"``) sets it, ``"0"`` is off; None:
-    the budget's, 0 in every budget (BENCHMARKS.md, "Stop 42").
+    the budget's, ``auto`` under ``cpu``, 0 under ``paper`` and ``sample`` (BENCHMARKS.md, "Stop 42").
     ``embedding_lr_scale``: the embedding tables learn at lr x this (None: the
     budget's rule, ``models.budgets.resolve_embedding_lr_scale``: under ``cpu`` and ``sample``, 50 for
     ConvRec's encoder where its tables start at PyTorch's N(0, 1), i.e. with a time path; else 1).

@@ -154,3 +154,12 @@ def test_any_other_setting_is_refused_with_what_to_write(value):
         resolve_popularity_adjustment(value)
     with pytest.raises(ValueError, match="popularity_adjustment"):
         TrainConfig(popularity_adjustment=-1.0)
+
+
+def test_the_cpu_budget_fits_tau_for_every_model_and_the_paper_and_sample_budgets_do_not():
+    from models.budgets import budget_settings
+
+    for model in ("convrec", "sasrec", "convrec_attention"):
+        assert budget_settings("cpu", model, "beauty")["popularity_adjustment"] == "auto"
+        assert budget_settings("paper", model, "beauty")["popularity_adjustment"] == 0.0
+        assert budget_settings("sample", model, "beauty")["popularity_adjustment"] == 0.0

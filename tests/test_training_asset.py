@@ -15,6 +15,7 @@ from assets import features, ingest, splits, training
 from convrec_dagster.data import settings
 from convrec_dagster.data.evaluation import model_configs
 from convrec_dagster.data.report import training_table
+from models.calibration import TAU_GRID
 from models.synthetic import chain_data
 from models.train import SAMPLED_BEST
 
@@ -265,10 +266,16 @@ def test_cpu_budget_trains_every_cut_over_all_items_with_a_window_from_the_data(
     # with a time path the ids keep PyTorch's N(0, 1) init (budgets.CPU_ENCODER's emb_init_std_with_time)
     assert conv["hparams"].value["max_len"] == 20 and conv["hparams"].value["emb_init_std"] is None
     assert conv["train_config"].value["time_budget_s"] == 3600
+    # after training each model's scores get the popularity adjustment validation picks (tau 0 included)
+    for meta in (conv, sas):
+        fits = meta["popularity_adjustment"].value
+        assert meta["popularity_adjustment_tau"].value == fits["sampled_100"]["tau"]
+        assert set(fits["sampled_100"]["valid_NDCG@10_by_tau"]) == {str(t) for t in TAU_GRID}
     text = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
     assert (
         "convrec: expected ~" in text and "ETA" in text and "max_len 20 from the data" in text
     )  # histories of 4-12 training rows
+    assert "convrec: popularity adjustment tau" in text and "sasrec: popularity adjustment tau" in text
 
 
 @pytest.mark.slow
