@@ -6,7 +6,8 @@
   on the row; with time context, a sampled softmax over ``n_negatives`` negatives instead. SASRec is
   Kang & McAuley's model and settings (d 50, L 50, dropout .5, lr 1e-3, batch 128, Adam β2 .98). On a
   catalogue over 50,000 items a shared softmax over 4,096 items per batch, and full-ranking validation on a
-  user sample (``apply_large_catalogue``, ``max_validation_scores``).
+  user sample (``apply_large_catalogue``, ``max_validation_scores``). After training, each model's scores
+  get the popularity adjustment validation picks (``popularity_adjustment: auto``; tau 0 declines it).
 - ``paper``: the paper's Appendix C (d 256, batch 128, one random cut per user per epoch, softmax
   over 100 negatives, up to 1,000 epochs, the dataset's lr / dropout / weight decay / L). For GPUs.
 - ``sample``: small and quick, for the embedded sample dump (about a minute on 2 cores).
