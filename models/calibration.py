@@ -27,6 +27,7 @@ from models.base import SequentialRecommender
 from models.data import RecData
 from models.evaluate import rank_counts, scored_eval_batches
 from models.metrics import per_user_metrics
+from models.registry import load_model, write_checkpoint
 
 TAU_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 EXTRA_KEY = "popularity_adjustment"
@@ -105,10 +106,6 @@ def fit(
     return {"tau": tau, "protocol": protocol, "valid_NDCG@10_by_tau": {str(t): v for t, v in by_tau.items()}}
 
 
-def _device_of(model: SequentialRecommender) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
 def stored_tau(path: Path) -> float:
     """The tau the checkpoint at ``path`` holds (0: none)."""
     return torch.load(path, map_location="cpu", weights_only=True)["extra"].get(EXTRA_KEY, 0.0)
@@ -118,9 +115,7 @@ def write_tau(path: Path, tau: float) -> None:
     """Record ``tau`` in the checkpoint at ``path`` (its weights unchanged)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["extra"][EXTRA_KEY] = tau
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(path)
+    write_checkpoint(path, checkpoint)
 
 
 def calibrate(
@@ -154,14 +149,9 @@ def calibrate(
     if best_path is not None and best_path.exists():
         write_tau(best_path, fits[valid_protocol]["tau"])
     if sampled_path is not None and sampled_path.exists() and valid_protocol != "sampled_100":
-        best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        best_tau = model.popularity_adjustment
-        weights = torch.load(sampled_path, map_location=_device_of(model), weights_only=True)["state_dict"]
-        model.load_state_dict(weights)
-        fits["sampled_100"] = fit(model, data, setting, "sampled_100", device, batch_size, precision)
+        sampled_pick = load_model(sampled_path, data, map_location=device)[0]
+        fits["sampled_100"] = fit(sampled_pick, data, setting, "sampled_100", device, batch_size, precision)
         write_tau(sampled_path, fits["sampled_100"]["tau"])
-        model.load_state_dict(best_weights)
-        model.set_popularity_adjustment(best_tau)
     for protocol, result in fits.items():
         figures = result["valid_NDCG@10_by_tau"]
         gain = (

@@ -115,13 +115,18 @@ def build_model(name: str, data: RecData, config: ModelConfig | dict) -> Sequent
 def save_checkpoint(
     path: str | Path, model: SequentialRecommender, name: str, hparams: dict, extra: dict
 ) -> None:
-    """Write atomically (temporary file + rename), so a killed run never leaves half a checkpoint."""
+    """Write ``model``'s checkpoint atomically (``write_checkpoint``)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    write_checkpoint(path, {"model": name, "hparams": dict(hparams), "state_dict": state, "extra": extra})
+
+
+def write_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    """``torch.save`` to a temporary file, then rename: a killed run never leaves half a checkpoint."""
     import torch
 
     path = Path(path)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": name, "hparams": dict(hparams), "state_dict": state, "extra": extra}, tmp)
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
