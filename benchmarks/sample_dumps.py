@@ -100,8 +100,10 @@ def train_one(home: Path, model_name: str, seed: int, overrides: dict, keep: Pat
                 ]
     finally:
         torch.set_num_threads(threads)
+    fits = result.extra.get("popularity_adjustment") or {}  # empty when the setting is 0 (off)
     return {
         "max_len": model_config.max_len,
+        **({"tau": {protocol: fit["tau"] for protocol, fit in fits.items()}} if fits else {}),
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),
         "valid": round(

@@ -277,3 +277,23 @@ def test_sample_dumps_trains_through_the_assets_run_training(tmp_path):
     assert first["max_len"] in (2, 5) and first["epochs"] == 2
     assert 0.0 < first["valid"] <= 1.0 and 0.0 < first["test_full"] <= 1.0
     assert train_one(tmp_path, "convrec", 0, overrides) == first
+    assert "tau" not in first  # the sample budget's adjustment is off
+
+
+def test_sample_dumps_rows_record_the_fitted_popularity_adjustment(tmp_path):
+    """With ``popularity_adjustment: auto`` each row names the tau validation picked, per protocol."""
+    import duckdb
+    from test_training_asset import write_split_tables
+
+    from benchmarks.sample_dumps import train_one
+    from convrec_dagster.data import settings
+    from convrec_dagster.data.dataset_info import DatasetInfo, write_dataset_info
+    from models.calibration import TAU_GRID
+    from models.synthetic import chain_data
+
+    db = settings.duckdb_path(tmp_path)
+    write_split_tables(db, chain_data(n_users=60, n_items=40, max_len=14, seed=2))
+    with duckdb.connect(str(db)) as conn:
+        write_dataset_info(conn, DatasetInfo(name="tiny", has_time=True, embedded_sample=True))
+    row = train_one(tmp_path, "sasrec", 0, {"max_epochs": 1, "popularity_adjustment": "auto"})
+    assert list(row["tau"]) == ["sampled_100"] and row["tau"]["sampled_100"] in TAU_GRID
