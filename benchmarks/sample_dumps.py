@@ -14,9 +14,11 @@ in both protocols (``test_metrics``).
 It is deterministic on the CPU: the same settings give the same figures to the last digit.
 
 The JSON (``benchmarks/results/sample_dumps/<tag>.json``) keeps one row per (dump, model, seed) and a
-summary: each model's mean validation / test sampled NDCG@10 and test full-ranking NDCG@10, ConvRec
-minus SASRec per dump (when both ran), and with ``--against`` the change against a reference run
-of the same dumps and seeds (mean difference and how many of the figures went up).
+summary: each model's mean validation / test sampled NDCG@10 and test full-ranking NDCG@10; ConvRec
+minus SASRec per dump, when both ran (the mean over dumps, how many dumps ConvRec leads, and a 95 %
+bootstrap interval and sign-flip p-value with the dump as the unit, its seeds averaged); and with
+``--against`` the change against a reference run of the same dumps and seeds (mean difference and
+how many of the figures went up).
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.common import RESULTS_DIR, HelpFormatter, machine_info, write_json
 from benchmarks.convergence import prepare, test_metrics
+from models.significance import paired_permutation_test
 
 EMBEDDED_SEED = 20140723
 OUT_DIR = RESULTS_DIR / "sample_dumps"
@@ -132,14 +137,19 @@ def summarize(rows: list[dict], against: list[dict] | None) -> dict:
 
     both = [d for d in dumps if {"convrec", "sasrec"} <= {r["model"] for r in rows if r["dump_seed"] == d}]
     if both:
-        gaps = {
-            k: [per_dump(rows, "convrec", d, k) - per_dump(rows, "sasrec", d, k) for d in both]
-            for k in FIGURES
-        }
-        summary["convrec_minus_sasrec"] = {
-            k: {"mean": round(statistics.mean(v), 4), "dumps_ahead": sum(x > 0 for x in v), "dumps": len(v)}
-            for k, v in gaps.items()
-        }
+        summary["convrec_minus_sasrec"] = {}
+        for k in FIGURES:
+            convrec = np.array([per_dump(rows, "convrec", d, k) for d in both])
+            sasrec = np.array([per_dump(rows, "sasrec", d, k) for d in both])
+            # the dump is the unit: its two models' figures are paired, dumps are independent draws
+            test = paired_permutation_test(convrec, sasrec)
+            summary["convrec_minus_sasrec"][k] = {
+                "mean": round(test["diff"], 4),
+                "dumps_ahead": int((convrec > sasrec).sum()),
+                "dumps": len(both),
+                "ci95_over_dumps": [round(test["ci_low"], 4), round(test["ci_high"], 4)],
+                "p_value_over_dumps": round(test["p_value"], 4),
+            }
     if against:
         key_of = lambda r: (r["dump_seed"], r["model"], r["seed"])  # noqa: E731
         ref = {key_of(r): r for r in against}

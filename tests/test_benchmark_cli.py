@@ -216,8 +216,27 @@ def test_sample_dumps_summary_pairs_models_per_dump_and_runs_with_their_referenc
         row(3, "convrec", 0, 0.10, 0.10, 0.10),  # SASRec not trained yet on dump 3
     ]  # fmt: skip
     gap = summarize(rows, None)["convrec_minus_sasrec"]
-    assert gap["test_full"] == {"mean": 0.0, "dumps_ahead": 1, "dumps": 2}
-    assert gap["valid"] == {"mean": 0.02, "dumps_ahead": 2, "dumps": 2}
+    assert {k: gap["test_full"][k] for k in ("mean", "dumps_ahead", "dumps")} == {
+        "mean": 0.0,
+        "dumps_ahead": 1,
+        "dumps": 2,
+    }
+    assert gap["test_full"]["p_value_over_dumps"] == 1.0  # -.02 and +.02: no lead either way
+    assert gap["test_full"]["ci95_over_dumps"][0] < 0.0 < gap["test_full"]["ci95_over_dumps"][1]
+    assert {k: gap["valid"][k] for k in ("mean", "dumps_ahead", "dumps")} == {
+        "mean": 0.02,
+        "dumps_ahead": 2,
+        "dumps": 2,
+    }
+    # ConvRec ahead on each of 7 dumps: only 2 of the 128 sign flips are as extreme, p about .016
+    steady = [
+        row(d, m, 0, 0.5, 0.5, 0.5 + (0.01 + 0.001 * d if m == "convrec" else 0.0))
+        for d in range(7)
+        for m in ("convrec", "sasrec")
+    ]
+    lead = summarize(steady, None)["convrec_minus_sasrec"]["test_full"]
+    assert lead["dumps_ahead"] == 7 and 0.005 < lead["p_value_over_dumps"] < 0.03
+    assert 0.01 <= lead["ci95_over_dumps"][0] < lead["mean"] < lead["ci95_over_dumps"][1] <= 0.016
     reference = [
         {**r, "valid": r["valid"] - 0.01, "test": r["test"] + 0.01} for r in rows if r["model"] == "convrec"
     ]
