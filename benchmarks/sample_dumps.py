@@ -172,6 +172,36 @@ def summarize(rows: list[dict], against: list[dict] | None) -> dict:
     return summary
 
 
+def combine(tags: list[str], tag: str, against: list[dict] | None) -> dict:
+    """One JSON (``tag``) from the rows of earlier runs ``tags`` of the same settings, with its summary."""
+    runs = [json.loads((OUT_DIR / f"{t}.json").read_text()) for t in tags]
+    if any(run["overrides"] != runs[0]["overrides"] for run in runs):
+        raise ValueError(
+            f"runs {tags} have different --set overrides; only runs of the same settings combine"
+        )
+    rows = [row for run in runs for row in run["rows"]]
+    keys = [(r["dump_seed"], r["model"], r["seed"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            f"runs {tags} share a (dump, model, seed) row; combine runs of different dumps or seeds"
+        )
+    res = {
+        "benchmark": "sample_dumps",
+        "command": f"python -m benchmarks.sample_dumps --combine {','.join(tags)} --tag {tag}",
+        "combined_from": {t: run["command"] for t, run in zip(tags, runs)},
+        "machine": runs[0]["machine"],
+        "overrides": runs[0]["overrides"],
+        "dumps": sorted({r["dump_seed"] for r in rows}),
+        "seeds": sorted({r["seed"] for r in rows}),
+        "rows": rows,
+        "summary": summarize(rows, against),
+        "wall_s": round(sum(run.get("wall_s", 0.0) for run in runs), 1),
+    }
+    write_json(res, OUT_DIR / f"{tag}.json")
+    print(json.dumps(res["summary"], indent=1))
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.sample_dumps", description=__doc__, formatter_class=HelpFormatter
@@ -195,7 +225,19 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "convrec_sample_dumps",
                         help="where the dumps and their prepared homes live (reused across runs)")  # fmt: skip
+    parser.add_argument(
+        "--combine", metavar="TAGS",
+        help="train nothing: summarise the rows of earlier runs (their tags, comma-separated; the same "
+        "settings, e.g. dumps split between two processes) as one run under --tag",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.combine:
+        combine(
+            args.combine.split(","),
+            args.tag,
+            json.loads(args.against.read_text())["rows"] if args.against else None,
+        )
+        return
     overrides = dict(item.split("=", 1) for item in args.set)
     overrides = {k: parse_value(v) for k, v in overrides.items()}
     dumps = [int(x) for x in args.dumps.split(",")]

@@ -316,3 +316,50 @@ def test_sample_dumps_rows_record_the_fitted_popularity_adjustment(tmp_path):
         write_dataset_info(conn, DatasetInfo(name="tiny", has_time=True, embedded_sample=True))
     row = train_one(tmp_path, "sasrec", 0, {"max_epochs": 1, "popularity_adjustment": "auto"})
     assert list(row["tau"]) == ["sampled_100"] and row["tau"]["sampled_100"] in TAU_GRID
+
+
+def test_sample_dumps_combine_summarises_runs_of_the_same_settings(tmp_path, monkeypatch):
+    """``--combine``: the rows of runs split between processes summarised as one run; runs of other
+    settings, or with a row in common, are refused."""
+    import json
+
+    import pytest
+
+    import benchmarks.sample_dumps as sample_dumps
+
+    monkeypatch.setattr(sample_dumps, "OUT_DIR", tmp_path)
+
+    def run(tag, dumps, overrides=None):
+        rows = [
+            {
+                "dump_seed": d,
+                "model": m,
+                "seed": 0,
+                "valid": 0.5,
+                "test": 0.5,
+                "test_full": 0.5 + (m == "convrec") * 0.01,
+            }
+            for d in dumps
+            for m in ("convrec", "sasrec")
+        ]
+        payload = {
+            "command": f"run {tag}",
+            "machine": {},
+            "overrides": overrides or {},
+            "rows": rows,
+            "wall_s": 10.0,
+        }
+        (tmp_path / f"{tag}.json").write_text(json.dumps(payload))
+
+    run("a", [1, 2])
+    run("b", [3])
+    sample_dumps.main(["--combine", "a,b", "--tag", "ab"])
+    combined = json.loads((tmp_path / "ab.json").read_text())
+    assert combined["dumps"] == [1, 2, 3] and len(combined["rows"]) == 6 and combined["wall_s"] == 20.0
+    gap = combined["summary"]["convrec_minus_sasrec"]["test_full"]
+    assert gap["dumps"] == 3 and gap["dumps_ahead"] == 3 and gap["mean"] == 0.01
+    run("c", [4], {"crop_prob": 0.3})
+    with pytest.raises(ValueError, match="different --set overrides"):
+        sample_dumps.main(["--combine", "a,c", "--tag", "ac"])
+    with pytest.raises(ValueError, match="share a"):
+        sample_dumps.main(["--combine", "a,a", "--tag", "aa"])
