@@ -82,14 +82,14 @@ ROW_KINDS = [
 ]
 
 
-def sample_catalog(data) -> dict[str, np.ndarray] | None:
-    """On the embedded sample: per item index its chain ``successor`` (0 unknown), ``subcategory``
-    and ``brand`` (-1 unknown); None without item names."""
+def sample_catalog(data, seed: int | None = None) -> dict[str, np.ndarray] | None:
+    """On a dump of the sample generator (``seed``; default the embedded sample's): per item index its chain
+    ``successor`` (0 unknown), ``subcategory`` and ``brand`` (-1 unknown); None without item names."""
     from convrec_dagster.data.sample_dump import SampleDumpConfig, build_catalog
 
     if data.item_names is None:
         return None
-    catalog = build_catalog(SampleDumpConfig())
+    catalog = build_catalog(SampleDumpConfig() if seed is None else SampleDumpConfig(seed=seed))
     index = {name: i for i, name in enumerate(data.item_names.tolist())}
     by_asin = {item.asin: item for item in catalog.items}
     items = [by_asin.get(name) for name in data.item_names.tolist()]
@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--sample-seed", type=int, default=None,
+        help="--dataset sample: the generator seed of the dump --home holds (benchmarks.sample_dumps --dumps); "
+        "default the embedded sample's",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", default="", help="JSON (default benchmarks/results/valid_test_gap_<dataset>.json)"
     )
     args = parser.parse_args(argv)
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                 loaded[features] = load_rec_data(conn, features=features)
         data = loaded[features]
         model, checkpoint = load_model(path, data)
-        catalog = sample_catalog(data) if args.dataset == "sample" else None
+        catalog = sample_catalog(data, args.sample_seed) if args.dataset == "sample" else None
         groups = user_groups(data, None if catalog is None else catalog["successor"], catalog)
         out = {"checkpoint": path, "epoch": checkpoint["extra"].get("epoch"), "splits": {}}
         for split in ("valid", "test"):

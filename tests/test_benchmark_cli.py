@@ -363,3 +363,21 @@ def test_sample_dumps_combine_summarises_runs_of_the_same_settings(tmp_path, mon
         sample_dumps.main(["--combine", "a,c", "--tag", "ac"])
     with pytest.raises(ValueError, match="share a"):
         sample_dumps.main(["--combine", "a,a", "--tag", "aa"])
+
+
+def test_sample_catalog_reads_the_dump_of_its_generator_seed():
+    """``valid_test_gap.sample_catalog(data, seed)``: the item names of dump 3 resolve against dump 3's
+    catalogue (every item's sub-category and chain successor known), not against the embedded sample's."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from benchmarks.valid_test_gap import sample_catalog
+    from convrec_dagster.data.sample_dump import SampleDumpConfig, build_catalog
+
+    items = build_catalog(SampleDumpConfig(seed=3)).items
+    data = SimpleNamespace(item_names=np.array(["<pad>"] + [item.asin for item in items]))
+    mine = sample_catalog(data, 3)
+    assert (mine["subcategory"][1:] >= 0).all() and (mine["successor"][1:] > 0).all()
+    assert mine["subcategory"][0] == -1
+    assert (sample_catalog(data)["subcategory"][1:] == -1).mean() > 0.9  # the embedded sample's catalogue
