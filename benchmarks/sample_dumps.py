@@ -3,6 +3,7 @@
     python -m benchmarks.sample_dumps                                  # ConvRec and SASRec, 6 dumps x 2 seeds
     python -m benchmarks.sample_dumps --models convrec --set crop_prob=0.3 --tag crop03 \\
         --against benchmarks/results/sample_dumps/budget.json         # one change, paired with the budget
+    python -m benchmarks.sample_dumps --combine budget,budget_dumps6_17 --tag budget_dumps18  # runs as one
 
 Judging a change to the embedded sample's training on the sample's own test rows alone mistakes one
 draw of the generator for its behaviour. This harness generates the embedded dump (seed 20140723) and
@@ -188,7 +189,9 @@ def combine(tags: list[str], tag: str, against: list[dict] | None) -> dict:
     res = {
         "benchmark": "sample_dumps",
         "command": f"python -m benchmarks.sample_dumps --combine {','.join(tags)} --tag {tag}",
-        "combined_from": {t: run["command"] for t, run in zip(tags, runs)},
+        "combined_from": {
+            t: {"command": run["command"], "machine": run["machine"]} for t, run in zip(tags, runs)
+        },
         "machine": runs[0]["machine"],
         "overrides": runs[0]["overrides"],
         "dumps": sorted({r["dump_seed"] for r in rows}),
