@@ -47,8 +47,9 @@ class TrainingConfig(dg.Config):
     ConvRec with item features and no time path, else 0), then constant, cosine, or ``plateau``: x
     ``plateau_factor`` after each epoch whose validation figure did not improve. ``augment_prob``:
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
-    random recent part of their history (both training-only augmentations; None: the budget's, .5 for
-    ConvRec under ``sample``, else 0). ``negative_power``
+    random recent part of their history; ``replace_before_last_prob``: share of the history items before
+    the last replaced by random items, the last kept (ConvRec-style rows only; all three training-only
+    augmentations; None: the budget's: ``crop_prob`` .5 for ConvRec under ``sample``, else 0). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
     candidates (0: off; None: the budget's, .1 where its warm-up is 1 epoch, else 0).
@@ -110,6 +111,7 @@ class TrainingConfig(dg.Config):
     time_budget_min: float | None = None
     augment_prob: float | None = None
     crop_prob: float | None = None
+    replace_before_last_prob: float | None = None
     negative_power: float = 0.0
     label_smoothing: float | None = None
     popularity_adjustment: str | None = None  # "auto", a tau >= 0 as text, or None (the budget's)

@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> None:
         help="share of rows cut to a random recent part of their history",
     )
     parser.add_argument(
+        "--replace-before-last-prob",
+        type=float,
+        default=0.0,
+        help="share of the history items before the last replaced by random items (the last is kept)",
+    )
+    parser.add_argument(
         "--negative-power",
         type=float,
         default=0.0,
@@ -266,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         n_negatives=args.n_negatives,
         augment_prob=args.augment_prob,
         crop_prob=args.crop_prob,
+        replace_before_last_prob=args.replace_before_last_prob,
         negative_power=args.negative_power,
         label_smoothing=args.label_smoothing,
         valid_protocol=args.valid_protocol,

@@ -53,6 +53,7 @@ def make_batch(
     rng: np.random.Generator | None = None,
     augment_prob: float = 0.0,
     crop_prob: float = 0.0,
+    replace_before_last_prob: float = 0.0,
 ) -> Batch:
     """History before ``target_rows`` (exclusive, up to ``max_len``), with the given candidates.
 
@@ -60,7 +61,8 @@ def make_batch(
     past the end of a history uses the last row. Training augmentations (need ``rng``):
     ``augment_prob``, the share of history items replaced by uniformly random items; ``crop_prob``,
     the share of rows whose history is cut to its most recent k items, k uniform over 1 .. its
-    length (CL4SRec's crop).
+    length (CL4SRec's crop); ``replace_before_last_prob``, the share of history items other than the
+    last replaced by uniformly random items (the last item, the row's most direct evidence, is kept).
     """
     users = np.asarray(users, dtype=np.int64)
     target_rows = np.asarray(target_rows, dtype=np.int64)
@@ -78,6 +80,10 @@ def make_batch(
     if augment_prob > 0 and rng is not None:
         swap = valid & (rng.random(items.shape) < augment_prob)
         items[swap] = rng.integers(1, data.n_items + 1, int(swap.sum()))
+    if replace_before_last_prob > 0 and rng is not None:
+        before = items[:, :-1]  # a view: the most recent item sits at position L - 1
+        swap = (before > 0) & (rng.random(before.shape) < replace_before_last_prob)
+        before[swap] = rng.integers(1, data.n_items + 1, int(swap.sum()))
     batch = Batch(
         users=torch.from_numpy(users),
         items=torch.from_numpy(items),

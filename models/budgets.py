@@ -64,8 +64,9 @@ def dataset_preset(dataset_name: str) -> str:
 PAPER_DEFAULTS = {
     "d": 256, "batch_size": 128, "max_epochs": 1000, "patience": 20, "num_threads": 0, "scheme": "one_cut",
     "loss": "softmax", "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0, "ema_decay": 0.0,
-    "crop_prob": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1,
-    "residual_pool": "avg", "embedding_lr_scale": 1.0, "max_validation_scores": 0, "warmup_epochs": 0.0,
+    "crop_prob": 0.0, "replace_before_last_prob": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [],
+    "max_len_search_epochs": 1, "residual_pool": "avg", "embedding_lr_scale": 1.0, "max_validation_scores": 0,
+    "warmup_epochs": 0.0,
     "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": 0.0,
 }  # fmt: skip
 # Kang & McAuley's SASRec settings (their paper and code), whatever the budget's other models use.
@@ -84,8 +85,9 @@ MAX_VALIDATION_SCORES = 1_000_000_000
 CPU_COMMON = {
     "scheme": "all_cuts", "loss": "full_softmax", "n_negatives": 256, "max_len": 50, "max_epochs": 40,
     "patience": 3, "num_threads": 0, "time_budget_min": 60.0, "adam_beta2": 0.98, "weight_decay": 0.0,
-    "augment_prob": 0.0, "crop_prob": 0.0, "ema_decay": 0.0, "valid_protocol": "sampled_100",
-    "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg", "embedding_lr_scale": "auto",
+    "augment_prob": 0.0, "crop_prob": 0.0, "replace_before_last_prob": 0.0, "ema_decay": 0.0,
+    "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg",
+    "embedding_lr_scale": "auto",
     "max_validation_scores": MAX_VALIDATION_SCORES, "large_catalogue": CPU_LARGE_CATALOGUE,
     "warmup_epochs": 0.0, "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": "auto",
 }  # fmt: skip
@@ -164,9 +166,9 @@ SAMPLE = {
     "d": 64, "hidden": 128, "batch_size": 128, "lr": 3e-3, "dropout": 0.0, "weight_decay": 0.0,
     "max_len": 20, "max_epochs": 3, "patience": 3, "num_threads": 1, "scheme": "all_cuts", "loss": "softmax",
     "n_negatives": 100, "adam_beta2": 0.98, "time_budget_min": 0.0, "augment_prob": 0.0, "crop_prob": 0.0,
-    "ema_decay": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1,
-    "residual_pool": "avg", "embedding_lr_scale": "auto", "max_validation_scores": 0, "warmup_epochs": 0.0,
-    "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": 0.0,
+    "replace_before_last_prob": 0.0, "ema_decay": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [],
+    "max_len_search_epochs": 1, "residual_pool": "avg", "embedding_lr_scale": "auto", "max_validation_scores": 0,
+    "warmup_epochs": 0.0, "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": 0.0,
 }  # fmt: skip
 SAMPLE_SASREC = {"max_epochs": 15, "patience": 5, "loss": "full_softmax", "batch_size": 32, "dropout": 0.2}
 # ConvRec validates and keeps the weight average (as under ``cpu``: about one epoch of steps, here ~60):

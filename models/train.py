@@ -16,8 +16,9 @@ each: the exact softmax such draws estimate, without their repeats (``exact_unse
 which scores the positive against every item; under ``loss="shared_softmax"`` one uniform sample of
 ``n_negatives`` items per batch, shared by its rows (a full softmax's cheap stand-in on big catalogues).
 1 % of input items are replaced by random items (``augment_prob``); ``crop_prob`` cuts that share of
-rows to a random recent part of their history (rows of position-wise models are never cut). Adam(W) with ``adam_beta2``,
-optional linear warm-up and cosine decay. With ``ema_decay`` set (a decay, or ``"auto"``: about one
+rows to a random recent part of their history, and ``replace_before_last_prob`` replaces that share of the
+history items before the last by random items (rows of position-wise models are never cut or replaced so).
+Adam(W) with ``adam_beta2``, optional linear warm-up and cosine decay. With ``ema_decay`` set (a decay, or ``"auto"``: about one
 epoch of steps, ``auto_ema_decay``) an exponential moving average of the
 weights (``torch.optim.swa_utils.AveragedModel``) is what validation scores and what the run keeps.
 Validation NDCG@10 picks the best epoch: on the stored sampled-100 negatives, or with
@@ -80,6 +81,7 @@ class TrainConfig:
     n_negatives: int = 100
     augment_prob: float = 0.01
     crop_prob: float = 0.0  # share of training rows whose history is cut to a random recent part
+    replace_before_last_prob: float = 0.0  # share of history items but the last replaced by random items
     negative_power: float = 0.0  # shared_softmax: negatives drawn ∝ training count ** this (0: uniform)
     label_smoothing: float = 0.0  # softmax losses: 1 - this on the positive, this over all candidates
     # the embedding tables (item ids, attributes; SASRec's items and positions) learn at lr x this, with the
@@ -120,6 +122,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be 'auto' or in [0, 1), not {self.ema_decay!r}")
         if self.valid_protocol not in PROTOCOLS:
             raise ValueError(f"valid_protocol must be one of {PROTOCOLS}, not {self.valid_protocol!r}")
+        for name in ("augment_prob", "crop_prob", "replace_before_last_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing!r}")
         if self.max_validation_scores < 0:
@@ -164,7 +169,7 @@ _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s", "popularity_adjustm
 _HASHED_WHEN_SET = {
     "crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0,
     "valid_protocol": "sampled_100", "embedding_lr_scale": 1.0, "max_validation_scores": 0,
-    "plateau_factor": 0.3,
+    "plateau_factor": 0.3, "replace_before_last_prob": 0.0,
 }  # fmt: skip
 
 
@@ -468,6 +473,7 @@ def _epoch_batches(model, data, sampler, rng, config: TrainConfig):
             rng=rng,
             augment_prob=config.augment_prob,
             crop_prob=config.crop_prob,
+            replace_before_last_prob=config.replace_before_last_prob,
         )
         batch.blocked = torch.from_numpy(blocked) if blocked is not None else None
         yield len(cands), batch

@@ -83,6 +83,7 @@ def test_settings_become_typed_configs_and_the_config_hash_changes_only_with_wha
         {"label_smoothing": 0.1},
         {"valid_protocol": "full"},
         {"embedding_lr_scale": 50.0},
+        {"replace_before_last_prob": 0.3},
     ):
         assert (
             config_hash("convrec", config.to_hparams(), dataclasses.replace(train, **later))

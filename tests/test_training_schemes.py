@@ -61,6 +61,24 @@ def test_crop_keeps_a_random_recent_part_of_each_history(ids_only):
     assert 0.2 < shorter < 0.5
 
 
+def test_replace_before_last_keeps_the_last_item_and_the_padding(ids_only):
+    data = ids_only
+    owners, rows = all_cuts(data, training_users(data))
+    cands = np.zeros((len(rows), 1), np.int64)
+    full = make_batch(data, owners, rows, 12, cands).items.numpy()
+    rng = np.random.default_rng(0)
+    same = make_batch(data, owners, rows, 12, cands, rng=rng, replace_before_last_prob=0.0).items.numpy()
+    assert (same == full).all()
+    mixed = make_batch(data, owners, rows, 12, cands, rng=rng, replace_before_last_prob=0.5).items.numpy()
+    assert (mixed[:, -1] == full[:, -1]).all()  # the most recent item is never replaced
+    assert ((mixed > 0) == (full > 0)).all()  # padding stays padding, items stay items
+    before = full[:, :-1] > 0
+    changed = (mixed[:, :-1] != full[:, :-1])[before].mean()  # a random item may equal the one it replaces
+    assert 0.4 < changed < 0.5
+    with pytest.raises(ValueError, match="replace_before_last_prob"):
+        TrainConfig(replace_before_last_prob=1.5)
+
+
 def test_sasrec_positionwise_batches_shift_targets_by_one(ids_only):
     data = ids_only
     model = build_model("sasrec", data, {"d": 16, "max_len": 8, "loss": "bce"})
@@ -331,6 +349,12 @@ def test_budgets_auto_and_per_model_settings():
     # ConvRec alone crops half its rows there (stop 37); no other budget or model crops
     assert [sample[m]["crop_prob"] for m in ("convrec", "convrec_attention", "sasrec")] == [0.5, 0.0, 0.0]
     assert all(budget_settings(b, m, "games")["crop_prob"] == 0.0 for b in ("cpu", "paper") for m in sample)
+    # replacing the items before the last is measured (stop 43) and no budget's default yet
+    assert all(
+        budget_settings(b, m, "games")["replace_before_last_prob"] == 0.0
+        for b in ("cpu", "paper", "sample")
+        for m in sample
+    )
     assert (sample["convrec_attention"]["batch_size"], sample["convrec_attention"]["lr"]) == (128, 3e-3)
     # only ConvRec's window is searched, and only under the sample budget
     assert sample["convrec"]["max_len_choices"] == [2, 5, 10, 20]

@@ -234,6 +234,7 @@ def train_config(s: dict) -> TrainConfig:
         n_negatives=s["n_negatives"],
         augment_prob=s["augment_prob"],
         crop_prob=s["crop_prob"],
+        replace_before_last_prob=s["replace_before_last_prob"],
         negative_power=s["negative_power"],
         label_smoothing=s["label_smoothing"],
         embedding_lr_scale=s["embedding_lr_scale"],
