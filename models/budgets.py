@@ -66,8 +66,7 @@ PAPER_DEFAULTS = {
     "loss": "softmax", "n_negatives": 100, "adam_beta2": 0.999, "time_budget_min": 0.0, "ema_decay": 0.0,
     "crop_prob": 0.0, "replace_before_last_prob": 0.0, "valid_protocol": "sampled_100", "max_len_choices": [],
     "max_len_search_epochs": 1, "residual_pool": "avg", "embedding_lr_scale": 1.0, "max_validation_scores": 0,
-    "warmup_epochs": 0.0,
-    "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": 0.0,
+    "warmup_epochs": 0.0, "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": 0.0,
 }  # fmt: skip
 # Kang & McAuley's SASRec settings (their paper and code), whatever the budget's other models use.
 SASREC_PAPER = {"d": 50, "max_len": 50, "dropout": 0.5, "lr": 1e-3, "batch_size": 128, "adam_beta2": 0.98,
@@ -87,8 +86,7 @@ CPU_COMMON = {
     "patience": 3, "num_threads": 0, "time_budget_min": 60.0, "adam_beta2": 0.98, "weight_decay": 0.0,
     "augment_prob": 0.0, "crop_prob": 0.0, "replace_before_last_prob": 0.0, "ema_decay": 0.0,
     "valid_protocol": "sampled_100", "max_len_choices": [], "max_len_search_epochs": 1, "residual_pool": "avg",
-    "embedding_lr_scale": "auto",
-    "max_validation_scores": MAX_VALIDATION_SCORES, "large_catalogue": CPU_LARGE_CATALOGUE,
+    "embedding_lr_scale": "auto", "max_validation_scores": MAX_VALIDATION_SCORES, "large_catalogue": CPU_LARGE_CATALOGUE,
     "warmup_epochs": 0.0, "label_smoothing": 0.0, "attribute_loss": 0.0, "popularity_adjustment": "auto",
 }  # fmt: skip
 # popularity_adjustment "auto": after training, every model's scores less tau x log(1 + training count), tau fitted

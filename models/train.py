@@ -17,7 +17,7 @@ which scores the positive against every item; under ``loss="shared_softmax"`` on
 ``n_negatives`` items per batch, shared by its rows (a full softmax's cheap stand-in on big catalogues).
 1 % of input items are replaced by random items (``augment_prob``); ``crop_prob`` cuts that share of
 rows to a random recent part of their history, and ``replace_before_last_prob`` replaces that share of the
-history items before the last by random items (rows of position-wise models are never cut or replaced so).
+items before each row's last by random items (rows of position-wise models are never cut or replaced so).
 Adam(W) with ``adam_beta2``, optional linear warm-up and cosine decay. With ``ema_decay`` set (a decay, or ``"auto"``: about one
 epoch of steps, ``auto_ema_decay``) an exponential moving average of the
 weights (``torch.optim.swa_utils.AveragedModel``) is what validation scores and what the run keeps.

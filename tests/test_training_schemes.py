@@ -42,11 +42,16 @@ def test_all_cuts_lists_every_training_row_but_each_users_first(ids_only):
     assert (rows >= data.user_ptr[owners] + 1).all() and (rows < data.user_ptr[owners + 1]).all()
 
 
-def test_crop_keeps_a_random_recent_part_of_each_history(ids_only):
-    data = ids_only
+def _every_cut(data):
+    """(owners, target rows, one dummy candidate per row, the un-augmented L-12 histories) of every cut."""
     owners, rows = all_cuts(data, training_users(data))
     cands = np.zeros((len(rows), 1), np.int64)
-    full = make_batch(data, owners, rows, 12, cands).items.numpy()
+    return owners, rows, cands, make_batch(data, owners, rows, 12, cands).items.numpy()
+
+
+def test_crop_keeps_a_random_recent_part_of_each_history(ids_only):
+    data = ids_only
+    owners, rows, cands, full = _every_cut(data)
     rng = np.random.default_rng(0)
     assert (make_batch(data, owners, rows, 12, cands, rng=rng, crop_prob=0.0).items.numpy() == full).all()
     cropped = make_batch(data, owners, rows, 12, cands, rng=rng, crop_prob=0.5).items.numpy()
@@ -63,9 +68,7 @@ def test_crop_keeps_a_random_recent_part_of_each_history(ids_only):
 
 def test_replace_before_last_keeps_the_last_item_and_the_padding(ids_only):
     data = ids_only
-    owners, rows = all_cuts(data, training_users(data))
-    cands = np.zeros((len(rows), 1), np.int64)
-    full = make_batch(data, owners, rows, 12, cands).items.numpy()
+    owners, rows, cands, full = _every_cut(data)
     rng = np.random.default_rng(0)
     same = make_batch(data, owners, rows, 12, cands, rng=rng, replace_before_last_prob=0.0).items.numpy()
     assert (same == full).all()
