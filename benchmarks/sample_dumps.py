@@ -168,9 +168,28 @@ def summarize(rows: list[dict], against: list[dict] | None) -> dict:
                 "valid_and_test": round(statistics.mean(both), 4),
                 "valid_and_test_up": f"{sum(x > 0 for x in both)} of {len(both)}",
                 "test_full_up": f"{sum(x > 0 for x in diffs['test_full'])} of {len(diffs['test_full'])}",
+                "over_dumps": _change_over_dumps(pairs),
             }
         summary["against_reference"] = change
     return summary
+
+
+def _change_over_dumps(pairs: list[tuple[dict, dict]]) -> dict:
+    """Per figure, the change's 95 % bootstrap interval and sign-flip p-value with the dump as the unit
+    (each dump's seeds averaged on both sides), as for ConvRec - SASRec."""
+    dumps = sorted({r["dump_seed"] for r, _ in pairs})
+    out = {}
+    for k in FIGURES:
+        new = np.array([statistics.mean(r[k] for r, _ in pairs if r["dump_seed"] == d) for d in dumps])
+        ref = np.array([statistics.mean(q[k] for r, q in pairs if r["dump_seed"] == d) for d in dumps])
+        test = paired_permutation_test(new, ref)
+        out[k] = {
+            "dumps_up": int((new > ref).sum()),
+            "dumps": len(dumps),
+            "ci95": [round(test["ci_low"], 4), round(test["ci_high"], 4)],
+            "p_value": round(test["p_value"], 4),
+        }
+    return out
 
 
 def combine(tags: list[str], tag: str, against: list[dict] | None) -> dict:

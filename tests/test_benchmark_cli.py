@@ -246,6 +246,10 @@ def test_sample_dumps_summary_pairs_models_per_dump_and_runs_with_their_referenc
     assert (
         change["convrec"]["valid_and_test_up"] == "3 of 6" and change["convrec"]["test_full_up"] == "0 of 3"
     )
+    # the change with the dump as the unit: valid up by .01 on each of 3 dumps, so its interval is that point
+    over_dumps = change["convrec"]["over_dumps"]
+    assert over_dumps["valid"]["dumps_up"] == 3 and over_dumps["valid"]["ci95"] == [0.01, 0.01]
+    assert over_dumps["test_full"] == {"dumps_up": 0, "dumps": 3, "ci95": [0.0, 0.0], "p_value": 1.0}
 
 
 def test_sample_row_kinds_follow_the_generator_rules_in_order():
