@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import hashlib
 
 import dagster as dg
@@ -270,6 +271,41 @@ def test_eval_negatives_table_same_for_any_chunk_size(conn):
     # the same table as the unchunked writer before row chunks (commit 13cf697) gave for this seed
     digest = hashlib.sha256(np.asarray(tables[0], dtype="<i8").tobytes()).hexdigest()
     assert digest == EVAL_NEGATIVES_TABLE_BEFORE_CHUNKS
+    assert splits.check_negatives_disjoint(conn).passed and splits.check_negative_counts(conn, 20).passed
+
+
+def test_negatives_in_user_blocks(conn):
+    users, items, eval_users, n_items = _heavy_histories()
+    draw = functools.partial(splits.sample_negatives, users, items, eval_users, n_items, 20, 5)
+    one, also_one, blocks = draw(), draw(users_per_block=400), draw(users_per_block=7)
+    assert np.array_equal(one, also_one)  # a block of all users is the sampler before blocks
+    assert not np.array_equal(one, blocks)
+    # the first block is those 7 users drawn alone; the next ones go on with the same generator
+    # rather than starting it again
+    alone = functools.partial(splits.sample_negatives, users, items, n_items=n_items, n_negatives=20, seed=5)
+    assert np.array_equal(blocks[:7], alone(eval_users=eval_users[:7]))
+    assert not np.array_equal(blocks[7:14], alone(eval_users=eval_users[7:14]))
+    assert np.array_equal(blocks, draw(users_per_block=7))  # deterministic
+    seen = set(zip(users.tolist(), items.tolist()))
+    assert not any((u, i) in seen for u, row in zip(eval_users.tolist(), blocks.tolist()) for i in row)
+    assert all(len(set(row)) == 20 for row in blocks.tolist())
+    with pytest.raises(ValueError, match="users_per_block must be >= 1"):
+        draw(users_per_block=0)
+
+    write_interactions(conn, random_rows(n_users=300, n_items=200, seed=1))
+    splits.build_sequences(conn)
+    summary = splits.build_eval_negatives(conn, n_negatives=20, seed=7, chunk_cells=100, users_per_block=13)
+    rows = conn.execute("SELECT user_idx, neg_no, item_idx FROM eval_negatives ORDER BY rowid").fetchall()
+    assert rows == sorted(rows) and len(rows) == summary["rows"]  # blocks written in (user_idx, neg_no) order
+    hist = conn.execute("SELECT user_idx, item_idx FROM sequences").fetchnumpy()
+    eval_ids = conn.execute("SELECT user_idx FROM user_index WHERE is_eval ORDER BY user_idx").fetchnumpy()
+    n_items = conn.execute("SELECT count(*) FROM item_index").fetchall()[0][0]
+    expected = splits.sample_negatives(
+        hist["user_idx"], hist["item_idx"], eval_ids["user_idx"], n_items, 20, 7, users_per_block=13
+    )
+    assert [item for _, _, item in rows] == expected.ravel().tolist()
+    distinct = conn.execute("SELECT count(DISTINCT item_idx) FROM eval_negatives").fetchall()[0][0]
+    assert summary["distinct_negative_items"] == distinct
     assert splits.check_negatives_disjoint(conn).passed and splits.check_negative_counts(conn, 20).passed
 
 

@@ -40,6 +40,10 @@ DEFAULT_N_NEGATIVES = 100
 DEFAULT_SEED = 42
 # candidates per row chunk of the negative sampling (int64 temporaries of this size: 16 MB each)
 NEGATIVES_CHUNK_CELLS = 2_000_000
+# evaluated users per block of the negative sampling: a block runs all its rounds before the next, so one
+# block's negatives are held at a time (100 MB as int32 at 100 each). Up to this many users there is one
+# block and the negatives are those drawn before blocks came in (every benchmark file here has < 100k).
+NEGATIVES_USERS_PER_BLOCK = 250_000
 
 # Numeric ids (benchmark files) sort numerically, others by string; both orders are deterministic.
 _ID_ORDER = "TRY_CAST({col} AS BIGINT) NULLS LAST, {col}"
@@ -187,8 +191,42 @@ def sample_negatives(
     max_block: int = 20_000_000,
     chunk_cells: int = NEGATIVES_CHUNK_CELLS,
     dtype: type = np.int64,
+    users_per_block: int = NEGATIVES_USERS_PER_BLOCK,
 ) -> np.ndarray:
-    """(len(eval_users), n_negatives) distinct items in 1..n_items outside each user's history.
+    """(len(eval_users), n_negatives) distinct items in 1..n_items outside each user's history: the
+    blocks of ``iter_negatives`` stacked (see there)."""
+    blocks = list(
+        iter_negatives(
+            hist_users,
+            hist_items,
+            eval_users,
+            n_items,
+            n_negatives,
+            seed,
+            max_block=max_block,
+            chunk_cells=chunk_cells,
+            dtype=dtype,
+            users_per_block=users_per_block,
+        )
+    )
+    return np.concatenate(blocks) if blocks else np.zeros((0, n_negatives), dtype=dtype)
+
+
+def iter_negatives(
+    hist_users: np.ndarray,
+    hist_items: np.ndarray,
+    eval_users: np.ndarray,
+    n_items: int,
+    n_negatives: int,
+    seed: int,
+    max_block: int = 20_000_000,
+    chunk_cells: int = NEGATIVES_CHUNK_CELLS,
+    dtype: type = np.int64,
+    users_per_block: int = NEGATIVES_USERS_PER_BLOCK,
+) -> Iterator[np.ndarray]:
+    """Distinct items in 1..n_items outside each user's history, ``n_negatives`` per user of
+    ``eval_users``, yielded as (block users, n_negatives) arrays of ``users_per_block`` users in
+    ``eval_users`` order.
 
     Rejection sampling, vectorised over users: each round draws a (pending users x m) block of
     uniform candidates, with m about enough to finish (scaled by the share of items the user has not
@@ -198,18 +236,23 @@ def sample_negatives(
     sample without replacement from the items the user never interacted with. Deterministic for a
     given input and seed.
 
-    Memory: a round's block is drawn and filtered in row chunks of about ``chunk_cells`` candidates
-    (a few bytes x 8 temporaries each), so the working memory does not grow with the number of
-    users. The chunks draw from the generator in row order, which gives the same numbers as drawing
-    the whole block at once, so the negatives do not depend on ``chunk_cells``. The result (``dtype``,
-    int32 is enough below 2**31 items) is the only array that grows with the users.
+    Memory: a round is drawn and filtered in row chunks of about ``chunk_cells`` candidates (a few
+    bytes x 8 temporaries each), and the chunks draw from the generator in row order, which gives the
+    same numbers as drawing the whole round at once, so the negatives do not depend on
+    ``chunk_cells``. A block of users runs all its rounds before the next block starts, from the same
+    generator, so only one block's negatives (``dtype``; int32 is enough below 2**31 items) are held
+    at a time; with at most ``users_per_block`` users there is one block, and the negatives are those
+    drawn before blocks came in. The checks on the request and the history's keys run before the first
+    block is asked for, so a request that cannot be met fails here, not inside a consumer.
     """
     eval_users = np.asarray(eval_users, dtype=np.int64)
-    n_users = len(eval_users)
-    if n_users == 0:
-        return np.zeros((0, n_negatives), dtype=dtype)
+    if users_per_block < 1:
+        raise ValueError(f"users_per_block must be >= 1, got {users_per_block}")
+    if len(eval_users) == 0:
+        return iter(())
     base = np.int64(n_items + 1)
-    hist_keys = np.unique(np.asarray(hist_users, np.int64) * base + np.asarray(hist_items, np.int64))
+    hist_keys = _history_keys(hist_users, hist_items, base)
+    del hist_users, hist_items  # only the keys are needed from here: a caller that drops its copy frees it
     seen = np.bincount(hist_keys // base, minlength=int(eval_users.max()) + 1)[eval_users]
     free = n_items - seen
     short = np.flatnonzero(free < n_negatives)
@@ -220,6 +263,84 @@ def sample_negatives(
             "affected). Lower n_negatives or use a larger catalogue."
         )
     rng = np.random.default_rng(seed)
+    return _blocks(
+        rng,
+        eval_users,
+        free,
+        hist_keys,
+        base,
+        n_items,
+        n_negatives,
+        users_per_block,
+        max_block,
+        chunk_cells,
+        dtype,
+    )
+
+
+def _blocks(
+    rng: np.random.Generator,
+    eval_users: np.ndarray,
+    free: np.ndarray,
+    hist_keys: np.ndarray,
+    base: np.int64,
+    n_items: int,
+    n_negatives: int,
+    users_per_block: int,
+    max_block: int,
+    chunk_cells: int,
+    dtype: type,
+) -> Iterator[np.ndarray]:
+    """``iter_negatives``'s blocks in order; the history's keys are let go before the last is yielded
+    (its consumer, DuckDB's write, is then at its largest)."""
+    for lo in range(0, len(eval_users), users_per_block):
+        hi = lo + users_per_block
+        block = _sample_block(
+            rng,
+            eval_users[lo:hi],
+            free[lo:hi],
+            hist_keys,
+            base,
+            n_items,
+            n_negatives,
+            max_block,
+            chunk_cells,
+            dtype,
+        )
+        if hi >= len(eval_users):
+            del hist_keys
+        yield block
+
+
+def _history_keys(hist_users: np.ndarray, hist_items: np.ndarray, base: np.int64) -> np.ndarray:
+    """The sorted distinct user x base + item keys of the history, built in place: at 20M rows two
+    160 MB int64 arrays at the peak, where np.unique over a fresh product holds about four."""
+    keys = np.asarray(hist_users).astype(np.int64)
+    keys *= base
+    keys += np.asarray(hist_items)
+    keys.sort()
+    if len(keys) < 2:
+        return keys
+    first = np.empty(len(keys), dtype=bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return keys[first]
+
+
+def _sample_block(
+    rng: np.random.Generator,
+    eval_users: np.ndarray,
+    free: np.ndarray,
+    hist_keys: np.ndarray,
+    base: np.int64,
+    n_items: int,
+    n_negatives: int,
+    max_block: int,
+    chunk_cells: int,
+    dtype: type,
+) -> np.ndarray:
+    """Every rejection round of ``iter_negatives`` for one block of users."""
+    n_users = len(eval_users)
     accepted = np.zeros((n_users, n_negatives), dtype)  # 0 = not yet drawn
     have = np.zeros(n_users, np.int64)
     pending = np.arange(n_users)
@@ -287,11 +408,14 @@ def build_eval_negatives(
     n_negatives: int = DEFAULT_N_NEGATIVES,
     seed: int = DEFAULT_SEED,
     chunk_cells: int = NEGATIVES_CHUNK_CELLS,
+    users_per_block: int = NEGATIVES_USERS_PER_BLOCK,
 ) -> dict:
     """Write ``eval_negatives`` for every evaluated user; return a summary.
 
     The table is written in one statement from a stream of Arrow batches of about ``chunk_cells``
-    rows, in (user_idx, neg_no) order, so no second copy of all rows is built in Python.
+    rows, in (user_idx, neg_no) order. The batches are cut from ``iter_negatives``'s blocks as DuckDB
+    asks for them, so only the history's keys and one block of negatives are held in Python: at 2.5M
+    users the whole (users x 100) int32 array would be 1 GB.
     """
     _require(conn, "sequences", "sequences")
     if n_negatives < 1:
@@ -301,31 +425,37 @@ def build_eval_negatives(
         "user_idx"
     ]
     n_items = int(conn.execute("SELECT count(*) FROM item_index").fetchall()[0][0])
-    negs = sample_negatives(
-        hist["user_idx"],
-        hist["item_idx"],
+    blocks = iter_negatives(
+        hist.pop("user_idx"),
+        hist.pop("item_idx"),
         eval_users,
         n_items,
         n_negatives,
         seed,
         chunk_cells=chunk_cells,
         dtype=np.int32,
+        users_per_block=users_per_block,
     )
-    del hist
     schema = pa.schema([("user_idx", pa.int32()), ("neg_no", pa.int16()), ("item_idx", pa.int32())])
     users_per_batch = max(1, int(chunk_cells) // n_negatives)
+    present = np.zeros(n_items + 1, dtype=bool)  # the distinct negative items, marked batch by batch
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for lo in range(0, len(eval_users), users_per_batch):
-            users = eval_users[lo : lo + users_per_batch].astype(np.int32)
-            yield pa.record_batch(
-                [
-                    pa.array(np.repeat(users, n_negatives)),
-                    pa.array(np.tile(np.arange(n_negatives, dtype=np.int16), len(users))),
-                    pa.array(negs[lo : lo + users_per_batch].reshape(-1)),
-                ],
-                schema=schema,
-            )
+        start = 0
+        for block in blocks:
+            for lo in range(0, len(block), users_per_batch):
+                negs = block[lo : lo + users_per_batch]
+                users = eval_users[start + lo : start + lo + len(negs)].astype(np.int32)
+                present[negs.ravel()] = True
+                yield pa.record_batch(
+                    [
+                        pa.array(np.repeat(users, n_negatives)),
+                        pa.array(np.tile(np.arange(n_negatives, dtype=np.int16), len(users))),
+                        pa.array(negs.reshape(-1)),
+                    ],
+                    schema=schema,
+                )
+            start += len(block)
 
     conn.register("_negatives_arrow", pa.RecordBatchReader.from_batches(schema, batches()))
     try:
@@ -342,18 +472,9 @@ def build_eval_negatives(
         "evaluated_users": int(len(eval_users)),
         "n_negatives": int(n_negatives),
         "seed": int(seed),
-        "rows": int(negs.size),
-        "distinct_negative_items": _distinct_items(negs, n_items, users_per_batch),
+        "rows": int(len(eval_users) * n_negatives),
+        "distinct_negative_items": int(np.count_nonzero(present[1:])),
     }
-
-
-def _distinct_items(negs: np.ndarray, n_items: int, rows_per_chunk: int) -> int:
-    """How many distinct items ``negs`` holds, in row chunks: ``np.bincount`` of all of it at once
-    would first copy it to int64 (2 GB for 2.5M users x 100 negatives)."""
-    present = np.zeros(n_items + 1, dtype=bool)
-    for lo in range(0, len(negs), rows_per_chunk):
-        present[negs[lo : lo + rows_per_chunk].ravel()] = True
-    return int(np.count_nonzero(present))
 
 
 # --------------------------------------------------------------------------------------- proxy ids
