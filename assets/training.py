@@ -49,7 +49,8 @@ class TrainingConfig(dg.Config):
     share of history items replaced by random items; ``crop_prob``: share of training rows cut to a
     random recent part of their history; ``replace_before_last_prob``: share of the history items before
     the last replaced by random items, the last kept (ConvRec-style rows only; all three training-only
-    augmentations; None: the budget's: ``crop_prob`` .5 for ConvRec under ``sample``, else 0). ``negative_power``
+    augmentations; None: the budget's: ``crop_prob`` .5 and ``replace_before_last_prob`` .6 for ConvRec
+    under ``sample``, else 0). ``negative_power``
     (``shared_softmax`` only): draw the shared negatives ∝ training count ** this (0: uniform).
     ``label_smoothing``: the softmax losses put 1 - this on the positive and spread this over the
     candidates (0: off; None: the budget's, .1 where its warm-up is 1 epoch, else 0).

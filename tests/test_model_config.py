@@ -50,9 +50,10 @@ def test_settings_become_typed_configs_and_the_config_hash_changes_only_with_wha
     # dropout .2, 3 epochs, no weight average, 100 negatives, tables at lr x 1, batch 128 at lr 3e-3, no weight
     # decay: the sample budget's values when the hash below was pinned (since then it trains ConvRec without
     # dropout, with the average, over 10 epochs and 256 negatives, its N(0, 1) tables at lr x 50, and in batches
-    # of 32 at lr 1e-3 with weight decay .1, and crops half its rows)
+    # of 32 at lr 1e-3 with weight decay .1, crops half its rows and replaces the items before the last)
     pinned = {
         "crop_prob": 0.0,
+        "replace_before_last_prob": 0.0,
         "batch_size": 128,
         "lr": 3e-3,
         "weight_decay": 0.0,

@@ -352,10 +352,15 @@ def test_budgets_auto_and_per_model_settings():
     # ConvRec alone crops half its rows there (stop 37); no other budget or model crops
     assert [sample[m]["crop_prob"] for m in ("convrec", "convrec_attention", "sasrec")] == [0.5, 0.0, 0.0]
     assert all(budget_settings(b, m, "games")["crop_prob"] == 0.0 for b in ("cpu", "paper") for m in sample)
-    # replacing the items before the last is measured (stop 43) and no budget's default yet
+    # ConvRec alone replaces the items before the last there (stop 44); no other budget or model does
+    assert [sample[m]["replace_before_last_prob"] for m in ("convrec", "convrec_attention", "sasrec")] == [
+        0.6,
+        0.0,
+        0.0,
+    ]
     assert all(
         budget_settings(b, m, "games")["replace_before_last_prob"] == 0.0
-        for b in ("cpu", "paper", "sample")
+        for b in ("cpu", "paper")
         for m in sample
     )
     assert (sample["convrec_attention"]["batch_size"], sample["convrec_attention"]["lr"]) == (128, 3e-3)
