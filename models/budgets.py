@@ -193,7 +193,8 @@ SAMPLE_SASREC = {"max_epochs": 15, "patience": 5, "loss": "full_softmax", "batch
 # is unrelated to the target, which its kernel-2 window at L 2 mixes in. Chosen on dumps 6-17 (stop 43) and
 # confirmed, under a rule written before the run, on dumps 18-29 that chose nothing: test full ranking +.0049
 # [.0028, .0070] (11 of 12 dumps up), sampled +.0007, validation -.0013; ConvRec - SASRec in full ranking
-# -.0039 -> +.0010 [-.0017, .0036] there (BENCHMARKS.md, "Stop 44").
+# -.0039 -> +.0010 [-.0017, .0036] there, and -.0046 -> -.0008 over all 30 dumps run, where sampled validation
+# gives up .0018 (BENCHMARKS.md, "Stop 44").
 SAMPLE_CONVREC = {
     "batch_size": 32,
     "lr": 1e-3,
