@@ -188,28 +188,14 @@ def sample_negatives(
     n_items: int,
     n_negatives: int,
     seed: int,
-    max_block: int = 20_000_000,
-    chunk_cells: int = NEGATIVES_CHUNK_CELLS,
-    dtype: type = np.int64,
-    users_per_block: int = NEGATIVES_USERS_PER_BLOCK,
+    **options,
 ) -> np.ndarray:
     """(len(eval_users), n_negatives) distinct items in 1..n_items outside each user's history: the
-    blocks of ``iter_negatives`` stacked (see there)."""
-    blocks = list(
-        iter_negatives(
-            hist_users,
-            hist_items,
-            eval_users,
-            n_items,
-            n_negatives,
-            seed,
-            max_block=max_block,
-            chunk_cells=chunk_cells,
-            dtype=dtype,
-            users_per_block=users_per_block,
-        )
+    blocks of ``iter_negatives`` stacked (``options``: its keyword arguments)."""
+    blocks = list(iter_negatives(hist_users, hist_items, eval_users, n_items, n_negatives, seed, **options))
+    return (
+        np.concatenate(blocks) if blocks else np.zeros((0, n_negatives), dtype=options.get("dtype", np.int64))
     )
-    return np.concatenate(blocks) if blocks else np.zeros((0, n_negatives), dtype=dtype)
 
 
 def iter_negatives(
@@ -291,25 +277,27 @@ def _blocks(
     chunk_cells: int,
     dtype: type,
 ) -> Iterator[np.ndarray]:
-    """``iter_negatives``'s blocks in order; the history's keys are let go before the last is yielded
-    (its consumer, DuckDB's write, is then at its largest)."""
-    for lo in range(0, len(eval_users), users_per_block):
-        hi = lo + users_per_block
-        block = _sample_block(
-            rng,
-            eval_users[lo:hi],
-            free[lo:hi],
-            hist_keys,
-            base,
-            n_items,
-            n_negatives,
-            max_block,
-            chunk_cells,
-            dtype,
-        )
-        if hi >= len(eval_users):
+    """``iter_negatives``'s blocks in order, each after all its rejection rounds; the history's keys are
+    let go before the last is yielded (its consumer, DuckDB's write, is then at its largest)."""
+    for start in range(0, len(eval_users), users_per_block):
+        users, users_free = eval_users[start : start + users_per_block], free[start : start + users_per_block]
+        accepted = np.zeros((len(users), n_negatives), dtype)  # 0 = not yet drawn
+        have = np.zeros(len(users), np.int64)
+        pending = np.arange(len(users))
+        while len(pending):
+            want = (
+                np.ceil((n_negatives - have[pending]) * n_items / users_free[pending] * 1.05).astype(np.int64)
+                + 4
+            )
+            m = int(min(want.max(), max(np.median(want), max_block // len(pending))))
+            rows_per_chunk = max(1, int(chunk_cells) // (m + n_negatives))
+            for lo in range(0, len(pending), rows_per_chunk):
+                rows = pending[lo : lo + rows_per_chunk]
+                _accept_chunk(rng, rows, m, accepted, have, users, hist_keys, base, n_items)
+            pending = pending[have[pending] < n_negatives]
+        if start + users_per_block >= len(eval_users):
             del hist_keys
-        yield block
+        yield accepted
 
 
 def _history_keys(hist_users: np.ndarray, hist_items: np.ndarray, base: np.int64) -> np.ndarray:
@@ -325,43 +313,6 @@ def _history_keys(hist_users: np.ndarray, hist_items: np.ndarray, base: np.int64
     first[0] = True
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
     return keys[first]
-
-
-def _sample_block(
-    rng: np.random.Generator,
-    eval_users: np.ndarray,
-    free: np.ndarray,
-    hist_keys: np.ndarray,
-    base: np.int64,
-    n_items: int,
-    n_negatives: int,
-    max_block: int,
-    chunk_cells: int,
-    dtype: type,
-) -> np.ndarray:
-    """Every rejection round of ``iter_negatives`` for one block of users."""
-    n_users = len(eval_users)
-    accepted = np.zeros((n_users, n_negatives), dtype)  # 0 = not yet drawn
-    have = np.zeros(n_users, np.int64)
-    pending = np.arange(n_users)
-    while len(pending):
-        want = np.ceil((n_negatives - have[pending]) * n_items / free[pending] * 1.05).astype(np.int64) + 4
-        m = int(min(want.max(), max(np.median(want), max_block // len(pending))))
-        rows_per_chunk = max(1, int(chunk_cells) // (m + n_negatives))
-        for lo in range(0, len(pending), rows_per_chunk):
-            _accept_chunk(
-                rng,
-                pending[lo : lo + rows_per_chunk],
-                m,
-                accepted,
-                have,
-                eval_users,
-                hist_keys,
-                base,
-                n_items,
-            )
-        pending = pending[have[pending] < n_negatives]
-    return accepted
 
 
 def _accept_chunk(
