@@ -1,0 +1,4 @@
+#!/bin/bash
+# Stop 44: the cpu budget's ConvRec on Beauty (seed 42, as stop 42's pipeline run) with replace_before_last_prob .3
+cd /work/main
+PYTHONPATH=/work/main nohup .venv/bin/python -m benchmarks.convergence --dataset beauty --model convrec --scheme all_cuts --loss full_softmax --emb-init-std 0.02 --proxy-min-count 1 --max-epochs 40 --patience 3 --ema-decay auto --valid-protocol full --batch-size 1024 --weight-decay 0.5 --threads 2 --residual-pool last --max-len 20 --augment-prob 0.0 --time-budget-min 60 --d 256 --hidden 512 --dropout 0.2 --warmup-epochs 1 --lr 2e-3 --label-smoothing 0.1 --replace-before-last-prob 0.3 --seed 42 --home /tmp/s44/beauty_home --checkpoint-dir /tmp/s44/ckpt_swap03 --out /tmp/s44/runs/beauty_convrec_budget_prev_swap03_seed42.json > /tmp/s44/beauty_swap03.log 2>&1
