@@ -95,6 +95,24 @@ def write_json(result: dict, out: str | Path) -> Path:
     return out
 
 
+def run_with_rss_trace(
+    cmd: list[str], interval: float = 0.5, **popen
+) -> tuple[int, list[tuple[float, float]], float]:
+    """Run ``cmd`` (``popen``: keyword arguments of ``subprocess.Popen``) and sample its resident memory
+    (``VmRSS``) every ``interval`` seconds until it exits: (exit code, [(seconds, MB)], wall seconds)."""
+    proc = subprocess.Popen(cmd, **popen)
+    t0, trace = time.perf_counter(), []
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+            trace.append((round(time.perf_counter() - t0, 1), round(rss_kb / 1024, 1)))
+        except (OSError, StopIteration):  # the process is exiting
+            pass
+        time.sleep(interval)
+    return proc.returncode, trace, round(time.perf_counter() - t0, 2)
+
+
 class PeakRSS:
     """Peak resident set size of this process above a baseline, in bytes.
 

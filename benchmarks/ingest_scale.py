@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import run_with_rss_trace
+
 STAGES = ("reviews", "reviews_threads1", "interactions", "sequences", "eval_negatives")
 TARGET_RSS_BYTES = 2 * 1024**3
 TARGET_LINES_PER_S = 300_000
@@ -215,27 +217,9 @@ def _measure(stage: str, home: Path, raw_dir: Path, memory_limit: str, threads: 
         "--result",
         str(result),
     ]
-    log = open(home / f"_{stage}.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    t0 = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
-    trace = []
-    while True:
-        pid, status = os.waitpid(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        try:
-            rss = next(
-                int(line.split()[1])
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                if line.startswith("VmRSS:")
-            )
-            trace.append((round(time.perf_counter() - t0, 1), round(rss / 1024, 1)))
-        except (OSError, StopIteration):
-            pass
-        time.sleep(0.5)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    log.close()
+    with open(home / f"_{stage}.log", "wb") as log:
+        exit_code, trace, wall_s = run_with_rss_trace(cmd, stdout=log, stderr=subprocess.STDOUT)
     out = (
         json.loads(result.read_text())
         if result.exists()
@@ -247,8 +231,8 @@ def _measure(stage: str, home: Path, raw_dir: Path, memory_limit: str, threads: 
     )
     out.update(
         {
-            "exit_code": proc.returncode,
-            "wall_s": round(time.perf_counter() - t0, 2),
+            "exit_code": exit_code,
+            "wall_s": wall_s,
             "load_average_1_5_15_at_start": load_start,
             "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
             "peak_rss_sampled_mb": max((y for _, y in trace), default=0.0),

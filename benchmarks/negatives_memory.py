@@ -20,13 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, HelpFormatter, machine_info, write_json
+from benchmarks.common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    HelpFormatter,
+    machine_info,
+    run_with_rss_trace,
+    write_json,
+)
 
 CHILD = """
 import inspect, json, sys, time
@@ -92,22 +98,13 @@ def measure(db: Path, root: Path, kwargs: dict, memory_limit: str, threads: int)
     env = {**os.environ, "PYTHONPATH": str(root)}
     cmd = [sys.executable, "-c", CHILD, str(db), memory_limit, str(threads), json.dumps(kwargs)]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=root)
-        t0, trace = time.perf_counter(), []
-        while proc.poll() is None:
-            try:
-                status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-                trace.append((round(time.perf_counter() - t0, 1), round(rss / 1024, 1)))
-            except (OSError, StopIteration):
-                pass
-            time.sleep(0.5)
+        code, trace, wall = run_with_rss_trace(cmd, stdout=out, stderr=err, env=env, cwd=root)
         out.seek(0)
         err.seek(0)
-        if proc.returncode:
+        if code:
             raise SystemExit(f"variant at {root} failed:\n{err.read().decode(errors='replace')[-3000:]}")
         result = json.loads(out.read().decode().strip().splitlines()[-1])
-    return {**result, "wall_s": round(time.perf_counter() - t0, 1), "rss_trace_mb": trace}
+    return {**result, "wall_s": round(wall, 1), "rss_trace_mb": trace}
 
 
 def plot(runs: dict, title: str, path: Path) -> None:

@@ -46,6 +46,17 @@ def test_help_formatter_keeps_real_defaults():
     assert text.count("(default:") == 2  # 40 and the home's own words
 
 
+def test_rss_trace_follows_a_child_process_and_passes_its_exit_code_through():
+    """``common.run_with_rss_trace`` (ingest_scale and negatives_memory): a child that holds ~80 MB."""
+    from benchmarks.common import run_with_rss_trace
+
+    child = "import time; block = bytearray(80 * 2**20); time.sleep(1.5); raise SystemExit(3)"
+    code, trace, wall = run_with_rss_trace([sys.executable, "-c", child], interval=0.1)
+    assert code == 3 and wall >= 1.5
+    assert len(trace) >= 5 and max(mb for _, mb in trace) > 80
+    assert [t for t, _ in trace] == sorted(t for t, _ in trace)
+
+
 def test_curves_add_a_full_ranking_panel_only_for_runs_that_logged_it(tmp_path, monkeypatch):
     """``benchmarks.curves``: one panel of sampled validation curves; a second beside it once a run
     logged full-ranking validation (``--valid-protocol full``)."""
