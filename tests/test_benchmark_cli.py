@@ -396,3 +396,54 @@ def test_sample_catalog_reads_the_dump_of_its_generator_seed():
     assert (mine["subcategory"][1:] >= 0).all() and (mine["successor"][1:] > 0).all()
     assert mine["subcategory"][0] == -1
     assert (sample_catalog(data)["subcategory"][1:] == -1).mean() > 0.9  # the embedded sample's catalogue
+
+
+def test_ensemble_ranks_each_member_as_evaluation_does_and_the_pair_by_its_mean_score(one_torch_thread):
+    """``benchmarks.ensemble``: scored once per member in lockstep, a member alone ranks exactly as
+    ``rank_eval_users`` ranks it, and a pair as a model whose scores are the mean of the two."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from benchmarks.ensemble import ranks_per_subset
+    from models.base import SequentialRecommender
+    from models.evaluate import rank_eval_users
+    from models.registry import build_model
+    from models.synthetic import chain_data
+
+    data = chain_data(n_users=60, n_items=40, min_len=4, max_len=12, seed=3, with_time=False)
+    hparams = {"d": 16, "max_len": 5, "dropout": 0.0, "loss": "full_softmax", "residual_pool": "last"}
+    members = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members[f"s{seed}"] = build_model("convrec", data, hparams).eval()
+
+    class Mean(SequentialRecommender):
+        def __init__(self, parts):
+            super().__init__(parts[0].n_items, parts[0].max_len)
+            self.parts = torch.nn.ModuleList(parts)
+
+        def predict(self, batch):
+            return torch.stack([p.predict(batch) for p in self.parts]).mean(0)
+
+        def full_sort_predict(self, batch):
+            return torch.stack([p.full_sort_predict(batch) for p in self.parts]).mean(0)
+
+        @contextlib.contextmanager
+        def item_table_for_eval(self):
+            with members["s0"].item_table_for_eval(), members["s1"].item_table_for_eval():
+                yield
+
+    subsets = [("s0",), ("s1",), ("s0", "s1")]
+    for protocol in ("full", "sampled_100"):
+        got = ranks_per_subset(members, data, "test", protocol, subsets)
+        want = {
+            ("s0",): rank_eval_users(members["s0"], data, "test", protocol, "cpu")[1:],
+            ("s1",): rank_eval_users(members["s1"], data, "test", protocol, "cpu")[1:],
+            ("s0", "s1"): rank_eval_users(Mean(list(members.values())), data, "test", protocol, "cpu")[1:],
+        }
+        for subset in subsets:
+            assert all(np.array_equal(g, w) for g, w in zip(got[subset], want[subset])), (protocol, subset)
+        assert not np.array_equal(got[("s0",)][0], got[("s1",)][0])  # two different members
+        assert not np.array_equal(got[("s0", "s1")][0], got[("s0",)][0])

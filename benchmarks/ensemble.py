@@ -1,0 +1,128 @@
+"""What ranking by the mean of several trained models' scores buys: every member alone and every
+ensemble of ``--size`` of them, on validation and test, under both protocols.
+
+    python -m benchmarks.ensemble --home /tmp/s45/beauty_home \\
+        --checkpoint seed42=/tmp/ckpt42/best.pt --checkpoint seed0=/tmp/ckpt0/best.pt --out ensemble.json
+
+The checkpoints are ``best.pt`` files of ``benchmarks.convergence --checkpoint-dir`` (or of the pipeline)
+trained on the prepared data in ``--home``. An ensemble ranks by the mean of its members' scores (each
+with its own popularity adjustment), exactly as ``models.evaluate`` ranks one model (full ranking masks
+the history). Each batch of users is scored once per member, and every ensemble's ranks come from those
+scores. The members are independently trained copies of one model (different seeds): a deep ensemble.
+Not a pipeline setting: a measurement of what a second model, trained beside the first on the other
+core, would buy. The JSON holds, per model or ensemble, split and protocol: HR@10 and NDCG@10 with 95 % bootstrap
+intervals; and for every ensemble, its per-user NDCG@10 against each member's (a paired permutation test),
+on test under full ranking and sampled-100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RESULTS_DIR, HelpFormatter, machine_info, write_json
+
+SPLITS = ("valid", "test")
+PROTOCOLS = ("full", "sampled_100")
+
+
+def ranks_per_subset(members: dict, data, split: str, protocol: str, subsets: list[tuple[str, ...]]) -> dict:
+    """(n_greater, n_equal) per evaluated user for every subset of ``members`` (name -> model): the ranks
+    of the mean of the subset's scores (``predict`` / ``full_sort_predict``), as ``rank_eval_users`` ranks."""
+    import torch
+
+    from models.evaluate import rank_counts, scored_eval_batches
+
+    device = torch.device("cpu")
+    names = list(members)
+    counts = {s: ([], []) for s in subsets}
+    with contextlib.ExitStack() as stack:
+        for model in members.values():
+            model.eval()
+            stack.enter_context(model.item_table_for_eval())
+        streams = [scored_eval_batches(members[n], data, split, protocol, device) for n in names]
+        for parts in zip(*streams):
+            scores = dict(zip(names, (p[0] for p in parts)))
+            items, not_counted = parts[0][1], parts[0][2]
+            for subset in subsets:
+                mean = torch.stack([scores[n] for n in subset]).mean(0)
+                above, tied = rank_counts(mean, items, not_counted)
+                counts[subset][0].append(above)
+                counts[subset][1].append(tied)
+    return {
+        s: (torch.cat(g).numpy().astype(np.int64), torch.cat(e).numpy().astype(np.int64))
+        for s, (g, e) in counts.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ensemble",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--home", required=True, help="CONVREC_HOME of the prepared data the models trained on"
+    )
+    parser.add_argument(
+        "--checkpoint", action="append", required=True, metavar="NAME=PATH", help="a member (at least two)"
+    )
+    parser.add_argument("--size", type=int, default=2, help="members per ensemble (every combination)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "ensemble.json"))
+    args = parser.parse_args(argv)
+    members_arg = dict(c.split("=", 1) for c in args.checkpoint)
+    if len(members_arg) < 2 or not 2 <= args.size <= len(members_arg):
+        parser.error("give at least two checkpoints and --size between 2 and their number")
+
+    import duckdb
+    import torch
+
+    from convrec_dagster.data import settings
+    from convrec_dagster.data.dataset import load_rec_data
+    from models.metrics import bootstrap_ci, per_user_metrics
+    from models.registry import load_model
+    from models.significance import paired_permutation_test
+
+    torch.set_num_threads(args.threads)
+    with duckdb.connect(str(settings.duckdb_path(Path(args.home))), read_only=True) as conn:
+        data = load_rec_data(conn, features="auto")
+    members, about = {}, {}
+    for name, path in members_arg.items():
+        members[name], checkpoint = load_model(path, data, "cpu")
+        about[name] = {"path": path, "epoch": checkpoint.get("epoch"), "valid": checkpoint.get("valid")}
+    subsets = [(n,) for n in members] + list(itertools.combinations(members, args.size))
+    res = {"benchmark": "ensemble", "command": "python -m benchmarks.ensemble " + " ".join(argv or sys.argv[1:]),
+           "machine": machine_info("cpu"), "members": about, "results": {}, "ensemble_vs_member": {}}  # fmt: skip
+    per_user = {}
+    for split, protocol in itertools.product(SPLITS, PROTOCOLS):
+        for subset, (greater, equal) in ranks_per_subset(members, data, split, protocol, subsets).items():
+            metrics = per_user_metrics(greater, equal, ks=(10,))
+            per_user[subset, split, protocol] = metrics["NDCG@10"]
+            res["results"].setdefault("+".join(subset), {})[f"{split}_{protocol}"] = {
+                name: {"mean": round(float(metrics[name].mean()), 4),
+                       "ci95": [round(v, 4) for v in bootstrap_ci(metrics[name])]}
+                for name in ("HR@10", "NDCG@10")
+            }  # fmt: skip
+        print(f"{split} {protocol}: " + ", ".join(
+            f"{'+'.join(s)} {res['results']['+'.join(s)][f'{split}_{protocol}']['NDCG@10']['mean']:.4f}" for s in subsets
+        ), flush=True)  # fmt: skip
+    for subset in subsets[len(members) :]:
+        for member, protocol in itertools.product(subset, PROTOCOLS):
+            test = paired_permutation_test(
+                per_user[subset, "test", protocol], per_user[(member,), "test", protocol]
+            )
+            res["ensemble_vs_member"].setdefault("+".join(subset), {})[f"{member} test_{protocol}"] = {
+                k: round(v, 5) if isinstance(v, float) else v for k, v in test.items()
+            }
+    write_json(res, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
