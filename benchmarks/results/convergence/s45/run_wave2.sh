@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stop 45, wave 2: dropout .3 at seeds 0 (paired with stop 42's budget run at seed 0) and 1, every epoch's
+# Stop 45, wave 2 (stopped after 4 epochs, not reported: its core went to the budget at seeds 0 and 1, the members of the ensembles in wave 3): dropout .3 at seeds 0 (paired with stop 42's budget run at seed 0) and 1,
 # resume.pt kept as in wave 1. $1: the seed.
 cd /work/main
 s=$1
