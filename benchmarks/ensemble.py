@@ -60,6 +60,37 @@ def ranks_per_subset(members: dict, data, split: str, protocol: str, subsets: li
     }
 
 
+def plot(results: dict, target: float | None, path: Path) -> None:
+    """Test NDCG@10 of every member and ensemble with its 95 % interval, one panel per protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.6))
+    for ax, protocol in zip(axes, PROTOCOLS):
+        cells = [results[n][f"test_{protocol}"]["NDCG@10"] for n in names]
+        means = [c["mean"] for c in cells]
+        errors = [
+            [m - c["ci95"][0] for m, c in zip(means, cells)],
+            [c["ci95"][1] - m for m, c in zip(means, cells)],
+        ]
+        colours = ["tab:blue" if "+" in n else "tab:gray" for n in names]
+        ax.barh(names, means, xerr=errors, color=colours, capsize=3)
+        if target is not None and protocol == "full":
+            ax.axvline(target, color="tab:red", linestyle="--")
+            ax.set_title(f"dashed: the target, {target}", fontsize=9, color="tab:red")
+        ax.set_xlim(min(c["ci95"][0] for c in cells) * 0.97, max(c["ci95"][1] for c in cells) * 1.02)
+        ax.set_xlabel(f"test NDCG@10 ({protocol}), 95 % interval")
+        ax.invert_yaxis()
+    axes[1].set_yticklabels([])
+    fig.suptitle("members (gray) and ensembles, the mean of their scores (blue)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.ensemble",
@@ -74,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--size", type=int, default=2, help="members per ensemble (every combination)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "ensemble.json"))
+    parser.add_argument("--target", type=float, help="a test full-ranking NDCG@10 to draw on the plot")
+    parser.add_argument(
+        "--out", default=str(RESULTS_DIR / "ensemble.json"), help="the JSON; the plot beside it (.png)"
+    )
     args = parser.parse_args(argv)
     members_arg = dict(c.split("=", 1) for c in args.checkpoint)
     if len(members_arg) < 2 or not 2 <= args.size <= len(members_arg):
@@ -121,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
                 k: round(v, 5) if isinstance(v, float) else v for k, v in test.items()
             }
     write_json(res, args.out)
-    print(f"wrote {args.out}")
+    plot(res["results"], args.target, Path(args.out).with_suffix(".png"))
+    print(f"wrote {args.out} and its plot")
 
 
 if __name__ == "__main__":
