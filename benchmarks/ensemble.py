@@ -104,13 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpoint", action="append", required=True, metavar="NAME=PATH", help="a member (at least two)"
     )
     parser.add_argument("--size", type=int, default=2, help="members per ensemble (every combination)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--target", type=float, help="a test full-ranking NDCG@10 to draw on the plot")
     parser.add_argument(
         "--out", default=str(RESULTS_DIR / "ensemble.json"), help="the JSON; the plot beside it (.png)"
     )
     args = parser.parse_args(argv)
+    if any("=" not in c for c in args.checkpoint):
+        parser.error("each --checkpoint is NAME=PATH, for example seed42=/tmp/ckpt42/best.pt")
     members_arg = dict(c.split("=", 1) for c in args.checkpoint)
+    if len(members_arg) < len(args.checkpoint):
+        parser.error("two checkpoints share a NAME; give each its own")
     if len(members_arg) < 2 or not 2 <= args.size <= len(members_arg):
         parser.error("give at least two checkpoints and --size between 2 and their number")
 
@@ -129,7 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     members, about = {}, {}
     for name, path in members_arg.items():
         members[name], checkpoint = load_model(path, data, "cpu")
-        about[name] = {"path": path, "epoch": checkpoint.get("epoch"), "valid": checkpoint.get("valid")}
+        extra = checkpoint.get("extra") or {}
+        about[name] = {
+            "path": path,
+            "model": checkpoint["model"],
+            "epoch": extra.get("epoch"),
+            "valid": extra.get("valid"),
+        }
     subsets = [(n,) for n in members] + list(itertools.combinations(members, args.size))
     res = {"benchmark": "ensemble", "command": "python -m benchmarks.ensemble " + " ".join(argv or sys.argv[1:]),
            "machine": machine_info("cpu"), "members": about, "results": {}, "ensemble_vs_member": {}}  # fmt: skip
@@ -143,9 +153,12 @@ def main(argv: list[str] | None = None) -> None:
                        "ci95": [round(v, 4) for v in bootstrap_ci(metrics[name])]}
                 for name in ("HR@10", "NDCG@10")
             }  # fmt: skip
-        print(f"{split} {protocol}: " + ", ".join(
-            f"{'+'.join(s)} {res['results']['+'.join(s)][f'{split}_{protocol}']['NDCG@10']['mean']:.4f}" for s in subsets
-        ), flush=True)  # fmt: skip
+        cells = {
+            name: cell[f"{split}_{protocol}"]["NDCG@10"]["mean"] for name, cell in res["results"].items()
+        }
+        print(
+            f"{split} {protocol} NDCG@10: " + ", ".join(f"{n} {v:.4f}" for n, v in cells.items()), flush=True
+        )
     for subset in subsets[len(members) :]:
         for member, protocol in itertools.product(subset, PROTOCOLS):
             test = paired_permutation_test(
