@@ -122,17 +122,30 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from convrec_dagster.data import settings
-    from convrec_dagster.data.dataset import load_rec_data
+    from convrec_dagster.data.dataset import data_for_checkpoint, load_rec_data
     from models.metrics import bootstrap_ci, per_user_metrics
-    from models.registry import load_model
+    from models.registry import model_from_checkpoint
     from models.significance import paired_permutation_test
 
     torch.set_num_threads(args.threads)
-    with duckdb.connect(str(settings.duckdb_path(Path(args.home))), read_only=True) as conn:
-        data = load_rec_data(conn, features="auto")
-    members, about = {}, {}
+    loaded = {}
+
+    def load(features: str):
+        if features not in loaded:
+            with duckdb.connect(str(settings.duckdb_path(Path(args.home))), read_only=True) as conn:
+                loaded[features] = load_rec_data(conn, features=features)
+        return loaded[features]
+
+    members, about, datasets = {}, {}, {}
     for name, path in members_arg.items():
-        members[name], checkpoint = load_model(path, data, "cpu")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        data = data_for_checkpoint(load, checkpoint)  # the features it trained on, its fingerprint checked
+        if data is None:
+            parser.error(
+                f"{path} was not trained on the data in {args.home}: no loading of it has its fingerprint"
+            )
+        members[name] = model_from_checkpoint(checkpoint, data)
+        datasets[id(data)] = data
         extra = checkpoint.get("extra") or {}
         about[name] = {
             "path": path,
@@ -140,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
             "epoch": extra.get("epoch"),
             "valid": extra.get("valid"),
         }
+    if len(datasets) > 1:
+        parser.error(
+            "the members were trained on different feature sets of the data; ensemble one model's runs"
+        )
+    (data,) = datasets.values()
     subsets = [(n,) for n in members] + list(itertools.combinations(members, args.size))
     res = {"benchmark": "ensemble", "command": "python -m benchmarks.ensemble " + " ".join(argv or sys.argv[1:]),
            "machine": machine_info("cpu"), "members": about, "results": {}, "ensemble_vs_member": {}}  # fmt: skip
