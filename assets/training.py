@@ -78,7 +78,12 @@ class TrainingConfig(dg.Config):
     every step with this decay (0: off; None: the budget's; under ``cpu`` ConvRec averages over about
     one epoch of steps, at most 1,000, also across torchrun ranks).
     ``time_budget_min``: a hard cap, training stops before an epoch that would end past it (0: no
-    limit). ``resume``: continue a killed run with the same config and data. ``retrain``: train again
+    limit). ``ensemble_size``: train this many copies of the model, seeds ``seed`` .. ``seed + n - 1``, and rank by
+    the mean of their scores (``models.ensemble``); on a CPU they train side by side, one process each with the
+    threads split, each member resumable in ``<model>/member_<i>/`` (None: the budget's: 2 for ConvRec under
+    ``cpu`` with item features and no time path, where a second seed gains more than any single-model change
+    measured, BENCHMARKS.md "Stop 45"; else 1).
+    ``resume``: continue a killed run with the same config and data. ``retrain``: train again
     from scratch even when a finished model with the same config and data exists (by default it is
     reused, and the log says so). ``num_threads``: torch CPU threads (0: torch's default;
     per rank under torchrun). ``nproc_per_node`` > 1: data-parallel training on that many processes
@@ -122,6 +127,7 @@ class TrainingConfig(dg.Config):
     ema_decay: float | None = None
     grad_clip: float = 1.0
     seed: int = 42
+    ensemble_size: int | None = None  # seeds trained and ranked by their mean score (None: the budget's)
     resume: bool = True
     retrain: bool = False
     # distributed (torchrun behind Dagster Pipes); 1 x 1: the one-process path
@@ -206,6 +212,16 @@ def train_model_asset(
     if config.retrain:  # both paths: the one-process loop and the torchrun ranks build TrainConfig from s
         s["resume"] = False
     if s["nproc_per_node"] > 1 or s["nnodes"] > 1:
+        if (config.ensemble_size or 1) > 1:
+            raise dg.Failure(
+                f"{name}: ensemble_size {config.ensemble_size} trains its members in one process each; it does not "
+                f"combine with torchrun (nproc_per_node {s['nproc_per_node']}, nnodes {s['nnodes']}). Set one of "
+                "them to 1."
+            )
+        if s["with_features"].pop("ensemble_size", 1) > 1:
+            context.log.warning(
+                f"{name}: the budget's ensemble of seeds is for one process; under torchrun one model is trained"
+            )
         if name != "popularity" and pipes_client is not None:
             window_trials = _window_before_torchrun(name, context, duckdb, paths, torch_device, s)
             return _distributed(
@@ -265,6 +281,7 @@ def _training_metadata(
     name: str, run, data, budget: str, wall: float, device, device_description: str, precision: str, out_dir
 ) -> dict:
     """The one-process training asset's metadata (the torchrun path returns the same keys, and more)."""
+    from convrec_dagster.data.ensemble_training import ensemble_markdown
     from convrec_dagster.data.training_setup import validation_metadata, window_search_markdown
 
     result, train_config, hparams = run.result, run.train_config, run.hparams
@@ -307,6 +324,10 @@ def _training_metadata(
         metadata["window_search"] = dg.MetadataValue.md(
             window_search_markdown(run.window_trials, hparams["max_len"])
         )
+    if members := result.extra.get("members"):
+        metadata["ensemble_size"] = len(members)
+        metadata["ensemble_side_by_side"] = bool(result.extra.get("side_by_side"))
+        metadata["ensemble_members"] = dg.MetadataValue.md(ensemble_markdown(members, result.best_metrics))
     return metadata
 
 

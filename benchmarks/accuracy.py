@@ -159,6 +159,32 @@ def run_config(
     return {"ops": ops}
 
 
+def training_histories(model_dir: Path) -> dict:
+    """A model folder's history and training minutes; for an ensemble of seeds also each member's history, and
+    its minutes: the longest member's where they trained side by side (the wall clock), else their sum."""
+    minutes = lambda history: round(sum(h["epoch_time_s"] for h in history) / 60, 1)  # noqa: E731
+    path = model_dir / "history.json"
+    if not path.exists():
+        return {}
+    out = {"history": json.loads(path.read_text())}
+    out["train_minutes"] = minutes(out["history"])
+    members = sorted(model_dir.glob("member_*/history.json"), key=lambda p: int(p.parent.name.split("_")[1]))
+    checkpoint = model_dir / "best.pt"
+    if members and checkpoint.exists():
+        import torch
+
+        extra = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["extra"]
+        if extra.get("ensemble_size", 1) > 1:
+            histories = [json.loads(p.read_text()) for p in members[: extra["ensemble_size"]]]
+            side_by_side = extra.get("side_by_side", True)
+            out["member_histories"] = histories
+            out["train_core_minutes"] = round(sum(minutes(h) for h in histories), 1)
+            out["train_minutes"] = (
+                max(minutes(h) for h in histories) if side_by_side else out["train_core_minutes"]
+            )
+    return out
+
+
 def read_metrics(db_path: Path) -> list[dict]:
     import duckdb
 
@@ -403,16 +429,15 @@ def main(argv: list[str] | None = None) -> None:
                         "still_improving_at_end",
                         "hparams",
                         "train_config",
+                        "ensemble_size",
+                        "ensemble_side_by_side",
+                        "ensemble_members",
                     )
                     if k in md
                 }
-                history_path = settings.model_dir(home, key.removesuffix("_model")) / "history.json"
-                if history_path.exists():
-                    history = json.loads(history_path.read_text())
-                    training_meta[key]["history"] = history
-                    training_meta[key]["train_minutes"] = round(
-                        sum(h["epoch_time_s"] for h in history) / 60, 1
-                    )
+                training_meta[key].update(
+                    training_histories(settings.model_dir(home, key.removesuffix("_model")))
+                )
     metrics = read_metrics(settings.duckdb_path(home)) if result.success else []
     ours = headline(metrics)
     res = {
@@ -480,10 +505,12 @@ def plot_curves(res: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for asset, meta in res["training"].items():
-        history = meta.get("history") or []
-        if len(history) > 1:
-            minutes = [sum(h["epoch_time_s"] for h in history[: i + 1]) / 60 for i in range(len(history))]
-            ax.plot(minutes, [h["valid_NDCG@10"] for h in history], marker=".", label=f"{asset} (valid)")
+        members = meta.get("member_histories") or [meta.get("history") or []]
+        for member, history in enumerate(members):
+            if len(history) > 1:
+                minutes = [sum(h["epoch_time_s"] for h in history[: i + 1]) / 60 for i in range(len(history))]
+                label = f"{asset} member {member} (valid)" if len(members) > 1 else f"{asset} (valid)"
+                ax.plot(minutes, [h["valid_NDCG@10"] for h in history], marker=".", label=label)
     for row in res["published_quoted_not_measured"]["rows"]:
         if row["protocol"] == "sampled_100":
             ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")

@@ -9,7 +9,8 @@ Checkpoints hold only tensors and plain Python (``torch.load(weights_only=True)`
 model's typed config as a dict (``models/config.py``, ``ModelConfig.to_hparams``). Dataset arrays (proxy
 ids, attributes, image features) are rebuilt from the ``RecData`` given to :func:`load_model`, which also
 applies the popularity adjustment fitted after training (``extra["popularity_adjustment"]``,
-``models.calibration``).
+``models.calibration``). An ensemble of seeds (``models.ensemble``) is one checkpoint too: ``extra["ensemble_size"]``
+members with one ``hparams``, their weights under ``members.<i>.`` in ``state_dict``.
 Importing this module does not import torch or the model classes (the report reads ``MODELS``).
 """
 
@@ -139,9 +140,26 @@ def load_model(
     return model_from_checkpoint(checkpoint, data).to(map_location), checkpoint
 
 
+def build_ensemble(name: str, data: RecData, config: ModelConfig | dict, size: int) -> SequentialRecommender:
+    """``size`` untrained copies of ``name`` with ``config`` as one ``models.ensemble.ScoreEnsemble``."""
+    from models.ensemble import ScoreEnsemble
+
+    return ScoreEnsemble([build_model(name, data, config) for _ in range(size)])
+
+
+def ensemble_size(checkpoint: dict) -> int:
+    """How many members the checkpoint holds (1: one model)."""
+    return int((checkpoint.get("extra") or {}).get("ensemble_size", 1))
+
+
 def model_from_checkpoint(checkpoint: dict, data: RecData) -> SequentialRecommender:
-    """The model a loaded checkpoint holds: built, its weights, and its popularity adjustment."""
-    model = build_model(checkpoint["model"], data, checkpoint["hparams"])
+    """The model a loaded checkpoint holds (an ensemble where it holds several): built, its weights, and
+    its popularity adjustment."""
+    size = ensemble_size(checkpoint)
+    if size > 1:
+        model = build_ensemble(checkpoint["model"], data, checkpoint["hparams"], size)
+    else:
+        model = build_model(checkpoint["model"], data, checkpoint["hparams"])
     model.load_state_dict(checkpoint["state_dict"])
     tau = (checkpoint.get("extra") or {}).get("popularity_adjustment", 0.0)
     if tau:

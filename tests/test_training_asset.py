@@ -290,3 +290,63 @@ def test_convrec_beats_popularity_on_the_embedded_sample(make_resources):
         for n in ("popularity", "convrec")
     }
     assert ndcg["convrec"] > ndcg["popularity"] + 0.1, ndcg
+
+
+def test_an_ensemble_of_seeds_trains_side_by_side_and_ranks_by_the_mean_score(prepared):
+    """``ensemble_size`` 2 on a CPU with 2 threads: two member processes (seeds 42 and 43, one thread each,
+    each resumable in its own folder; member 0 is the one-model run of the same settings), joined into one
+    checkpoint that evaluation loads as a ``ScoreEnsemble`` ranking by the mean of the members' scores; a rerun
+    reuses both members."""
+    from models.ensemble import ScoreEnsemble
+    from models.registry import load_model
+
+    instance = dg.DagsterInstance.ephemeral()
+    overrides = {**TINY, "valid_protocol": "full", "ensemble_size": 2, "num_threads": 2}
+    result = _materialize(prepared, ["convrec"], overrides, instance)
+    meta = result.asset_materializations_for_node("convrec_model")[0].metadata
+    folder = prepared["paths"].model_path("convrec")
+    text = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
+    assert "an ensemble of 2 (seeds 42, 43)" in text and "one process each with 1 thread(s)" in text
+    assert "convrec member 1 epoch 2:" in text and "[member 0]" in text
+    assert meta["ensemble_size"].value == 2 and "**ensemble** (mean score)" in meta["ensemble_members"].value
+    checkpoint = torch.load(folder / "best.pt", weights_only=True)
+    assert checkpoint["extra"]["ensemble_size"] == 2 and not (folder / "resume.pt").exists()
+    assert [m["seed"] for m in checkpoint["extra"]["members"]] == [42, 43]
+    assert {k.split(".")[1] for k in checkpoint["state_dict"]} == {"0", "1"}
+    assert meta["best_valid_full_NDCG@10"].value == pytest.approx(
+        checkpoint["extra"]["valid"]["full_NDCG@10"]
+    )
+
+    # the joined checkpoint ranks by the mean of the members' own checkpoints' scores
+    home = folder.parents[2]
+    from convrec_dagster.data.evaluation import DataCache
+
+    cache = DataCache(lambda: duckdb.connect(str(settings.duckdb_path(home)), read_only=True))
+    data = cache.for_checkpoint("convrec", folder / "best.pt")
+    ensemble, _ = load_model(folder / "best.pt", data)
+    members = [load_model(folder / f"member_{i}" / "best.pt", data)[0] for i in (0, 1)]
+    assert isinstance(ensemble, ScoreEnsemble) and len(ensemble) == 2
+    from models.batching import make_batch
+
+    users = data.eval_users()[:8]
+    targets = data.user_ptr[users + 1] - 1
+    cands = np.concatenate([data.items[targets][:, None], data.eval_negatives[users]], 1)
+    batch = make_batch(data, users, targets, ensemble.max_len, cands)
+    with torch.no_grad():
+        mean = (members[0].eval().predict(batch) + members[1].eval().predict(batch)) / 2
+        assert torch.allclose(ensemble.eval().predict(batch), mean, atol=1e-5)
+        assert not torch.allclose(members[0].predict(batch), members[1].predict(batch))
+    # evaluation scores it as validation did
+    scores = _evaluate_valid(home)
+    assert scores["full"] == pytest.approx(checkpoint["extra"]["valid"]["full_NDCG@10"], abs=1e-6)
+
+    # member 0 is the one-model run with the same settings (one thread, as it had)
+    single = json.loads((folder / "member_0" / "history.json").read_text())
+    assert json.loads((folder / "history.json").read_text()) == single
+    again = _materialize(prepared, ["convrec"], overrides, instance)
+    meta = again.asset_materializations_for_node("convrec_model")[0].metadata
+    assert meta["reused_from_run"].value == result.run_id and meta["epochs_run"].value == 0
+    one = _materialize(prepared, ["convrec"], {**overrides, "ensemble_size": 1, "num_threads": 1}, instance)
+    history = json.loads((folder / "history.json").read_text())
+    assert one.success and "ensemble_size" not in torch.load(folder / "best.pt", weights_only=True)["extra"]
+    assert [h["valid_full_NDCG@10"] for h in history] == [h["valid_full_NDCG@10"] for h in single]

@@ -78,11 +78,21 @@ def run_training(
 ) -> TrainingRun:
     """Train ``name`` in this process from its resolved ``settings`` (``assets.training.resolve_settings``):
     ``prepare_run`` (the window search is kept in ``out_dir/window_search.json``), seed, build, and
-    ``models.train.train`` with checkpoints in ``out_dir``. ``compile_mixer``: ``torch.compile`` the
-    sequence mixer of models that have one."""
+    ``models.train.train`` with checkpoints in ``out_dir``; with ``ensemble_size`` > 1 that many seeds, joined
+    into one ``models.ensemble.ScoreEnsemble`` (``ensemble_training.train_ensemble``). ``compile_mixer``:
+    ``torch.compile`` the sequence mixer of models that have one."""
     model_config, train_config, trials = prepare_run(
         name, settings, data, device, precision, log, out_dir / "window_search.json"
     )
+    size = int(settings.get("ensemble_size") or 1)
+    if size > 1 and spec(name).model_class().trainable:
+        from convrec_dagster.data.ensemble_training import train_ensemble
+
+        ensemble, result = train_ensemble(
+            name, data, model_config, train_config, size, device, precision, out_dir, log, on_epoch,
+            int(settings.get("num_threads") or 0), compile_mixer, run_id,
+        )  # fmt: skip
+        return TrainingRun(ensemble, model_config, train_config, result, trials)
     torch.manual_seed(train_config.seed)
     model = build_model(name, data, model_config)
     if compile_mixer and hasattr(model, "mix"):
@@ -259,6 +269,8 @@ def epoch_line(name: str, record: dict) -> str:
     marked "(best)" in the epoch its protocol picks), time, ETA."""
     loss = "-" if record["loss"] is None else f"{record['loss']:.4f}"
     full = record.get("valid_full_NDCG@10")
+    if "member" in record:  # one member of an ensemble of seeds
+        name = f"{name} member {record['member']}"
     line = (
         f"{name} epoch {record['epoch']}: loss {loss}, valid HR@10 {record['valid_HR@10']:.4f}, "
         f"NDCG@10 {record['valid_NDCG@10']:.4f}"
