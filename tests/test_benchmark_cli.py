@@ -447,3 +447,30 @@ def test_ensemble_ranks_each_member_as_evaluation_does_and_the_pair_by_its_mean_
             assert all(np.array_equal(g, w) for g, w in zip(got[subset], want[subset])), (protocol, subset)
         assert not np.array_equal(got[("s0",)][0], got[("s1",)][0])  # two different members
         assert not np.array_equal(got[("s0", "s1")][0], got[("s0",)][0])
+
+
+def test_accuracy_reads_an_ensemble_s_member_histories_and_its_wall_clock_minutes(tmp_path):
+    """``benchmarks.accuracy``: a model folder's history and minutes; for an ensemble of seeds each member's
+    history, its training minutes the longest member's where they trained side by side, their sum else."""
+    import json
+
+    import torch
+
+    from benchmarks.accuracy import training_histories
+
+    epoch = lambda n, seconds: {"epoch": n, "epoch_time_s": seconds}  # noqa: E731
+    histories = [[epoch(1, 60.0), epoch(2, 60.0)], [epoch(1, 240.0)]]
+    assert training_histories(tmp_path) == {}
+    (tmp_path / "history.json").write_text(json.dumps(histories[0]))
+    assert training_histories(tmp_path) == {"history": histories[0], "train_minutes": 2.0}
+    for i, history in enumerate(histories):
+        (tmp_path / f"member_{i}").mkdir()
+        (tmp_path / f"member_{i}" / "history.json").write_text(json.dumps(history))
+    for side_by_side, minutes in ((True, 4.0), (False, 6.0)):
+        extra = {"ensemble_size": 2, "side_by_side": side_by_side}
+        torch.save(
+            {"model": "convrec", "hparams": {}, "state_dict": {}, "extra": extra}, tmp_path / "best.pt"
+        )
+        out = training_histories(tmp_path)
+        assert out["member_histories"] == histories and out["train_core_minutes"] == 6.0
+        assert out["train_minutes"] == minutes

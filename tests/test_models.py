@@ -357,3 +357,49 @@ def test_attribute_loss_adds_a_zero_started_head_that_ranking_never_reads(data, 
     assert build_model("convrec", ids_only, {**hp, "attribute_loss": 0.5}).attribute_head is None
     with pytest.raises(ValueError, match="attribute_loss"):
         build_model("convrec", data, {**hp, "attribute_loss": -1.0})
+
+
+def test_score_ensemble_ranks_by_the_mean_of_its_members_and_round_trips_through_one_checkpoint(tmp_path):
+    """``models.ensemble.ScoreEnsemble``: sampled and full-ranking scores are the mean of the members' (inside
+    the evaluation item table too), the popularity adjustment applies to the mean, and the checkpoint holds
+    every member under one ``hparams`` (``extra["ensemble_size"]``)."""
+    from models.ensemble import ScoreEnsemble
+    from models.evaluate import rank_eval_users
+
+    data = chain_data(n_users=12, n_items=25, with_time=False, seed=5)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(build_model("convrec", data, HP).eval())
+    ensemble = ScoreEnsemble(members).eval()
+    batch = eval_batch(data, [1, 2, 3, 4], HP["max_len"], n_cand=10)
+    with torch.no_grad():
+        mean = (members[0].predict(batch) + members[1].predict(batch)) / 2
+        full = (members[0].full_sort_predict(batch) + members[1].full_sort_predict(batch)) / 2
+        torch.testing.assert_close(ensemble.predict(batch), mean)
+        torch.testing.assert_close(ensemble.full_sort_predict(batch, chunk_size=7), full)
+        with ensemble.item_table_for_eval():
+            assert all(m._item_table is not None for m in members)
+            torch.testing.assert_close(ensemble.predict(batch), mean, rtol=1e-5, atol=1e-5)
+        assert all(m._item_table is None for m in members)
+        ensemble.set_popularity_adjustment(0.5, data.train_item_counts())
+        offset = 0.5 * torch.log1p(torch.as_tensor(data.train_item_counts(), dtype=torch.float32))
+        torch.testing.assert_close(ensemble.predict(batch), mean - offset[batch.candidates])
+    assert ensemble.n_parameters() == 2 * members[0].n_parameters()
+
+    save_checkpoint(
+        tmp_path / "best.pt", ensemble, "convrec", HP, {"ensemble_size": 2, "popularity_adjustment": 0.5}
+    )
+    loaded, _ = load_model(tmp_path / "best.pt", data)
+    assert isinstance(loaded, ScoreEnsemble) and len(loaded) == 2 and loaded.popularity_adjustment == 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval().predict(batch), ensemble.predict(batch))
+    ranks = [rank_eval_users(m, data, "valid", "full", "cpu")[1] for m in (ensemble, loaded)]
+    np.testing.assert_array_equal(*ranks)
+    with pytest.raises(TypeError, match="not trained as a whole"):
+        ensemble.calculate_loss(batch)
+    with pytest.raises(ValueError, match="same window"):
+        ScoreEnsemble([members[0], build_model("convrec", data, {**HP, "max_len": 5})])
+    members[0].set_popularity_adjustment(0.1, data.train_item_counts())
+    with pytest.raises(ValueError, match="raw scores"), torch.no_grad():
+        ensemble.predict(batch)

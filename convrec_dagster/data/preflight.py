@@ -430,8 +430,22 @@ def fmt_minutes(seconds: float) -> str:
 
 def estimate_model(name: str, budget: str, settings: dict, size: DataSize, device, precision: str) -> dict:
     """The expected training time of one model: measured seconds per batch x batches per epoch x
-    epochs, capped by the time budget; early stopping can end it sooner."""
-    per_batch, valid_per_user = time_batches(name, settings, size, device, precision)
+    epochs, capped by the time budget; early stopping can end it sooner. An ensemble of seeds
+    (``ensemble_size`` > 1) is timed at each member's share of the threads where its members train side by
+    side (``ensemble_training.member_threads``), and takes that many times as long where they take turns."""
+    import torch
+
+    from convrec_dagster.data.ensemble_training import member_threads
+
+    members = int(settings.get("ensemble_size") or 1)
+    side_by_side, threads = member_threads(members, device, int(settings.get("num_threads") or 0))
+    before = torch.get_num_threads()
+    try:
+        if members > 1 and side_by_side:
+            torch.set_num_threads(threads)
+        per_batch, valid_per_user = time_batches(name, settings, size, device, precision)
+    finally:
+        torch.set_num_threads(before)
     batches = math.ceil(examples_per_epoch(name, settings, size) / int(settings["batch_size"]))
     from convrec_dagster.data.training_setup import train_config
     from models.train import validated_user_count
@@ -441,8 +455,9 @@ def estimate_model(name: str, budget: str, settings: dict, size: DataSize, devic
     valid_per_epoch = valid_per_user * valid_users
     per_epoch = per_batch * batches + valid_per_epoch
     epochs = int(settings["max_epochs"])
-    total = per_epoch * epochs
-    cap = float(settings.get("time_budget_s") or 0.0)
+    turns = members if members > 1 and not side_by_side else 1  # each member's time budget is its own
+    total = per_epoch * epochs * turns
+    cap = float(settings.get("time_budget_s") or 0.0) * turns
     capped = bool(cap) and total > cap
     return {
         "model": name,
@@ -460,6 +475,8 @@ def estimate_model(name: str, budget: str, settings: dict, size: DataSize, devic
         "max_len": int(settings["max_len"]),
         "loss": settings["loss"],
         "n_negatives": int(settings["n_negatives"]),
+        "ensemble_size": members,
+        "ensemble_side_by_side": members > 1 and side_by_side,
     }
 
 
@@ -490,6 +507,16 @@ def estimate_lines(
             + f") = {fmt_minutes(e['expected_s'])}"
             + (" (capped by the time budget)" if e["capped_by_time_budget"] else "")
             + f"; early stopping after {e['patience']} epochs without gain"
+            + (
+                f"; an ensemble of {e['ensemble_size']} seeds, "
+                + (
+                    "side by side (timed at their share of the threads)"
+                    if e["ensemble_side_by_side"]
+                    else "in turn"
+                )
+                if e.get("ensemble_size", 1) > 1
+                else ""
+            )
         )
     lines.append(f"  expected total: at most {fmt_minutes(total)} of training and validation")
     advice = []

@@ -388,6 +388,8 @@ def training_table(histories: dict[str, list[dict]], model_configs: dict[str, di
                 "stopped_by": (last or {}).get("stop") or ("nothing to train" if not trained else None),
                 "still_improving": bool(len(trained) > 1 and best_epoch == trained[-1].get("epoch")),
                 "trained_in_run": info.get("run_id"),
+                "ensemble_size": int(info.get("ensemble_size") or 1),  # seeds ranked by their mean score
+                "member_epochs": info.get("member_epochs"),  # each member's best epoch
             }
         )
     return out
@@ -815,11 +817,14 @@ def _plain_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
     )
     rows = [
         [
-            t["label"],
+            t["label"]
+            + (f" (ensemble of {t['ensemble_size']} seeds)" if t.get("ensemble_size", 1) > 1 else ""),
             "–" if t["parameters"] is None else f"{int(t['parameters']):,}",
             "–"
             if t["best_epoch"] is None
-            else str(t["best_epoch"])
+            else (
+                " / ".join(map(str, t["member_epochs"])) if t.get("member_epochs") else str(t["best_epoch"])
+            )
             + (f" (sampled-100: {t['sampled_100_epoch']})" if t.get("sampled_100_epoch") is not None else ""),
             str(t["epochs"]),
             _duration(t["train_time_s"]),
@@ -843,7 +848,9 @@ def _plain_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
                 "trained in run",
             ],
             rows,
-            "Training time: the epochs' seconds from history.json (resumed epochs included, validation included).",
+            "Training time: the epochs' seconds from history.json (resumed epochs included, validation included)."
+            " An ensemble of seeds shows each member's best epoch, and its first member's epochs and time (the"
+            " members train side by side on a CPU; each keeps its own history.json in `member_<i>/`).",
         )
     )
     ingest = (report.get("data") or {}).get("ingest") or {}
