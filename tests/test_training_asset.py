@@ -336,9 +336,13 @@ def test_an_ensemble_of_seeds_trains_side_by_side_and_ranks_by_the_mean_score(pr
         mean = (members[0].eval().predict(batch) + members[1].eval().predict(batch)) / 2
         assert torch.allclose(ensemble.eval().predict(batch), mean, atol=1e-5)
         assert not torch.allclose(members[0].predict(batch), members[1].predict(batch))
-    # evaluation scores it as validation did
+    # evaluation scores it as validation did, and recommendations rank with it
     scores = _evaluate_valid(home)
     assert scores["full"] == pytest.approx(checkpoint["extra"]["valid"]["full_NDCG@10"], abs=1e-6)
+    from convrec_dagster.recommend import Recommender
+
+    recommender = Recommender.load(home, model="convrec")
+    assert isinstance(recommender.model, ScoreEnsemble) and len(recommender.recommend(["I1", "I2"], k=5)) == 5
 
     # member 0 is the one-model run with the same settings (one thread, as it had)
     single = json.loads((folder / "member_0" / "history.json").read_text())
