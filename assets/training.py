@@ -220,7 +220,8 @@ def train_model_asset(
             )
         if s["with_features"].pop("ensemble_size", 1) > 1:
             context.log.warning(
-                f"{name}: the budget's ensemble of seeds is for one process; under torchrun one model is trained"
+                f"{name}: the budget trains an ensemble of seeds on data with item features and no time path, "
+                "one process per member; under torchrun one model is trained instead"
             )
         if name != "popularity" and pipes_client is not None:
             window_trials = _window_before_torchrun(name, context, duckdb, paths, torch_device, s)

@@ -85,6 +85,8 @@ def run_training(
         name, settings, data, device, precision, log, out_dir / "window_search.json"
     )
     size = int(settings.get("ensemble_size") or 1)
+    if size < 1:
+        raise ValueError(f"ensemble_size must be 1 (one model) or more, not {settings['ensemble_size']!r}")
     if size > 1 and spec(name).model_class().trainable:
         from convrec_dagster.data.ensemble_training import train_ensemble
 
