@@ -84,7 +84,7 @@ def run_training(
     model_config, train_config, trials = prepare_run(
         name, settings, data, device, precision, log, out_dir / "window_search.json"
     )
-    size = int(settings.get("ensemble_size") or 1)
+    size = 1 if settings.get("ensemble_size") is None else int(settings["ensemble_size"])
     if size < 1:
         raise ValueError(f"ensemble_size must be 1 (one model) or more, not {settings['ensemble_size']!r}")
     if size > 1 and spec(name).model_class().trainable:
