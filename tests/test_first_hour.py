@@ -121,6 +121,36 @@ def test_estimate_advises_a_quicker_result_over_an_hour_on_cpu():
     assert "+ 40 s of full validation) = 60 min" in estimate_lines(with_valid, size, "cpu")[0][1]
 
 
+def test_estimate_times_an_ensemble_at_its_members_threads_and_doubles_it_when_they_take_turns():
+    """ConvRec under ``cpu`` on data with attributes and no time path is the budget's ensemble of two seeds:
+    side by side on 2+ threads (each timed at its share, the same wall-clock cap), in turn on one (twice the cap)."""
+    import torch
+
+    from assets.preflight import estimate_settings
+    from assets.training import TrainingConfig
+    from convrec_dagster.data.dataset_info import DatasetInfo
+    from convrec_dagster.data.preflight import DataSize, estimate_lines, estimate_model
+
+    size = DataSize(300, 120, 3_000, False, True, "a test", lengths=np.full(300, 10))
+    budget, s = estimate_settings("convrec", TrainingConfig(budget="cpu"), DatasetInfo("beauty"), size, False)
+    assert budget == "cpu" and s["ensemble_size"] == 2
+    s |= {"d": 16, "hidden": 16, "time_budget_s": 0.1}  # small and quick; 40 epochs pass the cap
+    threads = torch.get_num_threads()
+    side = estimate_model("convrec", budget, {**s, "num_threads": 2}, size, "cpu", "fp32")
+    turns = estimate_model("convrec", budget, {**s, "num_threads": 1}, size, "cpu", "fp32")
+    assert (side["ensemble_size"], side["ensemble_side_by_side"], turns["ensemble_side_by_side"]) == (
+        2,
+        True,
+        False,
+    )
+    assert (side["expected_s"], turns["expected_s"]) == (0.1, 0.2) and side["capped_by_time_budget"]
+    assert "an ensemble of 2 seeds, side by side" in estimate_lines([side], size, "cpu")[0][1]
+    assert "an ensemble of 2 seeds, in turn" in estimate_lines([turns], size, "cpu")[0][1]
+    single = estimate_model("convrec", budget, {**s, "ensemble_size": 1}, size, "cpu", "fp32")
+    assert single["ensemble_size"] == 1 and "ensemble" not in estimate_lines([single], size, "cpu")[0][1]
+    assert torch.get_num_threads() == threads  # restored after timing at the members' share
+
+
 # --- reuse said out loud ---------------------------------------------------------------------------
 
 
