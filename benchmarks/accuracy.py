@@ -295,6 +295,12 @@ def main(argv: list[str] | None = None) -> None:
         help="override the budget's ConvRec residual down-scaling (avg: the paper's; last: the window's last position)",
     )
     parser.add_argument(
+        "--ensemble-size",
+        type=int,
+        default=None,
+        help="override the budget's number of seeds per model, ranked by their mean score (1: one model)",
+    )
+    parser.add_argument(
         "--n-negatives",
         type=int,
         default=None,
@@ -390,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         weight_decay=args.weight_decay,
         augment_prob=args.augment_prob,
         residual_pool=args.residual_pool,
+        ensemble_size=args.ensemble_size,
         n_negatives=args.n_negatives,
         max_validation_scores=args.max_validation_scores,
         popularity_adjustment=args.popularity_adjustment,
@@ -462,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f", weight_decay {args.weight_decay}" if args.weight_decay is not None else "")
             + (f", augment_prob {args.augment_prob}" if args.augment_prob is not None else "")
             + (f", residual_pool {args.residual_pool}" if args.residual_pool else "")
+            + (f", ensemble_size {args.ensemble_size}" if args.ensemble_size else "")
             + (f", n_negatives {args.n_negatives}" if args.n_negatives else "")
             + (
                 f", max_validation_scores {args.max_validation_scores}"
