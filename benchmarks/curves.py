@@ -24,14 +24,19 @@ from benchmarks.common import RESULTS_DIR
 
 def _histories(path: Path) -> list[tuple[str, list[dict]]]:
     """(label, history) of each trained model in one result JSON: a ``benchmarks.convergence`` run, or
-    each training asset of a ``benchmarks.accuracy`` run."""
+    each training asset of a ``benchmarks.accuracy`` run (each member of an ensemble of seeds)."""
     res = json.loads(path.read_text())
     if "training" in res:
-        return [
-            (f"{path.stem}: {asset}", meta["history"])
-            for asset, meta in (res.get("training") or {}).items()
-            if meta.get("history") and asset != "popularity_model"
-        ]
+        out = []
+        for asset, meta in (res.get("training") or {}).items():
+            if asset == "popularity_model":
+                continue
+            members = meta.get("member_histories") or []  # an ensemble of seeds: one line per member
+            if members:
+                out += [(f"{path.stem}: {asset} member {i}", h) for i, h in enumerate(members) if h]
+            elif meta.get("history"):
+                out.append((f"{path.stem}: {asset}", meta["history"]))
+        return out
     return [(f"{path.stem} (convergence)", res.get("history") or [])]
 
 

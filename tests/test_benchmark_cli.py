@@ -107,6 +107,13 @@ def test_curves_plot_only_the_runs_named_including_subfolders_and_accuracy_runs(
     named = curves.runs("beauty", ["convergence/s32/beauty_*.json", "accuracy_beauty_cpu.json"])
     assert [label for label, _ in named] == ["beauty_new (convergence)", "accuracy_beauty_cpu: convrec_model"]
     assert curves.plot("beauty", tmp_path / "s32.png", ["convergence/s32/beauty_*.json"]).exists()
+    # an ensemble of seeds: one line per member
+    accuracy["training"]["convrec_model"]["member_histories"] = [epochs, epochs]
+    (tmp_path / "accuracy_beauty_cpu.json").write_text(json.dumps(accuracy))
+    assert [label for label, _ in curves.runs("beauty", ["accuracy_beauty_cpu.json"])] == [
+        "accuracy_beauty_cpu: convrec_model member 0",
+        "accuracy_beauty_cpu: convrec_model member 1",
+    ]
 
 
 def test_valid_test_gap_buckets_cover_every_evaluated_user_once():
