@@ -5,9 +5,9 @@ Member ``i`` is an ordinary training run (``models.train.train``) with seed ``se
 ``out_dir/member_<i>/``, with its own ``best.pt``, ``resume.pt`` and ``history.json``: a killed ensemble
 resumes member by member, a finished member is reused, and member 0 is exactly the one-model run of the same
 settings. On a CPU the members train side by side in their own processes (``spawn``), the threads split
-between them: on 2 cores two members at one thread each take about the wall time of one model at two
-threads, since one model's epoch barely speeds up with a second thread (BENCHMARKS.md, "Stop 45"). On a GPU,
-or with fewer threads than members, they train one after another in this process.
+between them: on 2 cores, one thread each, a Beauty member's epoch took 170 s, where one model took 180 s at one
+thread beside another run (BENCHMARKS.md, "Stop 46"). On a GPU, or with fewer threads than members, they train
+one after another in this process.
 
 Then the members are joined: ``out_dir/best.pt`` holds the ensemble of their picked epochs (and, under
 ``valid_protocol: full``, ``best_sampled_100.pt`` the ensemble of their sampled picks), validated as a whole;
@@ -93,7 +93,7 @@ def member_jobs(
             threads,
             compile_mixer,
             run_id,
-        )  # fmt: skip
+        )
         for i in range(size)
     ]
 
@@ -133,10 +133,11 @@ def train_members_in_processes(
     each member's ``resume.pt``."""
     context = mp.get_context("spawn")  # fork would copy the parent's torch threads and locks
     events = context.Queue()
+    # not daemonic: a member may start processes of its own (torch.compile's workers); the finally below stops them
     processes = [
-        context.Process(target=_member_process, args=(job, data, events), name=f"member-{job.index}", daemon=True)
+        context.Process(target=_member_process, args=(job, data, events), name=f"member-{job.index}")
         for job in jobs
-    ]  # fmt: skip
+    ]
     for process in processes:
         process.start()
     results: dict[int, TrainResult] = {}
