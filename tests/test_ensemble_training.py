@@ -41,7 +41,7 @@ def test_a_failing_member_stops_the_ensemble_with_its_traceback(tmp_path):
     """Member 1 cannot write its folder (a file is in the way): the parent raises with that member's traceback,
     and member 0 is stopped, not waited for."""
     data = chain_data(n_users=20, n_items=15, max_len=10, seed=0)
-    config = TrainConfig(max_epochs=500, batch_size=8, patience=500)
+    config = TrainConfig(max_epochs=100_000, batch_size=8, patience=100_000)  # member 0 never finishes alone
     model = ConvRecConfig(d=8, hidden=8, max_len=4, features="none")
     jobs = member_jobs("convrec", model, config, 2, tmp_path, "cpu", "fp32", 1)
     jobs[1].out_dir.parent.mkdir(parents=True, exist_ok=True)

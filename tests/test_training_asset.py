@@ -319,6 +319,9 @@ def test_an_ensemble_of_seeds_trains_side_by_side_and_ranks_by_the_mean_score(pr
 
     # the joined checkpoint ranks by the mean of the members' own checkpoints' scores
     home = folder.parents[2]
+    row = training_table({}, model_configs(home, ["convrec"]))[0]
+    assert row["ensemble_size"] == 2 and row["member_epochs"] == checkpoint["extra"]["member_epochs"]
+    assert len(row["member_epochs"]) == 2
     from convrec_dagster.data.evaluation import DataCache
 
     cache = DataCache(lambda: duckdb.connect(str(settings.duckdb_path(home)), read_only=True))

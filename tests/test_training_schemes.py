@@ -439,9 +439,15 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
         lines: list[str] = []
         _, _, s = resolve_settings(TrainingConfig(budget="cpu", **user), info, model, cuda=False)
         model_config, train = prepare_training(model, s, on, lines.append)
-        return {**model_config.to_hparams(), "loss": s["loss"], **vars(train)}, lines
+        return {
+            **model_config.to_hparams(),
+            "loss": s["loss"],
+            "ensemble_size": s["ensemble_size"],
+            **vars(train),
+        }, lines
 
     conv, lines = resolved("convrec")
+    assert conv["ensemble_size"] == 1  # with a time path, and on ids only, one model
     if with_time:  # a per-row softmax over sampled negatives, dropout .2
         assert (conv["dropout"], conv["augment_prob"], conv["loss"]) == (0.2, 0.0, "softmax")
         assert (conv["ema_decay"], conv["lr"]) == (CPU_CONVREC["ema_decay"], CPU_ENCODER["lr"])
@@ -475,9 +481,10 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
         assert (mine["batch_size"], mine["weight_decay"]) == (64, 0.0)
         assert (mine["ema_decay"], mine["lr"]) == (0.0, 5e-4)
         assert (conv["d"], conv["warmup_epochs"], conv["label_smoothing"]) == (CPU_ENCODER["d"], 0.0, 0.0)
+        assert conv["ensemble_size"] == 1  # one model on ids only
         # the ids-only rule needs ids only: with item attributes no item replacement (it cost Beauty .005 of
         # full-ranking NDCG@10, stop 31), and instead the features rule: twice the width with dropout .2,
-        # a one-epoch warm-up to lr 2e-3 and label smoothing .1 (stops 37-38)
+        # a one-epoch warm-up to lr 2e-3 and label smoothing .1 (stops 37-38), as an ensemble of two seeds (stop 46)
         with_attributes = chain_data(n_users=30, n_items=20, seed=1, with_time=False, with_attributes=True)
         attrs, lines = resolved("convrec", on=with_attributes)
         assert attrs["ema_decay"] == conv["ema_decay"]
@@ -486,10 +493,11 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
         features = {k: attrs[k] for k in CPU_CONVREC_WITH_FEATURES}
         assert features == CPU_CONVREC_WITH_FEATURES == {
             "d": 256, "hidden": 512, "dropout": 0.2, "warmup_epochs": 1.0, "lr": 2e-3, "label_smoothing": 0.1,
+            "ensemble_size": 2,
         }  # fmt: skip
         assert any("with item features" in line and "d 256" in line for line in lines)
         assert not any("item ids only" in line for line in lines)
-        users = {"d": 64, "dropout": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0}
+        users = {"d": 64, "dropout": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0, "ensemble_size": 1}
         mine, _ = resolved("convrec", on=with_attributes, **users)
         assert {k: mine[k] for k in users} == users
         assert (mine["hidden"], mine["lr"]) == (512, 2e-3)  # the rule's keys the user left unset

@@ -388,10 +388,15 @@ def training_table(histories: dict[str, list[dict]], model_configs: dict[str, di
                 "stopped_by": (last or {}).get("stop") or ("nothing to train" if not trained else None),
                 "still_improving": bool(len(trained) > 1 and best_epoch == trained[-1].get("epoch")),
                 "trained_in_run": info.get("run_id"),
-                "ensemble_size": int(info.get("ensemble_size") or 1),  # seeds ranked by their mean score
-                "member_epochs": info.get("member_epochs"),  # each member's best epoch
             }
         )
+        if (
+            int(info.get("ensemble_size") or 1) > 1
+        ):  # seeds ranked by their mean score, each with its best epoch
+            out[-1] |= {
+                "ensemble_size": int(info["ensemble_size"]),
+                "member_epochs": info.get("member_epochs"),
+            }
     return out
 
 
