@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing as mp
+import signal
 
 import pytest
 import torch
@@ -39,7 +41,7 @@ def test_member_seeds_count_up_and_leave_the_popularity_adjustment_to_the_ensemb
 
 def test_a_failing_member_stops_the_ensemble_with_its_traceback(tmp_path):
     """Member 1 cannot write its folder (a file is in the way): the parent raises with that member's traceback,
-    and member 0 is stopped, not waited for."""
+    and member 0 is stopped, not waited for, even where SIGTERM is ignored."""
     data = chain_data(n_users=20, n_items=15, max_len=10, seed=0)
     config = TrainConfig(max_epochs=100_000, batch_size=8, patience=100_000)  # member 0 never finishes alone
     model = ConvRecConfig(d=8, hidden=8, max_len=4, features="none")
@@ -47,7 +49,13 @@ def test_a_failing_member_stops_the_ensemble_with_its_traceback(tmp_path):
     jobs[1].out_dir.parent.mkdir(parents=True, exist_ok=True)
     jobs[1].out_dir.write_text("in the way")
     lines: list[str] = []
-    with pytest.raises(RuntimeError, match=r"(?s)ensemble member 1 failed:.*FileExistsError"):
-        train_members_in_processes(jobs, data, lines.append, lambda index, record: None)
+    # as under nohup or a parent that ignores SIGTERM: the members inherit it, so stopping them needs SIGKILL
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with pytest.raises(RuntimeError, match=r"(?s)ensemble member 1 failed:.*FileExistsError"):
+            train_members_in_processes(jobs, data, lines.append, lambda index, record: None)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not [p for p in mp.active_children() if p.name.startswith("member-")]
     history = jobs[0].out_dir / "history.json"
     assert not history.exists() or len(json.loads(history.read_text())) < config.max_epochs

@@ -165,12 +165,24 @@ def train_members_in_processes(
             else:
                 raise RuntimeError(f"ensemble member {index} failed:\n{payload}")
     finally:
-        for process in processes:
-            if process.is_alive() and process.exitcode is None and len(results) < len(jobs):
-                process.terminate()
-            process.join(timeout=30)
+        stop_members(processes, unfinished=len(results) < len(jobs))
         events.close()
     return [results[j.index] for j in jobs]
+
+
+def stop_members(processes: list, unfinished: bool, grace_s: float = 10.0) -> None:
+    """Wait for the member processes; where the ensemble did not finish, stop those still running: SIGTERM,
+    then SIGKILL after ``grace_s`` (a process started where SIGTERM is ignored, e.g. under ``nohup`` or by a
+    parent that ignores it, inherits that; and a member blocked writing to a queue nobody reads never exits)."""
+    if unfinished:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+    for process in processes:
+        process.join(timeout=grace_s if unfinished else 6 * grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def member_threads(size: int, device, threads: int) -> tuple[bool, int]:
