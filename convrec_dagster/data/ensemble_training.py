@@ -242,10 +242,13 @@ def train_ensemble(
                          lambda record, i=job.index: member_epoch(i, record))
             for job in jobs
         ]  # fmt: skip
-    ensemble, metrics = join_members(
-        name, data, model_config, train_config, jobs, results, device, precision, out_dir, parallel
-    )
+    members = members_summary(jobs, results)
     valid_users = validation_users(data, train_config)
+    joined = join_members(
+        name, data, model_config, train_config, jobs, results, device, precision, out_dir, members, valid_users,
+        parallel,
+    )  # fmt: skip
+    ensemble, metrics, _ = joined["best.pt"]
     adjustment = calibrate(
         ensemble, data, train_config.popularity_adjustment, train_config.valid_protocol, out_dir, SAMPLED_BEST,
         device, train_config.eval_batch_size, precision, valid_users, log, name,
@@ -253,7 +256,11 @@ def train_ensemble(
     first = results[0]
     (out_dir / "history.json").write_text(json.dumps(first.history, indent=1))
     reused = [r.extra.get("reused") for r in results]
-    sampled = _ensemble_sampled_best(results, out_dir, train_config)
+    sampled = (
+        {"sampled_best": {"epoch": joined[SAMPLED_BEST][2][0], "metrics": joined[SAMPLED_BEST][1]}}
+        if SAMPLED_BEST in joined
+        else {}
+    )
     log(
         f"{name}: the ensemble's validation NDCG@10 {metrics['NDCG@10']:.4f}"
         + (f", full ranking {metrics['full_NDCG@10']:.4f}" if "full_NDCG@10" in metrics else "")
@@ -273,7 +280,7 @@ def train_ensemble(
             **({"reused": reused[0]} if all(reused) else {}),
             **sampled,
             "popularity_adjustment": adjustment,
-            "members": members_summary(jobs, results),
+            "members": members,
             "side_by_side": parallel,
         },
     )
@@ -289,19 +296,22 @@ def join_members(
     device,
     precision: str,
     out_dir: Path,
+    members: list[dict],
+    valid_users,
     side_by_side: bool = False,
-) -> tuple[ScoreEnsemble, dict]:
+) -> dict[str, tuple[ScoreEnsemble, dict, list[int]]]:
     """Write ``out_dir/best.pt`` (and ``best_sampled_100.pt`` where every member has one) as the ensemble of
-    the members' picks, validated as a whole; return the ensemble of the best picks and its validation."""
+    the members' picks, validated as a whole. Returns, per file written, (the ensemble, its validation, each
+    member's picked epoch). ``members``: ``members_summary``, kept in each checkpoint; ``valid_users``: the
+    users each validation scores (``models.train.validation_users``; None: all)."""
     hparams = model_config.to_hparams()
-    valid_users = validation_users(data, train_config)
     meta = {
         "config_hash": config_hash(name, hparams, train_config),
         "fingerprint": str(data.info.get("fingerprint", "")),
         "run_id": jobs[0].run_id,
         "data_features": resolved_features(data.info),
         "ensemble_size": len(jobs),
-        "members": members_summary(jobs, results),
+        "members": members,
         "side_by_side": side_by_side,
     }
     picks = [("best.pt", train_config.valid_protocol, [r.best_epoch for r in results])]
@@ -309,10 +319,12 @@ def join_members(
         picks.append((SAMPLED_BEST, "sampled_100", [r.extra["sampled_best"]["epoch"] for r in results]))
     else:
         (out_dir / SAMPLED_BEST).unlink(missing_ok=True)
-    joined = []
+    joined = {}
     for file, protocol, epochs in picks:
-        members = [load_model(job.out_dir / file, data, map_location=device)[0] for job in jobs]
-        ensemble = ScoreEnsemble(members).to(device)
+        ensemble = ScoreEnsemble(
+            [load_model(job.out_dir / file, data, map_location=device)[0] for job in jobs]
+        )
+        ensemble = ensemble.to(device)
         metrics = validate(
             ensemble,
             data,
@@ -326,16 +338,8 @@ def join_members(
         save_checkpoint(
             out_dir / file, ensemble, name, hparams, {**extra, "n_parameters": ensemble.n_parameters()}
         )
-        joined.append((ensemble, metrics))
-    return joined[0]
-
-
-def _ensemble_sampled_best(results: list[TrainResult], out_dir: Path, config: TrainConfig) -> dict:
-    """``TrainResult.extra["sampled_best"]`` of the ensemble: its sampled pick's validation (empty without one)."""
-    if config.valid_protocol != "full" or not (out_dir / SAMPLED_BEST).exists():
-        return {}
-    extra = torch.load(out_dir / SAMPLED_BEST, map_location="cpu", weights_only=True, mmap=True)["extra"]
-    return {"sampled_best": {"epoch": int(extra["epoch"]), "metrics": dict(extra["valid"])}}
+        joined[file] = (ensemble, metrics, epochs)
+    return joined
 
 
 def members_summary(jobs: list[MemberJob], results: list[TrainResult]) -> list[dict]:
