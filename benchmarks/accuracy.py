@@ -504,42 +504,57 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the pipeline failed; see the step list in the JSON")
 
 
-def plot_curves(res: dict, path: Path) -> None:
-    """Validation NDCG@10 per training minute of every trained model, published test figures dashed."""
+def plot_curves(res: dict, path: Path) -> list[str]:
+    """Validation NDCG@10 per training minute of every trained model (each member of an ensemble), published
+    test figures dashed: sampled-100 validation, and beside it full-ranking validation where a model
+    validated both (``valid_protocol: full``, which picks Beauty's epoch). Returns the panels' protocols."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for asset, meta in res["training"].items():
-        members = meta.get("member_histories") or [meta.get("history") or []]
-        for member, history in enumerate(members):
-            if len(history) > 1:
-                minutes = [sum(h["epoch_time_s"] for h in history[: i + 1]) / 60 for i in range(len(history))]
-                label = f"{asset} member {member} (valid)" if len(members) > 1 else f"{asset} (valid)"
-                ax.plot(minutes, [h["valid_NDCG@10"] for h in history], marker=".", label=label)
-    for row in res["published_quoted_not_measured"]["rows"]:
-        if row["protocol"] == "sampled_100":
-            ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
-            ax.text(
-                0.99,
-                row["NDCG@10"],
-                f"{row['model']} (quoted, test) ",
-                fontsize=6,
-                va="bottom",
-                ha="right",
-                transform=ax.get_yaxis_transform(),
-            )
-    ax.set_xlabel(
-        "training minutes (2 CPU cores)" if "cuda" not in json.dumps(res["machine"]) else "training minutes"
-    )
-    ax.set_ylabel("validation NDCG@10 (sampled 100)")
-    ax.set_title(f"{res['dataset']}: learning curves, budget {res['budget']}", fontsize=9)
-    ax.legend(fontsize=7)
+    curves = [
+        (asset, member, len(members), history)
+        for asset, meta in res["training"].items()
+        for members in [meta.get("member_histories") or [meta.get("history") or []]]
+        for member, history in enumerate(members)
+        if len(history) > 1
+    ]
+    panels = [("valid_NDCG@10", "sampled_100", "sampled 100")]
+    if any("valid_full_NDCG@10" in h for *_, history in curves for h in history):
+        panels.append(("valid_full_NDCG@10", "full", "full ranking"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), dpi=100, squeeze=False)
+    for ax, (key, protocol, title) in zip(axes[0], panels, strict=True):
+        for asset, member, n_members, history in curves:
+            if key not in history[0]:
+                continue
+            minutes = [sum(h["epoch_time_s"] for h in history[: i + 1]) / 60 for i in range(len(history))]
+            label = f"{asset} member {member} (valid)" if n_members > 1 else f"{asset} (valid)"
+            ax.plot(minutes, [h[key] for h in history], marker=".", label=label)
+        for row in res["published_quoted_not_measured"]["rows"]:
+            if row["protocol"] == protocol:
+                ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
+                ax.text(
+                    0.99,
+                    row["NDCG@10"],
+                    f"{row['model']} (quoted, test) ",
+                    fontsize=6,
+                    va="bottom",
+                    ha="right",
+                    transform=ax.get_yaxis_transform(),
+                )
+        ax.set_xlabel(
+            "training minutes (2 CPU cores)"
+            if "cuda" not in json.dumps(res["machine"])
+            else "training minutes"
+        )
+        ax.set_ylabel(f"validation NDCG@10 ({title})")
+        ax.set_title(f"{res['dataset']}: learning curves ({title}), budget {res['budget']}", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return [protocol for _, protocol, _ in panels]
 
 
 def plot(res: dict, path: Path) -> None:

@@ -481,3 +481,26 @@ def test_accuracy_reads_an_ensemble_s_member_histories_and_its_wall_clock_minute
         out = training_histories(tmp_path)
         assert out["member_histories"] == histories and out["train_core_minutes"] == 6.0
         assert out["train_minutes"] == minutes
+
+
+def test_accuracy_curves_add_a_full_ranking_panel_only_where_a_model_validated_in_full(tmp_path):
+    from benchmarks.accuracy import plot_curves
+
+    epochs = [{"epoch": e, "epoch_time_s": 60.0, "valid_NDCG@10": 0.3 + 0.01 * e} for e in (1, 2, 3)]
+    res = {
+        "dataset": "beauty",
+        "budget": "cpu",
+        "machine": {"device": "cpu"},
+        "published_quoted_not_measured": {
+            "rows": [
+                {"model": "SASRec", "protocol": "sampled_100", "NDCG@10": 0.338},
+                {"model": "BSARec", "protocol": "full", "NDCG@10": 0.0611},
+            ]
+        },
+        "training": {"sasrec_model": {"history": epochs}, "popularity_model": {}},
+    }
+    assert plot_curves(res, tmp_path / "sampled.png") == ["sampled_100"]
+    full = [{**h, "valid_full_NDCG@10": 0.05 + 0.001 * h["epoch"]} for h in epochs]
+    res["training"]["convrec_model"] = {"history": full, "member_histories": [full, full]}
+    assert plot_curves(res, tmp_path / "both.png") == ["sampled_100", "full"]
+    assert (tmp_path / "both.png").stat().st_size > (tmp_path / "sampled.png").stat().st_size
