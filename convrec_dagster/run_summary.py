@@ -152,7 +152,11 @@ def _training_lines(notes: list[dict]) -> list[str]:
             parts.append(f"{fmt_duration(md.get('train_time_s'))} of training")
         if md.get("still_improving_at_end"):
             parts.append("still improving at its last epoch")
-        lines.append(f"  {MODEL_LABELS[model]}: " + ", ".join(parts))
+        head = ""
+        if (md.get("ensemble_size") or 1) > 1:  # the figures above are member 0's (history.json)
+            how = "side by side" if md.get("ensemble_side_by_side") else "one after another"
+            head = f"an ensemble of {md['ensemble_size']} seeds trained {how}; member 0: "
+        lines.append(f"  {MODEL_LABELS[model]}: {head}" + ", ".join(parts))
     return ["training"] + lines if lines else []
 
 

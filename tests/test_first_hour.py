@@ -303,6 +303,17 @@ def test_summary_block_from_notes():
         },
         {"kind": "materialization", "asset": "evaluation_report", "metadata": {"html": "/h/report.html"}},
         {"kind": "warning", "step": "items", "message": "7 reviewed items have no metadata"},
+        {
+            "kind": "materialization",
+            "asset": "convrec_model",
+            "metadata": {
+                "best_epoch": 9,
+                "epochs_total": 10,
+                "train_time_s": 24.0,
+                "ensemble_size": 2,
+                "ensemble_side_by_side": True,
+            },
+        },
     ]
     text = run_summary.summary_text(notes, status="SUCCESS", job="full_pipeline", run_id="r1", wall_s=95)
     assert "convrec: full_pipeline SUCCEEDED in 1 min 35 s (run r1)" in text
@@ -311,6 +322,7 @@ def test_summary_block_from_notes():
     assert "recommendations: SASRec, 10 per user (best validation NDCG@10)" in text
     assert "report: /h/report.html" in text and "2 quarantined (malformed_json: 2)" in text
     assert "warnings (1):" in text and "7 reviewed items have no metadata" in text
+    assert "ConvRec: an ensemble of 2 seeds trained side by side; member 0: best epoch 9 of 10, 24 s" in text
     failed = run_summary.summary_text(
         [
             {"kind": "failure", "step": "reviews", "message": "boom", "traceback": "Traceback: x"},

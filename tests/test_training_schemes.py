@@ -358,6 +358,12 @@ def test_budgets_auto_and_per_model_settings():
         0.0,
         0.0,
     ]
+    # ConvRec alone trains as a pair of seeds there, side by side on the two threads (stop 47)
+    assert [(sample[m]["ensemble_size"], sample[m]["num_threads"]) for m in sample] == [
+        (2, 2),
+        (1, 1),
+        (1, 1),
+    ]
     assert all(
         budget_settings(b, m, "games")["replace_before_last_prob"] == 0.0
         for b in ("cpu", "paper")
