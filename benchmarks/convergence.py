@@ -200,6 +200,13 @@ def main(argv: list[str] | None = None) -> None:
         default="sampled_100",
         help="the validation NDCG@10 that picks the best epoch (full: every item; sampled figures logged too)",
     )
+    parser.add_argument(
+        "--mutual-learning",
+        type=float,
+        default=0.0,
+        help="train a second copy beside the model, each also matching the other's distribution over every "
+        "item with this weight (deep mutual learning, models.mutual; full_softmax only); the first copy ranks",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the machine is recorded)")
     parser.add_argument(
@@ -289,6 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     torch.manual_seed(config.seed)
     model = build_model(args.model, data, hparams)
+    if args.mutual_learning:
+        from models.mutual import MutualPair
+
+        model = MutualPair(model, build_model(args.model, data, hparams), args.mutual_learning)
     out = Path(
         args.out
         or RESULTS_DIR / "convergence" / f"{args.dataset}_{args.model}_{args.scheme}_{args.loss}.json"
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
 
         with raw_scores(model):
             res["test_unadjusted"] = test_metrics(model, data, args.device)
-    if "sampled_best" in result.extra:
+    if "sampled_best" in result.extra and not args.mutual_learning:
         from models.registry import load_model
         from models.train import SAMPLED_BEST
 

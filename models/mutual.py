@@ -1,0 +1,83 @@
+"""Deep mutual learning (Zhang et al., CVPR 2018): two copies of one model trained together on the same
+batches, each also matching the other's predicted next-item distribution.
+
+Each copy's loss is its own cross-entropy plus ``weight`` x KL(other || self), with the other's
+distribution held fixed (detached), so a copy learns from the other's soft ranking of every item, the way
+an ensemble's members would agree. Only the first copy is kept and ranks: the second is a training aid,
+and the model that ranks is one model at one model's scoring cost.
+
+Only ``loss="full_softmax"`` (the distribution over every item) is supported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import SequentialRecommender, softmax_cross_entropy
+from models.batching import Batch
+
+
+class MutualPair(SequentialRecommender):
+    """``first`` and ``second`` trained with mutual learning; ``first`` ranks."""
+
+    def __init__(self, first: SequentialRecommender, second: SequentialRecommender, weight: float = 1.0):
+        if first.loss != "full_softmax" or second.loss != "full_softmax":
+            raise ValueError(
+                "mutual learning matches distributions over every item: loss must be full_softmax"
+            )
+        super().__init__(first.n_items, first.max_len, first.loss)
+        self.members = nn.ModuleList([first, second])
+        self.weight = float(weight)
+        self.name = first.name
+
+    @property
+    def label_smoothing(self) -> float:  # type: ignore[override]
+        return self.members[0].label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value: float) -> None:
+        if "members" in self._modules:
+            for member in self.members:
+                member.label_smoothing = value
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.members[0](batch)
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        return self.members[0].predict(batch)
+
+    @torch.no_grad()
+    def full_sort_predict(self, batch: Batch, chunk_size: int = 8192) -> torch.Tensor:
+        return self.members[0].full_sort_predict(batch, chunk_size)
+
+    @contextlib.contextmanager
+    def item_table_for_eval(self) -> Iterator[None]:
+        with self.members[0].item_table_for_eval():
+            yield
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.members[0].item_vectors()
+
+    def set_popularity_adjustment(self, tau: float, train_counts=None) -> None:
+        self.members[0].set_popularity_adjustment(tau, train_counts)
+
+    def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        targets = batch.candidates[:, 0] - 1
+        log_probs, total = [], 0.0
+        for member in self.members:
+            seq = member(batch)
+            with torch.autocast(seq.device.type, enabled=False):
+                logits = seq.float() @ member.item_vectors()[1:].float().T
+            total = total + softmax_cross_entropy(logits, targets, member.label_smoothing, masked=False)
+            log_probs.append(logits.log_softmax(-1))
+        if self.weight:
+            a, b = log_probs
+            kl = F.kl_div(a, b.detach(), log_target=True, reduction="batchmean")
+            kl = kl + F.kl_div(b, a.detach(), log_target=True, reduction="batchmean")
+            total = total + self.weight * kl
+        return total
