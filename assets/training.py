@@ -14,6 +14,7 @@ from typing import Literal
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from convrec_dagster.checks import failures
 from convrec_dagster.data.dataset_info import DatasetInfo
 from convrec_dagster.data.plots import training_curves_markdown
 from convrec_dagster.k8s import training_op_tags
@@ -82,7 +83,12 @@ class TrainingConfig(dg.Config):
     the mean of their scores (``models.ensemble``); on a CPU they train side by side, one process each with the
     threads split, each member resumable in ``<model>/member_<i>/`` (None: the budget's: 2 for ConvRec under
     ``cpu`` with item features and no time path, where a second seed gains more than any single-model change
-    measured, BENCHMARKS.md "Stop 45"; else 1).
+    measured, BENCHMARKS.md "Stop 45"; else 1). ``mutual_learning`` > 0: deep mutual learning
+    (``models.mutual``): a second copy of the model, another initialisation, trains beside it on the same batches,
+    each copy's loss adding this weight times KL(other || self) over every item (``full_softmax`` only; not under
+    torchrun); only the model is kept and ranks, at one model's scoring cost, and training costs about what an
+    ensemble of two costs. No budget sets it (0): on Beauty it gained +.001 test full NDCG@10 for one model
+    (BENCHMARKS.md, "Stop 47").
     ``resume``: continue a killed run with the same config and data. ``retrain``: train again
     from scratch even when a finished model with the same config and data exists (by default it is
     reused, and the log says so). ``num_threads``: torch CPU threads (0: torch's default;
@@ -128,6 +134,9 @@ class TrainingConfig(dg.Config):
     grad_clip: float = 1.0
     seed: int = 42
     ensemble_size: int | None = None  # seeds trained and ranked by their mean score (None: the budget's)
+    mutual_learning: float = (
+        0.0  # > 0: a second copy trains beside the model, weight of their KL (full_softmax)
+    )
     resume: bool = True
     retrain: bool = False
     # distributed (torchrun behind Dagster Pipes); 1 x 1: the one-process path
@@ -216,7 +225,15 @@ def train_model_asset(
             raise dg.Failure(
                 f"{name}: ensemble_size {config.ensemble_size} trains its members in one process each; it does not "
                 f"combine with torchrun (nproc_per_node {s['nproc_per_node']}, nnodes {s['nnodes']}). Set one of "
-                "them to 1."
+                "them to 1.",
+                allow_retries=False,
+            )
+        if config.mutual_learning:
+            raise dg.Failure(
+                f"{name}: mutual_learning trains two copies of the model in one process; it does not combine with "
+                f"torchrun (nproc_per_node {s['nproc_per_node']}, nnodes {s['nnodes']}). Set mutual_learning to 0 "
+                "or nproc_per_node and nnodes to 1.",
+                allow_retries=False,
             )
         if s["with_features"].pop("ensemble_size", 1) > 1:
             context.log.warning(
@@ -245,11 +262,12 @@ def train_model_asset(
         )
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         out_dir = paths.model_path(name)
-        run = run_training(
-            name, s, data, device, precision, out_dir, context.log.info,
-            on_epoch=lambda record: context.log.info(epoch_line(name, record)),
-            compile_mixer=torch_device.compile, run_id=context.run_id,
-        )  # fmt: skip
+        with failures():  # a setting the data cannot take fails at once, without retries
+            run = run_training(
+                name, s, data, device, precision, out_dir, context.log.info,
+                on_epoch=lambda record: context.log.info(epoch_line(name, record)),
+                compile_mixer=torch_device.compile, run_id=context.run_id,
+            )  # fmt: skip
         reused = run.result.extra.get("reused")
         if reused:
             context.log.info(

@@ -293,13 +293,11 @@ def main(argv: list[str] | None = None) -> None:
         resume=False,
         seed=args.seed,
         popularity_adjustment=resolve_popularity_adjustment(args.popularity_adjustment),
+        mutual_learning=args.mutual_learning,
     )
     torch.manual_seed(config.seed)
     model = build_model(args.model, data, hparams)
-    if args.mutual_learning:
-        from models.mutual import MutualPair
-
-        model = MutualPair(model, build_model(args.model, data, hparams), args.mutual_learning)
+    partner = build_model(args.model, data, hparams) if args.mutual_learning else None
     out = Path(
         args.out
         or RESULTS_DIR / "convergence" / f"{args.dataset}_{args.model}_{args.scheme}_{args.loss}.json"
@@ -349,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         args.checkpoint_dir or (scratch.name if scratch else None),
         on_epoch,
         lambda m: print(m, flush=True),
+        partner=partner,
     )
     res["train_wall_s"] = round(time.perf_counter() - started, 1)
     best = result.best_epoch
@@ -362,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
 
         with raw_scores(model):
             res["test_unadjusted"] = test_metrics(model, data, args.device)
-    if "sampled_best" in result.extra and not args.mutual_learning:
+    if "sampled_best" in result.extra:
         from models.registry import load_model
         from models.train import SAMPLED_BEST
 

@@ -6,7 +6,9 @@ distribution held fixed (detached), so a copy learns from the other's soft ranki
 an ensemble's members would agree. Only the first copy is kept and ranks: the second is a training aid,
 and the model that ranks is one model at one model's scoring cost.
 
-Only ``loss="full_softmax"`` (the distribution over every item) is supported.
+Only ``loss="full_softmax"`` (the distribution over every item) is supported. The training loop builds the pair
+(``TrainConfig.mutual_learning``, ``models.train.train``'s ``partner``); ``benchmarks.convergence --mutual-learning``
+uses it too.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ class MutualPair(SequentialRecommender):
     """``first`` and ``second`` trained with mutual learning; ``first`` ranks."""
 
     def __init__(self, first: SequentialRecommender, second: SequentialRecommender, weight: float = 1.0):
+        if first.positionwise:
+            raise ValueError(f"mutual learning scores one row per cut: {first.name} trains position-wise")
         if first.loss != "full_softmax" or second.loss != "full_softmax":
             raise ValueError(
-                "mutual learning matches distributions over every item: loss must be full_softmax"
+                "mutual learning matches the copies' distributions over every item, so it needs "
+                f"loss='full_softmax' (candidate vectors that do not depend on the row), not {first.loss!r}"
             )
         super().__init__(first.n_items, first.max_len, first.loss)
         self.members = nn.ModuleList([first, second])

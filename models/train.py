@@ -110,6 +110,9 @@ class TrainConfig:
     # after training, rank by score - tau * log(1 + training count): "auto" fits tau on validation
     # (models.calibration), a number sets it; 0: the scores as trained
     popularity_adjustment: float | str = 0.0
+    # > 0: deep mutual learning (models.mutual): a second copy of the model (``train``'s ``partner``) trains on the
+    # same batches, each copy's loss adding this weight x KL(other || self); only the model is kept (0: off)
+    mutual_learning: float = 0.0
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -133,6 +136,8 @@ class TrainConfig:
             raise ValueError(f"plateau_factor must be in (0, 1], not {self.plateau_factor!r}")
         if not self.embedding_lr_scale > 0:
             raise ValueError(f"embedding_lr_scale must be > 0, not {self.embedding_lr_scale!r}")
+        if not self.mutual_learning >= 0:
+            raise ValueError(f"mutual_learning must be >= 0 (0: off), not {self.mutual_learning!r}")
         if self.popularity_adjustment != "auto" and not (
             isinstance(self.popularity_adjustment, int | float) and self.popularity_adjustment >= 0
         ):
@@ -169,7 +174,7 @@ _NOT_HASHED = ("resume", "eval_batch_size", "time_budget_s", "popularity_adjustm
 _HASHED_WHEN_SET = {
     "crop_prob": 0.0, "negative_power": 0.0, "ema_decay": 0.0, "label_smoothing": 0.0,
     "valid_protocol": "sampled_100", "embedding_lr_scale": 1.0, "max_validation_scores": 0,
-    "plateau_factor": 0.3, "replace_before_last_prob": 0.0,
+    "plateau_factor": 0.3, "replace_before_last_prob": 0.0, "mutual_learning": 0.0,
 }  # fmt: skip
 
 
@@ -516,6 +521,31 @@ def make_ema(model: SequentialRecommender, decay: float) -> torch.optim.swa_util
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
 
 
+def mutual_pair(
+    model: SequentialRecommender, partner: SequentialRecommender | None, config: TrainConfig
+) -> SequentialRecommender:
+    """What trains: ``model``, or under ``config.mutual_learning`` the ``models.mutual.MutualPair`` of it and
+    ``partner``."""
+    if not config.mutual_learning or not model.trainable:
+        if partner is not None:
+            raise ValueError("a partner model trains only under mutual_learning > 0")
+        return model
+    if partner is None:
+        raise ValueError(
+            "mutual_learning needs the partner model: a second copy built with another initialisation"
+        )
+    from models.mutual import MutualPair
+
+    return MutualPair(model, partner, config.mutual_learning)
+
+
+def ranking_copy(trained: SequentialRecommender) -> SequentialRecommender:
+    """The model that is validated and kept out of what trains (``mutual_pair``): a pair's first copy."""
+    from models.mutual import MutualPair
+
+    return trained.members[0] if isinstance(trained, MutualPair) else trained
+
+
 def make_optimizer(model: SequentialRecommender, data: RecData, config: TrainConfig):
     """AdamW with ``adam_beta2`` and the per-step warm-up / decay schedule of ``lr_factor``."""
     groups: list[dict] = [{"params": list(model.parameters())}]
@@ -694,18 +724,23 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     log: Callable[[str], None] = print,
     run_id: str | None = None,
+    partner: SequentialRecommender | None = None,
 ) -> TrainResult:
     """Train ``model`` in place (it ends holding the best epoch's weights) and return the history.
 
     ``run_id`` (e.g. the Dagster run's) is stored in the checkpoints, so that a later call that
-    reuses a finished model can say which run trained it (``result.extra["reused"]``)."""
+    reuses a finished model can say which run trained it (``result.extra["reused"]``). ``partner``: under
+    ``config.mutual_learning`` the second copy of the model, built as ``model`` was with another initialisation;
+    the two train together (``models.mutual.MutualPair``, in ``resume.pt``), and ``model`` alone is validated
+    and kept in ``best.pt``."""
     device = torch.device(device)
     started = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rng = seed_everything(config.seed)
     model.to(device)
-    model.label_smoothing = config.label_smoothing
+    trained = mutual_pair(model, partner, config).to(device)  # ``model`` itself without mutual learning
+    trained.label_smoothing = config.label_smoothing
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -743,9 +778,9 @@ def train(
             history, 0, metrics, 0, None, time.perf_counter() - started, peak_memory(device), False
         )
 
-    optimizer, scheduler = make_optimizer(model, data, config)
+    optimizer, scheduler = make_optimizer(trained, data, config)
     ema_decay = resolved_ema_decay(model, data, config)
-    ema = make_ema(model, ema_decay)
+    ema = make_ema(trained, ema_decay)
     if ema is not None:
         log(
             f"{name}: validating and keeping a moving average of the weights (decay {ema_decay:.4f}"
@@ -755,7 +790,7 @@ def train(
                 else ")"
             )
         )
-    evaluated = ema.module if ema is not None else model  # the weights that are validated and kept
+    evaluated = ranking_copy(ema.module if ema is not None else trained)  # the weights validated and kept
     sampler = NegativeSampler(data)
     valid_users = validation_users(data, config)
     if valid_users is not None:
@@ -768,7 +803,7 @@ def train(
     if state is None and out is not None:
         (out / SAMPLED_BEST).unlink(missing_ok=True)  # an earlier run's pick: this run writes its own or none
     if state is not None:
-        model.load_state_dict(state["model"])
+        trained.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
@@ -840,7 +875,7 @@ def train(
             break
         t0 = time.perf_counter()
         loss, n_examples = train_epoch(
-            model, optimizer, data, sampler, rng, config, device, precision, scheduler, estimate, ema
+            trained, optimizer, data, sampler, rng, config, device, precision, scheduler, estimate, ema
         )
         train_time = time.perf_counter() - t0
         metrics = validate(
@@ -865,7 +900,7 @@ def train(
         if out is not None:
             torch.save(
                 {
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "model": {k: v.detach().cpu() for k, v in trained.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     **({"ema": ema.state_dict()} if ema is not None else {}),

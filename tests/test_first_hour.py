@@ -96,6 +96,20 @@ def test_preflight_names_every_problem(full_pipeline, tmp_path):
     assert "torch.save" in problems[0]["what"] and "does not exist" in problems[1]["what"]
 
 
+def test_preflight_refuses_mutual_learning_where_the_model_scores_per_row(full_pipeline, one_torch_thread):
+    """The embedded sample has a time path: ConvRec's candidate vectors depend on the row, so two copies'
+    distributions over every item cannot be matched; preflight says so before anything trains."""
+    result = _preflight_only(full_pipeline, {"ops": {"convrec_model": {"config": {"mutual_learning": 1.0}}}})
+    assert not result.success
+    problems = (
+        next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        .step_failure_data.user_failure_data.metadata["problems"]
+        .value
+    )
+    assert [p["what"].split(" ")[0] for p in problems] == ["convrec_model"]
+    assert "do not depend on the row" in problems[0]["what"] and problems[0]["what_to_do"]
+
+
 def test_estimate_advises_a_quicker_result_over_an_hour_on_cpu():
     from convrec_dagster.data.preflight import DataSize, estimate_lines
 

@@ -68,3 +68,34 @@ def test_mutual_learning_needs_the_distribution_over_every_item(data):
     sampled = {**HP, "loss": "softmax"}
     with pytest.raises(ValueError, match="full_softmax"):
         MutualPair(build_model("convrec", data, sampled), build_model("convrec", data, sampled))
+
+
+def test_train_keeps_the_model_alone_and_resumes_the_pair(data, tmp_path):
+    from models.registry import load_model
+    from models.train import TrainConfig, config_hash, train
+
+    config = TrainConfig(
+        scheme="all_cuts", batch_size=32, lr=3e-3, max_epochs=2, patience=2, mutual_learning=1.0
+    )
+    assert config_hash("convrec", HP, config) != config_hash(
+        "convrec", HP, TrainConfig(**{**config.__dict__, "mutual_learning": 0.0})
+    )
+    torch.manual_seed(0)
+    model, partner = build_model("convrec", data, HP), build_model("convrec", data, HP)
+    result = train(model, data, "convrec", HP, config, out_dir=tmp_path, log=lambda _: None, partner=partner)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    kept = torch.load(tmp_path / "best.pt", weights_only=True)["state_dict"]
+    assert kept.keys() == model.state_dict().keys()  # the model alone, as one-model runs keep it
+    resume = torch.load(tmp_path / "resume.pt", weights_only=True)["model"]
+    assert {k.split(".")[1] for k in resume} == {"0", "1"}  # both copies, to carry the pair across a restart
+    loaded, _ = load_model(tmp_path / "best.pt", data)
+    batch = _batch(data)
+    model.eval()
+    assert torch.allclose(loaded.full_sort_predict(batch), model.full_sort_predict(batch))
+    with pytest.raises(ValueError, match="partner"):
+        train(build_model("convrec", data, HP), data, "convrec", HP, config, log=lambda _: None)
+    with pytest.raises(ValueError, match="mutual_learning > 0"):
+        one = TrainConfig(**{**config.__dict__, "mutual_learning": 0.0})
+        train(build_model("convrec", data, HP), data, "convrec", HP, one, log=lambda _: None, partner=partner)
+    with pytest.raises(ValueError, match="mutual_learning must be >= 0"):
+        TrainConfig(mutual_learning=-1.0)

@@ -357,3 +357,23 @@ def test_an_ensemble_of_seeds_trains_side_by_side_and_ranks_by_the_mean_score(pr
     history = json.loads((folder / "history.json").read_text())
     assert one.success and "ensemble_size" not in torch.load(folder / "best.pt", weights_only=True)["extra"]
     assert [h["valid_full_NDCG@10"] for h in history] == [h["valid_full_NDCG@10"] for h in single]
+
+
+def test_mutual_learning_is_refused_with_what_to_do_where_it_cannot_train(prepared):
+    """Mutual learning matches two copies' distributions over every item: on data with a time path (a per-row
+    softmax) the run says it needs ``full_softmax``; under torchrun it says it does not combine."""
+
+    def failure(overrides: dict) -> str:
+        result = dg.materialize(
+            [training.convrec_model],
+            resources=prepared,
+            run_config=dg.RunConfig(ops={"convrec_model": training.TrainingConfig(**overrides)}),
+            raise_on_error=False,
+        )
+        assert not result.success
+        return str(result.get_step_failure_events()[0].step_failure_data.error)
+
+    refused = failure({**TINY, "mutual_learning": 1.0})  # before the sample budget's members start
+    assert "needs loss='full_softmax'" in refused and "depend on each row's time" in refused
+    assert "What to do: set mutual_learning to 0" in refused
+    assert "does not combine with torchrun" in failure({**TINY, "mutual_learning": 1.0, "nproc_per_node": 2})

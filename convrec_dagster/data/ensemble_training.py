@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from convrec_dagster.data.training_setup import mutual_partner
 from models.calibration import calibrate
 from models.config import ModelConfig
 from models.data import RecData, resolved_features
@@ -104,12 +105,13 @@ def train_member(job: MemberJob, data: RecData, log: Callable[[str], None], on_e
         torch.set_num_threads(job.threads)
     torch.manual_seed(job.train_config.seed)
     model = build_model(job.name, data, job.model_config)
+    partner = mutual_partner(job.name, data, job.model_config, job.train_config, log)
     if job.compile_mixer and hasattr(model, "mix"):
         model.mix = torch.compile(model.mix)
     hparams = job.model_config.to_hparams()
     return train(
         model, data, job.name, hparams, job.train_config, job.device, job.precision, job.out_dir,
-        on_epoch, log, run_id=job.run_id,
+        on_epoch, log, run_id=job.run_id, partner=partner,
     )  # fmt: skip
 
 

@@ -386,7 +386,7 @@ def time_batches(
 
     from convrec_dagster.data.training_setup import train_config
     from models.registry import build_model, spec
-    from models.train import step_times, validation_seconds
+    from models.train import mutual_pair, step_times, validation_seconds
 
     batch = int(settings["batch_size"])
     data = _synthetic(size, batch * (TIMED_BATCHES + 1))
@@ -397,9 +397,11 @@ def time_batches(
     config = train_config(settings)
     torch.manual_seed(0)
     model = build_model(name, data, model_config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    partner = build_model(name, data, model_config) if config.mutual_learning else None
+    trained = mutual_pair(model, partner, config).to(device)  # under mutual learning two copies train
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr)
     marks = step_times(
-        model, optimizer, data, config, torch.device(device), precision,
+        trained, optimizer, data, config, torch.device(device), precision,
         lambda done, spent: spent > MAX_ESTIMATE_S and done >= 2,
     )  # fmt: skip
     steps = marks[1:]

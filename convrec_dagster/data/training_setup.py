@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convrec_dagster.data.tables import DataError
 from models.base import SequentialRecommender
 from models.budgets import (
     CPU_CONVREC_IDS_ONLY,
@@ -97,14 +98,31 @@ def run_training(
         return TrainingRun(ensemble, model_config, train_config, result, trials)
     torch.manual_seed(train_config.seed)
     model = build_model(name, data, model_config)
+    partner = mutual_partner(name, data, model_config, train_config, log)
     if compile_mixer and hasattr(model, "mix"):
         model.mix = torch.compile(model.mix)
         log("torch.compile applied to the sequence mixer")
     hparams = model_config.to_hparams()
     result = train(
-        model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, log, run_id=run_id
-    )
+        model, data, name, hparams, train_config, device, precision, out_dir, on_epoch, log, run_id=run_id,
+        partner=partner,
+    )  # fmt: skip
     return TrainingRun(model, model_config, train_config, result, trials)
+
+
+def mutual_partner(
+    name: str, data: RecData, model_config: ModelConfig, config: TrainConfig, log: Callable[[str], None]
+):
+    """Under ``mutual_learning`` the second copy of the model, built right after the first one (so from the
+    next draws of the seeded generator: the first copy starts as the one-model run of the same seed would);
+    else None."""
+    if not config.mutual_learning or not spec(name).model_class().trainable:
+        return None
+    log(
+        f"{name}: mutual learning (weight {config.mutual_learning:g}): a second copy trains beside the model on "
+        "the same batches, each matching the other's distribution over every item; the model alone is kept"
+    )
+    return build_model(name, data, model_config)
 
 
 def choose_window(
@@ -226,12 +244,37 @@ def prepare_training(
             )
         )
     s["loss"] = loss
+    if s.get("mutual_learning") and spec(name).model_class().trainable:
+        check_mutual_learning(
+            name, s["mutual_learning"], loss, spec(name).model_class().positionwise, row_dependent
+        )
     log(
         f"{name}: scheme {s['scheme']}, loss {loss}, lr {s['lr']}, batch {s['batch_size']}, "
         f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
         + (f" / {s['time_budget_s'] / 60:.0f} min" if s["time_budget_s"] else "")
     )
     return spec(name).config.from_settings(s), train_config(s)
+
+
+def check_mutual_learning(
+    name: str, weight: float, loss: str, positionwise: bool, row_dependent: bool
+) -> None:
+    """Mutual learning (``models.mutual``) matches two copies' next-item distributions over every item, one
+    per row: a ``DataError`` that says what to do for a model or data where it cannot train."""
+    if positionwise:
+        why = "this model predicts at every position of the sequence (it trains position-wise)"
+    elif loss != "full_softmax":
+        why = f"this model trains with loss={loss!r}" + (
+            " because its candidate vectors depend on each row's time" if row_dependent else ""
+        )
+    else:
+        return
+    raise DataError(
+        f"{name}: mutual_learning {weight:g} matches two copies' distributions over every item, one per row, so it "
+        f"needs loss='full_softmax' on a one-row-per-cut model, but {why}. What to do: set mutual_learning to 0 "
+        "(it applies to ConvRec on data without a time path, such as the S3-Rec benchmark files).",
+        retry=False,
+    )
 
 
 def train_config(s: dict) -> TrainConfig:
@@ -263,6 +306,7 @@ def train_config(s: dict) -> TrainConfig:
         plateau_factor=s["plateau_factor"],
         time_budget_s=s["time_budget_s"],
         popularity_adjustment=resolve_popularity_adjustment(s["popularity_adjustment"]),
+        mutual_learning=float(s.get("mutual_learning") or 0.0),
     )
 
 
