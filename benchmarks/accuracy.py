@@ -504,6 +504,22 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the pipeline failed; see the step list in the JSON")
 
 
+def draw_published(ax, rows: list[dict], protocol: str) -> None:
+    """Dashed lines at the published test figures (``PUBLISHED[dataset]["rows"]``) of ``protocol``."""
+    for row in rows:
+        if row["protocol"] == protocol:
+            ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
+            ax.text(
+                0.99,
+                row["NDCG@10"],
+                f"{row['model']}{'' if 'published' in row['model'] else ' (published)'}, test ",
+                fontsize=7,
+                va="bottom",
+                ha="right",
+                transform=ax.get_yaxis_transform(),
+            )
+
+
 def plot_curves(res: dict, path: Path) -> list[str]:
     """Validation NDCG@10 per training minute of every trained model (each member of an ensemble), published
     test figures dashed: sampled-100 validation, and beside it full-ranking validation where a model
@@ -531,18 +547,7 @@ def plot_curves(res: dict, path: Path) -> list[str]:
             minutes = [sum(h["epoch_time_s"] for h in history[: i + 1]) / 60 for i in range(len(history))]
             label = f"{asset} member {member} (valid)" if n_members > 1 else f"{asset} (valid)"
             ax.plot(minutes, [h[key] for h in history], marker=".", label=label)
-        for row in res["published_quoted_not_measured"]["rows"]:
-            if row["protocol"] == protocol:
-                ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
-                ax.text(
-                    0.99,
-                    row["NDCG@10"],
-                    f"{row['model']} (quoted, test) ",
-                    fontsize=6,
-                    va="bottom",
-                    ha="right",
-                    transform=ax.get_yaxis_transform(),
-                )
+        draw_published(ax, res["published_quoted_not_measured"]["rows"], protocol)
         ax.set_xlabel(
             "training minutes (2 CPU cores)"
             if "cuda" not in json.dumps(res["machine"])

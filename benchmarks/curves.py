@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.accuracy import PUBLISHED
+from benchmarks.accuracy import PUBLISHED, draw_published
 from benchmarks.common import RESULTS_DIR
 
 
@@ -60,18 +60,7 @@ def _minutes(history: list[dict]) -> list[float]:
 
 def _published(ax, dataset: str, protocol: str) -> None:
     """Dashed lines at the published test figures of ``protocol``."""
-    for row in PUBLISHED[dataset]["rows"]:
-        if row["protocol"] == protocol:
-            ax.axhline(row["NDCG@10"], ls="--", lw=0.8, color="gray")
-            ax.text(
-                0.99,
-                row["NDCG@10"],
-                f"{row['model']}{'' if 'published' in row['model'] else ' (published)'}, test ",
-                fontsize=7,
-                va="bottom",
-                ha="right",
-                transform=ax.get_yaxis_transform(),
-            )
+    draw_published(ax, PUBLISHED[dataset]["rows"], protocol)
 
 
 CPU_MINUTES = "training minutes (2-core CPU, 1 torch thread per run)"
