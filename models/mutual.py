@@ -35,6 +35,8 @@ class MutualPair(SequentialRecommender):
                 "mutual learning matches the copies' distributions over every item, so it needs "
                 f"loss='full_softmax' (candidate vectors that do not depend on the row), not {first.loss!r}"
             )
+        if getattr(first, "attribute_loss", 0.0):
+            raise ValueError("mutual learning trains the next-item loss alone: set attribute_loss to 0")
         super().__init__(first.n_items, first.max_len, first.loss)
         self.members = nn.ModuleList([first, second])
         self.weight = float(weight)
@@ -72,6 +74,7 @@ class MutualPair(SequentialRecommender):
         self.members[0].set_popularity_adjustment(tau, train_counts)
 
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        """Both copies' cross-entropies plus ``weight`` x the symmetric KL (what the run log's loss reports)."""
         targets = batch.candidates[:, 0] - 1
         log_probs, total = [], 0.0
         for member in self.members:

@@ -68,6 +68,9 @@ def test_mutual_learning_needs_the_distribution_over_every_item(data):
     sampled = {**HP, "loss": "softmax"}
     with pytest.raises(ValueError, match="full_softmax"):
         MutualPair(build_model("convrec", data, sampled), build_model("convrec", data, sampled))
+    sasrec = {"d": 16, "max_len": 8, "n_layers": 1, "loss": "full_softmax"}
+    with pytest.raises(ValueError, match="position-wise"):
+        MutualPair(build_model("sasrec", data, sasrec), build_model("sasrec", data, sasrec))
 
 
 def test_train_keeps_the_model_alone_and_resumes_the_pair(data, tmp_path):
