@@ -301,6 +301,12 @@ def main(argv: list[str] | None = None) -> None:
         help="override the budget's number of seeds per model, ranked by their mean score (1: one model)",
     )
     parser.add_argument(
+        "--mutual-learning",
+        type=float,
+        default=None,
+        help="mutual_learning W: a second copy trains beside each model, W x their KL (default: the budget's, 0)",
+    )
+    parser.add_argument(
         "--n-negatives",
         type=int,
         default=None,
@@ -397,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         augment_prob=args.augment_prob,
         residual_pool=args.residual_pool,
         ensemble_size=args.ensemble_size,
+        mutual_learning=args.mutual_learning,
         n_negatives=args.n_negatives,
         max_validation_scores=args.max_validation_scores,
         popularity_adjustment=args.popularity_adjustment,
@@ -470,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f", augment_prob {args.augment_prob}" if args.augment_prob is not None else "")
             + (f", residual_pool {args.residual_pool}" if args.residual_pool else "")
             + (f", ensemble_size {args.ensemble_size}" if args.ensemble_size else "")
+            + (f", mutual_learning {args.mutual_learning:g}" if args.mutual_learning else "")
             + (f", n_negatives {args.n_negatives}" if args.n_negatives else "")
             + (
                 f", max_validation_scores {args.max_validation_scores}"

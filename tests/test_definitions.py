@@ -145,13 +145,17 @@ def test_run_config_example_is_valid_for_full_pipeline(defs):
 
     overrides = accuracy_run_config(
         "beauty", "cpu", 5, 1e-3, {"min_count": 1}, 1, loss="full_softmax", valid_protocol="full", max_len=2,
-        batch_size=1024, weight_decay=0.5, augment_prob=0.0,
+        batch_size=1024, weight_decay=0.5, augment_prob=0.0, ensemble_size=1, mutual_learning=1.0,
     )  # fmt: skip
     checked = dg.validate_run_config(defs.resolve_job_def("full_pipeline"), overrides)
     assert checked["ops"]["convrec_model"]["config"]["valid_protocol"] == "full"
     assert checked["ops"]["convrec_model"]["config"]["max_len"] == 2
     assert checked["ops"]["convrec_model"]["config"]["weight_decay"] == 0.5
     assert checked["ops"]["convrec_model"]["config"]["augment_prob"] == 0.0  # 0 is a value, not "unset"
+    assert (
+        checked["ops"]["convrec_model"]["config"]["ensemble_size"],
+        checked["ops"]["convrec_model"]["config"]["mutual_learning"],
+    ) == (1, 1.0)
     assert checked["ops"]["sasrec_model"]["config"]["loss"] == "full_softmax"
     assert "valid_protocol" not in accuracy_run_config("video", "cpu")["ops"]["convrec_model"]["config"]
     with pytest.raises(dg.DagsterInvalidConfigError):  # a typo is caught, not ignored
