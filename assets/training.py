@@ -134,9 +134,8 @@ class TrainingConfig(dg.Config):
     grad_clip: float = 1.0
     seed: int = 42
     ensemble_size: int | None = None  # seeds trained and ranked by their mean score (None: the budget's)
-    mutual_learning: float = (
-        0.0  # > 0: a second copy trains beside the model, weight of their KL (full_softmax)
-    )
+    # > 0: a second copy trains beside the model, this weight on their KL (models.mutual; full_softmax only)
+    mutual_learning: float = 0.0
     resume: bool = True
     retrain: bool = False
     # distributed (torchrun behind Dagster Pipes); 1 x 1: the one-process path
