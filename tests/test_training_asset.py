@@ -29,6 +29,7 @@ TINY = {
     "batch_size": 32,
     "lr": 3e-3,
     "budget": "sample",
+    "ensemble_size": 1,  # one model: the sample budget's ConvRec pair has tests of its own below
 }
 
 
@@ -373,7 +374,9 @@ def test_mutual_learning_is_refused_with_what_to_do_where_it_cannot_train(prepar
         assert not result.success
         return str(result.get_step_failure_events()[0].step_failure_data.error)
 
-    refused = failure({**TINY, "mutual_learning": 1.0})  # before the sample budget's members start
+    refused = failure(
+        {**TINY, "mutual_learning": 1.0, "ensemble_size": 2, "num_threads": 2}
+    )  # before members start
     assert "needs loss='full_softmax'" in refused and "depend on each row's time" in refused
     assert "What to do: set mutual_learning to 0" in refused
     assert "does not combine with torchrun" in failure({**TINY, "mutual_learning": 1.0, "nproc_per_node": 2})
