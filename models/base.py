@@ -71,13 +71,19 @@ def candidate_loss(scores: torch.Tensor, loss: LossName, label_smoothing: float 
     raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
 
 
+def full_softmax_logits(seq: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, n_items)`` of ``seq (N, d)`` over every item ``item_vectors (n_items + 1, d)`` (row 0, the
+    padding, never competes: column j is item j + 1), in fp32 with autocast off."""
+    with torch.autocast(seq.device.type, enabled=False):
+        return seq.float() @ item_vectors[1:].float().T
+
+
 def full_softmax_loss(
     seq: torch.Tensor, item_vectors: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Cross-entropy of ``seq (N, d)`` against every item ``item_vectors (n_items + 1, d)`` (row 0,
-    the padding, never competes); ``targets (N,)`` are item ids >= 1."""
-    with torch.autocast(seq.device.type, enabled=False):
-        logits = seq.float() @ item_vectors[1:].float().T
+    """Cross-entropy of ``seq (N, d)`` against every item ``item_vectors (n_items + 1, d)``
+    (``full_softmax_logits``); ``targets (N,)`` are item ids >= 1."""
+    logits = full_softmax_logits(seq, item_vectors)
     return softmax_cross_entropy(logits, targets - 1, label_smoothing, masked=False)
 
 

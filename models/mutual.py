@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import SequentialRecommender, softmax_cross_entropy
+from models.base import SequentialRecommender, full_softmax_logits, softmax_cross_entropy
 from models.batching import Batch
 
 
@@ -48,9 +48,8 @@ class MutualPair(SequentialRecommender):
 
     @label_smoothing.setter
     def label_smoothing(self, value: float) -> None:
-        if "members" in self._modules:
-            for member in self.members:
-                member.label_smoothing = value
+        for member in self.members:
+            member.label_smoothing = value
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.members[0](batch)
@@ -78,9 +77,7 @@ class MutualPair(SequentialRecommender):
         targets = batch.candidates[:, 0] - 1
         log_probs, total = [], 0.0
         for member in self.members:
-            seq = member(batch)
-            with torch.autocast(seq.device.type, enabled=False):
-                logits = seq.float() @ member.item_vectors()[1:].float().T
+            logits = full_softmax_logits(member(batch), member.item_vectors())
             total = total + softmax_cross_entropy(logits, targets, member.label_smoothing, masked=False)
             log_probs.append(logits.log_softmax(-1))
         if self.weight:

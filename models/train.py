@@ -68,6 +68,7 @@ from models.calibration import calibrate
 from models.data import RecData, resolved_features
 from models.evaluate import autocast, rank_eval_users
 from models.metrics import PROTOCOLS, per_user_metrics, summarize
+from models.mutual import MutualPair
 from models.registry import save_checkpoint
 
 
@@ -534,15 +535,11 @@ def mutual_pair(
         raise ValueError(
             "mutual_learning needs the partner model: a second copy built with another initialisation"
         )
-    from models.mutual import MutualPair
-
     return MutualPair(model, partner, config.mutual_learning)
 
 
 def ranking_copy(trained: SequentialRecommender) -> SequentialRecommender:
     """The model that is validated and kept out of what trains (``mutual_pair``): a pair's first copy."""
-    from models.mutual import MutualPair
-
     return trained.members[0] if isinstance(trained, MutualPair) else trained
 
 
@@ -738,7 +735,6 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rng = seed_everything(config.seed)
-    model.to(device)
     trained = mutual_pair(model, partner, config).to(device)  # ``model`` itself without mutual learning
     trained.label_smoothing = config.label_smoothing
     out = Path(out_dir) if out_dir is not None else None

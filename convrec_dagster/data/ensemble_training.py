@@ -323,10 +323,8 @@ def join_members(
         (out_dir / SAMPLED_BEST).unlink(missing_ok=True)
     joined = {}
     for file, protocol, epochs in picks:
-        ensemble = ScoreEnsemble(
-            [load_model(job.out_dir / file, data, map_location=device)[0] for job in jobs]
-        )
-        ensemble = ensemble.to(device)
+        members_at_pick = [load_model(job.out_dir / file, data, map_location=device)[0] for job in jobs]
+        ensemble = ScoreEnsemble(members_at_pick).to(device)
         metrics = validate(
             ensemble,
             data,

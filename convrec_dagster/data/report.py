@@ -390,13 +390,9 @@ def training_table(histories: dict[str, list[dict]], model_configs: dict[str, di
                 "trained_in_run": info.get("run_id"),
             }
         )
-        if (
-            int(info.get("ensemble_size") or 1) > 1
-        ):  # seeds ranked by their mean score, each with its best epoch
-            out[-1] |= {
-                "ensemble_size": int(info["ensemble_size"]),
-                "member_epochs": info.get("member_epochs"),
-            }
+        size = int(info.get("ensemble_size") or 1)
+        if size > 1:  # seeds ranked by their mean score, each with its best epoch
+            out[-1] |= {"ensemble_size": size, "member_epochs": info.get("member_epochs")}
     return out
 
 

@@ -244,10 +244,9 @@ def prepare_training(
             )
         )
     s["loss"] = loss
-    if s.get("mutual_learning") and spec(name).model_class().trainable:
-        check_mutual_learning(
-            name, s["mutual_learning"], loss, spec(name).model_class().positionwise, row_dependent
-        )
+    model_class = spec(name).model_class()
+    if s.get("mutual_learning") and model_class.trainable:
+        check_mutual_learning(name, s["mutual_learning"], loss, model_class.positionwise, row_dependent)
     log(
         f"{name}: scheme {s['scheme']}, loss {loss}, lr {s['lr']}, batch {s['batch_size']}, "
         f"d {s['d']}, L {s['max_len']}, at most {s['max_epochs']} epochs"
