@@ -38,6 +38,23 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def _cpu_family_model() -> str | None:
+    """'family/model/stepping' from /proc/cpuinfo: model names are often generic ("Intel(R) Xeon(R) Processor")
+    on cloud machines, while the numbers say which generation ran."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("cpu family", "model", "stepping") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
+                break
+    except OSError:
+        return None
+    return "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")) if fields else None
+
+
 def _ram_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -63,14 +80,19 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
-def machine_info(device: str = "cpu") -> dict:
-    """Platform, CPU model and count, RAM, load, versions, device name, date, git commit."""
+def machine_info(device: str = "cpu", **extra) -> dict:
+    """Platform, CPU model and count, RAM, load, versions, device name, date, git commit, and ``extra``.
+
+    ``cpu_capability`` is the instruction set torch's CPU kernels dispatch to (AVX2, AVX512, ...): runs of the
+    same code and seed on machines that differ there can differ in the last digits of their metrics."""
     import torch
 
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
+        "cpu_family_model_stepping": _cpu_family_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gb": _ram_gb(),
@@ -83,9 +105,9 @@ def machine_info(device: str = "cpu") -> dict:
         "git": git_commit(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name(0)
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
-    return info
+    return {**info, **extra}
 
 
 def write_json(result: dict, out: str | Path) -> Path:

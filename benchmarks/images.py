@@ -15,32 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-
-def machine_info(device: str) -> dict:
-    import torch
-
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m": round(os.getloadavg()[0], 2),  # shared machines are noisy
-        "torch": torch.__version__,
-        "device": device,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
+from benchmarks.common import machine_info
 
 
 def make_images(folder: Path, n: int, size: int) -> list[str]:
@@ -177,7 +158,7 @@ def _plot(report: dict, path: Path) -> None:
     p = report["params"]
     m = report["machine"]
     ax.set_title(
-        f"ResNet-50 features, {p['image_size']}px, batch {p['batch_size']}, {m.get('gpu', m['device'])}",
+        f"ResNet-50 features, {p['image_size']}px, batch {p['batch_size']}, {m['device_name']}",
         fontsize=9,
     )
     ax.legend(fontsize=8)

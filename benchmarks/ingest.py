@@ -21,10 +21,7 @@ a bar plot goes next to it (same name, ``.png``). Target: >= 200,000 review line
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import tempfile
 import time
 import zlib
@@ -33,6 +30,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from benchmarks.common import machine_info
 from convrec_dagster.data import rawdata
 
 WORDS = (
@@ -190,26 +188,6 @@ def _time_load(fn, *args) -> tuple[rawdata.FileStats, float]:
     return stats, time.perf_counter() - t0
 
 
-def machine_info() -> dict:
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:  # pragma: no cover
-        torch_version = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)),
-        "load_average": os.getloadavg(),
-        "torch": torch_version,
-        "duckdb": duckdb.__version__,
-        "device": "cpu",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -356,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         "target_review_lines_per_s": 200_000,
         "duckdb_threads": threads,
         "generation_seconds": round(gen_s, 1),
-        "machine": machine_info(),
+        "machine": machine_info("cpu", duckdb=duckdb.__version__),
         "runs": runs,
         "long_lines": long_lines,
-        "note": "the machine may be shared with other jobs; see load_average",
+        "note": "the machine may be shared with other jobs; see machine.load_average_1_5_15",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

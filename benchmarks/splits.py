@@ -12,10 +12,8 @@ proxy ids, and ``load_rec_data``. Writes JSON with machine info and a PNG bar pl
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from benchmarks.common import machine_info
 from convrec_dagster.data import splits
 from convrec_dagster.data.dataset import load_rec_data
 
@@ -64,26 +63,6 @@ def generate_interactions(
     conn.register("_generated", table)
     conn.execute("CREATE OR REPLACE TABLE interactions AS SELECT * FROM _generated")
     conn.unregister("_generated")
-
-
-def machine_info(threads: int) -> dict:
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:  # pragma: no cover
-        torch_version = "absent"
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "duckdb_threads": threads,
-        "duckdb_version": duckdb.__version__,
-        "numpy_version": np.__version__,
-        "torch_version": torch_version,
-        "device": "cpu",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def plot(timings: dict, title: str, path: Path) -> None:
@@ -154,7 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     result = {
         "benchmark": "splits",
-        "machine": machine_info(args.threads),
+        "machine": machine_info(
+            "cpu",
+            duckdb_threads=args.threads,
+            duckdb_version=duckdb.__version__,
+            numpy_version=np.__version__,
+        ),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "generate_s": round(generate_s, 3),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

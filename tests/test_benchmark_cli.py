@@ -31,6 +31,20 @@ def test_benchmark_help_names_no_empty_default(script: str):
     assert "(default: None)" not in text and "(default: )" not in text
 
 
+def test_machine_info_names_the_cpu_generation_and_keeps_extras():
+    """Every benchmark JSON records the same machine fields, from ``common.machine_info``: the ISA torch's kernels
+    dispatch to tells two runs of the same code apart when their last digits differ."""
+    import torch
+
+    from benchmarks.common import machine_info
+
+    info = machine_info("cpu", duckdb_threads=3)
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and info["cpu_capability"]
+    assert info["duckdb_threads"] == 3 and info["device"] == "cpu" and info["cpu_count"] >= 1
+    if info["cpu_family_model_stepping"] is not None:  # /proc/cpuinfo on Linux
+        assert info["cpu_family_model_stepping"].count("/") == 2
+
+
 def test_help_formatter_keeps_real_defaults():
     import argparse
 
