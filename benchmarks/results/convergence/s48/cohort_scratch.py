@@ -22,6 +22,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
 import benchmarks.convergence as convergence  # noqa: E402
+import models.registry as registry  # noqa: E402
 import models.train as train_module  # noqa: E402
 from models.base import full_softmax_logits, softmax_cross_entropy  # noqa: E402
 from models.mutual import MutualPair  # noqa: E402
@@ -59,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     built: list = []
-    original_build = convergence.build_model
+    original_build = registry.build_model
 
     def build_and_remember(*a, **k):
         model = original_build(*a, **k)
@@ -72,7 +73,7 @@ def main() -> None:
         assert partner is built[1] and model is built[0], "the cohort is built from convergence's copies"
         return Cohort(built[: args.copies], config.mutual_learning)
 
-    convergence.build_model = build_and_remember
+    registry.build_model = build_and_remember  # convergence imports it inside main
     train_module.mutual_pair = cohort
     original_write = convergence.write_json
 
