@@ -72,14 +72,19 @@ class MutualPair(SequentialRecommender):
     def set_popularity_adjustment(self, tau: float, train_counts=None) -> None:
         self.members[0].set_popularity_adjustment(tau, train_counts)
 
-    def calculate_loss(self, batch: Batch) -> torch.Tensor:
-        """Both copies' cross-entropies plus ``weight`` x the symmetric KL (what the run log's loss reports)."""
+    def cross_entropies(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The sum of the copies' cross-entropies over every item, and each copy's log-probabilities."""
         targets = batch.candidates[:, 0] - 1
         log_probs, total = [], 0.0
         for member in self.members:
             logits = full_softmax_logits(member(batch), member.item_vectors())
             total = total + softmax_cross_entropy(logits, targets, member.label_smoothing, masked=False)
             log_probs.append(logits.log_softmax(-1))
+        return total, log_probs
+
+    def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        """Both copies' cross-entropies plus ``weight`` x the symmetric KL (what the run log's loss reports)."""
+        total, log_probs = self.cross_entropies(batch)
         if self.weight:
             a, b = log_probs
             kl = F.kl_div(a, b.detach(), log_target=True, reduction="batchmean")

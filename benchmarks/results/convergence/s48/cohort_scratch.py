@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 import benchmarks.convergence as convergence  # noqa: E402
 import models.registry as registry  # noqa: E402
 import models.train as train_module  # noqa: E402
-from models.base import full_softmax_logits, softmax_cross_entropy  # noqa: E402
 from models.mutual import MutualPair  # noqa: E402
 
 
@@ -36,12 +35,7 @@ class Cohort(MutualPair):
         self.members = nn.ModuleList(members)
 
     def calculate_loss(self, batch):
-        targets = batch.candidates[:, 0] - 1
-        log_probs, total = [], 0.0
-        for member in self.members:
-            logits = full_softmax_logits(member(batch), member.item_vectors())
-            total = total + softmax_cross_entropy(logits, targets, member.label_smoothing, masked=False)
-            log_probs.append(logits.log_softmax(-1))
+        total, log_probs = self.cross_entropies(batch)
         n = len(log_probs)
         for i, mine in enumerate(log_probs):
             for j, other in enumerate(log_probs):
