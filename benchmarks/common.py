@@ -38,7 +38,7 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _cpu_family_model() -> str | None:
+def _cpu_family_model_stepping() -> str | None:
     """'family/model/stepping' from /proc/cpuinfo: model names are often generic ("Intel(R) Xeon(R) Processor")
     on cloud machines, while the numbers say which generation ran."""
     fields: dict[str, str] = {}
@@ -91,7 +91,7 @@ def machine_info(device: str = "cpu", **extra) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
-        "cpu_family_model_stepping": _cpu_family_model(),
+        "cpu_family_model_stepping": _cpu_family_model_stepping(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
