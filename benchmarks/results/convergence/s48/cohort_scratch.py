@@ -8,6 +8,9 @@ W / (N - 1) x the sum of KL(other || self) over the other copies (held fixed). F
     python benchmarks/results/convergence/s48/cohort_scratch.py --copies 3 -- <benchmarks.convergence arguments>
 
 The extra copies are built right after the partner (the next draws of the seeded generator).
+
+Not run on Beauty in stop 48 (the pre-registration's third amendment gave the hour to the seed-0 pair); only its loss
+was checked, against ``MutualPair``'s for two copies and on three.
 """
 
 from __future__ import annotations
