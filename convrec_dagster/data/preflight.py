@@ -384,7 +384,7 @@ def time_batches(
     (``models.train.validation_seconds``; a full-ranking validation scores the whole catalogue per user)."""
     import torch
 
-    from convrec_dagster.data.training_setup import train_config
+    from convrec_dagster.data.training_setup import mutual_partner, train_config
     from models.registry import build_model, spec
     from models.train import mutual_pair, step_times, validation_seconds
 
@@ -397,7 +397,7 @@ def time_batches(
     config = train_config(settings)
     torch.manual_seed(0)
     model = build_model(name, data, model_config).to(device)
-    partner = build_model(name, data, model_config) if config.mutual_learning else None
+    partner = mutual_partner(name, data, model_config, config, log=lambda _: None)
     trained = mutual_pair(model, partner, config).to(device)  # under mutual learning two copies train
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr)
     marks = step_times(
