@@ -1,0 +1,58 @@
+"""Stop 49: Beauty's full-ranking validation NDCG@10 against minutes of training at seed 42: one model, the pair
+(mutual learning W 1) and the cohort of three copies, each run's test figure in the legend. Minutes, not epochs,
+because a cohort's epoch costs about 1.6x a pair's under the same 60-minute cap. Writes cohort_curves.png
+beside this script."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[2]
+RUNS = [
+    (
+        "one model (stop 45, one thread beside another run)",
+        "convergence/s45/beauty_convrec_budget_seed42.json",
+        "C0",
+        ":",
+    ),
+    (
+        "pair, convergence run (stop 47)",
+        "convergence/s47/beauty_convrec_budget_mutual1_seed42.json",
+        "C1",
+        "--",
+    ),
+    ("pair, pipeline (stop 48)", "accuracy_beauty_cpu_convrec_mutual1.json", "C1", "-"),
+    ("cohort of three (stop 49)", "convergence/s49/beauty_convrec_budget_cohort3_seed42.json", "C2", "-"),
+]
+
+
+def curve_and_test(path: Path) -> tuple[list[float], list[float], float]:
+    result = json.loads(path.read_text())
+    if "training" in result:  # benchmarks.accuracy
+        history = result["training"]["convrec_model"]["history"]
+        test = result["ours_test_all_users"]["convrec"]["full"]["NDCG@10"]
+    else:  # benchmarks.convergence
+        history, test = result["history"], result["test"]["full"]["NDCG@10"]
+    minutes = [row["elapsed_s"] / 60 for row in history]
+    return minutes, [row["valid_full_NDCG@10"] for row in history], test
+
+
+fig, ax = plt.subplots(figsize=(7.5, 4.2))
+for label, rel, color, style in RUNS:
+    minutes, valid, test = curve_and_test(RESULTS / rel)
+    ax.plot(minutes, valid, style, marker=".", color=color, label=f"{label}: test {test:.4f}")
+ax.axvline(60, color="grey", lw=0.8)
+ax.set_ylim(0.064, 0.077)
+ax.set_xlim(12, 62)  # the first epochs sit far below the plateau
+ax.set_xlabel("minutes of training (2 CPU cores; the issue's cap at 60)")
+ax.set_ylabel("validation full-ranking NDCG@10")
+ax.set_title(
+    "Beauty, ConvRec seed 42: one model, a pair and a cohort of three; BSARec's test .0611", fontsize=9
+)
+ax.legend(fontsize=7, loc="lower right")
+fig.tight_layout()
+fig.savefig(Path(__file__).with_name("cohort_curves.png"), dpi=110)
