@@ -40,6 +40,16 @@ def _histories(path: Path) -> list[tuple[str, list[dict]]]:
     return [(f"{path.stem} (convergence)", res.get("history") or [])]
 
 
+def history_and_test(path: Path, model: str = "convrec") -> tuple[list[dict], dict]:
+    """``model``'s validation history and its test full-ranking metrics in one result JSON, a
+    ``benchmarks.convergence`` run or a ``benchmarks.accuracy`` run (for a stop's own plots)."""
+    res = json.loads(Path(path).read_text())
+    if "training" in res:
+        history = res["training"][f"{model}_model"]["history"]
+        return history, res["ours_test_all_users"][model]["full"]
+    return res["history"], res["test"]["full"]
+
+
 def runs(dataset: str, patterns: list[str] | None = None) -> list[tuple[str, list[dict]]]:
     """(label, history) of every run with at least one trained epoch: by default every top-level
     convergence and accuracy JSON of ``dataset``; with ``patterns``, the JSONs they match under

@@ -95,6 +95,26 @@ def test_curves_add_a_full_ranking_panel_only_for_runs_that_logged_it(tmp_path, 
     assert one.shape[1] == 900 and two.shape[1] == 1500  # 9 and 15 inches at 100 dpi
 
 
+def test_history_and_test_reads_one_model_from_either_kind_of_result(tmp_path):
+    """``benchmarks.curves.history_and_test``: a convergence run's history and test figures, and the named
+    model's from a pipeline run, not another model's."""
+    import json
+
+    from benchmarks.curves import history_and_test
+
+    epochs = [{"epoch": 1, "valid_full_NDCG@10": 0.07}]
+    full = {"NDCG@10": 0.06, "HR@10": 0.1}
+    (tmp_path / "convergence.json").write_text(json.dumps({"history": epochs, "test": {"full": full}}))
+    accuracy = {
+        "training": {"sasrec_model": {"history": []}, "convrec_model": {"history": epochs}},
+        "ours_test_all_users": {"sasrec": {"full": {"NDCG@10": 0.05}}, "convrec": {"full": full}},
+    }
+    (tmp_path / "accuracy.json").write_text(json.dumps(accuracy))
+    assert history_and_test(tmp_path / "convergence.json") == (epochs, full)
+    assert history_and_test(tmp_path / "accuracy.json") == (epochs, full)
+    assert history_and_test(tmp_path / "accuracy.json", "sasrec") == ([], {"NDCG@10": 0.05})
+
+
 def test_curves_plot_only_the_runs_named_including_subfolders_and_accuracy_runs(tmp_path, monkeypatch):
     """``benchmarks.curves --runs``: globs under the results folder pick the runs, a stop's subfolder
     and a pipeline run's training histories included; the default keeps to the top level."""

@@ -1,13 +1,16 @@
 """Stop 48: Beauty's full-ranking validation NDCG@10 by epoch, one model against mutual learning (W 1), seeds 42
 and 0, with each run's test figure in the legend. Writes mutual_curves.png beside this script."""
 
-import json
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+from benchmarks.curves import history_and_test  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[2]
 RUNS = [
@@ -29,20 +32,11 @@ RUNS = [
 ]
 
 
-def curve_and_test(path: Path) -> tuple[list[float], float]:
-    result = json.loads(path.read_text())
-    if "training" in result:  # benchmarks.accuracy
-        history = result["training"]["convrec_model"]["history"]
-        test = result["ours_test_all_users"]["convrec"]["full"]["NDCG@10"]
-    else:  # benchmarks.convergence
-        history, test = result["history"], result["test"]["full"]["NDCG@10"]
-    return [row["valid_full_NDCG@10"] for row in history], test
-
-
 fig, ax = plt.subplots(figsize=(7.5, 4.2))
 for label, rel, color, style in RUNS:
-    valid, test = curve_and_test(RESULTS / rel)
-    ax.plot(range(1, len(valid) + 1), valid, style, color=color, label=f"{label}: test {test:.4f}")
+    history, test = history_and_test(RESULTS / rel)
+    valid = [row["valid_full_NDCG@10"] for row in history]
+    ax.plot(range(1, len(valid) + 1), valid, style, color=color, label=f"{label}: test {test['NDCG@10']:.4f}")
 ax.set_ylim(0.066, 0.077)
 ax.set_xlim(4.5, 21.5)  # the first epochs sit far below the plateau
 ax.set_xlabel("epoch (2 CPU cores, about 165 s each with mutual learning)")

@@ -3,13 +3,16 @@
 because a cohort's epoch costs about 1.6x a pair's under the same 60-minute cap. Writes cohort_curves.png
 beside this script."""
 
-import json
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+from benchmarks.curves import history_and_test  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[2]
 RUNS = [
@@ -30,21 +33,11 @@ RUNS = [
 ]
 
 
-def curve_and_test(path: Path) -> tuple[list[float], list[float], float]:
-    result = json.loads(path.read_text())
-    if "training" in result:  # benchmarks.accuracy
-        history = result["training"]["convrec_model"]["history"]
-        test = result["ours_test_all_users"]["convrec"]["full"]["NDCG@10"]
-    else:  # benchmarks.convergence
-        history, test = result["history"], result["test"]["full"]["NDCG@10"]
-    minutes = [row["elapsed_s"] / 60 for row in history]
-    return minutes, [row["valid_full_NDCG@10"] for row in history], test
-
-
 fig, ax = plt.subplots(figsize=(7.5, 4.2))
 for label, rel, color, style in RUNS:
-    minutes, valid, test = curve_and_test(RESULTS / rel)
-    ax.plot(minutes, valid, style, marker=".", color=color, label=f"{label}: test {test:.4f}")
+    history, test = history_and_test(RESULTS / rel)
+    minutes, valid = [row["elapsed_s"] / 60 for row in history], [row["valid_full_NDCG@10"] for row in history]
+    ax.plot(minutes, valid, style, marker=".", color=color, label=f"{label}: test {test['NDCG@10']:.4f}")
 ax.axvline(60, color="grey", lw=0.8)
 ax.set_ylim(0.064, 0.077)
 ax.set_xlim(12, 62)  # the first epochs sit far below the plateau
