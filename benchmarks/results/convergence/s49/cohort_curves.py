@@ -1,6 +1,6 @@
 """Stop 49: Beauty's full-ranking validation NDCG@10 against minutes of training at seed 42: one model, the pair
 (mutual learning W 1) and the cohort of three copies, each run's test figure in the legend. Minutes, not epochs,
-because a cohort's epoch costs about 1.6x a pair's under the same 60-minute cap. Writes cohort_curves.png
+because a cohort's epoch costs about 1.7x a pair's under the same 60-minute cap. Writes cohort_curves.png
 beside this script."""
 
 import sys
@@ -36,7 +36,10 @@ RUNS = [
 fig, ax = plt.subplots(figsize=(7.5, 4.2))
 for label, rel, color, style in RUNS:
     history, test = history_and_test(RESULTS / rel)
-    minutes, valid = [row["elapsed_s"] / 60 for row in history], [row["valid_full_NDCG@10"] for row in history]
+    minutes, valid = (
+        [row["elapsed_s"] / 60 for row in history],
+        [row["valid_full_NDCG@10"] for row in history],
+    )
     ax.plot(minutes, valid, style, marker=".", color=color, label=f"{label}: test {test['NDCG@10']:.4f}")
 ax.axvline(60, color="grey", lw=0.8)
 ax.set_ylim(0.064, 0.077)
