@@ -9,8 +9,9 @@ W / (N - 1) x the sum of KL(other || self) over the other copies (held fixed). F
 
 The extra copies are built right after the partner (the next draws of the seeded generator).
 
-Not run on Beauty in stop 48 (the pre-registration's third amendment gave the hour to the seed-0 pair); only its loss
-was checked, against ``MutualPair``'s for two copies and on three.
+Stop 48 checked its loss only, against ``MutualPair``'s for two copies and on three. Stop 49 ran it on Beauty
+(three copies, W 1, seed 42): an epoch 1.7x a pair's, 13 epochs under the 60-minute cap, test full NDCG@10
+.0588 / HR@10 .1003 (``convergence/s49/beauty_convrec_budget_cohort3_seed42.json``).
 """
 
 from __future__ import annotations
