@@ -40,7 +40,9 @@ def main() -> None:
     original_build = registry.build_model
 
     def build_convrec_then_sasrec(name, data, hparams):
-        if built:  # the partner: a SASRec over the same window, from the next draws of the seeded generator
+        # the second call builds the partner: a SASRec over the same window, from the next draws of the seeded
+        # generator; any other (the first, and reloading the kept ConvRec's checkpoints after training) is as usual
+        if len(built) == 1:
             partner = SASRec(
                 data.n_items, max_len=int(hparams["max_len"]), d=args.partner_d, n_layers=2, n_heads=1,
                 dropout=args.partner_dropout, loss="full_softmax",
@@ -48,7 +50,8 @@ def main() -> None:
             built.append(partner)
             return partner
         model = original_build(name, data, hparams)
-        built.append(model)
+        if not built:
+            built.append(model)
         return model
 
     original_optimizer = train_module.make_optimizer
