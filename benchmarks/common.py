@@ -80,11 +80,19 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
+# environment variables that choose which code path MKL, oneDNN or torch's own CPU kernels take
+KERNEL_ENV = (
+    "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+)  # fmt: skip
+
+
 def machine_info(device: str = "cpu", **extra) -> dict:
     """Platform, CPU model and count, RAM, load, versions, device name, date, git commit, and ``extra``.
 
-    ``cpu_capability`` is the instruction set torch's CPU kernels dispatch to (AVX2, AVX512, ...): runs of the
-    same code and seed on machines that differ there can differ in the last digits of their metrics."""
+    ``cpu_capability`` is the instruction set torch's CPU kernels dispatch to (AVX2, AVX512, ...) and
+    ``kernel_env`` the ``KERNEL_ENV`` variables set for the run: runs of the same code and seed that differ there,
+    or in the CPU's vendor (Intel's MKL takes its AVX2 path on AMD processors), can differ in the last digits of
+    their metrics (BENCHMARKS.md, "Stop 50")."""
     import torch
 
     info = {
@@ -93,6 +101,7 @@ def machine_info(device: str = "cpu", **extra) -> dict:
         "cpu_model": _cpu_model(),
         "cpu_family_model_stepping": _cpu_family_model_stepping(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_env": {name: os.environ[name] for name in KERNEL_ENV if name in os.environ},
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gb": _ram_gb(),

@@ -45,6 +45,17 @@ def test_machine_info_names_the_cpu_generation_and_keeps_extras():
         assert info["cpu_family_model_stepping"].count("/") == 2
 
 
+def test_machine_info_records_the_variables_that_choose_kernel_paths(monkeypatch):
+    """MKL limited to AVX2 moves the embedded sample's SASRec by .005 (stop 50), so a JSON says when it ran so."""
+    from benchmarks.common import KERNEL_ENV, machine_info
+
+    for name in KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert machine_info()["kernel_env"] == {}
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    assert machine_info()["kernel_env"] == {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
 def test_help_formatter_keeps_real_defaults():
     import argparse
 
