@@ -88,8 +88,8 @@ class TrainingConfig(dg.Config):
     each copy's loss adding this weight times KL(other || self) over every item (``full_softmax`` only; not under
     torchrun); only the model is kept and ranks, at one model's scoring cost, and training costs about what an
     ensemble of two costs. No budget sets it (0): on Beauty, four trainings averaged +.0013 test full NDCG@10 over
-    four seeds of one model, two of them about none, with weight 1; .5 and 2 did worse (BENCHMARKS.md, "Stop 47"
-    to "Stop 50").
+    four seeds of one model (trained on another machine), two of them about none, with weight 1; .5 and 2 did
+    worse (BENCHMARKS.md, "Stop 47" to "Stop 50").
     ``resume``: continue a killed run with the same config and data. ``retrain``: train again
     from scratch even when a finished model with the same config and data exists (by default it is
     reused, and the log says so). ``num_threads``: torch CPU threads (0: torch's default;
