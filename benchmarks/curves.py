@@ -50,6 +50,19 @@ def history_and_test(path: Path, model: str = "convrec") -> tuple[list[dict], di
     return res["history"], res["test"]["full"]
 
 
+def plot_full_validation(
+    ax, runs: list[tuple[str, str, str, str]], x: str = "minutes", **plot_kwargs
+) -> None:
+    """For a stop's own plots: one line per ``(label, path under benchmarks/results, color, style)``, the run's
+    full-ranking validation NDCG@10 against minutes of training (``x="minutes"``) or epochs (``x="epoch"``),
+    its test full NDCG@10 in the legend label (``history_and_test``)."""
+    for label, rel, color, style in runs:
+        history, test = history_and_test(RESULTS_DIR / rel)
+        xs = [row["elapsed_s"] / 60 for row in history] if x == "minutes" else range(1, len(history) + 1)
+        valid = [row["valid_full_NDCG@10"] for row in history]
+        ax.plot(xs, valid, style, color=color, label=f"{label}: test {test['NDCG@10']:.4f}", **plot_kwargs)
+
+
 def runs(dataset: str, patterns: list[str] | None = None) -> list[tuple[str, list[dict]]]:
     """(label, history) of every run with at least one trained epoch: by default every top-level
     convergence and accuracy JSON of ``dataset``; with ``patterns``, the JSONs they match under

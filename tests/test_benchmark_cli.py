@@ -126,6 +126,34 @@ def test_history_and_test_reads_one_model_from_either_kind_of_result(tmp_path):
     assert history_and_test(tmp_path / "accuracy.json", "sasrec") == ([], {"NDCG@10": 0.05})
 
 
+def test_plot_full_validation_draws_each_run_against_minutes_or_epochs(tmp_path, monkeypatch):
+    """``benchmarks.curves.plot_full_validation``: one line per run, its full-ranking validation against minutes
+    (from ``elapsed_s``) or epochs, its test figure in the label."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import curves
+
+    monkeypatch.setattr(curves, "RESULTS_DIR", tmp_path)
+    epochs = [
+        {"elapsed_s": 120.0, "valid_full_NDCG@10": 0.07},
+        {"elapsed_s": 300.0, "valid_full_NDCG@10": 0.075},
+    ]
+    (tmp_path / "run.json").write_text(json.dumps({"history": epochs, "test": {"full": {"NDCG@10": 0.0612}}}))
+    fig, ax = plt.subplots()
+    curves.plot_full_validation(ax, [("a run", "run.json", "C1", "-")], marker=".")
+    curves.plot_full_validation(ax, [("by epoch", "run.json", "C2", "--")], x="epoch")
+    minutes, by_epoch = ax.get_lines()
+    plt.close(fig)
+    assert list(minutes.get_xdata()) == [2.0, 5.0] and list(minutes.get_ydata()) == [0.07, 0.075]
+    assert minutes.get_label() == "a run: test 0.0612" and minutes.get_marker() == "."
+    assert list(by_epoch.get_xdata()) == [1, 2] and by_epoch.get_linestyle() == "--"
+
+
 def test_curves_plot_only_the_runs_named_including_subfolders_and_accuracy_runs(tmp_path, monkeypatch):
     """``benchmarks.curves --runs``: globs under the results folder pick the runs, a stop's subfolder
     and a pipeline run's training histories included; the default keeps to the top level."""

@@ -10,9 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
-from benchmarks.curves import history_and_test  # noqa: E402
+from benchmarks.curves import plot_full_validation  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parents[2]
 RUNS = [
     ("one model, seed 42 (stop 45)", "convergence/s45/beauty_convrec_budget_seed42.json", "C0", ":"),
     (
@@ -33,10 +32,7 @@ RUNS = [
 
 
 fig, ax = plt.subplots(figsize=(7.5, 4.2))
-for label, rel, color, style in RUNS:
-    history, test = history_and_test(RESULTS / rel)
-    valid = [row["valid_full_NDCG@10"] for row in history]
-    ax.plot(range(1, len(valid) + 1), valid, style, color=color, label=f"{label}: test {test['NDCG@10']:.4f}")
+plot_full_validation(ax, RUNS, x="epoch")
 ax.set_ylim(0.066, 0.077)
 ax.set_xlim(4.5, 21.5)  # the first epochs sit far below the plateau
 ax.set_xlabel("epoch (2 CPU cores, about 165 s each with mutual learning)")

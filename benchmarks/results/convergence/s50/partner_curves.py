@@ -12,9 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
-from benchmarks.curves import history_and_test  # noqa: E402
+from benchmarks.curves import plot_full_validation  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parents[2]
 RUNS = [
     ("alone (stop 45, one thread beside another run)", "convergence/s45/beauty_convrec_budget_seed42.json", "C0", ":"),
     ("ConvRec partner, convergence run (stop 47)", "convergence/s47/beauty_convrec_budget_mutual1_seed42.json", "C1", "--"),
@@ -24,11 +23,7 @@ RUNS = [
 ]  # fmt: skip
 
 fig, ax = plt.subplots(figsize=(7.5, 4.2))
-for label, rel, color, style in RUNS:
-    history, test = history_and_test(RESULTS / rel)
-    minutes = [row["elapsed_s"] / 60 for row in history]
-    valid = [row["valid_full_NDCG@10"] for row in history]
-    ax.plot(minutes, valid, style, marker=".", color=color, label=f"{label}: test {test['NDCG@10']:.4f}")
+plot_full_validation(ax, RUNS, marker=".")
 ax.axvline(60, color="grey", lw=0.8)
 ax.set_ylim(0.064, 0.077)
 ax.set_xlim(12, 62)  # the first epochs sit far below the plateau
