@@ -193,18 +193,21 @@ def item_image_features(
             context.log.info(f"images {done:,}/{total:,} ({per_s:.1f} images/s)")
 
     cache_dir = paths.artifacts_path("features", "image_cache") if config.use_cache else None
-    result = compute_image_features(
-        locations,
-        weights_path=config.weights_path or None,
-        image_size=image_size,
-        batch_size=config.batch_size,
-        device=device,
-        precision=torch_device.effective_precision(),
-        cache_dir=cache_dir,
-        num_workers=config.num_workers,
-        progress=progress,
-        max_image_bytes=config.max_image_bytes,
-    )
+    with failures(
+        ValueError, TypeError
+    ):  # e.g. a weights file that is not a ResNet-50 state_dict: no retries
+        result = compute_image_features(
+            locations,
+            weights_path=config.weights_path or None,
+            image_size=image_size,
+            batch_size=config.batch_size,
+            device=device,
+            precision=torch_device.effective_precision(),
+            cache_dir=cache_dir,
+            num_workers=config.num_workers,
+            progress=progress,
+            max_image_bytes=config.max_image_bytes,
+        )
     counts = result.counts()
     if n_found == 0:
         context.log.info(

@@ -83,13 +83,13 @@ class TrainingConfig(dg.Config):
     the mean of their scores (``models.ensemble``); on a CPU they train side by side, one process each with the
     threads split, each member resumable in ``<model>/member_<i>/`` (None: the budget's: 2 for ConvRec under
     ``cpu`` with item features and no time path, where a second seed gains more than any single-model change
-    measured, BENCHMARKS.md "Stop 45"; else 1). ``mutual_learning`` > 0: deep mutual learning
-    (``models.mutual``): a second copy of the model, another initialisation, trains beside it on the same batches,
-    each copy's loss adding this weight times KL(other || self) over every item (``full_softmax`` only; not under
-    torchrun); only the model is kept and ranks, at one model's scoring cost, and training costs about what an
-    ensemble of two costs. No budget sets it (0): on Beauty, four trainings averaged +.0013 test full NDCG@10 over
-    four seeds of one model (trained on another machine), two of them about none, with weight 1; .5 and 2 did
-    worse (BENCHMARKS.md, "Stop 47" to "Stop 50").
+    measured, BENCHMARKS.md "Stop 45", and under ``sample``, "Stop 47"; else 1; not under torchrun).
+    ``mutual_learning`` > 0: deep mutual learning (``models.mutual``): a second copy of the model, another
+    initialisation, trains beside it on the same batches, each copy's loss adding this weight times KL(other ||
+    self) over every item (``full_softmax`` only; not under torchrun); only the model is kept and ranks, at one
+    model's scoring cost, and training costs about what an ensemble of two costs. No budget sets it (0): on
+    Beauty, four trainings averaged +.0013 test full NDCG@10 over four seeds of one model (trained on another
+    machine), two of them about none, with weight 1; .5 and 2 did worse (BENCHMARKS.md, "Stop 47" to "Stop 50").
     ``resume``: continue a killed run with the same config and data. ``retrain``: train again
     from scratch even when a finished model with the same config and data exists (by default it is
     reused, and the log says so). ``num_threads``: torch CPU threads (0: torch's default;
@@ -235,10 +235,13 @@ def train_model_asset(
                 "or nproc_per_node and nnodes to 1.",
                 allow_retries=False,
             )
-        if s["with_features"].pop("ensemble_size", 1) > 1:
+        budget_ensemble = max(int(s.get("ensemble_size") or 1), s["with_features"].pop("ensemble_size", 1))
+        if budget_ensemble > 1:  # the budget's, not the user's (refused above): the ranks train one model
+            s["ensemble_size"] = 1
             context.log.warning(
-                f"{name}: the budget trains an ensemble of seeds on data with item features and no time path, "
-                "one process per member; under torchrun one model is trained instead"
+                f"{name}: the {budget} budget trains an ensemble of {budget_ensemble} seeds here, one process or "
+                "thread per member, which does not combine with torchrun: one model is trained instead. Set "
+                "ensemble_size: 1 to say so, or nproc_per_node: 1 to train the ensemble."
             )
         if name != "popularity" and pipes_client is not None:
             window_trials = _window_before_torchrun(name, context, duckdb, paths, torch_device, s)
@@ -262,7 +265,7 @@ def train_model_asset(
         )
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         out_dir = paths.model_path(name)
-        with failures():  # a setting the data cannot take fails at once, without retries
+        with failures():
             run = run_training(
                 name, s, data, device, precision, out_dir, context.log.info,
                 on_epoch=lambda record: context.log.info(epoch_line(name, record)),
@@ -422,7 +425,10 @@ def _training_asset(model: ModelSpec) -> dg.AssetsDefinition:
         torch_device: TorchDevice,
         pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
-        return train_model_asset(name, context, config, duckdb, paths, torch_device, pipes_subprocess_client)
+        with failures(ValueError, TypeError):  # a setting the model or the data cannot take: no retries
+            return train_model_asset(
+                name, context, config, duckdb, paths, torch_device, pipes_subprocess_client
+            )
 
     return _asset
 

@@ -74,9 +74,15 @@ def run_checks(checks: list[CheckFn], *args, **kwargs) -> list[dg.AssetCheckResu
 
 
 @contextmanager
-def failures() -> Iterator[None]:
-    """Inside the block, a data-layer ``DataError`` becomes ``dg.Failure`` with its message and metadata."""
+def failures(*never_retried: type[Exception]) -> Iterator[None]:
+    """Inside the block, a data-layer ``DataError`` becomes ``dg.Failure`` with its message and metadata.
+
+    An exception of a type in ``never_retried`` becomes a ``dg.Failure`` that the step's retry policy does not
+    retry: assets with ``TRANSIENT_RETRY_POLICY`` pass ``ValueError`` and ``TypeError`` (a setting, or a file, the
+    code cannot take fails the same way every time, so a retry only delays the message)."""
     try:
         yield
     except DataError as err:
         raise dg.Failure(description=str(err), metadata=err.metadata, allow_retries=err.retry) from err
+    except never_retried as err:
+        raise dg.Failure(description=f"{type(err).__name__}: {err}", allow_retries=False) from err

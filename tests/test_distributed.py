@@ -188,7 +188,9 @@ def test_window_search_runs_before_torchrun_and_the_ranks_train_its_choice(
     write_split_tables(
         settings.duckdb_path(convrec_home), chain_data(n_users=60, n_items=40, max_len=14, seed=2)
     )
-    search = {k: v for k, v in TINY.items() if k != "max_len"}
+    search = {
+        k: v for k, v in TINY.items() if k not in ("max_len", "ensemble_size")
+    }  # the budget's pair: refused
     search |= {"max_len_choices": [2, 8], "max_len_search_epochs": 1, "max_epochs": 1, "num_threads": 1}
     instance = dg.DagsterInstance.ephemeral()
     result = _materialize(resources, ["convrec"], {**search, "nproc_per_node": 2, "resume": False}, instance)
@@ -200,3 +202,4 @@ def test_window_search_runs_before_torchrun_and_the_ranks_train_its_choice(
     logs = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
     assert "window search, L 2" in logs and "window search, L 8" in logs
     assert "runs in one process only" not in logs
+    assert "the sample budget trains an ensemble of 2 seeds here" in logs and "one model is trained" in logs

@@ -314,3 +314,25 @@ def test_a_weights_path_that_does_not_exist_fails_at_once_with_advice(convrec_ho
     message = str(failure.event_specific_data.error)
     assert "/nowhere/r50.pth" in message and "is not a file" in message and "remove the setting" in message
     assert not any(e.event_type_value == "STEP_RESTARTED" for e in result.all_events)  # not retried
+
+
+def test_a_weights_file_that_is_not_a_resnet50_fails_once_without_retries(
+    convrec_home, make_resources, dump, tmp_path
+):
+    """The asset retries what can pass (a device error, a slow disk), never a file that fails the same way again."""
+    write_inputs(convrec_home)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(3)}, wrong)
+    result = dg.materialize(
+        [item_image_features],
+        resources=make_resources(dump),
+        raise_on_error=False,
+        run_config={"ops": {"item_image_features": {"config": {"weights_path": str(wrong)}}}},
+    )
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failures[0].event_specific_data.error)
+    assert (
+        len(failures) == 1 and str(wrong) in message and "not a torchvision ResNet-50 state_dict" in message
+    )
+    assert not any(e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED") for e in result.all_events)

@@ -380,3 +380,25 @@ def test_mutual_learning_is_refused_with_what_to_do_where_it_cannot_train(prepar
     assert "needs loss='full_softmax'" in refused and "depend on each row's time" in refused
     assert "What to do: set mutual_learning to 0" in refused
     assert "does not combine with torchrun" in failure({**TINY, "mutual_learning": 1.0, "nproc_per_node": 2})
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        ({"label_smoothing": 1.5}, "label_smoothing must be in [0, 1)"),  # models.train.TrainConfig
+        ({"ensemble_size": 0}, "ensemble_size must be 1 (one model) or more"),  # the data layer's setup
+    ],
+)
+def test_a_setting_the_model_cannot_take_fails_once_without_retries(prepared, overrides, says):
+    """The training assets retry what can pass (a device error), never a setting that fails the same way again:
+    one step failure that names the setting, no retry and no 15 s backoff."""
+    result = dg.materialize(
+        [training.convrec_model],
+        resources=prepared,
+        run_config=dg.RunConfig(ops={"convrec_model": training.TrainingConfig(**{**TINY, **overrides})}),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failures = result.get_step_failure_events()
+    assert len(failures) == 1 and says in str(failures[0].step_failure_data.error)
+    assert not any(e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED") for e in result.all_events)
