@@ -21,11 +21,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-# copies dagster.yaml and creates the instance's storage once, under a file lock: two first runs on
-# a fresh DAGSTER_HOME could otherwise both create it and break it
+# copies dagster.yaml (replacing only a copy of the project's, recognised by its first line: a DAGSTER_HOME
+# the user configured is left as it is) and creates the instance's storage once, under a file lock: two
+# first runs on a fresh DAGSTER_HOME could otherwise both create it and break it
 $(DAGSTER_HOME)/dagster.yaml: convrec_dagster/dagster.yaml $(VENV)/.installed
 	mkdir -p $(DAGSTER_HOME)
-	cp convrec_dagster/dagster.yaml $@
+	@if [ ! -e $@ ] || [ "$$(head -n 1 $@)" = "$$(head -n 1 $<)" ]; then cp $< $@; \
+	else echo "make: kept $@, which is not the project's (the project's settings: $<)"; fi
 	$(BIN)/python -m convrec_dagster.store init-dagster-home --dagster-home $(DAGSTER_HOME)
 
 # The console logs at INFO and ends with a summary; `make run CONVREC_LOG_LEVEL=DEBUG` prints every

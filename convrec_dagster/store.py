@@ -293,10 +293,11 @@ def restore(home: Path, database: Path | None = None) -> dict:
     }
 
 
-def rebuild(home: Path, raw_dir: str = "", config: str = "", database: Path | None = None) -> int:
-    """Move the store aside and run `full_pipeline` from the raw dump into a fresh one."""
+def rebuild(home: Path, raw_dir: str = "", config: str = "") -> int:
+    """Move the store aside and run `full_pipeline` from the raw dump into a fresh one. The store is always
+    ``HOME/convrec.duckdb``: the pipeline writes nowhere else, so there is no other file to rebuild."""
     home = Path(home)
-    database = Path(database) if database else settings.duckdb_path(home)
+    database = settings.duckdb_path(home)
     run_id = _holding_home(home, "rebuild")
     try:
         aside = _move_aside(database)
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         subs[name].add_argument(
             "--home", default="", help="CONVREC_HOME (default: the environment's, or ./.convrec)"
         )
-    for name in ("check", "restore", "rebuild"):
+    for name in ("check", "restore"):
         subs[name].add_argument(
             "--database", default="", help="the DuckDB file (default: HOME/convrec.duckdb)"
         )
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "restore":
             print(json.dumps(restore(home, database), indent=1))
         elif args.command == "rebuild":
-            return rebuild(home, args.raw_dir, args.config, database)
+            return rebuild(home, args.raw_dir, args.config)
         elif args.command == "unlock":
             holder = home_lock.read_lock(home)
             if (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -201,3 +202,44 @@ def test_first_runs_racing_on_a_fresh_dagster_home_leave_it_usable(tmp_path):
     ).read_text()
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         assert instance.get_runs() == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_setup_writes_the_projects_dagster_yaml_but_keeps_one_the_user_wrote(tmp_path):
+    """`make setup`'s rule for $DAGSTER_HOME/dagster.yaml: a fresh home gets the project's file, an older copy of
+    it is refreshed, and an instance config the user wrote (e.g. Postgres storage in ~/.dagster) is kept."""
+    project = (REPO_ROOT / "convrec_dagster" / "dagster.yaml").read_text()
+    venv = tmp_path / "venv"  # a stand-in for .venv whose install stamp is newer than pyproject.toml
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".installed").touch()
+    later = time.time() + 3600  # newer than every file of the checkout: install skipped, the rule always runs
+    os.utime(venv / ".installed", (later, later))
+
+    def setup(home: Path) -> str:
+        done = subprocess.run(
+            ["make", "--no-print-directory", f"VENV={venv}", f"DAGSTER_HOME={home}", f"{home}/dagster.yaml"],
+            cwd=REPO_ROOT, env=env_for_cli(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    fresh, older, users = tmp_path / "fresh", tmp_path / "older", tmp_path / "users"
+    setup(fresh)
+    older.mkdir()
+    (older / "dagster.yaml").write_text(project.splitlines()[0] + "\ntelemetry:\n  enabled: false\n")
+    setup(older)
+    users.mkdir()
+    theirs = "telemetry:\n  enabled: true\n"  # not the project's: its first line differs
+    (users / "dagster.yaml").write_text(theirs)
+    out = setup(users)
+    assert (fresh / "dagster.yaml").read_text() == project == (older / "dagster.yaml").read_text()
+    assert (users / "dagster.yaml").read_text() == theirs and f"kept {users}/dagster.yaml" in out
+    assert list(users.rglob("*.db"))  # its storage was still created
+
+
+def test_rebuild_takes_no_database_option_since_the_pipeline_writes_only_the_homes_store(capsys):
+    with pytest.raises(SystemExit) as exc:
+        store.main(["rebuild", "--database", "/elsewhere/other.duckdb"])
+    assert exc.value.code == 2 and "--database" in capsys.readouterr().err
