@@ -239,6 +239,33 @@ def test_recommendations_with_a_named_model_and_k(run):
     assert evaluations["recommendations_k_per_user"].metadata["k"].value == 5  # K from this run's config
 
 
+def test_recommendations_with_k_above_a_users_unseen_items_list_every_unseen_item(run):
+    """K as large as the catalogue allows: a user who has interacted with more items than the catalogue has
+    left over gets every unseen item, and the blocking check accepts the shorter list."""
+    with _db(run["home"]) as conn:
+        n_items = conn.execute("SELECT count(*) FROM item_index").fetchone()[0]
+    k = n_items - 1
+    result = dg.materialize(
+        [a for a in ASSETS if dg.AssetKey("recommendations") in a.keys],
+        resources=run["resources"],
+        instance=run["instance"],
+        run_config={"ops": {"recommendations": {"config": {"model": "popularity", "k": k}}}},
+    )
+    with _db(run["home"]) as conn:
+        lists = conn.execute(
+            "SELECT r.user_idx, count(*) AS n, any_value(s.seen) AS seen FROM recommendations r JOIN "
+            "(SELECT user_idx, count(DISTINCT item_idx) AS seen FROM sequences GROUP BY user_idx) s USING (user_idx) "
+            "GROUP BY r.user_idx"
+        ).df()
+    assert (lists.n == (n_items - lists.seen).clip(upper=k)).all() and (lists.n < k).any()
+    check = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}[
+        "recommendations_k_per_user"
+    ]
+    assert (
+        check.passed and check.metadata["users_with_fewer_unseen_items_than_k"].value == (lists.n < k).sum()
+    )
+
+
 def test_recommendation_model_is_chosen_on_validation_when_test_disagrees(run):
     """Validation says SASRec, test says ConvRec: `recommendations` must follow validation."""
     home = run["home"]

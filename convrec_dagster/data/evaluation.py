@@ -459,31 +459,46 @@ def recommendations_exclude_seen_items(conn: duckdb.DuckDBPyConnection) -> Check
 
 
 def recommendations_k_per_user(conn: duckdb.DuckDBPyConnection, k: int) -> CheckOutcome:
-    """Every user in `user_index` has exactly K rows, ranks 1..K, K distinct items, scores not increasing."""
-    per_user = conn.execute(
+    """Every user in `user_index` has a list of K items, or of every item they have not interacted with where
+    that is fewer: ranks 1..n, n distinct items, scores not increasing, and no list for anyone else."""
+    lists = conn.execute(
         """
-        SELECT user_idx, count(*) AS n, count(DISTINCT item_idx) AS n_items, min(rank) AS lo, max(rank) AS hi,
-               bool_and(score_ok) AS sorted
-        FROM (SELECT *, coalesce(score <= lag(score) OVER (PARTITION BY user_idx ORDER BY rank), true) AS score_ok
-              FROM recommendations)
-        GROUP BY user_idx
-        """
+        WITH lists AS (
+            SELECT user_idx, count(*) AS n, count(DISTINCT item_idx) AS n_items, min(rank) AS lo, max(rank) AS hi,
+                   bool_and(score_ok) AS sorted
+            FROM (SELECT *, coalesce(score <= lag(score) OVER (PARTITION BY user_idx ORDER BY rank), true) AS score_ok
+                  FROM recommendations)
+            GROUP BY user_idx
+        ), expected AS (
+            SELECT u.user_idx, least(?, (SELECT count(*) FROM item_index) - count(DISTINCT s.item_idx)) AS want
+            FROM user_index u LEFT JOIN sequences s USING (user_idx)
+            GROUP BY u.user_idx
+        )
+        SELECT e.user_idx, e.want, coalesce(l.n, 0) AS n, coalesce(l.n_items, 0) AS n_items,
+               coalesce(l.lo, 1) AS lo, coalesce(l.hi, 0) AS hi, coalesce(l.sorted, true) AS sorted
+        FROM expected e LEFT JOIN lists l USING (user_idx)
+        """,
+        [int(k)],
     ).df()
-    users = conn.execute("SELECT count(*) FROM user_index").fetchone()[0]
-    wrong = per_user[
-        (per_user.n != k)
-        | (per_user.n_items != k)
-        | (per_user.lo != 1)
-        | (per_user.hi != k)
-        | ~per_user.sorted.astype(bool)
+    strays = conn.execute(
+        "SELECT count(DISTINCT user_idx) FROM recommendations WHERE user_idx NOT IN (SELECT user_idx FROM user_index)"
+    ).fetchone()[0]
+    wrong = lists[
+        (lists.n != lists.want)
+        | (lists.n_items != lists.want)
+        | (lists.lo != 1)
+        | (lists.hi != lists.want)
+        | ~lists.sorted.astype(bool)
     ]
     return CheckOutcome(
-        wrong.empty and len(per_user) == users,
+        wrong.empty and strays == 0,
         metadata={
             "k": int(k),
-            "users_with_recommendations": len(per_user),
-            "users": int(users),
+            "users_with_recommendations": int((lists.n > 0).sum()),
+            "users": len(lists),
+            "users_with_fewer_unseen_items_than_k": int((lists.want < k).sum()),
             "users_with_wrong_lists": len(wrong),
+            "lists_for_users_not_in_user_index": int(strays),
         },
     )
 
