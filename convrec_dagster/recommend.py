@@ -126,7 +126,8 @@ class Recommender:
         with _open_tables(home) as conn:
             rows = _metric_rows(conn)
             checkpoints = {
-                m: torch.load(p, map_location="cpu", weights_only=True) for m, p in trained.items()
+                m: torch.load(p, map_location="cpu", weights_only=True, mmap=True)  # reads only what is used
+                for m, p in trained.items()
             }
             if model:
                 name, why = model, "named by the caller"
@@ -322,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error(f"--k must be at least 1, not {args.k}")
     logging.basicConfig(level=logging.WARNING, format="convrec: %(message)s", stream=sys.stderr)
     items = [i.strip() for i in args.items.split(",") if i.strip()]
     try:

@@ -48,7 +48,6 @@ class ModelSpec:
     config: type[ModelConfig]  # its hyper-parameters (models/config.py)
     item_features: bool  # reads item attributes / image features (and time context) through ConvRec's encoder
     description: str  # the training asset's description
-    paper_name: str | None = None  # its row in the paper's published tables
 
     @property
     def asset_name(self) -> str:
@@ -68,7 +67,6 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "sasrec", "SASRec", "#4c78a8", "models.sasrec:SASRec", SASRecConfig, False,
         "SASRec baseline: causal self-attention over item-ID embeddings, trained like ConvRec.",
-        paper_name="SASRec",
     ),
     ModelSpec(
         "convrec_attention", "ConvRec-Attention", "#72b7b2", "models.attention:ConvRecAttention", ConvRecAttentionConfig,
@@ -80,7 +78,6 @@ MODELS: tuple[ModelSpec, ...] = (
         "convrec", "ConvRec", "#e45756", "models.convrec:ConvRec", ConvRecConfig, True,
         "ConvRec (IJCAI-ECAI 2026): attribute-aware item encoder and convolution down-scaling, trained with "
         "early stopping on validation NDCG@10; best and resumable checkpoints under artifacts/models/convrec.",
-        paper_name="ConvRec",
     ),
 )  # fmt: skip
 SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in MODELS}

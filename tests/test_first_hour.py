@@ -357,3 +357,11 @@ def test_summary_block_from_notes():
         wall_s=3,
         debug=True,
     )
+
+
+def test_recommend_cli_refuses_a_k_below_one_with_a_usage_message(capsys, tmp_path):
+    from convrec_dagster import recommend
+
+    with pytest.raises(SystemExit) as exc:
+        recommend.main(["--home", str(tmp_path), "--items", "A,B", "--k", "0"])
+    assert exc.value.code == 2 and "--k must be at least 1, not 0" in capsys.readouterr().err

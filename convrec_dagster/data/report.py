@@ -119,7 +119,6 @@ def _published() -> list[dict[str, Any]]:
 
 
 PUBLISHED = _published()
-PAPER_MODEL_FOR = {m.name: m.paper_name for m in MODELS if m.paper_name}  # our model -> the paper's row of it
 
 
 def match_paper_dataset(
