@@ -41,9 +41,10 @@ class ReviewsConfig(dg.Config):
 
 
 class ItemsConfig(dg.Config):
-    """``max_quarantine_share``: as for `reviews`. ``prefer_local_images``: an
-    ``images/<item_id>.jpg|png`` file in the raw folder wins over the image URL in the metadata.
-    ``max_line_bytes``: as for `reviews`."""
+    """``max_quarantine_share``: as for `reviews`. ``prefer_local_images``: ``items.image_ref`` records an
+    ``images/<item_id>.jpg|png`` file of the raw folder rather than the metadata's image URL (false: the URL).
+    It does not change the image features: `item_image_features` always reads the local file where there is
+    one, and never fetches a URL. ``max_line_bytes``: as for `reviews`."""
 
     max_quarantine_share: float = 0.2
     prefer_local_images: bool = True
