@@ -35,11 +35,10 @@ def _op_config(context: dg.AssetExecutionContext, name: str) -> dict:
 def estimate_settings(name: str, config, dataset, size: pf.DataSize, cuda: bool) -> tuple[str, dict]:
     """(budget, settings) of model ``name`` for the time estimate: ``config`` (its ``TrainingConfig``)
     resolved as its training asset resolves it, with the data-dependent rules for data of ``size``."""
-    from assets.training import resolve_settings
-    from convrec_dagster.data.training_setup import data_rules
+    from convrec_dagster.data.training_setup import data_rules, resolve_settings
     from models.budgets import apply_large_catalogue, apply_without_time, auto_max_len, resolve_loss
 
-    budget, _, s = resolve_settings(config, dataset, name, cuda)
+    budget, _, s = resolve_settings(config.model_dump(), dataset, name, cuda)
     if not s["max_len"]:
         s["max_len"] = auto_max_len(size.lengths) if size.lengths is not None else 50
     row_dependent, ids_only = data_rules(name, size.has_context, size.has_attributes, size.has_images)

@@ -15,12 +15,10 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from convrec_dagster.checks import failures
-from convrec_dagster.data.dataset_info import DatasetInfo
 from convrec_dagster.data.plots import training_curves_markdown
 from convrec_dagster.k8s import training_op_tags
 from convrec_dagster.resources import DUCKDB_TAGS, GPU_POOL, ConvRecPaths, TorchDevice
 from convrec_dagster.retry import TRANSIENT_RETRY_POLICY
-from models.budgets import budget_settings, dataset_preset, resolve_budget
 from models.data import FeatureChoice
 from models.registry import MODELS, ModelSpec
 
@@ -164,38 +162,6 @@ class TrainingConfig(dg.Config):
     )
 
 
-ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
-# settings whose "auto" means the budget's
-AUTO_CHOICES = ("scheme", "loss", "valid_protocol", "residual_pool")
-
-
-def resolve_settings(
-    config: TrainingConfig, dataset: DatasetInfo, model: str, cuda: bool
-) -> tuple[str, str, dict]:
-    """(budget, dataset preset, every setting with the budget's values filled in). ``dataset``: the
-    dataset's identity (``ConvRecPaths.dataset``) picks the ``auto`` budget and preset."""
-    budget = resolve_budget(config.budget, dataset.embedded_sample, cuda)
-    preset = config.dataset if config.dataset != "auto" else dataset_preset(dataset.name)
-    base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, preset)}
-    settings = config.model_dump()
-    from_budget = set()
-    for key, value in base.items():
-        if settings.get(key) is None or settings.get(key) == "auto" and key in AUTO_CHOICES:
-            settings[key] = value
-            from_budget.add(key)
-    # data-dependent budget settings (applied in prepare_training) never override a user's value
-    for rule in ("without_time", "ids_only", "with_features", "large_catalogue"):
-        settings[rule] = {k: v for k, v in base.get(rule, {}).items() if k in from_budget}
-    if config.max_len is not None and config.max_len_choices is None:
-        settings["max_len_choices"] = []  # a window the user set is not searched
-    settings["kernels"] = settings["kernels"] or None
-    settings["strides"] = settings["strides"] or None
-    settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
-    settings["emb_init_std_user"] = config.emb_init_std  # resolved with the data (resolve_emb_init)
-    settings["emb_init_std_budget"] = base.get("emb_init_std")
-    return budget, preset, settings
-
-
 def train_model_asset(
     name: str,
     context: dg.AssetExecutionContext,
@@ -208,16 +174,14 @@ def train_model_asset(
     import torch
 
     from convrec_dagster.data.dataset import load_rec_data
-    from convrec_dagster.data.training_setup import (
-        data_features,
-        epoch_line,
-        run_training,
-    )
+    from convrec_dagster.data.training_setup import data_features, epoch_line, resolve_settings, run_training
 
     started = time.perf_counter()
     with duckdb.get_connection() as conn:
         identity = paths.dataset(conn)
-    budget, dataset, s = resolve_settings(config, identity, name, torch_device.torch_device.type == "cuda")
+    budget, dataset, s = resolve_settings(
+        config.model_dump(), identity, name, torch_device.torch_device.type == "cuda"
+    )
     if config.retrain:  # both paths: the one-process loop and the torchrun ranks build TrainConfig from s
         s["resume"] = False
     if s["nproc_per_node"] > 1 or s["nnodes"] > 1:

@@ -75,18 +75,18 @@ def train_one(home: Path, model_name: str, seed: int, overrides: dict, keep: Pat
     import duckdb
     import torch
 
-    from assets.training import TrainingConfig, resolve_settings
+    from assets.training import TrainingConfig
     from convrec_dagster.data import settings as paths
     from convrec_dagster.data.dataset import load_rec_data
     from convrec_dagster.data.dataset_info import read_dataset_info
-    from convrec_dagster.data.training_setup import data_features, run_training
+    from convrec_dagster.data.training_setup import data_features, resolve_settings, run_training
     from models.registry import load_model
     from models.train import SAMPLED_BEST
 
     config = TrainingConfig(budget="sample", seed=seed, **overrides)
     with duckdb.connect(str(paths.duckdb_path(home)), read_only=True) as conn:
         identity = read_dataset_info(conn)
-        _, _, s = resolve_settings(config, identity, model_name, cuda=False)
+        _, _, s = resolve_settings(config.model_dump(), identity, model_name, cuda=False)
         data = load_rec_data(conn, features=data_features(model_name, s))
     threads = torch.get_num_threads()
     torch.set_num_threads(int(s["num_threads"] or threads))

@@ -86,7 +86,7 @@ def training_job(
     name: str, settings: dict, paths: ConvRecPaths, device: str, precision: str, compile: bool = False
 ) -> dict:
     """What ``convrec_dagster.torchrun_entry`` trains: the model, its resolved settings
-    (``assets.training.resolve_settings``), the Parquet handoff to read, where checkpoints go."""
+    (``convrec_dagster.data.training_setup.resolve_settings``), the Parquet handoff to read, where checkpoints go."""
     return {
         "model": name,
         "settings": settings,

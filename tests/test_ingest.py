@@ -364,7 +364,8 @@ def test_sasrec_video_keeps_every_user(make_resources):
 
 
 def test_ingest_writes_the_dataset_identity_that_later_stages_read(make_resources, tmp_path):
-    from assets.training import TrainingConfig, resolve_settings
+    from assets.training import TrainingConfig
+    from convrec_dagster.data.training_setup import resolve_settings
 
     raw = tmp_path / "Beauty_s3rec"
     raw.mkdir()
@@ -381,6 +382,8 @@ def test_ingest_writes_the_dataset_identity_that_later_stages_read(make_resource
     with duckdb.connect(db, read_only=True) as conn:
         info = paths.dataset(conn)
     assert (info.name, info.has_attributes, info.embedded_sample) == ("Beauty_s3rec", True, False)
-    budget, preset, _ = resolve_settings(TrainingConfig(budget="paper"), info, "convrec", cuda=False)
+    budget, preset, _ = resolve_settings(
+        TrainingConfig(budget="paper").model_dump(), info, "convrec", cuda=False
+    )
     assert (budget, preset) == ("paper", "beauty")
     assert paths.dataset().name == "copy"  # before ingest: the configured folder's name

@@ -34,12 +34,15 @@ def test_a_config_holds_exactly_its_model_constructor_arguments_with_the_same_de
 
 
 def _settings(model: str, **overrides) -> dict:
-    """What assets/training.py resolve_settings hands prepare_training on the sample budget."""
-    from assets.training import TrainingConfig, resolve_settings
+    """What resolve_settings hands prepare_training on the sample budget."""
+    from assets.training import TrainingConfig
     from convrec_dagster.data.dataset_info import configured_dataset
+    from convrec_dagster.data.training_setup import resolve_settings
 
     config = TrainingConfig(budget="sample", features="none", **overrides)
-    budget, _, settings = resolve_settings(config, configured_dataset(None, True), model, cuda=False)
+    budget, _, settings = resolve_settings(
+        config.model_dump(), configured_dataset(None, True), model, cuda=False
+    )
     assert budget == "sample"
     return settings
 
@@ -105,13 +108,14 @@ def test_residual_pool_auto_is_the_papers_average_with_a_time_path_and_a_users_c
     """``data`` has time context; without it the ``cpu`` budget keeps the last position
     (``test_cpu_budget_trains_convrec_without_dropout_on_shared_negatives_only_without_a_time_path``)."""
     assert data.has_context
-    from assets.training import TrainingConfig, resolve_settings
+    from assets.training import TrainingConfig
     from convrec_dagster.data.dataset_info import configured_dataset
+    from convrec_dagster.data.training_setup import resolve_settings
 
     def built(**user) -> ConvRec:
         config = TrainingConfig(budget=budget, features="none", d=16, hidden=32, max_len=10, **user)
         _, _, s = resolve_settings(
-            config, configured_dataset(None, budget == "sample"), "convrec", cuda=False
+            config.model_dump(), configured_dataset(None, budget == "sample"), "convrec", cuda=False
         )
         model_config, _ = prepare_training("convrec", s, data, lambda m: None)
         return build_model("convrec", data, model_config.to_hparams())

@@ -427,9 +427,9 @@ def test_unit_init_embedding_tables_learn_faster_by_the_ratio_of_init_scales(ids
 def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_time_path(with_time):
     """``budgets.CPU_CONVREC_WITHOUT_TIME`` applies where no candidate vector depends on the row, and
     never over a value the user set."""
-    from assets.training import TrainingConfig, resolve_settings
+    from assets.training import TrainingConfig
     from convrec_dagster.data.dataset_info import DatasetInfo
-    from convrec_dagster.data.training_setup import prepare_training
+    from convrec_dagster.data.training_setup import prepare_training, resolve_settings
     from models.budgets import (
         CPU_CONVREC,
         CPU_CONVREC_IDS_ONLY,
@@ -443,7 +443,7 @@ def test_cpu_budget_trains_convrec_on_every_item_with_both_picks_only_without_a_
 
     def resolved(model: str, on=data, **user) -> tuple[dict, list[str]]:
         lines: list[str] = []
-        _, _, s = resolve_settings(TrainingConfig(budget="cpu", **user), info, model, cuda=False)
+        _, _, s = resolve_settings(TrainingConfig(budget="cpu", **user).model_dump(), info, model, cuda=False)
         model_config, train = prepare_training(model, s, on, lines.append)
         return {
             **model_config.to_hparams(),
@@ -517,16 +517,16 @@ def test_the_cpu_budget_samples_the_softmax_only_on_a_large_catalogue(with_time,
     (with a time path: the per-row softmax it falls back to, as before), for every model; never over a loss
     the user set."""
     import models.budgets as budgets
-    from assets.training import TrainingConfig, resolve_settings
+    from assets.training import TrainingConfig
     from convrec_dagster.data.dataset_info import DatasetInfo
-    from convrec_dagster.data.training_setup import prepare_training
+    from convrec_dagster.data.training_setup import prepare_training, resolve_settings
 
     data = chain_data(n_users=30, n_items=20, seed=1, with_time=with_time, with_attributes=False)
     info = DatasetInfo(name="Video", format="sasrec_sequences", has_time=with_time)
 
     def resolved(model: str, **user) -> tuple[tuple[str, int], list[str]]:
         lines: list[str] = []
-        _, _, s = resolve_settings(TrainingConfig(budget="cpu", **user), info, model, cuda=False)
+        _, _, s = resolve_settings(TrainingConfig(budget="cpu", **user).model_dump(), info, model, cuda=False)
         prepare_training(model, s, data, lines.append)
         return (s["loss"], s["n_negatives"]), lines
 
@@ -540,7 +540,7 @@ def test_the_cpu_budget_samples_the_softmax_only_on_a_large_catalogue(with_time,
     assert not any("items x rows" in line for line in resolved("popularity")[1])  # nothing to train
     assert resolved("sasrec", loss="full_softmax")[0] == ("full_softmax", 256)  # the user's choice
     assert resolved("sasrec", n_negatives=1000)[0] == ("shared_softmax", 1000)
-    _, _, paper = resolve_settings(TrainingConfig(budget="paper"), info, "convrec", cuda=False)
+    _, _, paper = resolve_settings(TrainingConfig(budget="paper").model_dump(), info, "convrec", cuda=False)
     assert budgets.apply_large_catalogue(paper, 10**6) == {}  # the paper budget samples 100 already
 
 

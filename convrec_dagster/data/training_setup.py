@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convrec_dagster.data.dataset_info import DatasetInfo
 from convrec_dagster.data.tables import DataError
 from models.base import SequentialRecommender
 from models.budgets import (
@@ -26,6 +27,9 @@ from models.budgets import (
     apply_large_catalogue,
     apply_without_time,
     auto_max_len,
+    budget_settings,
+    dataset_preset,
+    resolve_budget,
     resolve_emb_init,
     resolve_embedding_lr_scale,
     resolve_loss,
@@ -35,6 +39,36 @@ from models.config import ModelConfig
 from models.data import RecData
 from models.registry import build_model, spec
 from models.train import TrainConfig, TrainResult, train
+
+ATTENTION_DEFAULTS = {"n_layers": 2, "n_heads": 2, "augment_prob": 0.01}
+# settings whose "auto" means the budget's
+AUTO_CHOICES = ("scheme", "loss", "valid_protocol", "residual_pool")
+
+
+def resolve_settings(user: dict, dataset: DatasetInfo, model: str, cuda: bool) -> tuple[str, str, dict]:
+    """(budget, dataset preset, every setting with the budget's values filled in). ``user``: the training
+    asset's config as a dict (``TrainingConfig.model_dump()``: None or ``auto`` leaves a setting to the budget);
+    ``dataset``: the dataset's identity (``ConvRecPaths.dataset``), which picks the ``auto`` budget and preset."""
+    budget = resolve_budget(user["budget"], dataset.embedded_sample, cuda)
+    preset = user["dataset"] if user["dataset"] != "auto" else dataset_preset(dataset.name)
+    base = {**ATTENTION_DEFAULTS, **budget_settings(budget, model, preset)}
+    settings = dict(user)
+    from_budget = set()
+    for key, value in base.items():
+        if settings.get(key) is None or settings.get(key) == "auto" and key in AUTO_CHOICES:
+            settings[key] = value
+            from_budget.add(key)
+    # data-dependent budget settings (applied in prepare_training) never override a user's value
+    for rule in ("without_time", "ids_only", "with_features", "large_catalogue"):
+        settings[rule] = {k: v for k, v in base.get(rule, {}).items() if k in from_budget}
+    if user["max_len"] is not None and user["max_len_choices"] is None:
+        settings["max_len_choices"] = []  # a window the user set is not searched
+    settings["kernels"] = settings["kernels"] or None
+    settings["strides"] = settings["strides"] or None
+    settings["time_budget_s"] = float(settings.pop("time_budget_min") or 0.0) * 60
+    settings["emb_init_std_user"] = user["emb_init_std"]  # resolved with the data (resolve_emb_init)
+    settings["emb_init_std_budget"] = base.get("emb_init_std")
+    return budget, preset, settings
 
 
 @dataclasses.dataclass
@@ -77,7 +111,7 @@ def run_training(
     compile_mixer: bool = False,
     run_id: str | None = None,
 ) -> TrainingRun:
-    """Train ``name`` in this process from its resolved ``settings`` (``assets.training.resolve_settings``):
+    """Train ``name`` in this process from its resolved ``settings`` (``resolve_settings``):
     ``prepare_run`` (the window search is kept in ``out_dir/window_search.json``), seed, build, and
     ``models.train.train`` with checkpoints in ``out_dir``; with ``ensemble_size`` > 1 that many seeds, joined
     into one ``models.ensemble.ScoreEnsemble`` (``ensemble_training.train_ensemble``). ``compile_mixer``:
