@@ -193,9 +193,8 @@ def item_image_features(
             context.log.info(f"images {done:,}/{total:,} ({per_s:.1f} images/s)")
 
     cache_dir = paths.artifacts_path("features", "image_cache") if config.use_cache else None
-    with failures(
-        ValueError, TypeError
-    ):  # e.g. a weights file that is not a ResNet-50 state_dict: no retries
+    # a setting or file the code cannot take (e.g. weights that are not a ResNet-50 state_dict): no retries
+    with failures(ValueError, TypeError):
         result = compute_image_features(
             locations,
             weights_path=config.weights_path or None,

@@ -389,7 +389,8 @@ def _training_asset(model: ModelSpec) -> dg.AssetsDefinition:
         torch_device: TorchDevice,
         pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
-        with failures(ValueError, TypeError):  # a setting the model or the data cannot take: no retries
+        # a setting the model or the data cannot take fails the same way again: no retries
+        with failures(ValueError, TypeError):
             return train_model_asset(
                 name, context, config, duckdb, paths, torch_device, pipes_subprocess_client
             )
