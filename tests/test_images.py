@@ -336,3 +336,15 @@ def test_a_weights_file_that_is_not_a_resnet50_fails_once_without_retries(
         len(failures) == 1 and str(wrong) in message and "not a torchvision ResNet-50 state_dict" in message
     )
     assert not any(e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED") for e in result.all_events)
+
+
+def test_a_missing_upstream_table_fails_once_without_retries(convrec_home, make_resources, dump):
+    """A data error (here: `interactions` not materialized) fails the same way on a retry, so it is not retried."""
+    result = dg.materialize([item_image_features], resources=make_resources(dump), raise_on_error=False)
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failures[0].event_specific_data.error)
+    assert (
+        len(failures) == 1 and "interactions" in message and "Materialize the ingest assets first" in message
+    )
+    assert not any(e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED") for e in result.all_events)

@@ -26,9 +26,10 @@ QUARANTINE_COLUMNS = ("source_file", "line_no", "reason", "raw")
 
 
 class DataError(Exception):
-    """A problem with the data that the user can fix; the message says what to do."""
+    """A problem with the data that the user can fix; the message says what to do. ``retry``: whether a step's
+    retry policy may run the step again (by default not: the same data fails the same way)."""
 
-    def __init__(self, message: str, metadata: dict | None = None, retry: bool = True):
+    def __init__(self, message: str, metadata: dict | None = None, retry: bool = False):
         super().__init__(message)
         self.metadata = metadata or {}
         self.retry = retry

@@ -305,8 +305,7 @@ def check_mutual_learning(
     raise DataError(
         f"{name}: mutual_learning {weight:g} matches two copies' distributions over every item, one per row, so it "
         f"needs loss='full_softmax' on a one-row-per-cut model, but {why}. What to do: set mutual_learning to 0 "
-        "(it applies to ConvRec on data without a time path, such as the S3-Rec benchmark files).",
-        retry=False,
+        "(it applies to ConvRec on data without a time path, such as the S3-Rec benchmark files)."
     )
 
 
