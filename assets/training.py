@@ -85,9 +85,10 @@ class TrainingConfig(dg.Config):
     ``mutual_learning`` > 0: deep mutual learning (``models.mutual``): a second copy of the model, another
     initialisation, trains beside it on the same batches, each copy's loss adding this weight times KL(other ||
     self) over every item (``full_softmax`` only; not under torchrun); only the model is kept and ranks, at one
-    model's scoring cost, and training costs about what an ensemble of two costs. No budget sets it (0): on
-    Beauty, four trainings averaged +.0013 test full NDCG@10 over four seeds of one model (trained on another
-    machine), two of them about none, with weight 1; .5 and 2 did worse (BENCHMARKS.md, "Stop 47" to "Stop 50").
+    model's scoring cost, and training costs about what an ensemble of two costs. No budget sets it (0): on Beauty
+    with weight 1 it beat the same seed trained alone on the same machine by +.0028 and +.0018 test full NDCG@10
+    (seeds 42 and 0), and four trainings gave .0593-.0605, short of BSARec's .0611; .5 and 2 did worse
+    (BENCHMARKS.md, "Stop 47" to "Stop 51").
     ``resume``: continue a killed run with the same config and data. ``retrain``: train again
     from scratch even when a finished model with the same config and data exists (by default it is
     reused, and the log says so). ``num_threads``: torch CPU threads (0: torch's default;
