@@ -230,12 +230,11 @@ def train_model_asset(
         )
         device, precision = torch_device.torch_device, torch_device.effective_precision()
         out_dir = paths.model_path(name)
-        with failures():
-            run = run_training(
-                name, s, data, device, precision, out_dir, context.log.info,
-                on_epoch=lambda record: context.log.info(epoch_line(name, record)),
-                compile_mixer=torch_device.compile, run_id=context.run_id,
-            )  # fmt: skip
+        run = run_training(
+            name, s, data, device, precision, out_dir, context.log.info,
+            on_epoch=lambda record: context.log.info(epoch_line(name, record)),
+            compile_mixer=torch_device.compile, run_id=context.run_id,
+        )  # fmt: skip
         reused = run.result.extra.get("reused")
         if reused:
             context.log.info(
@@ -390,7 +389,7 @@ def _training_asset(model: ModelSpec) -> dg.AssetsDefinition:
         torch_device: TorchDevice,
         pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
-        # a setting the model or the data cannot take fails the same way again: no retries
+        # a data error, or a setting the model or the data cannot take, fails the same way again: no retries
         with failures(ValueError, TypeError):
             return train_model_asset(
                 name, context, config, duckdb, paths, torch_device, pipes_subprocess_client
